@@ -1,0 +1,181 @@
+// Configuration: defaults < file < environment < explicit overrides; validated synchronously against
+// the schema, errors name the dotted key, then the result is deep-frozen.
+import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { TSchema } from 'typebox';
+import { Value } from 'typebox/value';
+import { CastellanError } from '../errors/index.ts';
+import { type CastellanConfig, ConfigSchema, ENV_ALIASES, SECRET_CONFIG_KEYS } from './config-schema.ts';
+
+export interface LoadConfigOptions {
+  /** Explicit config file path; otherwise CASTELLAN_CONFIG, then ./castellan.config.json if present. */
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Programmatic overrides (tests, CLI flags), as a partial config object. */
+  overrides?: DeepPartial<CastellanConfig>;
+  cwd?: string;
+}
+
+export type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
+
+interface LeafInfo {
+  path: string;
+  type: string;
+}
+
+function leaves(schema: TSchema, prefix = ''): LeafInfo[] {
+  const s = schema as { type?: string; properties?: Record<string, TSchema>; anyOf?: TSchema[] };
+  if (s.type === 'object' && s.properties) {
+    return Object.entries(s.properties).flatMap(([k, v]) => leaves(v, prefix ? `${prefix}.${k}` : k));
+  }
+  const type = s.type ?? (s.anyOf ? 'string' : 'string');
+  return [{ path: prefix, type }];
+}
+
+/** Every configuration key with its environment variable name. */
+export const CONFIG_KEYS: readonly (LeafInfo & { env: string })[] = leaves(ConfigSchema).map((l) => ({
+  ...l,
+  env: `CASTELLAN_${l.path.replace(/\./g, '_').replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()}`,
+}));
+
+const ENV_TO_PATH = new Map<string, LeafInfo>([
+  ...CONFIG_KEYS.map((k) => [k.env, k] as const),
+  ...Object.entries(ENV_ALIASES).map(([env, path]) => [env, CONFIG_KEYS.find((k) => k.path === path)!] as const),
+]);
+
+// Environment variables that configure the launcher or tooling, not the platform.
+const NON_CONFIG_ENV = new Set(['CASTELLAN_CONFIG', 'CASTELLAN_DATA_DIR_FOR_DEMO']);
+
+function invalid(path: string, reason: string): CastellanError {
+  return new CastellanError('ERR_CONFIG_INVALID', { message: `Invalid configuration: ${path || '(root)'} ${reason}` });
+}
+
+function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
+  const parts = path.split('.');
+  let node = target;
+  for (const part of parts.slice(0, -1)) {
+    if (typeof node[part] !== 'object' || node[part] === null) node[part] = {};
+    node = node[part] as Record<string, unknown>;
+  }
+  node[parts.at(-1)!] = value;
+}
+
+function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [name, raw] of Object.entries(env)) {
+    if (raw === undefined) continue;
+    const leaf = ENV_TO_PATH.get(name);
+    if (!leaf) {
+      if (name.startsWith('CASTELLAN_') && !NON_CONFIG_ENV.has(name)) {
+        throw invalid(name, 'is not a known configuration variable (see docs/configuration.md)');
+      }
+      continue;
+    }
+    let value: unknown = raw;
+    if (leaf.type === 'integer' || leaf.type === 'number') {
+      if (!/^-?\d+(\.\d+)?$/.test(raw.trim())) throw invalid(leaf.path, `must be a number (from ${name})`);
+      value = Number(raw);
+    } else if (leaf.type === 'boolean') {
+      if (!['true', 'false', '1', '0'].includes(raw)) throw invalid(leaf.path, `must be true or false (from ${name})`);
+      value = raw === 'true' || raw === '1';
+    }
+    setPath(out, leaf.path, value);
+  }
+  return out;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function merge(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (v === undefined) continue;
+    out[k] = isPlainObject(v) && isPlainObject(out[k]) ? merge(out[k] as Record<string, unknown>, v) : v;
+  }
+  return out;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+function emptySkeleton(): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of CONFIG_KEYS) {
+    const parts = k.path.split('.');
+    if (parts.length > 1) setPath(out, parts.slice(0, -1).join('.'), {});
+  }
+  return out;
+}
+
+function literalsAt(path: string): string[] | null {
+  let node = ConfigSchema as unknown as { properties?: Record<string, unknown>; anyOf?: { const?: unknown }[] };
+  for (const part of path.split('.')) {
+    const next = node.properties?.[part];
+    if (!next) return null;
+    node = next as typeof node;
+  }
+  return node.anyOf?.every((s) => s.const !== undefined) ? node.anyOf.map((s) => String(s.const)) : null;
+}
+
+/** Loads, validates and freezes the configuration. Throws ERR_CONFIG_INVALID naming the key. */
+export function loadConfig(options: LoadConfigOptions = {}): Readonly<CastellanConfig> {
+  const env = options.env ?? process.env;
+  const cwd = options.cwd ?? process.cwd();
+  let fileValue: Record<string, unknown> = {};
+  const explicit = options.file ?? env.CASTELLAN_CONFIG;
+  const file = explicit ? resolve(cwd, explicit) : resolve(cwd, 'castellan.config.json');
+  if (explicit || existsSync(file)) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (error) {
+      throw invalid('(file)', `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+    try {
+      fileValue = JSON.parse(text);
+    } catch (error) {
+      throw invalid('(file)', `${file} is not valid JSON: ${(error as Error).message}`);
+    }
+    if (!isPlainObject(fileValue)) throw invalid('(file)', `${file} must hold a JSON object`);
+  }
+  const merged = merge(
+    merge(merge(emptySkeleton(), fileValue), fromEnv(env)),
+    (options.overrides ?? {}) as Record<string, unknown>,
+  );
+  const withDefaults = Value.Default(ConfigSchema, merged) as Record<string, unknown>;
+  const first = [...Value.Errors(ConfigSchema, withDefaults)].find((e) => e.keyword !== 'boolean') ??
+    [...Value.Errors(ConfigSchema, withDefaults)][0];
+  if (first) {
+    const path = first.instancePath.slice(1).replace(/\//g, '.');
+    const params = first.params as { additionalProperties?: string[] };
+    if (first.keyword === 'additionalProperties' && params.additionalProperties?.length) {
+      const key = path ? `${path}.${params.additionalProperties[0]}` : params.additionalProperties[0]!;
+      throw invalid(key, 'is not a known configuration key');
+    }
+    // Never echo a secret's value back, even when it is wrong.
+    if (SECRET_CONFIG_KEYS.has(path)) throw invalid(path, 'is invalid');
+    const allowed = literalsAt(path);
+    throw invalid(path, allowed ? `must be one of: ${allowed.join(', ')}` : first.message);
+  }
+  return deepFreeze(withDefaults as CastellanConfig);
+}
+
+/** The configuration with secrets replaced, safe to print. */
+export function redactConfig(config: CastellanConfig): Record<string, unknown> {
+  const copy = structuredClone(config) as unknown as Record<string, unknown>;
+  for (const path of SECRET_CONFIG_KEYS) {
+    const parts = path.split('.');
+    let node = copy;
+    for (const p of parts.slice(0, -1)) node = node[p] as Record<string, unknown>;
+    const last = parts.at(-1)!;
+    if (node[last]) node[last] = '[redacted]';
+  }
+  return copy;
+}

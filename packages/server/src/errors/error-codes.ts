@@ -1,0 +1,48 @@
+// The one registry of every error code Castellan emits. docs/errors.md lists the same codes; a test
+// keeps the two in step. Codes are stable API: never rename one, add a new one instead.
+//
+// `expose: false` errors leave the process as a generic 500 (ERR_INTERNAL); their message is for logs.
+// Security failures carry fixed messages that reveal nothing about which check failed.
+
+export interface ErrorCodeSpec {
+  readonly status: number;
+  readonly expose: boolean;
+  readonly message: string;
+}
+
+export const ERROR_CODES = {
+  ERR_INTERNAL: { status: 500, expose: true, message: 'Internal server error' },
+  ERR_CONFIG_INVALID: { status: 500, expose: false, message: 'Configuration is invalid' },
+  ERR_STORE_UNAVAILABLE: { status: 503, expose: true, message: 'Storage is unavailable' },
+  ERR_KEY_ROOT_INVALID: { status: 500, expose: false, message: 'Root key is invalid' },
+  ERR_KEY_DECRYPT_FAILED: { status: 500, expose: false, message: 'Decryption failed' },
+
+  ERR_HTTP_NOT_FOUND: { status: 404, expose: true, message: 'Route not found' },
+  ERR_HTTP_MALFORMED_JSON: { status: 400, expose: true, message: 'Request body is not valid JSON' },
+  ERR_HTTP_BODY_TOO_LARGE: { status: 413, expose: true, message: 'Request body is too large' },
+  ERR_HTTP_UNSUPPORTED_MEDIA_TYPE: {
+    status: 415,
+    expose: true,
+    message: 'Content-Type is not supported; send application/json',
+  },
+  ERR_HTTP_EMPTY_BODY: { status: 400, expose: true, message: 'Request body is empty' },
+  ERR_HTTP_SHUTTING_DOWN: { status: 503, expose: true, message: 'Server is shutting down' },
+  ERR_VALIDATION_FAILED: { status: 400, expose: true, message: 'Request validation failed' },
+  ERR_VALIDATION_UNKNOWN_FIELD: { status: 400, expose: true, message: 'Request contains an unknown field' },
+
+  ERR_AUTH_REQUIRED: { status: 401, expose: true, message: 'Authentication required' },
+  ERR_AUTH_INVALID: { status: 401, expose: true, message: 'Invalid credentials' },
+  ERR_AUTH_FORBIDDEN: { status: 403, expose: true, message: 'Not allowed' },
+  ERR_SETUP_TOKEN_INVALID: { status: 401, expose: true, message: 'Setup token is invalid or already used' },
+
+  ERR_VENDOR_NOT_FOUND: { status: 404, expose: true, message: 'Vendor not found' },
+  ERR_VENDOR_CODE_EXHAUSTED: { status: 409, expose: true, message: 'Could not allocate a unique vendor code' },
+  ERR_PRODUCT_NOT_FOUND: { status: 404, expose: true, message: 'Product not found' },
+  ERR_PRODUCT_CODE_EXHAUSTED: { status: 409, expose: true, message: 'Could not allocate a unique product code' },
+  ERR_DEVICE_ID_INVALID: { status: 400, expose: true, message: 'Device ID is malformed' },
+  ERR_DEVICE_NOT_FOUND: { status: 404, expose: true, message: 'Device not found' },
+  ERR_DEVICE_ID_EXHAUSTED: { status: 409, expose: true, message: 'Could not allocate a unique device ID' },
+  ERR_TELEMETRY_NOT_FOUND: { status: 404, expose: true, message: 'No telemetry stored for this device' },
+} as const satisfies Record<string, ErrorCodeSpec>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;

@@ -1,0 +1,123 @@
+// Storage: Kysely over the embedded SQLite file (node:sqlite, WAL) or PostgreSQL, one API for both.
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
+import pg from 'pg';
+import { CastellanError } from '../errors/index.ts';
+import { NodeSqliteDatabase } from './node-sqlite-adapter.ts';
+import type { Database } from './schema.ts';
+
+export type DialectName = 'sqlite' | 'postgres';
+
+export interface Store {
+  readonly db: Kysely<Database>;
+  readonly dialect: DialectName;
+  /** Human-readable location without credentials (for logs). */
+  readonly location: string;
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface OpenStoreOptions {
+  /** postgres://… for PostgreSQL; empty for SQLite. */
+  url: string;
+  dataDir: string;
+  sqliteFile: string;
+  poolMax: number;
+  /** PostgreSQL schema to create and use (tests isolate themselves this way). */
+  schema?: string;
+}
+
+const PG_INT8 = 20;
+
+function describePostgres(url: string): string {
+  try {
+    const u = new URL(url);
+    return `postgres://${u.hostname}:${u.port || 5432}${u.pathname}`;
+  } catch {
+    return 'postgres://(unparseable url)';
+  }
+}
+
+export async function openStore(options: OpenStoreOptions): Promise<Store> {
+  if (options.url === '' || options.url.startsWith('sqlite:')) return openSqlite(options);
+  if (!/^postgres(ql)?:\/\//.test(options.url)) {
+    throw new CastellanError('ERR_CONFIG_INVALID', {
+      message: 'Invalid configuration: database.url must start with postgres:// or postgresql://, or be empty for SQLite',
+    });
+  }
+  return openPostgres(options);
+}
+
+function openSqlite(options: OpenStoreOptions): Store {
+  const dir = resolve(options.dataDir);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const file = options.url.startsWith('sqlite:') ? options.url.slice('sqlite:'.length) : join(dir, options.sqliteFile);
+  const raw = new DatabaseSync(file);
+  // WAL lets readers run beside the single writer; FULL makes each committed batch survive power loss,
+  // which is what "QoS 1 acknowledged only after the write" promises.
+  raw.exec('PRAGMA journal_mode = WAL');
+  raw.exec('PRAGMA synchronous = FULL');
+  raw.exec('PRAGMA foreign_keys = ON');
+  raw.exec('PRAGMA busy_timeout = 5000');
+  const adapter = new NodeSqliteDatabase(raw);
+  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: adapter }) });
+  return {
+    db,
+    dialect: 'sqlite',
+    location: `sqlite:${file}`,
+    async ping() {
+      await sql`select 1`.execute(db);
+    },
+    async close() {
+      await db.destroy();
+    },
+  };
+}
+
+async function openPostgres(options: OpenStoreOptions): Promise<Store> {
+  const schema = options.schema ?? '';
+  const types = {
+    getTypeParser(oid: number, format?: string) {
+      // int8 (timestamps in ms, sequence numbers) fit a double for the next 285,000 years.
+      if (oid === PG_INT8) return (value: string) => Number(value);
+      return pg.types.getTypeParser(oid, format as 'text');
+    },
+  };
+  const pool = new pg.Pool({
+    connectionString: options.url,
+    max: options.poolMax,
+    types: types as pg.CustomTypesConfig,
+    ...(schema ? { options: `-c search_path=${schema}` } : {}),
+    connectionTimeoutMillis: 5000,
+  });
+  // An idle client's error (server restart) must not crash the process; the next query reports it.
+  pool.on('error', () => {});
+  try {
+    const client = await pool.connect();
+    try {
+      if (schema) await client.query(`create schema if not exists "${schema}"`);
+    } finally {
+      client.release();
+    }
+  } catch (error) {
+    await pool.end().catch(() => {});
+    throw new CastellanError('ERR_STORE_UNAVAILABLE', {
+      message: `Cannot connect to PostgreSQL at ${describePostgres(options.url)}: ${(error as Error).message}`,
+      cause: error,
+    });
+  }
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  return {
+    db,
+    dialect: 'postgres',
+    location: describePostgres(options.url) + (schema ? ` (schema ${schema})` : ''),
+    async ping() {
+      await sql`select 1`.execute(db);
+    },
+    async close() {
+      await db.destroy();
+    },
+  };
+}

@@ -1,0 +1,3 @@
+export { type DialectName, type OpenStoreOptions, openStore, type Store } from './database.ts';
+export { migrateToLatest } from './migrations.ts';
+export type * from './schema.ts';
