@@ -85,6 +85,7 @@ export const ConfigSchema = Type.Object(
         maxInflight: Type.Integer({ minimum: 1, maximum: 65535, default: 64, description: 'Unacknowledged QoS 1 messages per session (MQTT 5 receive maximum)' }),
         maxQueuedMessages: Type.Integer({ minimum: 0, maximum: 100000, default: 1000, description: 'QoS 1 messages queued per session beyond the in-flight window' }),
         maxSubscriptionsPerClient: Type.Integer({ minimum: 1, maximum: 10000, default: 100, description: 'Subscriptions one client may hold' }),
+        maxSessionExpirySeconds: Type.Integer({ minimum: 0, maximum: 4294967295, default: 86400, description: 'Longest a disconnected session (subscriptions, queued QoS 1 messages) is kept' }),
         maxTopicLevels: Type.Integer({ minimum: 1, maximum: 256, default: 16, description: 'Most levels in a topic name or filter' }),
       },
       strict,

@@ -25,6 +25,7 @@ export const ERROR_CODES = {
     expose: true,
     message: 'Content-Type is not supported; send application/json',
   },
+  ERR_HTTP_BAD_REQUEST: { status: 400, expose: true, message: 'Request is malformed' },
   ERR_HTTP_EMPTY_BODY: { status: 400, expose: true, message: 'Request body is empty' },
   ERR_HTTP_SHUTTING_DOWN: { status: 503, expose: true, message: 'Server is shutting down' },
   ERR_VALIDATION_FAILED: { status: 400, expose: true, message: 'Request validation failed' },

@@ -1,0 +1,1 @@
+export { DeviceClient, type DeviceClientOptions, DeviceConnectError } from './device-client.ts';

@@ -1,0 +1,12 @@
+export { type Action, assertCan, can, type ResourceScope } from './access-policy.ts';
+export {
+  AccountsService,
+  type AccountsServiceOptions,
+  type IssuedCredential,
+  isUniqueViolation,
+  type Principal,
+  type PrincipalKind,
+  SETUP_TOKEN_FILE,
+  type Vendor,
+} from './accounts-service.ts';
+export { accountsRoutes } from './accounts-routes.ts';

@@ -1,0 +1,269 @@
+// Devices routes for vendors: products, device identities (secrets shown once), telemetry.
+// Object-level authorisation: a resource of another tenant answers exactly like a missing one.
+import { DeviceIdError, parseDeviceId } from '@castellan/protocol';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
+import { can } from '../accounts/index.ts';
+import { CastellanError } from '../errors/index.ts';
+import { type AuthenticateHook, authenticatedErrors, bearerSecurity, principalOf, StrictObject } from '../http/index.ts';
+import type { Device, DevicesService, Product, TelemetryItem } from './devices-service.ts';
+
+export interface DevicesRoutesOptions {
+  devices: DevicesService;
+  authenticate: AuthenticateHook;
+}
+
+const Name = Type.String({ minLength: 1, maxLength: 200, pattern: '^\\S(.*\\S)?$' });
+const ProductId = Type.String({ minLength: 1, maxLength: 64, pattern: '^prd_[A-Za-z0-9_-]{22}$' });
+// The device ID's shape is checked by the protocol codec so the error says exactly what is wrong.
+const DeviceIdParam = Type.String({ minLength: 1, maxLength: 64 });
+
+const ProductView = StrictObject({
+  id: Type.String(),
+  vendorId: Type.String(),
+  code: Type.String({ description: '6 hex digits, part of every device ID of this product' }),
+  name: Type.String(),
+  category: Type.String(),
+  createdAt: Type.Integer(),
+});
+
+const DeviceView = StrictObject({
+  id: Type.String({ description: '24 hex digits: 01 + vendor code + product code + random + extension' }),
+  vendorId: Type.String(),
+  productId: Type.String(),
+  status: Type.String(),
+  createdAt: Type.Integer(),
+});
+
+const TelemetryView = StrictObject({
+  seq: Type.Integer(),
+  deviceId: Type.String(),
+  receivedAt: Type.Integer(),
+  payload: Type.Object({}, { additionalProperties: true }),
+});
+
+const presentProduct = (p: Product) => ({
+  id: p.id,
+  vendorId: p.vendorId,
+  code: p.code,
+  name: p.name,
+  category: p.category,
+  createdAt: p.createdAt,
+});
+const presentDevice = (d: Device) => ({
+  id: d.id,
+  vendorId: d.vendorId,
+  productId: d.productId,
+  status: d.status,
+  createdAt: d.createdAt,
+});
+const presentTelemetry = (t: TelemetryItem) => ({
+  seq: t.seq,
+  deviceId: t.deviceId,
+  receivedAt: t.receivedAt,
+  payload: t.payload,
+});
+
+function deviceIdFrom(request: FastifyRequest): string {
+  const raw = (request.params as { deviceId: string }).deviceId;
+  try {
+    parseDeviceId(raw);
+  } catch (error) {
+    if (error instanceof DeviceIdError) {
+      throw new CastellanError('ERR_DEVICE_ID_INVALID', { message: `Device ID is malformed: ${error.message}` });
+    }
+    throw error;
+  }
+  return raw;
+}
+
+export async function devicesRoutes(app: FastifyInstance, { devices, authenticate }: DevicesRoutesOptions) {
+  async function ownedProduct(request: FastifyRequest, action: 'product.read' | 'device.create' | 'device.list') {
+    const product = await devices.getProduct((request.params as { productId: string }).productId);
+    if (!product || !can(principalOf(request), action, { vendorId: product.vendorId })) {
+      throw new CastellanError('ERR_PRODUCT_NOT_FOUND');
+    }
+    return product;
+  }
+
+  async function ownedDevice(request: FastifyRequest, action: 'device.read' | 'telemetry.read') {
+    const device = await devices.getDevice(deviceIdFrom(request));
+    if (!device || !can(principalOf(request), action, { vendorId: device.vendorId })) {
+      throw new CastellanError('ERR_DEVICE_NOT_FOUND');
+    }
+    return device;
+  }
+
+  app.post(
+    '/v1/products',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: 'Define a product (vendors)',
+        tags: ['devices'],
+        security: bearerSecurity,
+        body: StrictObject({ name: Name, category: Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z0-9][a-z0-9_.-]*$' }) }),
+        response: { 201: ProductView, ...authenticatedErrors },
+      },
+    },
+    async (request, reply) => {
+      const principal = principalOf(request);
+      if (!can(principal, 'product.create', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
+      const product = await devices.createProduct(principal.id, request.body as { name: string; category: string });
+      return reply.status(201).send(presentProduct(product));
+    },
+  );
+
+  app.get(
+    '/v1/products',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: "List the calling vendor's products",
+        tags: ['devices'],
+        security: bearerSecurity,
+        response: { 200: StrictObject({ items: Type.Array(ProductView) }), ...authenticatedErrors },
+      },
+    },
+    async (request) => {
+      const principal = principalOf(request);
+      if (!can(principal, 'product.list', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
+      return { items: (await devices.listProducts(principal.id)).map(presentProduct) };
+    },
+  );
+
+  app.get(
+    '/v1/products/:productId',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: 'Read a product',
+        tags: ['devices'],
+        security: bearerSecurity,
+        params: StrictObject({ productId: ProductId }),
+        response: { 200: ProductView, ...authenticatedErrors },
+      },
+    },
+    async (request) => presentProduct(await ownedProduct(request, 'product.read')),
+  );
+
+  app.post(
+    '/v1/products/:productId/devices',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: 'Issue device identities; each secret is shown only in this response',
+        tags: ['devices'],
+        security: bearerSecurity,
+        params: StrictObject({ productId: ProductId }),
+        body: StrictObject({ count: Type.Integer({ minimum: 1, maximum: 100000 }) }),
+        response: {
+          201: StrictObject({
+            productId: Type.String(),
+            devices: Type.Array(StrictObject({ id: Type.String(), secret: Type.String() })),
+          }),
+          ...authenticatedErrors,
+          409: { $ref: 'ErrorResponse#' },
+        },
+      },
+    },
+    async (request, reply) => {
+      const product = await ownedProduct(request, 'device.create');
+      const issued = await devices.createDevices(product.id, (request.body as { count: number }).count);
+      request.log.info({ productId: product.id, count: issued.length }, 'devices issued');
+      return reply.status(201).send({ productId: product.id, devices: issued.map((d) => ({ id: d.id, secret: d.secret })) });
+    },
+  );
+
+  app.get(
+    '/v1/products/:productId/devices',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: "List a product's devices, ordered by ID",
+        tags: ['devices'],
+        security: bearerSecurity,
+        params: StrictObject({ productId: ProductId }),
+        querystring: StrictObject({
+          limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+          after: Type.Optional(Type.String({ pattern: '^[0-9a-f]{24}$' })),
+        }),
+        response: {
+          200: StrictObject({ items: Type.Array(DeviceView), next: Type.Union([Type.String(), Type.Null()]) }),
+          ...authenticatedErrors,
+        },
+      },
+    },
+    async (request) => {
+      const product = await ownedProduct(request, 'device.list');
+      const { limit, after } = request.query as { limit: number; after?: string };
+      const items = await devices.listDevices(product.id, { limit, ...(after ? { after } : {}) });
+      return { items: items.map(presentDevice), next: items.length === limit ? items.at(-1)!.id : null };
+    },
+  );
+
+  app.get(
+    '/v1/devices/:deviceId',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: 'Read a device',
+        tags: ['devices'],
+        security: bearerSecurity,
+        params: StrictObject({ deviceId: DeviceIdParam }),
+        response: { 200: DeviceView, ...authenticatedErrors },
+      },
+    },
+    async (request) => presentDevice(await ownedDevice(request, 'device.read')),
+  );
+
+  app.get(
+    '/v1/devices/:deviceId/telemetry/latest',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: "A device's most recent telemetry message",
+        tags: ['devices'],
+        security: bearerSecurity,
+        params: StrictObject({ deviceId: DeviceIdParam }),
+        response: { 200: TelemetryView, ...authenticatedErrors },
+      },
+    },
+    async (request) => {
+      const device = await ownedDevice(request, 'telemetry.read');
+      const latest = await devices.latestTelemetry(device.id);
+      if (!latest) throw new CastellanError('ERR_TELEMETRY_NOT_FOUND');
+      return presentTelemetry(latest);
+    },
+  );
+
+  app.get(
+    '/v1/devices/:deviceId/telemetry',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: "A device's telemetry, newest first; page with beforeSeq",
+        tags: ['devices'],
+        security: bearerSecurity,
+        params: StrictObject({ deviceId: DeviceIdParam }),
+        querystring: StrictObject({
+          limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+          beforeSeq: Type.Optional(Type.Integer({ minimum: 1 })),
+        }),
+        response: {
+          200: StrictObject({ items: Type.Array(TelemetryView), nextBeforeSeq: Type.Union([Type.Integer(), Type.Null()]) }),
+          ...authenticatedErrors,
+        },
+      },
+    },
+    async (request) => {
+      const device = await ownedDevice(request, 'telemetry.read');
+      const { limit, beforeSeq } = request.query as { limit: number; beforeSeq?: number };
+      const items = await devices.listTelemetry(device.id, { limit, ...(beforeSeq ? { beforeSeq } : {}) });
+      return {
+        items: items.map(presentTelemetry),
+        nextBeforeSeq: items.length === limit ? items.at(-1)!.seq : null,
+      };
+    },
+  );
+}

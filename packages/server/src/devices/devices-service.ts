@@ -1,0 +1,261 @@
+// Devices (minimal foundation): products, device identities with per-device secrets, and telemetry.
+// The devices issue grows products (schemas, security levels), authentication modes, binding and the
+// rest on top of these tables.
+import { randomBytes } from 'node:crypto';
+import { generateCode, generateDeviceId } from '@castellan/protocol';
+import type { Kysely } from 'kysely';
+import { CastellanError } from '../errors/index.ts';
+import type { SecretBox } from '../keys/index.ts';
+import { constantTimeEqual, newId } from '../lib/random-ids.ts';
+import type { Database } from '../store/index.ts';
+import type { TelemetryWriter } from './telemetry-writer.ts';
+
+export interface Product {
+  readonly id: string;
+  readonly vendorId: string;
+  readonly code: string;
+  readonly name: string;
+  readonly category: string;
+  readonly createdAt: number;
+}
+
+export interface Device {
+  readonly id: string;
+  readonly vendorId: string;
+  readonly productId: string;
+  readonly status: 'active' | 'disabled';
+  readonly createdAt: number;
+}
+
+export interface IssuedDevice {
+  readonly id: string;
+  /** Shown once; stored only encrypted. */
+  readonly secret: string;
+}
+
+export interface TelemetryItem {
+  readonly seq: number;
+  readonly deviceId: string;
+  readonly receivedAt: number;
+  readonly payload: unknown;
+}
+
+/** What the devices subsystem needs from accounts (through its service, never its tables). */
+export interface VendorDirectory {
+  getVendor(vendorId: string): Promise<{ id: string; code: string } | null>;
+}
+
+export interface DevicesServiceOptions {
+  db: Kysely<Database>;
+  secrets: SecretBox;
+  vendors: VendorDirectory;
+  telemetry: TelemetryWriter;
+  maxBatch: number;
+  now?: () => number;
+}
+
+/** 256 random bits, base64url: fits an MQTT password and a small chip's flash. */
+const DEVICE_SECRET_BYTES = 32;
+const CODE_ATTEMPTS = 16;
+const ID_ROUNDS = 8;
+
+const secretAad = (deviceId: string) => `device-secret:${deviceId}`;
+
+function toBuffer(value: Uint8Array): Buffer {
+  return Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+}
+
+export class DevicesService {
+  readonly #db: Kysely<Database>;
+  readonly #secrets: SecretBox;
+  readonly #vendors: VendorDirectory;
+  readonly #telemetry: TelemetryWriter;
+  readonly #maxBatch: number;
+  readonly #now: () => number;
+  /** Decrypted when a device ID is unknown, so that both refusals cost the same. */
+  readonly #decoy: { id: string; sealed: Buffer; secret: Buffer };
+
+  constructor(options: DevicesServiceOptions) {
+    this.#db = options.db;
+    this.#secrets = options.secrets;
+    this.#vendors = options.vendors;
+    this.#telemetry = options.telemetry;
+    this.#maxBatch = options.maxBatch;
+    this.#now = options.now ?? Date.now;
+    const decoySecret = Buffer.from(randomBytes(DEVICE_SECRET_BYTES).toString('base64url'));
+    const decoyId = generateDeviceId('000000', '000000');
+    this.#decoy = { id: decoyId, secret: decoySecret, sealed: this.#secrets.seal(decoySecret, secretAad(decoyId)) };
+  }
+
+  async createProduct(vendorId: string, input: { name: string; category: string }): Promise<Product> {
+    const vendor = await this.#vendors.getVendor(vendorId);
+    if (!vendor) throw new CastellanError('ERR_VENDOR_NOT_FOUND');
+    for (let attempt = 0; attempt < CODE_ATTEMPTS; attempt++) {
+      const row = {
+        id: newId('prd'),
+        vendor_id: vendorId,
+        code: generateCode(),
+        name: input.name,
+        category: input.category,
+        created_at: this.#now(),
+      };
+      const inserted = await this.#db
+        .insertInto('products')
+        .values(row)
+        .onConflict((oc) => oc.columns(['vendor_id', 'code']).doNothing())
+        .returning('id')
+        .executeTakeFirst();
+      if (inserted) return toProduct(row);
+    }
+    throw new CastellanError('ERR_PRODUCT_CODE_EXHAUSTED');
+  }
+
+  async getProduct(productId: string): Promise<Product | null> {
+    const row = await this.#db.selectFrom('products').selectAll().where('id', '=', productId).executeTakeFirst();
+    return row ? toProduct(row) : null;
+  }
+
+  async listProducts(vendorId: string): Promise<Product[]> {
+    const rows = await this.#db
+      .selectFrom('products')
+      .selectAll()
+      .where('vendor_id', '=', vendorId)
+      .orderBy('created_at')
+      .orderBy('id')
+      .execute();
+    return rows.map(toProduct);
+  }
+
+  /**
+   * Issues `count` device identities for a product. IDs follow DEV-1; the 32-bit random part can
+   * collide, so the store's primary key decides and colliding IDs are drawn again. All rows of one call
+   * are written in one transaction: a failure leaves none behind.
+   */
+  async createDevices(productId: string, count: number): Promise<IssuedDevice[]> {
+    if (!Number.isInteger(count) || count < 1 || count > this.#maxBatch) {
+      throw new CastellanError('ERR_VALIDATION_FAILED', {
+        message: `count must be an integer from 1 to ${this.#maxBatch}`,
+        details: { field: 'count' },
+      });
+    }
+    const product = await this.getProduct(productId);
+    if (!product) throw new CastellanError('ERR_PRODUCT_NOT_FOUND');
+    const vendor = await this.#vendors.getVendor(product.vendorId);
+    if (!vendor) throw new CastellanError('ERR_VENDOR_NOT_FOUND');
+    const now = this.#now();
+    return this.#db.transaction().execute(async (trx) => {
+      const issued: IssuedDevice[] = [];
+      let missing = count;
+      for (let round = 0; round < ID_ROUNDS && missing > 0; round++) {
+        const batch = new Map<string, string>();
+        while (batch.size < missing) {
+          batch.set(generateDeviceId(vendor.code, product.code), randomBytes(DEVICE_SECRET_BYTES).toString('base64url'));
+        }
+        const rows = [...batch].map(([id, secret]) => ({
+          id,
+          vendor_id: product.vendorId,
+          product_id: product.id,
+          secret_ciphertext: this.#secrets.seal(Buffer.from(secret, 'utf8'), secretAad(id)),
+          status: 'active' as const,
+          created_at: now,
+        }));
+        // Chunked to stay under SQLite's and PostgreSQL's bound-parameter limits.
+        for (let i = 0; i < rows.length; i += 500) {
+          const written = await trx
+            .insertInto('devices')
+            .values(rows.slice(i, i + 500))
+            .onConflict((oc) => oc.column('id').doNothing())
+            .returning('id')
+            .execute();
+          for (const { id } of written) issued.push({ id, secret: batch.get(id)! });
+        }
+        missing = count - issued.length;
+      }
+      if (missing > 0) throw new CastellanError('ERR_DEVICE_ID_EXHAUSTED');
+      return issued;
+    });
+  }
+
+  async getDevice(deviceId: string): Promise<Device | null> {
+    const row = await this.#db
+      .selectFrom('devices')
+      .select(['id', 'vendor_id', 'product_id', 'status', 'created_at'])
+      .where('id', '=', deviceId)
+      .executeTakeFirst();
+    return row ? toDevice(row) : null;
+  }
+
+  async listDevices(productId: string, options: { limit: number; after?: string }): Promise<Device[]> {
+    let query = this.#db
+      .selectFrom('devices')
+      .select(['id', 'vendor_id', 'product_id', 'status', 'created_at'])
+      .where('product_id', '=', productId);
+    if (options.after) query = query.where('id', '>', options.after);
+    const rows = await query.orderBy('id').limit(options.limit).execute();
+    return rows.map(toDevice);
+  }
+
+  /**
+   * Checks a device's secret. Unknown device and wrong secret take the same path (a decryption and a
+   * constant-time comparison) and give the same answer: null.
+   */
+  async authenticateDevice(deviceId: string, presented: Uint8Array): Promise<Device | null> {
+    const row = await this.#db
+      .selectFrom('devices')
+      .select(['id', 'vendor_id', 'product_id', 'status', 'created_at', 'secret_ciphertext'])
+      .where('id', '=', deviceId)
+      .executeTakeFirst();
+    const sealed = row ? toBuffer(row.secret_ciphertext) : this.#decoy.sealed;
+    let expected: Buffer;
+    try {
+      expected = this.#secrets.open(sealed, secretAad(row ? row.id : this.#decoy.id));
+    } catch {
+      return null;
+    }
+    const match = constantTimeEqual(expected, presented);
+    return row && match ? toDevice(row) : null;
+  }
+
+  /** Queues a telemetry message; settles when it is committed. */
+  recordTelemetry(deviceId: string, payload: Buffer, receivedAt: number): Promise<void> {
+    return this.#telemetry.append({ deviceId, payload, receivedAt });
+  }
+
+  async latestTelemetry(deviceId: string): Promise<TelemetryItem | null> {
+    const [item] = await this.listTelemetry(deviceId, { limit: 1 });
+    return item ?? null;
+  }
+
+  async listTelemetry(deviceId: string, options: { limit: number; beforeSeq?: number }): Promise<TelemetryItem[]> {
+    let query = this.#db.selectFrom('telemetry').selectAll().where('device_id', '=', deviceId);
+    if (options.beforeSeq !== undefined) query = query.where('seq', '<', options.beforeSeq);
+    const rows = await query.orderBy('seq', 'desc').limit(options.limit).execute();
+    return rows.map((row) => ({
+      seq: Number(row.seq),
+      deviceId: row.device_id,
+      receivedAt: row.received_at,
+      payload: JSON.parse(toBuffer(row.payload).toString('utf8')),
+    }));
+  }
+}
+
+function toProduct(row: Database['products']): Product {
+  return {
+    id: row.id,
+    vendorId: row.vendor_id,
+    code: row.code,
+    name: row.name,
+    category: row.category,
+    createdAt: row.created_at,
+  };
+}
+
+function toDevice(row: Omit<Database['devices'], 'secret_ciphertext'>): Device {
+  return {
+    id: row.id,
+    vendorId: row.vendor_id,
+    productId: row.product_id,
+    status: row.status,
+    createdAt: row.created_at,
+  };
+}

@@ -1,0 +1,12 @@
+export {
+  type Device,
+  DevicesService,
+  type DevicesServiceOptions,
+  type IssuedDevice,
+  type Product,
+  type TelemetryItem,
+  type VendorDirectory,
+} from './devices-service.ts';
+export { devicesRoutes } from './devices-routes.ts';
+export { checkTelemetryPayload } from './telemetry-payload.ts';
+export { TelemetryQueueFullError, TelemetryWriter, type TelemetryWriterOptions } from './telemetry-writer.ts';

@@ -1,0 +1,2 @@
+export { deviceBrokerHooks } from './device-broker-hooks.ts';
+export * from './mqtt/index.ts';

@@ -1,0 +1,65 @@
+// The broker's security and storage decisions are hooks; the broker itself knows nothing about devices.
+// Every hook fails closed: without an explicit decision the answer is "no".
+
+export type ProtocolVersion = 4 | 5;
+
+export interface ConnectRequest {
+  readonly clientId: string;
+  readonly username: string | undefined;
+  readonly password: Buffer | undefined;
+  readonly protocolVersion: ProtocolVersion;
+  readonly remoteAddress: string;
+}
+
+export interface ClientIdentity {
+  /** Who is connected: for devices, the device ID. */
+  readonly principalId: string;
+  readonly kind: 'device' | 'service';
+  /** The client identifier this principal must use; an empty CONNECT client ID is assigned this one. */
+  readonly clientId: string;
+  /** Context for authorisation and logging (e.g. vendor and product IDs). Never secrets. */
+  readonly attributes: Readonly<Record<string, string>>;
+}
+
+export type AuthenticateResult =
+  | { readonly ok: true; readonly identity: ClientIdentity }
+  | { readonly ok: false; readonly reason: 'bad-credentials' | 'not-authorized' | 'server-busy' };
+
+export interface InboundMessage {
+  readonly topic: string;
+  readonly payload: Buffer;
+  readonly qos: 0 | 1;
+  readonly receivedAt: number;
+}
+
+/** Thrown (or rejected) by onPublish to refuse a message with a reason the client can be told. */
+export class PublishRefusedError extends Error {
+  readonly reason: 'quota-exceeded' | 'payload-invalid' | 'unavailable';
+  constructor(reason: PublishRefusedError['reason'], message: string) {
+    super(message);
+    this.name = 'PublishRefusedError';
+    this.reason = reason;
+  }
+}
+
+export interface BrokerHooks {
+  authenticate(request: ConnectRequest): Promise<AuthenticateResult>;
+  authorizePublish(identity: ClientIdentity, topic: string): boolean;
+  authorizeSubscribe(identity: ClientIdentity, filter: string): boolean;
+  /**
+   * Called for every authorised PUBLISH before it is routed or acknowledged; the returned promise
+   * settles when the message is durable (QoS 1 is acknowledged only then).
+   */
+  onPublish(identity: ClientIdentity, message: InboundMessage): Promise<void> | void;
+}
+
+export const denyAllHooks: BrokerHooks = {
+  async authenticate() {
+    return { ok: false, reason: 'not-authorized' };
+  },
+  authorizePublish: () => false,
+  authorizeSubscribe: () => false,
+  onPublish: () => {
+    throw new PublishRefusedError('unavailable', 'no publish hook configured');
+  },
+};

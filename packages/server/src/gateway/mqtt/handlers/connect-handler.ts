@@ -1,0 +1,182 @@
+// CONNECT (MQTT 3.1.1 3.1, MQTT 5 3.1): protocol checks, authentication through the hook, client ID
+// policy, will validation, session takeover or resumption, CONNACK.
+import type { IConnackPacket, IConnectPacket } from 'mqtt-packet';
+import type { ClientIdentity, ProtocolVersion } from '../broker-hooks.ts';
+import type { MqttConnection, PendingWill } from '../mqtt-connection.ts';
+import { ConnackReturnCode, ReasonCode } from '../reason-codes.ts';
+import { checkTopicName } from '../topic-rules.ts';
+
+const MAX_CLIENT_ID_LENGTH = 256;
+
+/** Sends a refusing CONNACK in the client's protocol version and closes [MQTT-3.2.2-5]. */
+function refuse(conn: MqttConnection, v4Code: number, v5Code: number): void {
+  conn.broker.stats.connectsRefused++;
+  const packet: IConnackPacket =
+    conn.protocolVersion === 5
+      ? { cmd: 'connack', sessionPresent: false, reasonCode: v5Code }
+      : { cmd: 'connack', sessionPresent: false, returnCode: v4Code };
+  conn.write(packet);
+  conn.destroy();
+}
+
+function checkWill(
+  conn: MqttConnection,
+  packet: IConnectPacket,
+  identity: ClientIdentity,
+): PendingWill | { v4: number; v5: number } | undefined {
+  const will = packet.will;
+  if (!will) return undefined;
+  const limits = conn.broker.limits;
+  if (checkTopicName(will.topic, limits) !== null) {
+    return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.TopicNameInvalid };
+  }
+  if ((will.qos ?? 0) > 1) return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.QoSNotSupported };
+  if (will.retain) return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.RetainNotSupported };
+  if (!conn.broker.hooks.authorizePublish(identity, will.topic)) {
+    return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.NotAuthorized };
+  }
+  const payload = typeof will.payload === 'string' ? Buffer.from(will.payload) : Buffer.from(will.payload ?? []);
+  return {
+    topic: will.topic,
+    payload,
+    qos: (will.qos ?? 0) as 0 | 1,
+    delaySeconds: will.properties?.willDelayInterval ?? 0,
+  };
+}
+
+export function handleConnect(conn: MqttConnection, packet: IConnectPacket): void {
+  // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
+  if (conn.state !== 'new') {
+    conn.protocolViolation(ReasonCode.ProtocolError, 'second CONNECT');
+    return;
+  }
+  conn.state = 'authenticating';
+  const version = packet.protocolVersion;
+  if (version !== 4 && version !== 5) {
+    // [MQTT-3.1.2-2] unsupported protocol level: CONNACK 0x01, then close.
+    conn.protocolVersion = 4;
+    refuse(conn, ConnackReturnCode.UnacceptableProtocolVersion, ReasonCode.UnsupportedProtocolVersion);
+    return;
+  }
+  conn.protocolVersion = version as ProtocolVersion;
+  const clientId = packet.clientId ?? '';
+  const clean = packet.clean !== false;
+  if (clientId.length > MAX_CLIENT_ID_LENGTH || clientId.includes('\u0000') || clientId.includes('\uFFFD')) {
+    refuse(conn, ConnackReturnCode.IdentifierRejected, ReasonCode.ClientIdentifierNotValid);
+    return;
+  }
+  // [MQTT-3.1.3-8] (3.1.1) an empty client ID requires a clean session.
+  if (clientId === '' && version === 4 && !clean) {
+    refuse(conn, ConnackReturnCode.IdentifierRejected, ReasonCode.ClientIdentifierNotValid);
+    return;
+  }
+  if (version === 5 && packet.properties?.authenticationMethod) {
+    // Enhanced authentication (AUTH exchanges) is not offered.
+    refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.BadAuthenticationMethod);
+    return;
+  }
+  if (version === 5 && packet.properties?.receiveMaximum === 0) {
+    // [MQTT-3.1.2-... (v5 3.1.2.11.3)] Receive Maximum of 0 is a protocol error.
+    refuse(conn, ConnackReturnCode.IdentifierRejected, ReasonCode.ProtocolError);
+    return;
+  }
+  const broker = conn.broker;
+  broker.hooks
+    .authenticate({
+      clientId,
+      username: packet.username,
+      password: packet.password,
+      protocolVersion: conn.protocolVersion,
+      remoteAddress: conn.remoteAddress,
+    })
+    .then(
+      (result) => {
+        if (conn.state !== 'authenticating') return; // the client went away meanwhile
+        if (!result.ok) {
+          broker.stats.authFailures++;
+          if (result.reason === 'server-busy') refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerBusy);
+          else if (result.reason === 'not-authorized') refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.NotAuthorized);
+          else refuse(conn, ConnackReturnCode.BadUserNameOrPassword, ReasonCode.BadUserNameOrPassword);
+          return;
+        }
+        accept(conn, packet, result.identity, clientId, clean);
+      },
+      (error: unknown) => {
+        broker.log.error({ err: error }, 'mqtt: authentication hook failed');
+        if (conn.state === 'authenticating') {
+          refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerUnavailable);
+        }
+      },
+    );
+}
+
+function accept(
+  conn: MqttConnection,
+  packet: IConnectPacket,
+  identity: ClientIdentity,
+  requestedClientId: string,
+  clean: boolean,
+): void {
+  const broker = conn.broker;
+  const limits = broker.limits;
+  // A principal may only use its own client identifier; an empty one is assigned.
+  if (requestedClientId !== '' && requestedClientId !== identity.clientId) {
+    refuse(conn, ConnackReturnCode.IdentifierRejected, ReasonCode.ClientIdentifierNotValid);
+    return;
+  }
+  const clientId = identity.clientId;
+  const will = checkWill(conn, packet, identity);
+  if (will && 'v4' in will) {
+    refuse(conn, will.v4, will.v5);
+    return;
+  }
+  conn.clientId = clientId;
+  conn.identity = identity;
+  conn.will = will;
+
+  // Session expiry: 3.1.1 clean=false keeps the session for the configured maximum; MQTT 5 asks.
+  const requestedExpiry =
+    conn.protocolVersion === 5 ? (packet.properties?.sessionExpiryInterval ?? 0) : clean ? 0 : limits.maxSessionExpirySeconds;
+  const expiry = Math.min(requestedExpiry, limits.maxSessionExpirySeconds);
+
+  const { session, present } = broker.openSession(conn, clientId, identity, clean);
+  session.expiryInterval = expiry;
+  session.receiveMaximum = conn.protocolVersion === 5 ? (packet.properties?.receiveMaximum ?? 65535) : 65535;
+  conn.session = session;
+  if (conn.protocolVersion === 5 && packet.properties?.maximumPacketSize) {
+    conn.clientMaximumPacketSize = packet.properties.maximumPacketSize;
+  }
+
+  // Keep-alive: a client asking for none, or for more than the maximum, gets the maximum.
+  const requestedKeepAlive = packet.keepalive ?? 0;
+  const keepAlive =
+    requestedKeepAlive === 0 || requestedKeepAlive > limits.maxKeepAliveSeconds
+      ? limits.maxKeepAliveSeconds
+      : requestedKeepAlive;
+
+  const connack: IConnackPacket =
+    conn.protocolVersion === 5
+      ? {
+          cmd: 'connack',
+          reasonCode: ReasonCode.Success,
+          sessionPresent: present,
+          properties: {
+            receiveMaximum: limits.maxInflight,
+            maximumQoS: 1,
+            retainAvailable: false,
+            maximumPacketSize: limits.maxPacketBytes,
+            topicAliasMaximum: 0,
+            wildcardSubscriptionAvailable: true,
+            subscriptionIdentifiersAvailable: false,
+            sharedSubscriptionAvailable: false,
+            ...(requestedClientId === '' ? { assignedClientIdentifier: clientId } : {}),
+            ...(keepAlive !== requestedKeepAlive ? { serverKeepAlive: keepAlive } : {}),
+            ...(expiry !== requestedExpiry ? { sessionExpiryInterval: expiry } : {}),
+          },
+        }
+      : { cmd: 'connack', returnCode: ConnackReturnCode.Accepted, sessionPresent: present };
+  conn.write(connack);
+  broker.stats.connectsAccepted++;
+  conn.connected(keepAlive);
+  session.resume(conn);
+}

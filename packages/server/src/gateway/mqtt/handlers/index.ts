@@ -1,0 +1,35 @@
+// One handler per packet type; the connection dispatches through this table.
+import type { PacketCmd } from 'mqtt-packet';
+import type { MqttConnection } from '../mqtt-connection.ts';
+import { handleConnect } from './connect-handler.ts';
+import {
+  handleAuth,
+  handleDisconnect,
+  handlePingreq,
+  handlePuback,
+  handleQos2Flow,
+  handleServerOnly,
+} from './control-handlers.ts';
+import { handlePublish } from './publish-handler.ts';
+import { handleSubscribe, handleUnsubscribe } from './subscribe-handler.ts';
+
+// biome-ignore lint/suspicious/noExplicitAny: each handler narrows the packet to its own type.
+type Handler = (conn: MqttConnection, packet: any) => void;
+
+export const packetHandlers: Readonly<Record<PacketCmd, Handler>> = {
+  connect: handleConnect,
+  publish: handlePublish,
+  puback: handlePuback,
+  subscribe: handleSubscribe,
+  unsubscribe: handleUnsubscribe,
+  pingreq: handlePingreq,
+  disconnect: handleDisconnect,
+  auth: handleAuth,
+  pubrec: handleQos2Flow,
+  pubrel: handleQos2Flow,
+  pubcomp: handleQos2Flow,
+  connack: handleServerOnly,
+  suback: handleServerOnly,
+  unsuback: handleServerOnly,
+  pingresp: handleServerOnly,
+};

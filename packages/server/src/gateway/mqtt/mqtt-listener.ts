@@ -1,0 +1,77 @@
+// The MQTT over TLS listener (8883 by default; no plain listener exists). TLS 1.2+ with AEAD suites only.
+import { type AddressInfo, isIP } from 'node:net';
+import tls from 'node:tls';
+import type { Logger } from 'pino';
+import type { MqttBroker } from './mqtt-broker.ts';
+
+export interface TlsServerOptions {
+  cert: string;
+  key: string;
+  minVersion: 'TLSv1.2' | 'TLSv1.3';
+}
+
+/**
+ * TLS 1.2 suites with forward secrecy and AEAD only (CHAN-1); TLS 1.3 suites are all AEAD. ECDSA first:
+ * the development PKI and the lightweight device profile use P-256 keys.
+ */
+export const AEAD_CIPHERS = [
+  'TLS_AES_128_GCM_SHA256',
+  'TLS_AES_256_GCM_SHA384',
+  'TLS_CHACHA20_POLY1305_SHA256',
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
+export function tlsServerOptions(options: TlsServerOptions, handshakeTimeoutMs: number): tls.TlsOptions {
+  return {
+    cert: options.cert,
+    key: options.key,
+    minVersion: options.minVersion,
+    ciphers: AEAD_CIPHERS,
+    honorCipherOrder: true,
+    handshakeTimeout: handshakeTimeoutMs,
+  };
+}
+
+export interface MqttListener {
+  readonly server: tls.Server;
+  address(): AddressInfo;
+  close(): Promise<void>;
+}
+
+export async function startMqttListener(
+  broker: MqttBroker,
+  options: TlsServerOptions & { host: string; port: number; maxConnections: number },
+  log: Logger,
+): Promise<MqttListener> {
+  const server = tls.createServer(tlsServerOptions(options, broker.limits.connectTimeoutMs), (socket) => {
+    socket.setNoDelay(true);
+    broker.handle(socket, socket.remoteAddress ?? 'unknown');
+  });
+  server.maxConnections = options.maxConnections;
+  // A refused handshake (old TLS version, no shared cipher, plain TCP) is the client's problem, not ours.
+  server.on('tlsClientError', (error) => log.debug({ code: (error as NodeJS.ErrnoException).code }, 'mqtt: TLS handshake refused'));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return {
+    server,
+    address: () => server.address() as AddressInfo,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export function formatHostPort(host: string, port: number): string {
+  return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
+}

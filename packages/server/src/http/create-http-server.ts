@@ -1,0 +1,75 @@
+// The HTTPS API (Fastify): TLS 1.2+ with AEAD suites only, security headers, schema validation at the
+// edge, one error format, request IDs, OpenAPI generated from the same schemas. No plain-HTTP listener.
+import { randomUUID } from 'node:crypto';
+import helmet from '@fastify/helmet';
+import swagger from '@fastify/swagger';
+import Fastify, { type FastifyInstance, type FastifyPluginAsync } from 'fastify';
+import type { Logger } from 'pino';
+import { CastellanError } from '../errors/index.ts';
+import { AEAD_CIPHERS } from '../gateway/index.ts';
+import { ErrorResponseSchema, sendError } from './error-responses.ts';
+import { type HealthRoutesOptions, healthRoutes } from './health-routes.ts';
+import { createValidatorCompiler } from './validator-compilers.ts';
+
+export interface HttpServerOptions {
+  tls: { cert: string; key: string; minVersion: 'TLSv1.2' | 'TLSv1.3' };
+  bodyLimitBytes: number;
+  requestTimeoutMs: number;
+  trustProxy: boolean;
+  version: string;
+  log: Logger;
+  readiness: HealthRoutesOptions['readiness'];
+  /** Each subsystem's routes, registered in order. */
+  // biome-ignore lint/suspicious/noExplicitAny: plugins carry their own option types.
+  routes: ReadonlyArray<{ plugin: FastifyPluginAsync<any>; options: object }>;
+}
+
+export async function createHttpServer(options: HttpServerOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    https: {
+      cert: options.tls.cert,
+      key: options.tls.key,
+      minVersion: options.tls.minVersion,
+      ciphers: AEAD_CIPHERS,
+      honorCipherOrder: true,
+    },
+    loggerInstance: options.log,
+    genReqId: () => randomUUID(),
+    bodyLimit: options.bodyLimitBytes,
+    requestTimeout: options.requestTimeoutMs,
+    trustProxy: options.trustProxy,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+  });
+
+  app.setValidatorCompiler(createValidatorCompiler());
+  app.setErrorHandler((error, request, reply) => sendError(request, reply, error));
+  app.setNotFoundHandler((request, reply) => sendError(request, reply, new CastellanError('ERR_HTTP_NOT_FOUND')));
+  app.addSchema(ErrorResponseSchema);
+  app.decorateRequest('principal', undefined);
+  app.addHook('onSend', async (request, reply, payload) => {
+    reply.header('x-request-id', request.id);
+    // API responses can carry secrets shown once: never cache them anywhere.
+    reply.header('cache-control', 'no-store');
+    return payload;
+  });
+
+  await app.register(helmet, { global: true });
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Castellan API',
+        version: options.version,
+        description: 'Security-first cloud platform for smart-home devices. Errors: docs/errors.md.',
+      },
+      components: {
+        securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'Castellan API credential' } },
+      },
+    },
+  });
+
+  await app.register(healthRoutes, { readiness: options.readiness });
+  for (const { plugin, options: pluginOptions } of options.routes) await app.register(plugin, pluginOptions);
+  return app as unknown as FastifyInstance;
+}

@@ -1,0 +1,14 @@
+// Shared pieces for route schemas: every object rejects unknown fields; every error response
+// points at the one ErrorResponse shape.
+import { type TProperties, Type } from 'typebox';
+
+export function StrictObject<T extends TProperties>(properties: T, options: { description?: string } = {}) {
+  return Type.Object(properties, { ...options, additionalProperties: false });
+}
+
+const errorRef = { $ref: 'ErrorResponse#' } as const;
+
+/** Standard error responses for authenticated routes. */
+export const authenticatedErrors = { 400: errorRef, 401: errorRef, 403: errorRef, 404: errorRef } as const;
+export const publicErrors = { 400: errorRef, 401: errorRef } as const;
+export const bearerSecurity = [{ bearer: [] }];

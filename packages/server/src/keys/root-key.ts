@@ -1,0 +1,53 @@
+// The root key: 32 bytes from configuration (base64 value or key file), or, in development only,
+// generated into the data directory with 0600 permissions. Everything else is derived from it (HKDF);
+// the key-system issue puts tenant keys and an HSM option beneath/around it.
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { CastellanError } from '../errors/index.ts';
+
+export const ROOT_KEY_BYTES = 32;
+
+export interface RootKeyConfig {
+  environment: 'development' | 'production';
+  dataDir: string;
+  rootKey: { file: string; base64: string };
+}
+
+export interface LoadedRootKey {
+  key: Buffer;
+  source: 'config' | 'file' | 'generated';
+  file?: string;
+}
+
+function decodeKey(text: string, what: string): Buffer {
+  const trimmed = text.trim();
+  const key = /^[A-Za-z0-9+/=_-]+$/.test(trimmed) ? Buffer.from(trimmed, 'base64') : Buffer.alloc(0);
+  if (key.length !== ROOT_KEY_BYTES) {
+    throw new CastellanError('ERR_KEY_ROOT_INVALID', {
+      message: `${what} must hold exactly ${ROOT_KEY_BYTES} bytes, base64-encoded`,
+    });
+  }
+  return key;
+}
+
+export function loadRootKey(config: RootKeyConfig): LoadedRootKey {
+  if (config.rootKey.base64) {
+    return { key: decodeKey(config.rootKey.base64, 'rootKey.base64'), source: 'config' };
+  }
+  const file = resolve(config.rootKey.file || join(config.dataDir, 'root.key'));
+  if (existsSync(file)) {
+    return { key: decodeKey(readFileSync(file, 'utf8'), `root key file ${file}`), source: 'file', file };
+  }
+  if (config.rootKey.file || config.environment === 'production') {
+    throw new CastellanError('ERR_KEY_ROOT_INVALID', {
+      message: `Root key file ${file} does not exist; production must supply rootKey.file or rootKey.base64`,
+    });
+  }
+  mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+  const key = randomBytes(ROOT_KEY_BYTES);
+  // 'wx' fails rather than overwrite a key another process wrote in the meantime.
+  writeFileSync(file, `${key.toString('base64')}\n`, { mode: 0o600, flag: 'wx' });
+  chmodSync(file, 0o600);
+  return { key, source: 'generated', file };
+}

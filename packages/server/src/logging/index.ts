@@ -1,0 +1,1 @@
+export { createLogger, type Logger, type LoggerOptions, REDACTED_PATHS } from './create-logger.ts';
