@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import type { DestinationStream } from 'pino';
 import { AccountsService, accountsRoutes } from './accounts/index.ts';
 import type { CastellanConfig } from './config/index.ts';
+import { CastellanError } from './errors/index.ts';
 import { DevicesService, devicesRoutes, TelemetryWriter } from './devices/index.ts';
 import { deviceBrokerHooks, formatHostPort, MqttBroker, type MqttListener, startMqttListener } from './gateway/index.ts';
 import { createAuthenticateHook, createHttpServer } from './http/index.ts';
@@ -152,7 +153,15 @@ export async function startPlatform(config: Readonly<CastellanConfig>, options: 
         { plugin: devicesRoutes, options: { devices, authenticate: createAuthenticateHook((t) => accounts.authenticate(t)) } },
       ],
     });
-    await http.listen({ host: config.http.host, port: config.http.port });
+    try {
+      await http.listen({ host: config.http.host, port: config.http.port });
+    } catch (error) {
+      await http.close();
+      throw new CastellanError('ERR_LISTEN_FAILED', {
+        message: `Cannot listen for HTTPS on ${formatHostPort(config.http.host, config.http.port)} (http.host, http.port): ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+        cause: error,
+      });
+    }
     cleanups.push(() => http.close());
 
     const httpPort = (http.server.address() as { port: number }).port;

@@ -1,5 +1,5 @@
 // Storage: Kysely over the embedded SQLite file (node:sqlite, WAL) or PostgreSQL, one API for both.
-import { mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
@@ -54,6 +54,9 @@ function openSqlite(options: OpenStoreOptions): Store {
   const dir = resolve(options.dataDir);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const file = options.url.startsWith('sqlite:') ? options.url.slice('sqlite:'.length) : join(dir, options.sqliteFile);
+  // Created 0600 before SQLite opens it; SQLite gives the -wal and -shm files the same mode.
+  closeSync(openSync(file, 'a', 0o600));
+  chmodSync(file, 0o600);
   const raw = new DatabaseSync(file);
   // WAL lets readers run beside the single writer; FULL makes each committed batch survive power loss,
   // which is what "QoS 1 acknowledged only after the write" promises.

@@ -2,6 +2,7 @@
 import { type AddressInfo, isIP } from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
+import { CastellanError } from '../../errors/index.ts';
 import type { MqttBroker } from './mqtt-broker.ts';
 
 export interface TlsServerOptions {
@@ -56,9 +57,16 @@ export async function startMqttListener(
   // A refused handshake (old TLS version, no shared cipher, plain TCP) is the client's problem, not ours.
   server.on('tlsClientError', (error) => log.debug({ code: (error as NodeJS.ErrnoException).code }, 'mqtt: TLS handshake refused'));
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (error: NodeJS.ErrnoException) =>
+      reject(
+        new CastellanError('ERR_LISTEN_FAILED', {
+          message: `Cannot listen for MQTT on ${formatHostPort(options.host, options.port)} (mqtt.host, mqtt.port): ${error.code ?? error.message}`,
+          cause: error,
+        }),
+      ),
+    );
     server.listen(options.port, options.host, () => {
-      server.off('error', reject);
+      server.removeAllListeners('error');
       resolve();
     });
   });

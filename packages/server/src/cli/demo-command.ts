@@ -1,0 +1,168 @@
+// `castellan demo`: the foundation's end-to-end path against a running platform, each step printed:
+// administrator (setup token) → vendor → vendor credential → product → devices → each device connects
+// over MQTT/TLS with its own secret and reports telemetry → the vendor reads it back over HTTPS.
+// A device that presents only its ID is refused. Exits non-zero on any failure.
+import { randomInt } from 'node:crypto';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { DeviceClient, DeviceConnectError } from '@castellan/device';
+import { RUNTIME_FILE, type RuntimeInfo } from '../platform.ts';
+import { ApiClient, ApiError } from './api-client.ts';
+
+export const demoHelp = `Usage: castellan demo [options]
+
+Runs the demo story against a platform started from the same folder (npm start), finding what it
+needs in the data directory: the platform's addresses (runtime.json), its CA (pki/ca.crt) and the
+one-time setup token (setup-token). After the first run the administrator credential it created is
+kept in <data-dir>/demo-admin.token (0600) so the demo can run again.
+
+Options:
+  --data-dir <dir>       data directory of the running platform (default ./data)
+  --url <https-url>      API address (default from runtime.json)
+  --mqtt-url <mqtts-url> MQTT address (default from runtime.json)
+  --ca <file>            CA certificate to pin (default from runtime.json)
+  --setup-token <token>  setup token (default <data-dir>/setup-token)
+  --admin-token <token>  use this administrator credential instead of running setup
+  --devices <n>          devices to create and connect (1-100, default 3)
+  --json                 print a JSON summary instead of the step log
+  -h, --help             show this help`;
+
+export interface DemoOptions {
+  'data-dir'?: string;
+  url?: string;
+  'mqtt-url'?: string;
+  ca?: string;
+  'setup-token'?: string;
+  'admin-token'?: string;
+  devices?: string;
+  json?: boolean;
+}
+
+interface Step {
+  step: string;
+  ok: boolean;
+  detail: string;
+}
+
+export const DEMO_ADMIN_TOKEN_FILE = 'demo-admin.token';
+
+function readTrimmed(file: string): string {
+  return readFileSync(file, 'utf8').trim();
+}
+
+export async function demoCommand(options: DemoOptions, out: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<number> {
+  const steps: Step[] = [];
+  const log = (step: string, detail: string) => {
+    steps.push({ step, ok: true, detail });
+    if (!options.json) out(`  ✔ ${step}${detail ? `: ${detail}` : ''}`);
+  };
+  const dataDir = resolve(options['data-dir'] ?? 'data');
+  const clients: DeviceClient[] = [];
+  try {
+    const deviceCount = Number(options.devices ?? '3');
+    if (!Number.isInteger(deviceCount) || deviceCount < 1 || deviceCount > 100) {
+      throw new Error('--devices must be an integer from 1 to 100');
+    }
+    const runtimePath = join(dataDir, RUNTIME_FILE);
+    const runtime: Partial<RuntimeInfo> = existsSync(runtimePath) ? JSON.parse(readFileSync(runtimePath, 'utf8')) : {};
+    const httpUrl = options.url ?? runtime.httpUrl;
+    const mqttUrl = options['mqtt-url'] ?? runtime.mqttUrl;
+    const caFile = options.ca ?? runtime.caFile ?? join(dataDir, 'pki', 'ca.crt');
+    if (!httpUrl || !mqttUrl) {
+      throw new Error(`no running platform found: ${runtimePath} is missing (start one with \`npm start\` in this folder, or pass --url and --mqtt-url)`);
+    }
+    if (!existsSync(caFile)) throw new Error(`CA certificate ${caFile} not found (pass --ca)`);
+    const ca = readFileSync(caFile, 'utf8');
+    const api = new ApiClient(httpUrl, ca);
+    if (!options.json) out(`Castellan demo against ${httpUrl} and ${mqttUrl}`);
+
+    const ready = await api.request<{ status: string }>('GET', '/readyz');
+    log('platform is ready', ready.status);
+
+    // 1. Administrator: from a flag, a previous demo run, or the one-time setup token.
+    const adminTokenFile = join(dataDir, DEMO_ADMIN_TOKEN_FILE);
+    let adminToken = options['admin-token'] ?? (existsSync(adminTokenFile) ? readTrimmed(adminTokenFile) : undefined);
+    if (!adminToken) {
+      const setupFile = join(dataDir, 'setup-token');
+      const setupToken = options['setup-token'] ?? (existsSync(setupFile) ? readTrimmed(setupFile) : undefined);
+      if (!setupToken) throw new Error(`no setup token: ${setupFile} is missing and no --admin-token was given`);
+      const setup = await api.request<{ adminId: string; credential: { token: string } }>('POST', '/v1/setup', {
+        setupToken,
+        adminName: 'demo administrator',
+      });
+      adminToken = setup.credential.token;
+      writeFileSync(adminTokenFile, `${adminToken}\n`, { mode: 0o600 });
+      chmodSync(adminTokenFile, 0o600);
+      log('setup token used: first administrator created', `${setup.adminId} (credential kept in ${adminTokenFile})`);
+    } else {
+      log('administrator credential found', options['admin-token'] ? '--admin-token' : adminTokenFile);
+    }
+    api.token = adminToken;
+
+    // 2. Vendor and its API credential.
+    const suffix = randomInt(1_000_000).toString().padStart(6, '0');
+    const vendor = await api.request<{ id: string; code: string }>('POST', '/v1/vendors', { name: `Demo Devices ${suffix}` });
+    log('vendor created', `${vendor.id}, vendor code ${vendor.code}`);
+    const credential = await api.request<{ id: string; token: string }>('POST', `/v1/vendors/${vendor.id}/credentials`, {
+      label: 'demo',
+    });
+    log('vendor API credential issued', `${credential.id} (token shown once, not printed)`);
+    const vendorApi = new ApiClient(httpUrl, ca, credential.token);
+
+    // 3. Product and devices.
+    const product = await vendorApi.request<{ id: string; code: string }>('POST', '/v1/products', {
+      name: 'Demo smart plug',
+      category: 'plug',
+    });
+    log('product created', `${product.id}, product code ${product.code}`);
+    const issued = await vendorApi.request<{ devices: { id: string; secret: string }[] }>(
+      'POST',
+      `/v1/products/${product.id}/devices`,
+      { count: deviceCount },
+    );
+    log(`${issued.devices.length} devices issued`, issued.devices.map((d) => d.id).join(', '));
+
+    // 4. The device ID alone is not a credential.
+    const first = issued.devices[0]!;
+    try {
+      const rogue = await DeviceClient.connect({ url: mqttUrl, deviceId: first.id, secret: '', ca });
+      await rogue.close();
+      throw new Error('a device connected without its secret: the platform accepted an ID alone');
+    } catch (error) {
+      if (!(error instanceof DeviceConnectError)) throw error;
+      log('connection with the device ID alone refused', error.code);
+    }
+
+    // 5. Each device connects over MQTT/TLS with its own secret and reports telemetry (QoS 1 = stored).
+    const sent = new Map<string, Record<string, number>>();
+    for (const [i, device] of issued.devices.entries()) {
+      const client = await DeviceClient.connect({ url: mqttUrl, deviceId: device.id, secret: device.secret, ca });
+      clients.push(client);
+      const reading = { power_w: 5 + i, voltage_v: 230, uptime_s: 60 * (i + 1) };
+      await client.publishTelemetry(reading);
+      sent.set(device.id, reading);
+    }
+    log('devices connected over MQTT/TLS and reported telemetry', `${clients.length} acknowledged (QoS 1, stored)`);
+
+    // 6. The vendor reads it back.
+    for (const [deviceId, reading] of sent) {
+      const latest = await vendorApi.request<{ payload: Record<string, number> }>('GET', `/v1/devices/${deviceId}/telemetry/latest`);
+      if (JSON.stringify(latest.payload) !== JSON.stringify(reading)) {
+        throw new Error(`telemetry of ${deviceId} read back as ${JSON.stringify(latest.payload)}, sent ${JSON.stringify(reading)}`);
+      }
+    }
+    log('vendor read every device\'s latest telemetry over HTTPS', 'matches what was sent');
+
+    if (options.json) out(JSON.stringify({ ok: true, steps }, null, 2));
+    else out('Demo completed.');
+    return 0;
+  } catch (error) {
+    const message = error instanceof ApiError || error instanceof Error ? error.message : String(error);
+    steps.push({ step: 'failure', ok: false, detail: message });
+    if (options.json) out(JSON.stringify({ ok: false, steps }, null, 2));
+    else out(`  ✘ demo failed: ${message}`);
+    return 1;
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+  }
+}
