@@ -52,6 +52,8 @@ export interface DevicesServiceOptions {
   telemetry: TelemetryWriter;
   maxBatch: number;
   now?: () => number;
+  /** Draws a device ID; tests inject collisions through it. */
+  generateDeviceId?: (vendorCode: string, productCode: string) => string;
 }
 
 /** 256 random bits, base64url: fits an MQTT password and a small chip's flash. */
@@ -72,6 +74,7 @@ export class DevicesService {
   readonly #telemetry: TelemetryWriter;
   readonly #maxBatch: number;
   readonly #now: () => number;
+  readonly #drawId: (vendorCode: string, productCode: string) => string;
   /** Decrypted when a device ID is unknown, so that both refusals cost the same. */
   readonly #decoy: { id: string; sealed: Buffer; secret: Buffer };
 
@@ -82,6 +85,7 @@ export class DevicesService {
     this.#telemetry = options.telemetry;
     this.#maxBatch = options.maxBatch;
     this.#now = options.now ?? Date.now;
+    this.#drawId = options.generateDeviceId ?? generateDeviceId;
     const decoySecret = Buffer.from(randomBytes(DEVICE_SECRET_BYTES).toString('base64url'));
     const decoyId = generateDeviceId('000000', '000000');
     this.#decoy = { id: decoyId, secret: decoySecret, sealed: this.#secrets.seal(decoySecret, secretAad(decoyId)) };
@@ -148,8 +152,10 @@ export class DevicesService {
       let missing = count;
       for (let round = 0; round < ID_ROUNDS && missing > 0; round++) {
         const batch = new Map<string, string>();
-        while (batch.size < missing) {
-          batch.set(generateDeviceId(vendor.code, product.code), randomBytes(DEVICE_SECRET_BYTES).toString('base64url'));
+        // Bounded: a generator that keeps repeating itself must end in an error, not a hang.
+        for (let draws = 0; batch.size < missing && draws < missing * 4 + 16; draws++) {
+          const id = this.#drawId(vendor.code, product.code);
+          if (!batch.has(id)) batch.set(id, randomBytes(DEVICE_SECRET_BYTES).toString('base64url'));
         }
         const rows = [...batch].map(([id, secret]) => ({
           id,

@@ -43,6 +43,8 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
   });
 
   app.setValidatorCompiler(createValidatorCompiler());
+  // The API speaks JSON only: other media types are refused (415) rather than parsed as text.
+  app.removeContentTypeParser('text/plain');
   app.setErrorHandler((error, request, reply) => sendError(request, reply, error));
   app.setNotFoundHandler((request, reply) => sendError(request, reply, new CastellanError('ERR_HTTP_NOT_FOUND')));
   app.addSchema(ErrorResponseSchema);

@@ -1,0 +1,169 @@
+// Starts a real platform for a test: ports 0 on 127.0.0.1, a temporary data directory, SQLite or a
+// fresh PostgreSQL schema, and every log line captured so tests can search them.
+import { mkdtempSync, rmSync } from 'node:fs';
+import https from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { Writable } from 'node:stream';
+import { type DeepPartial, loadConfig } from '../../src/config/index.ts';
+import type { CastellanConfig } from '../../src/config/index.ts';
+import { type Platform, startPlatform } from '../../src/platform.ts';
+import { type DialectName, dropSchema, POSTGRES_URL, pgQuery, uniqueSchema } from './dialects.ts';
+
+export interface CapturedLogs {
+  readonly lines: string[];
+  text(): string;
+}
+
+export function captureLogs(): { stream: Writable; logs: CapturedLogs } {
+  const lines: string[] = [];
+  const stream = new Writable({
+    write(chunk, _encoding, callback) {
+      for (const line of String(chunk).split('\n')) if (line) lines.push(line);
+      callback();
+    },
+  });
+  return { stream, logs: { lines, text: () => lines.join('\n') } };
+}
+
+export interface TestPlatform {
+  platform: Platform;
+  dialect: DialectName;
+  dataDir: string;
+  schema: string | undefined;
+  logs: CapturedLogs;
+  notices: string[];
+  /** Runs a SELECT directly against the store, bypassing the platform's code. */
+  query<T = Record<string, unknown>>(sql: string, values?: unknown[]): Promise<T[]>;
+  close(): Promise<void>;
+}
+
+export async function startTestPlatform(
+  dialect: DialectName,
+  overrides: DeepPartial<CastellanConfig> = {},
+): Promise<TestPlatform> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'castellan-test-'));
+  const schema = dialect === 'postgres' ? uniqueSchema() : undefined;
+  const config = loadConfig({
+    env: {},
+    cwd: dataDir,
+    overrides: {
+      ...overrides,
+      dataDir,
+      log: { level: 'debug', ...overrides.log },
+      http: { host: '127.0.0.1', port: 0, ...overrides.http },
+      mqtt: { host: '127.0.0.1', port: 0, connectTimeoutMs: 5000, ...overrides.mqtt },
+      database: dialect === 'postgres' ? { url: POSTGRES_URL, schema, ...overrides.database } : { ...overrides.database },
+    },
+  });
+  const { stream, logs } = captureLogs();
+  const notices: string[] = [];
+  const platform = await startPlatform(config, { logDestination: stream, notice: (m) => notices.push(m) });
+  return {
+    platform,
+    dialect,
+    dataDir,
+    schema,
+    logs,
+    notices,
+    async query<T>(sql: string, values: unknown[] = []): Promise<T[]> {
+      if (dialect === 'postgres') return pgQuery<T>(schema!, sql, values);
+      // A second, read-only connection: sees only what the platform committed.
+      const db = new DatabaseSync(join(dataDir, 'castellan.db'), { readOnly: true });
+      try {
+        const pgToSqlite = sql.replace(/\$(\d+)/g, '?');
+        return db.prepare(pgToSqlite).all(...(values as never[])) as T[];
+      } finally {
+        db.close();
+      }
+    },
+    async close() {
+      await platform.close();
+      if (schema) await dropSchema(schema);
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface HttpResult<T = unknown> {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: T;
+  text: string;
+}
+
+/** A raw HTTPS request pinned to the platform CA; never throws on HTTP error statuses. */
+export function request<T = any>(
+  platform: Platform,
+  method: string,
+  path: string,
+  options: { token?: string; body?: unknown; rawBody?: string | Buffer; contentType?: string; headers?: Record<string, string> } = {},
+): Promise<HttpResult<T>> {
+  const payload =
+    options.rawBody !== undefined ? Buffer.from(options.rawBody) : options.body !== undefined ? Buffer.from(JSON.stringify(options.body)) : undefined;
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      new URL(path, platform.httpUrl),
+      {
+        method,
+        ca: platform.caPem,
+        headers: {
+          ...(payload ? { 'content-type': options.contentType ?? 'application/json', 'content-length': payload.length } : {}),
+          ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
+          ...options.headers,
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let body: unknown = text;
+          try {
+            body = text ? JSON.parse(text) : null;
+          } catch {}
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: body as T, text });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+export interface Tenant {
+  adminToken: string;
+  vendorId: string;
+  vendorCode: string;
+  vendorToken: string;
+  productId: string;
+  productCode: string;
+  devices: { id: string; secret: string }[];
+}
+
+/** Walks the foundation path through the API: setup (once) → vendor → credential → product → devices. */
+export async function provisionTenant(tp: TestPlatform, deviceCount = 2, adminToken?: string): Promise<Tenant> {
+  const p = tp.platform;
+  let admin = adminToken;
+  if (!admin) {
+    const setup = await request(p, 'POST', '/v1/setup', { body: { setupToken: p.setupToken, adminName: 'test admin' } });
+    if (setup.status !== 201) throw new Error(`setup failed: ${setup.text}`);
+    admin = setup.body.credential.token as string;
+  }
+  const vendor = await request(p, 'POST', '/v1/vendors', { token: admin, body: { name: 'Test Vendor' } });
+  const credential = await request(p, 'POST', `/v1/vendors/${vendor.body.id}/credentials`, { token: admin, body: { label: 'tests' } });
+  const vendorToken = credential.body.token as string;
+  const product = await request(p, 'POST', '/v1/products', { token: vendorToken, body: { name: 'Test Plug', category: 'plug' } });
+  const devices = await request(p, 'POST', `/v1/products/${product.body.id}/devices`, { token: vendorToken, body: { count: deviceCount } });
+  if (devices.status !== 201) throw new Error(`device creation failed: ${devices.text}`);
+  return {
+    adminToken: admin,
+    vendorId: vendor.body.id,
+    vendorCode: vendor.body.code,
+    vendorToken,
+    productId: product.body.id,
+    productCode: product.body.code,
+    devices: devices.body.devices,
+  };
+}
