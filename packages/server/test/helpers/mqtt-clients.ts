@@ -81,13 +81,16 @@ export function publishOutcome(client: MqttClient, topic: string, payload: strin
   });
 }
 
-/** Subscribes and resolves with the granted QoS / reason codes. */
+/** Subscribes and resolves with the SUBACK's return/reason codes as the broker sent them. */
 export function subscribeOutcome(client: MqttClient, filters: string[]): Promise<number[]> {
-  return new Promise((resolve, reject) => {
-    client.subscribe(filters, { qos: 1 }, (error, granted) => {
-      if (error && !granted) return reject(error);
-      resolve((granted ?? []).map((g) => g.qos));
-    });
+  return new Promise((resolve) => {
+    const onPacket = (packet: Packet) => {
+      if (packet.cmd !== 'suback') return;
+      client.off('packetreceive', onPacket);
+      resolve((packet.granted as number[]).slice());
+    };
+    client.on('packetreceive', onPacket);
+    client.subscribe(filters, { qos: 1 }, () => {});
   });
 }
 
