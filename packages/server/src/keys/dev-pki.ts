@@ -1,7 +1,7 @@
 // Development PKI: an ECDSA P-256 root CA and a server certificate signed by it (a 2-level chain, the
 // lightweight profile small devices can verify), written to dataDir/pki with 0600 permissions on first
 // start. Production supplies its own certificate and key through tls.certFile / tls.keyFile.
-import { webcrypto } from 'node:crypto';
+import { KeyObject, webcrypto } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 // @peculiar/x509 resolves its services through tsyringe, which needs the Reflect metadata API.
@@ -29,9 +29,8 @@ export interface TlsConfig {
   tls: { certFile: string; keyFile: string; caFile: string };
 }
 
-function pemKey(der: ArrayBuffer): string {
-  const b64 = Buffer.from(der).toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '');
-  return `-----BEGIN PRIVATE KEY-----\n${b64}\n-----END PRIVATE KEY-----\n`;
+function pemKey(key: CryptoKey): string {
+  return KeyObject.from(key).export({ type: 'pkcs8', format: 'pem' }) as string;
 }
 
 function serial(): string {
@@ -91,9 +90,9 @@ export async function generateDevPki(dir: string, hostnames: readonly string[] =
   const material = {
     ca: caCert.toString('pem'),
     cert: serverCert.toString('pem'),
-    key: pemKey(await webcrypto.subtle.exportKey('pkcs8', serverKeys.privateKey)),
+    key: pemKey(serverKeys.privateKey),
   };
-  writeSecret(join(dir, 'ca.key'), pemKey(await webcrypto.subtle.exportKey('pkcs8', caKeys.privateKey)));
+  writeSecret(join(dir, 'ca.key'), pemKey(caKeys.privateKey));
   writeSecret(join(dir, 'ca.crt'), material.ca);
   writeSecret(join(dir, 'server.key'), material.key);
   writeSecret(join(dir, 'server.crt'), material.cert);
