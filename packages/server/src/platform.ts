@@ -92,7 +92,7 @@ export async function startPlatform(config: Readonly<CastellanConfig>, options: 
       ...(config.database.schema ? { schema: config.database.schema } : {}),
     });
     cleanups.push(() => store.close());
-    const applied = await migrateToLatest(store.db, store.dialect);
+    const applied = await migrateToLatest(store.db, store.dialect, store.schema);
     log.info({ store: store.location, dialect: store.dialect, migrationsApplied: applied }, 'storage ready');
 
     const accounts = new AccountsService({ db: store.db, dataDir });

@@ -31,7 +31,7 @@ for (const dialect of await dialectCases()) {
         poolMax: 4,
         ...(schema ? { schema } : {}),
       });
-      await migrateToLatest(store.db, store.dialect);
+      await migrateToLatest(store.db, store.dialect, store.schema);
     });
     after(async () => {
       await store?.close();
@@ -42,7 +42,7 @@ for (const dialect of await dialectCases()) {
     const count = async () => Number((await store.db.selectFrom('telemetry').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
 
     test('migrations are idempotent', async () => {
-      assert.deepEqual(await migrateToLatest(store.db, store.dialect), []);
+      assert.deepEqual(await migrateToLatest(store.db, store.dialect, store.schema), []);
     });
 
     test('the telemetry writer batches many appends into few transactions and resolves each after commit', async () => {

@@ -97,8 +97,14 @@ class StaticProvider implements MigrationProvider {
 }
 
 /** Brings the schema up to date; throws ERR_STORE_UNAVAILABLE naming the failed migration. */
-export async function migrateToLatest(db: AnyDb, dialect: DialectName): Promise<string[]> {
-  const migrator = new Migrator({ db, provider: new StaticProvider(migrationsFor(dialect)) });
+export async function migrateToLatest(db: AnyDb, dialect: DialectName, schema?: string): Promise<string[]> {
+  // The migration tables are schema-qualified: Kysely checks for them across all schemas, so another
+  // schema's tables (another tenant database, a parallel test) must not be mistaken for ours.
+  const migrator = new Migrator({
+    db,
+    provider: new StaticProvider(migrationsFor(dialect)),
+    ...(schema ? { migrationTableSchema: schema } : {}),
+  });
   const { error, results } = await migrator.migrateToLatest();
   const failed = results?.find((r) => r.status === 'Error');
   if (error) {

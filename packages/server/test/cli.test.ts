@@ -1,0 +1,140 @@
+// The `castellan` command as a user runs it: the launcher's Node check, help, configuration errors,
+// and `up` + `demo` end to end in separate processes, then a graceful SIGTERM.
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, describe, test } from 'node:test';
+
+const bin = resolve(import.meta.dirname, '../bin/castellan.js');
+// A clean environment: no CASTELLAN_* or DATABASE_URL leaks in from the developer's shell.
+const baseEnv = Object.fromEntries(
+  Object.entries(process.env).filter(([k]) => !k.startsWith('CASTELLAN_') && k !== 'DATABASE_URL'),
+) as NodeJS.ProcessEnv;
+
+function run(args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string) {
+  return spawnSync(process.execPath, [bin, ...args], { env: { ...baseEnv, ...env }, cwd, encoding: 'utf8', timeout: 60_000 });
+}
+
+const dirs: string[] = [];
+const children: ChildProcess[] = [];
+after(() => {
+  for (const child of children) child.kill('SIGKILL');
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('castellan CLI', () => {
+  test('the plain-JS launcher refuses Node older than 24 with a clear message', (t) => {
+    const system = spawnSync('/usr/bin/node', ['--version'], { encoding: 'utf8' });
+    const major = Number(/^v(\d+)/.exec(system.stdout ?? '')?.[1]);
+    if (system.error || !(major < 24)) {
+      t.skip('no Node older than 24 at /usr/bin/node on this machine');
+      return;
+    }
+    const result = spawnSync('/usr/bin/node', [bin, '--help'], { encoding: 'utf8' });
+    assert.equal(result.status, 1);
+    assert.match(result.stderr, /^castellan needs Node\.js >= 24 \(this is v\d+/);
+  });
+
+  test('--help and per-command help', () => {
+    const main = run(['--help']);
+    assert.equal(main.status, 0);
+    assert.match(main.stdout, /Usage: castellan <command>/);
+    for (const command of ['up', 'demo', 'config']) {
+      const help = run([command, '--help']);
+      assert.equal(help.status, 0, command);
+      assert.match(help.stdout, new RegExp(`Usage: castellan ${command}`));
+    }
+    assert.match(run(['--version']).stdout, /^\d+\.\d+\.\d+\n$/);
+  });
+
+  test('unknown commands and flags are usage errors (exit 2)', () => {
+    const unknown = run(['launch']);
+    assert.equal(unknown.status, 2);
+    assert.match(unknown.stderr, /unknown command 'launch'/);
+    const flag = run(['up', '--port', '1']);
+    assert.equal(flag.status, 2);
+    assert.match(flag.stderr, /Unknown option '--port'/);
+  });
+
+  test('a bad configuration value stops `up` naming the key (exit 78), without echoing secrets', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'castellan-cli-'));
+    dirs.push(dir);
+    const bad = run(['up', '--data-dir', dir], { CASTELLAN_HTTP_PORT: '70000' }, dir);
+    assert.equal(bad.status, 78);
+    assert.match(bad.stderr, /^castellan: Invalid configuration: http\.port must be <= 65535$/m);
+    const secret = randomBytes(16).toString('base64'); // valid base64, wrong size
+    const badKey = run(['up', '--data-dir', dir], { CASTELLAN_ROOT_KEY_BASE64: secret, CASTELLAN_HTTP_PORT: '0', CASTELLAN_MQTT_PORT: '0' }, dir);
+    assert.equal(badKey.status, 1);
+    assert.match(badKey.stderr, /rootKey\.base64 must hold exactly 32 bytes/);
+    assert.equal((badKey.stderr + badKey.stdout).includes(secret), false);
+  });
+
+  test('`config --keys --json` lists every key with its environment variable', () => {
+    const result = run(['config', '--keys', '--json']);
+    assert.equal(result.status, 0);
+    const keys = JSON.parse(result.stdout) as { key: string; env: string }[];
+    assert.ok(keys.some((k) => k.key === 'http.port' && k.env === 'CASTELLAN_HTTP_PORT'));
+  });
+
+  test('`demo` without a running platform fails clearly', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'castellan-cli-'));
+    dirs.push(dir);
+    const result = run(['demo', '--data-dir', dir]);
+    assert.equal(result.status, 1);
+    assert.match(result.stdout, /demo failed: no running platform found/);
+  });
+
+  test('[DEV-3] [SESS-5] `up` then `demo` (twice) complete; SIGTERM stops gracefully; no secret reaches the logs', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'castellan-cli-'));
+    dirs.push(dir);
+    const up = spawn(process.execPath, [bin, 'up', '--data-dir', join(dir, 'data')], {
+      cwd: dir,
+      env: { ...baseEnv, CASTELLAN_HTTP_PORT: '0', CASTELLAN_MQTT_PORT: '0', CASTELLAN_HTTP_HOST: '127.0.0.1', CASTELLAN_MQTT_HOST: '127.0.0.1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.push(up);
+    let output = '';
+    up.stdout!.on('data', (c) => (output += c));
+    up.stderr!.on('data', (c) => (output += c));
+    const runtime = join(dir, 'data', 'runtime.json');
+    for (let i = 0; i < 300 && !existsSync(runtime); i++) await sleep(50);
+    assert.ok(existsSync(runtime), `platform did not start:\n${output}`);
+    const setupToken = readFileSync(join(dir, 'data', 'setup-token'), 'utf8').trim();
+
+    const demo = spawnSync(process.execPath, [bin, 'demo', '--data-dir', join(dir, 'data'), '--devices', '2'], {
+      cwd: dir,
+      env: baseEnv,
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    assert.equal(demo.status, 0, demo.stdout + demo.stderr);
+    assert.match(demo.stdout, /✔ setup token used: first administrator created/);
+    assert.match(demo.stdout, /✔ connection with the device ID alone refused: MQTT_CONNACK_134/);
+    assert.match(demo.stdout, /✔ vendor read every device's latest telemetry over HTTPS: matches what was sent/);
+    assert.match(demo.stdout, /Demo completed\.$/m);
+
+    const again = spawnSync(process.execPath, [bin, 'demo', '--data-dir', join(dir, 'data'), '--json', '--devices', '1'], {
+      cwd: dir,
+      env: baseEnv,
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    assert.equal(again.status, 0, again.stdout + again.stderr);
+    const summary = JSON.parse(again.stdout);
+    assert.equal(summary.ok, true);
+    assert.equal(summary.steps[1].step, 'administrator credential found');
+
+    const adminToken = readFileSync(join(dir, 'data', 'demo-admin.token'), 'utf8').trim();
+    up.kill('SIGTERM');
+    const code = await new Promise<number | null>((r) => up.once('exit', (c) => r(c)));
+    assert.equal(code, 0, output);
+    assert.equal(existsSync(runtime), false, 'runtime.json is removed on a graceful stop');
+    assert.match(output, /"msg":"castellan stopped"/);
+    for (const secret of [setupToken, adminToken]) assert.equal(output.includes(secret), false, 'a token reached the output');
+    assert.equal(demo.stdout.includes(adminToken) || again.stdout.includes(adminToken), false);
+  });
+});
