@@ -22,11 +22,19 @@ describe('secret scan', () => {
       const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
       const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
       writeFileSync(join(dir, 'src', 'tls.ts'), `// fixture\nexport const key = \`${pem}\`;\n`);
-      writeFileSync(join(dir, 'src', 'client.ts'), `const x = 1;\nconst apiSecret = '${randomBytes(24).toString('base64url')}';\n`);
+      writeFileSync(
+        join(dir, 'src', 'client.ts'),
+        `const x = 1;\nconst apiSecret = '${randomBytes(24).toString('base64url')}';\n`,
+      );
       writeFileSync(join(dir, 'config.json'), `{\n  "rootKey": "${randomBytes(32).toString('hex')}"\n}\n`);
       writeFileSync(join(dir, 'notes.md'), `token: cas_adm_${randomBytes(32).toString('base64url')}\n`);
-      writeFileSync(join(dir, 'fine.ts'), "const password = process.env.PASSWORD ?? '';\nconst tokenName = 'setup-token-file-name';\n");
-      const findings = scanTree(dir).map((f) => `${f.file}:${f.line}:${f.rule}`).sort();
+      writeFileSync(
+        join(dir, 'fine.ts'),
+        "const password = process.env.PASSWORD ?? '';\nconst tokenName = 'setup-token-file-name';\n",
+      );
+      const findings = scanTree(dir)
+        .map((f) => `${f.file}:${f.line}:${f.rule}`)
+        .sort();
       assert.deepEqual(findings, [
         'config.json:2:assigned-key-material',
         'notes.md:1:castellan-token',

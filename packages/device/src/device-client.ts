@@ -39,17 +39,25 @@ export class DeviceClient {
 
   static connect(options: DeviceClientOptions): Promise<DeviceClient> {
     if (!isDeviceId(options.deviceId)) {
-      return Promise.reject(new DeviceConnectError('ERR_DEVICE_ID_INVALID', 'device ID must be 24 lower-case hex digits'));
+      return Promise.reject(
+        new DeviceConnectError('ERR_DEVICE_ID_INVALID', 'device ID must be 24 lower-case hex digits'),
+      );
     }
     const url = new URL(options.url);
     if (url.protocol !== 'mqtts:') {
-      return Promise.reject(new DeviceConnectError('ERR_DEVICE_INSECURE_URL', 'only mqtts:// (MQTT over TLS) is allowed'));
+      return Promise.reject(
+        new DeviceConnectError('ERR_DEVICE_INSECURE_URL', 'only mqtts:// (MQTT over TLS) is allowed'),
+      );
     }
     const tlsOptions: ConnectionOptions = {
       ca: options.ca,
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
-      ...(options.servername ? { servername: options.servername } : isIP(url.hostname) ? {} : { servername: url.hostname }),
+      ...(options.servername
+        ? { servername: options.servername }
+        : isIP(url.hostname)
+          ? {}
+          : { servername: url.hostname }),
     };
     const clientOptions: IClientOptions = {
       ...(tlsOptions as IClientOptions),
@@ -67,7 +75,12 @@ export class DeviceClient {
       const fail = (error: Error) => {
         client.end(true);
         const code = (error as { code?: number | string }).code;
-        reject(new DeviceConnectError(typeof code === 'number' ? `MQTT_CONNACK_${code}` : 'ERR_DEVICE_CONNECT', error.message));
+        reject(
+          new DeviceConnectError(
+            typeof code === 'number' ? `MQTT_CONNACK_${code}` : 'ERR_DEVICE_CONNECT',
+            error.message,
+          ),
+        );
       };
       client.once('error', fail);
       client.once('close', () => fail(new Error('connection closed before CONNACK')));
@@ -91,7 +104,12 @@ export class DeviceClient {
         if (error) return reject(error);
         const reasonCode = (packet as { reasonCode?: number } | undefined)?.reasonCode;
         if (reasonCode !== undefined && reasonCode >= 0x80) {
-          return reject(new DeviceConnectError(`MQTT_PUBACK_${reasonCode}`, `publish refused with reason code 0x${reasonCode.toString(16)}`));
+          return reject(
+            new DeviceConnectError(
+              `MQTT_PUBACK_${reasonCode}`,
+              `publish refused with reason code 0x${reasonCode.toString(16)}`,
+            ),
+          );
         }
         resolve();
       });

@@ -1,13 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import {
-  DeviceIdError,
-  generateCode,
-  generateDeviceId,
-  isDeviceId,
-  parseDeviceId,
-} from '../src/index.ts';
+import { DeviceIdError, generateCode, generateDeviceId, isDeviceId, parseDeviceId } from '../src/index.ts';
 
 const hex = (n: number) => fc.stringMatching(new RegExp(`^[0-9a-f]{${n}}$`));
 
@@ -46,7 +40,10 @@ describe('device ID codec', () => {
       ['01a1b2c3 0ff10abcdef0000', /only lower-case hex digits/],
     ];
     for (const [value, message] of cases) {
-      assert.throws(() => parseDeviceId(value), (error: unknown) => error instanceof DeviceIdError && message.test((error as Error).message));
+      assert.throws(
+        () => parseDeviceId(value),
+        (error: unknown) => error instanceof DeviceIdError && message.test((error as Error).message),
+      );
       assert.equal(isDeviceId(value), false);
     }
   });
@@ -76,7 +73,8 @@ describe('device ID codec', () => {
       for (const ch of random) digitCounts[Number.parseInt(ch, 16)]!++;
     }
     // Binomial(20000, 0.5): σ ≈ 71; 6σ bounds make a false alarm astronomically unlikely.
-    for (const count of ones) assert.ok(Math.abs(count - samples / 2) < 6 * 71, `bit count ${count} is far from ${samples / 2}`);
+    for (const count of ones)
+      assert.ok(Math.abs(count - samples / 2) < 6 * 71, `bit count ${count} is far from ${samples / 2}`);
     // χ² over the 16 hex digits (15 degrees of freedom); 60 is far beyond the 0.9999 quantile (~44).
     const expected = (samples * 8) / 16;
     const chi2 = digitCounts.reduce((sum, c) => sum + (c - expected) ** 2 / expected, 0);

@@ -7,9 +7,15 @@ import type { FastifyInstance } from 'fastify';
 import type { DestinationStream } from 'pino';
 import { AccountsService, accountsRoutes } from './accounts/index.ts';
 import type { CastellanConfig } from './config/index.ts';
-import { CastellanError } from './errors/index.ts';
 import { DevicesService, devicesRoutes, TelemetryWriter } from './devices/index.ts';
-import { deviceBrokerHooks, formatHostPort, MqttBroker, type MqttListener, startMqttListener } from './gateway/index.ts';
+import { CastellanError } from './errors/index.ts';
+import {
+  deviceBrokerHooks,
+  formatHostPort,
+  MqttBroker,
+  type MqttListener,
+  startMqttListener,
+} from './gateway/index.ts';
 import { createAuthenticateHook, createHttpServer } from './http/index.ts';
 import { loadRootKey, loadTlsMaterial, SecretBox } from './keys/index.ts';
 import { createLogger, type Logger } from './logging/index.ts';
@@ -60,8 +66,14 @@ function urlHost(host: string): string {
   return host === '0.0.0.0' || host === '::' ? 'localhost' : host;
 }
 
-export async function startPlatform(config: Readonly<CastellanConfig>, options: PlatformOptions = {}): Promise<Platform> {
-  const log = createLogger({ level: config.log.level, ...(options.logDestination ? { destination: options.logDestination } : {}) });
+export async function startPlatform(
+  config: Readonly<CastellanConfig>,
+  options: PlatformOptions = {},
+): Promise<Platform> {
+  const log = createLogger({
+    level: config.log.level,
+    ...(options.logDestination ? { destination: options.logDestination } : {}),
+  });
   const notice = options.notice ?? ((message: string) => process.stderr.write(`${message}\n`));
   const dataDir = resolve(config.dataDir);
   const cleanups: Array<() => Promise<void> | void> = [];
@@ -73,7 +85,9 @@ export async function startPlatform(config: Readonly<CastellanConfig>, options: 
     const tls = await loadTlsMaterial({ ...config, dataDir });
     const devDefaults = [
       rootKey.source === 'generated' ? `a root key was generated at ${rootKey.file}` : null,
-      rootKey.source === 'file' && !config.rootKey.file ? `the development root key ${rootKey.file} is in use` : null,
+      rootKey.source === 'file' && !config.rootKey.file
+        ? `the development root key ${rootKey.file} is in use`
+        : null,
       tls.source === 'development' ? `the development PKI in ${tls.dir} is in use` : null,
     ].filter((x): x is string => x !== null);
     if (devDefaults.length > 0) {
@@ -149,8 +163,14 @@ export async function startPlatform(config: Readonly<CastellanConfig>, options: 
         return { storage: 'ok', mqtt: 'ok' };
       },
       routes: [
-        { plugin: accountsRoutes, options: { accounts, authenticate: createAuthenticateHook((t) => accounts.authenticate(t)) } },
-        { plugin: devicesRoutes, options: { devices, authenticate: createAuthenticateHook((t) => accounts.authenticate(t)) } },
+        {
+          plugin: accountsRoutes,
+          options: { accounts, authenticate: createAuthenticateHook((t) => accounts.authenticate(t)) },
+        },
+        {
+          plugin: devicesRoutes,
+          options: { devices, authenticate: createAuthenticateHook((t) => accounts.authenticate(t)) },
+        },
       ],
     });
     try {

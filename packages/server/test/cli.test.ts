@@ -6,8 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const bin = resolve(import.meta.dirname, '../bin/castellan.js');
 // A clean environment: no CASTELLAN_* or DATABASE_URL leaks in from the developer's shell.
@@ -16,7 +16,12 @@ const baseEnv = Object.fromEntries(
 ) as NodeJS.ProcessEnv;
 
 function run(args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string) {
-  return spawnSync(process.execPath, [bin, ...args], { env: { ...baseEnv, ...env }, cwd, encoding: 'utf8', timeout: 60_000 });
+  return spawnSync(process.execPath, [bin, ...args], {
+    env: { ...baseEnv, ...env },
+    cwd,
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
 }
 
 const dirs: string[] = [];
@@ -67,7 +72,11 @@ describe('castellan CLI', () => {
     assert.equal(bad.status, 78);
     assert.match(bad.stderr, /^castellan: Invalid configuration: http\.port must be <= 65535$/m);
     const secret = randomBytes(16).toString('base64'); // valid base64, wrong size
-    const badKey = run(['up', '--data-dir', dir], { CASTELLAN_ROOT_KEY_BASE64: secret, CASTELLAN_HTTP_PORT: '0', CASTELLAN_MQTT_PORT: '0' }, dir);
+    const badKey = run(
+      ['up', '--data-dir', dir],
+      { CASTELLAN_ROOT_KEY_BASE64: secret, CASTELLAN_HTTP_PORT: '0', CASTELLAN_MQTT_PORT: '0' },
+      dir,
+    );
     assert.equal(badKey.status, 1);
     assert.match(badKey.stderr, /rootKey\.base64 must hold exactly 32 bytes/);
     assert.equal((badKey.stderr + badKey.stdout).includes(secret), false);
@@ -93,7 +102,13 @@ describe('castellan CLI', () => {
     dirs.push(dir);
     const up = spawn(process.execPath, [bin, 'up', '--data-dir', join(dir, 'data')], {
       cwd: dir,
-      env: { ...baseEnv, CASTELLAN_HTTP_PORT: '0', CASTELLAN_MQTT_PORT: '0', CASTELLAN_HTTP_HOST: '127.0.0.1', CASTELLAN_MQTT_HOST: '127.0.0.1' },
+      env: {
+        ...baseEnv,
+        CASTELLAN_HTTP_PORT: '0',
+        CASTELLAN_MQTT_PORT: '0',
+        CASTELLAN_HTTP_HOST: '127.0.0.1',
+        CASTELLAN_MQTT_HOST: '127.0.0.1',
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     children.push(up);
@@ -105,24 +120,35 @@ describe('castellan CLI', () => {
     assert.ok(existsSync(runtime), `platform did not start:\n${output}`);
     const setupToken = readFileSync(join(dir, 'data', 'setup-token'), 'utf8').trim();
 
-    const demo = spawnSync(process.execPath, [bin, 'demo', '--data-dir', join(dir, 'data'), '--devices', '2'], {
-      cwd: dir,
-      env: baseEnv,
-      encoding: 'utf8',
-      timeout: 60_000,
-    });
+    const demo = spawnSync(
+      process.execPath,
+      [bin, 'demo', '--data-dir', join(dir, 'data'), '--devices', '2'],
+      {
+        cwd: dir,
+        env: baseEnv,
+        encoding: 'utf8',
+        timeout: 60_000,
+      },
+    );
     assert.equal(demo.status, 0, demo.stdout + demo.stderr);
     assert.match(demo.stdout, /✔ setup token used: first administrator created/);
     assert.match(demo.stdout, /✔ connection with the device ID alone refused: MQTT_CONNACK_134/);
-    assert.match(demo.stdout, /✔ vendor read every device's latest telemetry over HTTPS: matches what was sent/);
+    assert.match(
+      demo.stdout,
+      /✔ vendor read every device's latest telemetry over HTTPS: matches what was sent/,
+    );
     assert.match(demo.stdout, /Demo completed\.$/m);
 
-    const again = spawnSync(process.execPath, [bin, 'demo', '--data-dir', join(dir, 'data'), '--json', '--devices', '1'], {
-      cwd: dir,
-      env: baseEnv,
-      encoding: 'utf8',
-      timeout: 60_000,
-    });
+    const again = spawnSync(
+      process.execPath,
+      [bin, 'demo', '--data-dir', join(dir, 'data'), '--json', '--devices', '1'],
+      {
+        cwd: dir,
+        env: baseEnv,
+        encoding: 'utf8',
+        timeout: 60_000,
+      },
+    );
     assert.equal(again.status, 0, again.stdout + again.stderr);
     const summary = JSON.parse(again.stdout);
     assert.equal(summary.ok, true);
@@ -134,7 +160,8 @@ describe('castellan CLI', () => {
     assert.equal(code, 0, output);
     assert.equal(existsSync(runtime), false, 'runtime.json is removed on a graceful stop');
     assert.match(output, /"msg":"castellan stopped"/);
-    for (const secret of [setupToken, adminToken]) assert.equal(output.includes(secret), false, 'a token reached the output');
+    for (const secret of [setupToken, adminToken])
+      assert.equal(output.includes(secret), false, 'a token reached the output');
     assert.equal(demo.stdout.includes(adminToken) || again.stdout.includes(adminToken), false);
   });
 });

@@ -39,7 +39,12 @@ describe('configuration', () => {
   test('environment variables map onto keys and are converted by type', () => {
     const config = loadConfig({
       cwd: tmpdir(),
-      env: { CASTELLAN_HTTP_PORT: '9443', CASTELLAN_HTTP_TRUST_PROXY: 'true', DATABASE_URL: 'postgres://db/x', CASTELLAN_LOG_LEVEL: 'warn' },
+      env: {
+        CASTELLAN_HTTP_PORT: '9443',
+        CASTELLAN_HTTP_TRUST_PROXY: 'true',
+        DATABASE_URL: 'postgres://db/x',
+        CASTELLAN_LOG_LEVEL: 'warn',
+      },
     });
     assert.equal(config.http.port, 9443);
     assert.equal(config.http.trustProxy, true);
@@ -50,8 +55,15 @@ describe('configuration', () => {
   test('precedence: defaults < file < environment < overrides', () => {
     const dir = mkdtempSync(join(tmpdir(), 'castellan-config-'));
     try {
-      writeFileSync(join(dir, 'castellan.config.json'), JSON.stringify({ http: { port: 1111, host: '127.0.0.1' }, mqtt: { port: 2222 } }));
-      const config = loadConfig({ cwd: dir, env: { CASTELLAN_MQTT_PORT: '3333' }, overrides: { http: { port: 4444 } } });
+      writeFileSync(
+        join(dir, 'castellan.config.json'),
+        JSON.stringify({ http: { port: 1111, host: '127.0.0.1' }, mqtt: { port: 2222 } }),
+      );
+      const config = loadConfig({
+        cwd: dir,
+        env: { CASTELLAN_MQTT_PORT: '3333' },
+        overrides: { http: { port: 4444 } },
+      });
       assert.deepEqual([config.http.host, config.http.port, config.mqtt.port], ['127.0.0.1', 4444, 3333]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -60,14 +72,33 @@ describe('configuration', () => {
 
   test('a bad value stops start-up with the dotted key and the reason', () => {
     const cases: Array<[Record<string, string>, string]> = [
-      [{ CASTELLAN_HTTP_PORT: 'abc' }, 'Invalid configuration: http.port must be a number (from CASTELLAN_HTTP_PORT)'],
+      [
+        { CASTELLAN_HTTP_PORT: 'abc' },
+        'Invalid configuration: http.port must be a number (from CASTELLAN_HTTP_PORT)',
+      ],
       [{ CASTELLAN_HTTP_PORT: '70000' }, 'Invalid configuration: http.port must be <= 65535'],
-      [{ CASTELLAN_MQTT_MAX_PACKET_BYTES: '10' }, 'Invalid configuration: mqtt.maxPacketBytes must be >= 256'],
-      [{ CASTELLAN_TLS_MIN_VERSION: 'TLSv1.1' }, 'Invalid configuration: tls.minVersion must be one of: TLSv1.2, TLSv1.3'],
-      [{ CASTELLAN_HTTP_TRUST_PROXY: 'yes' }, 'Invalid configuration: http.trustProxy must be true or false (from CASTELLAN_HTTP_TRUST_PROXY)'],
-      [{ CASTELLAN_HTTP_PROT: '1' }, 'Invalid configuration: CASTELLAN_HTTP_PROT is not a known configuration variable (see docs/configuration.md)'],
+      [
+        { CASTELLAN_MQTT_MAX_PACKET_BYTES: '10' },
+        'Invalid configuration: mqtt.maxPacketBytes must be >= 256',
+      ],
+      [
+        { CASTELLAN_TLS_MIN_VERSION: 'TLSv1.1' },
+        'Invalid configuration: tls.minVersion must be one of: TLSv1.2, TLSv1.3',
+      ],
+      [
+        { CASTELLAN_HTTP_TRUST_PROXY: 'yes' },
+        'Invalid configuration: http.trustProxy must be true or false (from CASTELLAN_HTTP_TRUST_PROXY)',
+      ],
+      [
+        { CASTELLAN_HTTP_PROT: '1' },
+        'Invalid configuration: CASTELLAN_HTTP_PROT is not a known configuration variable (see docs/configuration.md)',
+      ],
     ];
-    for (const [env, message] of cases) assert.equal(configError(() => loadConfig({ env, cwd: tmpdir() })), message);
+    for (const [env, message] of cases)
+      assert.equal(
+        configError(() => loadConfig({ env, cwd: tmpdir() })),
+        message,
+      );
   });
 
   test('unknown keys in a file are refused, naming the key', () => {
@@ -75,10 +106,19 @@ describe('configuration', () => {
     try {
       const file = join(dir, 'c.json');
       writeFileSync(file, JSON.stringify({ http: { prot: 1 } }));
-      assert.equal(configError(() => loadConfig({ env: {}, file })), 'Invalid configuration: http.prot is not a known configuration key');
+      assert.equal(
+        configError(() => loadConfig({ env: {}, file })),
+        'Invalid configuration: http.prot is not a known configuration key',
+      );
       writeFileSync(file, '{ "http": ');
-      assert.match(configError(() => loadConfig({ env: {}, file })), /^Invalid configuration: \(file\) .*c\.json is not valid JSON/);
-      assert.match(configError(() => loadConfig({ env: {}, file: join(dir, 'missing.json') })), /cannot read .*missing\.json: ENOENT/);
+      assert.match(
+        configError(() => loadConfig({ env: {}, file })),
+        /^Invalid configuration: \(file\) .*c\.json is not valid JSON/,
+      );
+      assert.match(
+        configError(() => loadConfig({ env: {}, file: join(dir, 'missing.json') })),
+        /cannot read .*missing\.json: ENOENT/,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -86,9 +126,22 @@ describe('configuration', () => {
 
   test('a secret value is never echoed back, even when invalid, and is redacted when printed', () => {
     const secret = 'postgres://user:Sup3rS3cretPassw0rd@db/x';
-    const message = configError(() => loadConfig({ env: { DATABASE_URL: secret }, cwd: tmpdir(), overrides: { database: { url: 42 as unknown as string } } }));
+    const message = configError(() =>
+      loadConfig({
+        env: { DATABASE_URL: secret },
+        cwd: tmpdir(),
+        overrides: { database: { url: 42 as unknown as string } },
+      }),
+    );
     assert.equal(message.includes('Sup3rS3cret'), false);
-    const printed = JSON.stringify(redactConfig(loadConfig({ env: { DATABASE_URL: secret, CASTELLAN_ROOT_KEY_BASE64: 'a'.repeat(44) }, cwd: tmpdir() })));
+    const printed = JSON.stringify(
+      redactConfig(
+        loadConfig({
+          env: { DATABASE_URL: secret, CASTELLAN_ROOT_KEY_BASE64: 'a'.repeat(44) },
+          cwd: tmpdir(),
+        }),
+      ),
+    );
     assert.equal(printed.includes('Sup3rS3cret'), false);
     assert.equal(printed.includes('a'.repeat(44)), false);
     assert.match(printed, /\[redacted\]/);

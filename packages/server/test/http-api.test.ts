@@ -5,7 +5,13 @@ import assert from 'node:assert/strict';
 import { existsSync, statSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { dialectCases } from './helpers/dialects.ts';
-import { provisionTenant, request, startTestPlatform, type Tenant, type TestPlatform } from './helpers/test-platform.ts';
+import {
+  provisionTenant,
+  request,
+  startTestPlatform,
+  type Tenant,
+  type TestPlatform,
+} from './helpers/test-platform.ts';
 
 for (const dialect of await dialectCases()) {
   describe(`HTTPS API on ${dialect.name}`, { skip: dialect.skip }, () => {
@@ -24,7 +30,9 @@ for (const dialect of await dialectCases()) {
 
     test('setup token is single use and leaves no file behind', async () => {
       assert.equal(existsSync(tp.platform.accounts.setupTokenPath), false);
-      const again = await request(p(), 'POST', '/v1/setup', { body: { setupToken: p().setupToken, adminName: 'second' } });
+      const again = await request(p(), 'POST', '/v1/setup', {
+        body: { setupToken: p().setupToken, adminName: 'second' },
+      });
       assert.equal(again.status, 401);
       assert.equal(again.body.error.code, 'ERR_SETUP_TOKEN_INVALID');
       assert.equal(again.body.error.message, 'Setup token is invalid or already used');
@@ -40,7 +48,9 @@ for (const dialect of await dialectCases()) {
     });
 
     test('[DEV-3] device secrets are stored only encrypted, never in clear', async () => {
-      const rows = await tp.query<{ id: string; secret_ciphertext: Uint8Array }>('select id, secret_ciphertext from devices');
+      const rows = await tp.query<{ id: string; secret_ciphertext: Uint8Array }>(
+        'select id, secret_ciphertext from devices',
+      );
       assert.equal(rows.length, 4);
       for (const device of [...a.devices, ...b.devices]) {
         const row = rows.find((r) => r.id === device.id)!;
@@ -52,11 +62,18 @@ for (const dialect of await dialectCases()) {
     });
 
     test('device listing pages by ID and never shows secrets', async () => {
-      const page = await request(p(), 'GET', `/v1/products/${a.productId}/devices?limit=2`, { token: a.vendorToken });
+      const page = await request(p(), 'GET', `/v1/products/${a.productId}/devices?limit=2`, {
+        token: a.vendorToken,
+      });
       assert.equal(page.status, 200);
       assert.equal(page.body.items.length, 2);
       assert.ok(page.body.next);
-      const rest = await request(p(), 'GET', `/v1/products/${a.productId}/devices?limit=2&after=${page.body.next}`, { token: a.vendorToken });
+      const rest = await request(
+        p(),
+        'GET',
+        `/v1/products/${a.productId}/devices?limit=2&after=${page.body.next}`,
+        { token: a.vendorToken },
+      );
       assert.equal(rest.body.items.length, 1);
       assert.equal(rest.body.next, null);
       assert.doesNotMatch(page.text + rest.text, /secret/);
@@ -77,23 +94,36 @@ for (const dialect of await dialectCases()) {
     });
 
     test('[ACC-5] an unknown query parameter is refused', async () => {
-      const res = await request(p(), 'GET', `/v1/products/${a.productId}/devices?limit=2&admin=1`, { token: a.vendorToken });
+      const res = await request(p(), 'GET', `/v1/products/${a.productId}/devices?limit=2&admin=1`, {
+        token: a.vendorToken,
+      });
       assert.equal(res.status, 400);
       assert.equal(res.body.error.code, 'ERR_VALIDATION_UNKNOWN_FIELD');
       assert.equal(res.body.error.message, 'Unknown field querystring/admin');
     });
 
     test('[ACC-5] malformed JSON, wrong media type, empty and oversized bodies get distinct codes', async () => {
-      const malformed = await request(p(), 'POST', '/v1/products', { token: a.vendorToken, rawBody: '{"name": "Lamp",' });
+      const malformed = await request(p(), 'POST', '/v1/products', {
+        token: a.vendorToken,
+        rawBody: '{"name": "Lamp",',
+      });
       assert.equal(malformed.status, 400);
       assert.equal(malformed.body.error.code, 'ERR_HTTP_MALFORMED_JSON');
       assert.equal(malformed.body.error.message, 'Request body is not valid JSON');
 
-      const text = await request(p(), 'POST', '/v1/products', { token: a.vendorToken, rawBody: 'name=Lamp', contentType: 'text/plain' });
+      const text = await request(p(), 'POST', '/v1/products', {
+        token: a.vendorToken,
+        rawBody: 'name=Lamp',
+        contentType: 'text/plain',
+      });
       assert.equal(text.status, 415);
       assert.equal(text.body.error.code, 'ERR_HTTP_UNSUPPORTED_MEDIA_TYPE');
 
-      const empty = await request(p(), 'POST', '/v1/products', { token: a.vendorToken, rawBody: '' , contentType: 'application/json'});
+      const empty = await request(p(), 'POST', '/v1/products', {
+        token: a.vendorToken,
+        rawBody: '',
+        contentType: 'application/json',
+      });
       assert.equal(empty.status, 400);
       assert.ok(['ERR_HTTP_EMPTY_BODY', 'ERR_VALIDATION_FAILED'].includes(empty.body.error.code), empty.text);
 
@@ -113,19 +143,28 @@ for (const dialect of await dialectCases()) {
         [{ count: 2.5 }, 'body/count must be integer'],
       ];
       for (const [body, message] of cases) {
-        const res = await request(p(), 'POST', `/v1/products/${a.productId}/devices`, { token: a.vendorToken, body });
+        const res = await request(p(), 'POST', `/v1/products/${a.productId}/devices`, {
+          token: a.vendorToken,
+          body,
+        });
         assert.equal(res.status, 400, JSON.stringify(body));
         assert.equal(res.body.error.code, 'ERR_VALIDATION_FAILED');
         assert.equal(res.body.error.message, message);
       }
-      const devices = await tp.query<{ n: number }>('select count(*) as n from devices where product_id = $1', [a.productId]);
+      const devices = await tp.query<{ n: number }>(
+        'select count(*) as n from devices where product_id = $1',
+        [a.productId],
+      );
       assert.equal(Number(devices[0]!.n), 3, 'no device was created by a refused request');
     });
 
     test('[DEV-1] a device ID of the wrong shape is refused with what is wrong', async () => {
       const cases: Array<[string, string]> = [
         ['abc', 'Device ID is malformed: device ID must be 24 hex digits, got 3 characters'],
-        ['01ABCDEF0123456789abcdef', 'Device ID is malformed: device ID must contain only lower-case hex digits'],
+        [
+          '01ABCDEF0123456789abcdef',
+          'Device ID is malformed: device ID must contain only lower-case hex digits',
+        ],
         ['02abcdef0123456789abcdef', 'Device ID is malformed: device ID spec version must be 01'],
       ];
       for (const [id, message] of cases) {
@@ -141,7 +180,12 @@ for (const dialect of await dialectCases()) {
       assert.equal(none.status, 401);
       assert.equal(none.body.error.code, 'ERR_AUTH_REQUIRED');
       assert.match(String(none.headers['www-authenticate']), /^Bearer/);
-      for (const header of ['Basic dXNlcjpwYXNz', 'Bearer', `Bearer ${a.vendorToken}x`, 'Bearer cas_vnd_short']) {
+      for (const header of [
+        'Basic dXNlcjpwYXNz',
+        'Bearer',
+        `Bearer ${a.vendorToken}x`,
+        'Bearer cas_vnd_short',
+      ]) {
         const res = await request(p(), 'GET', '/v1/products', { headers: { authorization: header } });
         assert.equal(res.status, 401, header);
         assert.equal(res.body.error.code, 'ERR_AUTH_INVALID');
@@ -150,23 +194,38 @@ for (const dialect of await dialectCases()) {
     });
 
     test('[ORG-3] roles: vendors cannot use administrator routes and administrators cannot act as vendors', async () => {
-      const vendorTriesAdmin = await request(p(), 'POST', '/v1/vendors', { token: a.vendorToken, body: { name: 'Rogue' } });
+      const vendorTriesAdmin = await request(p(), 'POST', '/v1/vendors', {
+        token: a.vendorToken,
+        body: { name: 'Rogue' },
+      });
       assert.equal(vendorTriesAdmin.status, 403);
       assert.equal(vendorTriesAdmin.body.error.code, 'ERR_AUTH_FORBIDDEN');
-      const credential = await request(p(), 'POST', `/v1/vendors/${b.vendorId}/credentials`, { token: a.vendorToken, body: { label: 'steal' } });
+      const credential = await request(p(), 'POST', `/v1/vendors/${b.vendorId}/credentials`, {
+        token: a.vendorToken,
+        body: { label: 'steal' },
+      });
       assert.equal(credential.status, 403);
-      const adminTriesVendor = await request(p(), 'POST', '/v1/products', { token: a.adminToken, body: { name: 'X', category: 'x' } });
+      const adminTriesVendor = await request(p(), 'POST', '/v1/products', {
+        token: a.adminToken,
+        body: { name: 'X', category: 'x' },
+      });
       assert.equal(adminTriesVendor.status, 403);
       const vendors = await tp.query<{ n: number }>('select count(*) as n from vendors');
       assert.equal(Number(vendors[0]!.n), 2, 'no vendor was created');
-      const keys = await tp.query<{ n: number }>("select count(*) as n from api_credentials where kind = 'vendor'");
+      const keys = await tp.query<{ n: number }>(
+        "select count(*) as n from api_credentials where kind = 'vendor'",
+      );
       assert.equal(Number(keys[0]!.n), 2, 'no credential was issued');
     });
 
     test("[ORG-3] a vendor sees another tenant's objects exactly as if they did not exist", async () => {
       const theirs = a.devices[0]!.id;
       const missing = `01${a.vendorCode}${a.productCode}0000000000`;
-      for (const path of [`/v1/devices/${theirs}`, `/v1/devices/${theirs}/telemetry/latest`, `/v1/devices/${theirs}/telemetry`]) {
+      for (const path of [
+        `/v1/devices/${theirs}`,
+        `/v1/devices/${theirs}/telemetry/latest`,
+        `/v1/devices/${theirs}/telemetry`,
+      ]) {
         const res = await request(p(), 'GET', path, { token: b.vendorToken });
         const ghost = await request(p(), 'GET', path.replace(theirs, missing), { token: b.vendorToken });
         assert.equal(res.status, 404, path);
@@ -177,16 +236,26 @@ for (const dialect of await dialectCases()) {
       const product = await request(p(), 'GET', `/v1/products/${a.productId}`, { token: b.vendorToken });
       assert.equal(product.status, 404);
       assert.equal(product.body.error.code, 'ERR_PRODUCT_NOT_FOUND');
-      const create = await request(p(), 'POST', `/v1/products/${a.productId}/devices`, { token: b.vendorToken, body: { count: 5 } });
+      const create = await request(p(), 'POST', `/v1/products/${a.productId}/devices`, {
+        token: b.vendorToken,
+        body: { count: 5 },
+      });
       assert.equal(create.status, 404);
-      const count = await tp.query<{ n: number }>('select count(*) as n from devices where product_id = $1', [a.productId]);
+      const count = await tp.query<{ n: number }>('select count(*) as n from devices where product_id = $1', [
+        a.productId,
+      ]);
       assert.equal(Number(count[0]!.n), 3, "no device was added to the other tenant's product");
       const list = await request(p(), 'GET', '/v1/products', { token: b.vendorToken });
-      assert.deepEqual(list.body.items.map((x: { id: string }) => x.id), [b.productId]);
+      assert.deepEqual(
+        list.body.items.map((x: { id: string }) => x.id),
+        [b.productId],
+      );
     });
 
     test('telemetry of a device with none yet is a clear 404', async () => {
-      const res = await request(p(), 'GET', `/v1/devices/${b.devices[0]!.id}/telemetry/latest`, { token: b.vendorToken });
+      const res = await request(p(), 'GET', `/v1/devices/${b.devices[0]!.id}/telemetry/latest`, {
+        token: b.vendorToken,
+      });
       assert.equal(res.status, 404);
       assert.equal(res.body.error.code, 'ERR_TELEMETRY_NOT_FOUND');
     });
@@ -206,10 +275,20 @@ for (const dialect of await dialectCases()) {
       assert.deepEqual(ready.body, { status: 'ready', checks: { storage: 'ok', mqtt: 'ok' } });
       const openapi = await request(p(), 'GET', '/openapi.json');
       assert.equal(openapi.body.openapi, '3.1.0');
-      for (const path of ['/v1/setup', '/v1/vendors', '/v1/products', '/v1/products/{productId}/devices', '/v1/devices/{deviceId}/telemetry/latest']) {
+      for (const path of [
+        '/v1/setup',
+        '/v1/vendors',
+        '/v1/products',
+        '/v1/products/{productId}/devices',
+        '/v1/devices/{deviceId}/telemetry/latest',
+      ]) {
         assert.ok(openapi.body.paths[path], `${path} is documented`);
       }
-      assert.equal(openapi.body.paths['/v1/products'].post.requestBody.content['application/json'].schema.additionalProperties, false);
+      assert.equal(
+        openapi.body.paths['/v1/products'].post.requestBody.content['application/json'].schema
+          .additionalProperties,
+        false,
+      );
     });
 
     test('security headers are set on every response', async () => {

@@ -33,18 +33,29 @@ describe('root key', () => {
   test('production refuses to generate a root key', () => {
     assert.throws(
       () => loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: '' } }),
-      (e: unknown) => e instanceof CastellanError && e.code === 'ERR_KEY_ROOT_INVALID' && /production must supply/.test(e.message),
+      (e: unknown) =>
+        e instanceof CastellanError &&
+        e.code === 'ERR_KEY_ROOT_INVALID' &&
+        /production must supply/.test(e.message),
     );
   });
 
   test('a root key of the wrong size is refused without echoing it', () => {
     const bad = randomBytes(16).toString('base64');
     assert.throws(
-      () => loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: bad } }),
-      (e: unknown) => e instanceof CastellanError && e.message === 'rootKey.base64 must hold exactly 32 bytes, base64-encoded' && !e.message.includes(bad),
+      () =>
+        loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: bad } }),
+      (e: unknown) =>
+        e instanceof CastellanError &&
+        e.message === 'rootKey.base64 must hold exactly 32 bytes, base64-encoded' &&
+        !e.message.includes(bad),
     );
     const key = randomBytes(32).toString('base64');
-    assert.equal(loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: key } }).source, 'config');
+    assert.equal(
+      loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: key } })
+        .source,
+      'config',
+    );
   });
 });
 
@@ -87,7 +98,8 @@ describe('development PKI', () => {
     assert.equal(leaf.publicKey.asymmetricKeyDetails?.namedCurve, 'prime256v1');
     assert.equal(leaf.checkHost('localhost'), 'localhost');
     assert.equal(leaf.checkIP('127.0.0.1'), '127.0.0.1');
-    for (const f of ['ca.key', 'ca.crt', 'server.key', 'server.crt']) assert.equal(statSync(join(dir, f)).mode & 0o777, 0o600, f);
+    for (const f of ['ca.key', 'ca.crt', 'server.key', 'server.crt'])
+      assert.equal(statSync(join(dir, f)).mode & 0o777, 0o600, f);
   });
 
   test('configured certificates are used; a half configuration or production without them is refused', async () => {
@@ -95,15 +107,30 @@ describe('development PKI', () => {
     const material = await generateDevPki(join(dir, 'pki'));
     writeFileSync(join(dir, 'c.pem'), material.cert);
     writeFileSync(join(dir, 'k.pem'), material.key);
-    const loaded = await loadTlsMaterial({ environment: 'production', dataDir: dir, tls: { certFile: join(dir, 'c.pem'), keyFile: join(dir, 'k.pem'), caFile: '' } });
+    const loaded = await loadTlsMaterial({
+      environment: 'production',
+      dataDir: dir,
+      tls: { certFile: join(dir, 'c.pem'), keyFile: join(dir, 'k.pem'), caFile: '' },
+    });
     assert.equal(loaded.source, 'config');
     assert.equal(loaded.cert, readFileSync(join(dir, 'c.pem'), 'utf8'));
     await assert.rejects(
-      loadTlsMaterial({ environment: 'development', dataDir: dir, tls: { certFile: join(dir, 'c.pem'), keyFile: '', caFile: '' } }),
+      loadTlsMaterial({
+        environment: 'development',
+        dataDir: dir,
+        tls: { certFile: join(dir, 'c.pem'), keyFile: '', caFile: '' },
+      }),
       { message: 'Invalid configuration: tls.keyFile is required when the other is set' },
     );
-    await assert.rejects(loadTlsMaterial({ environment: 'production', dataDir: tempDir(), tls: { certFile: '', keyFile: '', caFile: '' } }), {
-      message: 'Invalid configuration: tls.certFile and tls.keyFile are required in production',
-    });
+    await assert.rejects(
+      loadTlsMaterial({
+        environment: 'production',
+        dataDir: tempDir(),
+        tls: { certFile: '', keyFile: '', caFile: '' },
+      }),
+      {
+        message: 'Invalid configuration: tls.certFile and tls.keyFile are required in production',
+      },
+    );
   });
 });

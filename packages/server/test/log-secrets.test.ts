@@ -4,7 +4,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { connectDevice, endClient, mqttConnect, publishOutcome } from './helpers/mqtt-clients.ts';
-import { provisionTenant, request, startTestPlatform, type Tenant, type TestPlatform } from './helpers/test-platform.ts';
+import {
+  provisionTenant,
+  request,
+  startTestPlatform,
+  type Tenant,
+  type TestPlatform,
+} from './helpers/test-platform.ts';
 
 describe('secrets stay out of logs', () => {
   let tp: TestPlatform;
@@ -26,13 +32,22 @@ describe('secrets stay out of logs', () => {
     const forged = `${tenant.vendorToken.slice(0, -4)}BBBB`;
     secrets.push(forged);
     await request(tp.platform, 'GET', '/v1/products', { token: forged });
-    await request(tp.platform, 'GET', `/v1/devices/not-an-id?token=${encodeURIComponent('x')}`, { token: tenant.vendorToken });
-    await request(tp.platform, 'POST', '/v1/products', { token: tenant.vendorToken, rawBody: `{"name": "${tenant.vendorToken}"` });
+    await request(tp.platform, 'GET', `/v1/devices/not-an-id?token=${encodeURIComponent('x')}`, {
+      token: tenant.vendorToken,
+    });
+    await request(tp.platform, 'POST', '/v1/products', {
+      token: tenant.vendorToken,
+      rawBody: `{"name": "${tenant.vendorToken}"`,
+    });
     const d = tenant.devices[0]!;
     const wrongSecret = `${d.secret.slice(0, -4)}CCCC`;
     secrets.push(wrongSecret);
     await mqttConnect(tp.platform, { username: d.id, password: wrongSecret });
-    await mqttConnect(tp.platform, { username: d.id, password: tenant.devices[1]!.secret, protocolVersion: 4 });
+    await mqttConnect(tp.platform, {
+      username: d.id,
+      password: tenant.devices[1]!.secret,
+      protocolVersion: 4,
+    });
     const client = await connectDevice(tp.platform, d);
     await publishOutcome(client, `devices/${d.id}/telemetry`, JSON.stringify({ note: 'hello' }), 1);
     await publishOutcome(client, `devices/${tenant.devices[1]!.id}/telemetry`, '{"x":1}', 1);

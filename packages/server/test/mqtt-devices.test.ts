@@ -1,8 +1,8 @@
 // Devices over MQTT/TLS on both databases: authentication with the device's own secret (DEV-3), the
 // per-device topic ACL (CHAN-6), durable telemetry (QoS 1 acknowledged only after the write).
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { dialectCases } from './helpers/dialects.ts';
 import {
   connectDevice,
@@ -11,7 +11,13 @@ import {
   publishOutcome,
   subscribeOutcome,
 } from './helpers/mqtt-clients.ts';
-import { provisionTenant, request, startTestPlatform, type Tenant, type TestPlatform } from './helpers/test-platform.ts';
+import {
+  provisionTenant,
+  request,
+  startTestPlatform,
+  type Tenant,
+  type TestPlatform,
+} from './helpers/test-platform.ts';
 
 const BAD_CREDENTIALS = { 4: 4, 5: 0x86 } as const;
 const IDENTIFIER_REJECTED = { 4: 2, 5: 0x85 } as const;
@@ -30,7 +36,13 @@ for (const dialect of await dialectCases()) {
     after(() => tp?.close());
 
     const telemetryRows = async (deviceId: string) =>
-      Number((await tp.query<{ n: number }>('select count(*) as n from telemetry where device_id = $1', [deviceId]))[0]!.n);
+      Number(
+        (
+          await tp.query<{ n: number }>('select count(*) as n from telemetry where device_id = $1', [
+            deviceId,
+          ])
+        )[0]!.n,
+      );
 
     for (const version of [4, 5] as const) {
       test(`[DEV-3] MQTT ${version === 5 ? '5' : '3.1.1'}: a device ID alone, or with a wrong or borrowed secret, is refused`, async () => {
@@ -41,13 +53,20 @@ for (const dialect of await dialectCases()) {
           ['the device ID as password', { username: d1.id, password: d1.id }],
           ['a wrong secret', { username: d1.id, password: `${d1.secret.slice(0, -1)}A` }],
           ["another device's secret", { username: d1.id, password: d2.secret }],
-          ['an unknown device', { username: `01${tenant.vendorCode}${tenant.productCode}0000000000`, password: d1.secret }],
+          [
+            'an unknown device',
+            { username: `01${tenant.vendorCode}${tenant.productCode}0000000000`, password: d1.secret },
+          ],
           ['a username that is not a device ID', { username: 'admin', password: d1.secret, clientId: d1.id }],
         ];
         for (const [label, options] of attempts) {
           const outcome = await mqttConnect(tp.platform, { ...options, protocolVersion: version });
           assert.equal(outcome.client, undefined, `${label} must not connect`);
-          assert.equal(outcome.refusedWith, BAD_CREDENTIALS[version], `${label}: same refusal for every failure`);
+          assert.equal(
+            outcome.refusedWith,
+            BAD_CREDENTIALS[version],
+            `${label}: same refusal for every failure`,
+          );
         }
         assert.equal(tp.platform.broker.connectionCount, 0);
       });
@@ -69,7 +88,12 @@ for (const dialect of await dialectCases()) {
 
     test('[DEV-3] MQTT 5: an empty client ID is assigned the device ID', async () => {
       const d = tenant.devices[0]!;
-      const outcome = await mqttConnect(tp.platform, { username: d.id, password: d.secret, clientId: '', protocolVersion: 5 });
+      const outcome = await mqttConnect(tp.platform, {
+        username: d.id,
+        password: d.secret,
+        clientId: '',
+        protocolVersion: 5,
+      });
       assert.ok(outcome.client);
       assert.equal(tp.platform.broker.isConnected(d.id), true);
       await endClient(outcome.client);
@@ -81,20 +105,38 @@ for (const dialect of await dialectCases()) {
       const readings = [{ power_w: 1 }, { power_w: 2, on: true }, { power_w: 3, note: 'ünïcødé' }];
       for (const reading of readings) {
         const before = await telemetryRows(d.id);
-        assert.equal(await publishOutcome(client, `devices/${d.id}/telemetry`, JSON.stringify(reading), 1), 0);
+        assert.equal(
+          await publishOutcome(client, `devices/${d.id}/telemetry`, JSON.stringify(reading), 1),
+          0,
+        );
         // Right after the PUBACK, a separate connection already sees the row.
         assert.equal(await telemetryRows(d.id), before + 1);
       }
       await endClient(client);
-      const latest = await request(tp.platform, 'GET', `/v1/devices/${d.id}/telemetry/latest`, { token: tenant.vendorToken });
-      assert.equal(latest.status, 200);
-      assert.deepEqual(latest.body.payload, readings.at(-1));
-      const history = await request(tp.platform, 'GET', `/v1/devices/${d.id}/telemetry?limit=2`, { token: tenant.vendorToken });
-      assert.deepEqual(history.body.items.map((i: { payload: unknown }) => i.payload), [readings[2], readings[1]]);
-      const older = await request(tp.platform, 'GET', `/v1/devices/${d.id}/telemetry?limit=2&beforeSeq=${history.body.nextBeforeSeq}`, {
+      const latest = await request(tp.platform, 'GET', `/v1/devices/${d.id}/telemetry/latest`, {
         token: tenant.vendorToken,
       });
-      assert.deepEqual(older.body.items.map((i: { payload: unknown }) => i.payload), [readings[0]]);
+      assert.equal(latest.status, 200);
+      assert.deepEqual(latest.body.payload, readings.at(-1));
+      const history = await request(tp.platform, 'GET', `/v1/devices/${d.id}/telemetry?limit=2`, {
+        token: tenant.vendorToken,
+      });
+      assert.deepEqual(
+        history.body.items.map((i: { payload: unknown }) => i.payload),
+        [readings[2], readings[1]],
+      );
+      const older = await request(
+        tp.platform,
+        'GET',
+        `/v1/devices/${d.id}/telemetry?limit=2&beforeSeq=${history.body.nextBeforeSeq}`,
+        {
+          token: tenant.vendorToken,
+        },
+      );
+      assert.deepEqual(
+        older.body.items.map((i: { payload: unknown }) => i.payload),
+        [readings[0]],
+      );
     });
 
     test('telemetry QoS 0 is stored too', async () => {
@@ -112,7 +154,11 @@ for (const dialect of await dialectCases()) {
       const client = await connectDevice(tp.platform, d, 5);
       const before = await telemetryRows(d.id);
       for (const payload of ['not json', '[1,2]', '42', '', Buffer.from([0xff, 0xfe, 0x7b, 0x7d])]) {
-        assert.equal(await publishOutcome(client, `devices/${d.id}/telemetry`, payload, 1), 0x99, String(payload));
+        assert.equal(
+          await publishOutcome(client, `devices/${d.id}/telemetry`, payload, 1),
+          0x99,
+          String(payload),
+        );
       }
       assert.equal(await telemetryRows(d.id), before);
       await endClient(client);
@@ -142,8 +188,9 @@ for (const dialect of await dialectCases()) {
         `$SYS/${d.id}`,
         'broadcast/all',
       ];
-      for (const topic of topics) assert.equal(await publishOutcome(client, topic, '{"x":1}', 1), 0x87, topic);
-      assert.equal(await telemetryRows(victim.id), before, "nothing was stored for the other device");
+      for (const topic of topics)
+        assert.equal(await publishOutcome(client, topic, '{"x":1}', 1), 0x87, topic);
+      assert.equal(await telemetryRows(victim.id), before, 'nothing was stored for the other device');
       await endClient(client);
     });
 
@@ -163,15 +210,30 @@ for (const dialect of await dialectCases()) {
         const victim = other.devices[0]!;
         const client = await connectDevice(tp.platform, d, version);
         const refused = version === 5 ? 0x87 : 0x80;
-        const denied = ['#', '+/#', 'devices/#', 'devices/+/telemetry', `devices/${victim.id}/#`, `devices/${victim.id}/telemetry`, '$SYS/#'];
-        const granted = await subscribeOutcome(client, [...denied, `devices/${d.id}/commands/#`, `devices/${d.id}/state`]);
+        const denied = [
+          '#',
+          '+/#',
+          'devices/#',
+          'devices/+/telemetry',
+          `devices/${victim.id}/#`,
+          `devices/${victim.id}/telemetry`,
+          '$SYS/#',
+        ];
+        const granted = await subscribeOutcome(client, [
+          ...denied,
+          `devices/${d.id}/commands/#`,
+          `devices/${d.id}/state`,
+        ]);
         assert.deepEqual(granted, [...denied.map(() => refused), 1, 1]);
 
         // A message the victim publishes must not reach the attacker through any filter.
         const received: string[] = [];
         client.on('message', (topic) => received.push(topic));
         const victimClient = await connectDevice(tp.platform, victim, 5);
-        assert.equal(await publishOutcome(victimClient, `devices/${victim.id}/telemetry`, '{"secret":1}', 1), 0);
+        assert.equal(
+          await publishOutcome(victimClient, `devices/${victim.id}/telemetry`, '{"secret":1}', 1),
+          0,
+        );
         assert.equal(await publishOutcome(victimClient, `devices/${victim.id}/state`, '{"on":true}', 1), 0);
         // Own state does arrive (routing works), as a barrier after the victim's messages.
         assert.equal(await publishOutcome(client, `devices/${d.id}/state`, '{"on":false}', 1), 0);
@@ -185,7 +247,9 @@ for (const dialect of await dialectCases()) {
     test('a second connection with the same device takes over the first (MQTT 5: 0x8E)', async () => {
       const d = tenant.devices[1]!;
       const first = await connectDevice(tp.platform, d, 5);
-      const reason = new Promise<number | undefined>((resolve) => first.once('disconnect', (p) => resolve(p.reasonCode)));
+      const reason = new Promise<number | undefined>((resolve) =>
+        first.once('disconnect', (p) => resolve(p.reasonCode)),
+      );
       const second = await connectDevice(tp.platform, d, 5);
       assert.equal(await reason, 0x8e);
       assert.equal(await publishOutcome(second, `devices/${d.id}/telemetry`, '{"after":"takeover"}', 1), 0);

@@ -4,9 +4,14 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
-import mqttPacket from 'mqtt-packet';
+import type mqttPacket from 'mqtt-packet';
 import { connectDevice, endClient, publishOutcome, RawMqtt } from './helpers/mqtt-clients.ts';
-import { provisionTenant, startTestPlatform, type Tenant, type TestPlatform } from './helpers/test-platform.ts';
+import {
+  provisionTenant,
+  startTestPlatform,
+  type Tenant,
+  type TestPlatform,
+} from './helpers/test-platform.ts';
 
 describe('MQTT protocol robustness', () => {
   let tp: TestPlatform;
@@ -19,7 +24,8 @@ describe('MQTT protocol robustness', () => {
   after(() => tp?.close());
 
   const device = () => tenant.devices[0]!;
-  const telemetryRows = async () => Number((await tp.query<{ n: number }>('select count(*) as n from telemetry'))[0]!.n);
+  const telemetryRows = async () =>
+    Number((await tp.query<{ n: number }>('select count(*) as n from telemetry'))[0]!.n);
 
   async function connected(version: 4 | 5 = 5, extra: Record<string, unknown> = {}): Promise<RawMqtt> {
     const raw = await RawMqtt.open(tp.platform, version);
@@ -78,7 +84,17 @@ describe('MQTT protocol robustness', () => {
 
   test('[MQTT-3.1.0-2] a second CONNECT is a protocol error (0x82)', async () => {
     const raw = await connected(5);
-    raw.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clientId: device().id, clean: true, keepalive: 30 } as mqttPacket.IConnectPacket, 5);
+    raw.send(
+      {
+        cmd: 'connect',
+        protocolId: 'MQTT',
+        protocolVersion: 5,
+        clientId: device().id,
+        clean: true,
+        keepalive: 30,
+      } as mqttPacket.IConnectPacket,
+      5,
+    );
     const disconnect = (await raw.next('disconnect')) as mqttPacket.IDisconnectPacket;
     assert.equal(disconnect.reasonCode, 0x82);
     assert.equal(await raw.waitClosed(), true);
@@ -104,7 +120,18 @@ describe('MQTT protocol robustness', () => {
     const before = await telemetryRows();
     for (const [fields, code] of cases) {
       const raw = await connected(5);
-      raw.send({ cmd: 'publish', topic: `devices/${device().id}/telemetry`, payload: '{"a":1}', qos: 0, dup: false, retain: false, ...fields } as mqttPacket.IPublishPacket, 5);
+      raw.send(
+        {
+          cmd: 'publish',
+          topic: `devices/${device().id}/telemetry`,
+          payload: '{"a":1}',
+          qos: 0,
+          dup: false,
+          retain: false,
+          ...fields,
+        } as mqttPacket.IPublishPacket,
+        5,
+      );
       const disconnect = (await raw.next('disconnect')) as mqttPacket.IDisconnectPacket;
       assert.equal(disconnect.reasonCode, code, JSON.stringify(fields));
       assert.equal(await raw.waitClosed(), true);
@@ -113,9 +140,16 @@ describe('MQTT protocol robustness', () => {
   });
 
   test('[MQTT-3.3.2-2] wildcards and U+0000 in a topic name close the connection', async () => {
-    for (const topic of [`devices/${device().id}/+`, `devices/${device().id}/#`, `devices/${device().id}/tele\u0000metry`]) {
+    for (const topic of [
+      `devices/${device().id}/+`,
+      `devices/${device().id}/#`,
+      `devices/${device().id}/tele\u0000metry`,
+    ]) {
       const raw = await connected(5);
-      raw.send({ cmd: 'publish', topic, payload: '{"a":1}', qos: 1, messageId: 3, dup: false, retain: false }, 5);
+      raw.send(
+        { cmd: 'publish', topic, payload: '{"a":1}', qos: 1, messageId: 3, dup: false, retain: false },
+        5,
+      );
       const disconnect = (await raw.next('disconnect')) as mqttPacket.IDisconnectPacket;
       assert.equal(disconnect.reasonCode, 0x90, topic);
     }
@@ -123,16 +157,19 @@ describe('MQTT protocol robustness', () => {
 
   test('invalid topic filters get a failure code per filter and do not subscribe', async () => {
     const raw = await connected(5);
-    raw.send({
-      cmd: 'subscribe',
-      messageId: 5,
-      subscriptions: [
-        { topic: `devices/${device().id}/a#`, qos: 1 },
-        { topic: `devices/${device().id}/+x`, qos: 1 },
-        { topic: `$share/g/devices/${device().id}/state`, qos: 1 },
-        { topic: `devices/${device().id}/state`, qos: 2 },
-      ],
-    }, 5);
+    raw.send(
+      {
+        cmd: 'subscribe',
+        messageId: 5,
+        subscriptions: [
+          { topic: `devices/${device().id}/a#`, qos: 1 },
+          { topic: `devices/${device().id}/+x`, qos: 1 },
+          { topic: `$share/g/devices/${device().id}/state`, qos: 1 },
+          { topic: `devices/${device().id}/state`, qos: 2 },
+        ],
+      },
+      5,
+    );
     const suback = (await raw.next('suback')) as mqttPacket.ISubackPacket;
     assert.deepEqual(suback.granted, [0x8f, 0x8f, 0x9e, 1], 'QoS 2 requests are granted QoS 1');
     raw.close();

@@ -39,17 +39,33 @@ for (const dialect of await dialectCases()) {
       rmSync(dataDir, { recursive: true, force: true });
     });
 
-    const count = async () => Number((await store.db.selectFrom('telemetry').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+    const count = async () =>
+      Number(
+        (
+          await store.db
+            .selectFrom('telemetry')
+            .select((eb) => eb.fn.countAll().as('n'))
+            .executeTakeFirstOrThrow()
+        ).n,
+      );
 
     test('migrations are idempotent', async () => {
       assert.deepEqual(await migrateToLatest(store.db, store.dialect, store.schema), []);
     });
 
     test('the telemetry writer batches many appends into few transactions and resolves each after commit', async () => {
-      const writer = new TelemetryWriter({ db: store.db, log: silent, batchMaxRows: 100, flushIntervalMs: 5, queueMaxRows: 10_000 });
+      const writer = new TelemetryWriter({
+        db: store.db,
+        log: silent,
+        batchMaxRows: 100,
+        flushIntervalMs: 5,
+        queueMaxRows: 10_000,
+      });
       const before = await count();
       await Promise.all(
-        Array.from({ length: 1000 }, (_, i) => writer.append({ deviceId: 'd1', receivedAt: Date.now(), payload: Buffer.from(`{"i":${i}}`) })),
+        Array.from({ length: 1000 }, (_, i) =>
+          writer.append({ deviceId: 'd1', receivedAt: Date.now(), payload: Buffer.from(`{"i":${i}}`) }),
+        ),
       );
       assert.equal(await count(), before + 1000);
       assert.equal(writer.stats.rowsWritten, 1000);
@@ -58,7 +74,13 @@ for (const dialect of await dialectCases()) {
     });
 
     test('a failing batch is all-or-nothing: no partial rows, every publisher told', async () => {
-      const writer = new TelemetryWriter({ db: store.db, log: silent, batchMaxRows: 10, flushIntervalMs: 50, queueMaxRows: 1000 });
+      const writer = new TelemetryWriter({
+        db: store.db,
+        log: silent,
+        batchMaxRows: 10,
+        flushIntervalMs: 50,
+        queueMaxRows: 1000,
+      });
       const before = await count();
       const results = await Promise.allSettled([
         writer.append({ deviceId: 'd2', receivedAt: Date.now(), payload: Buffer.from('{"ok":1}') }),
@@ -66,7 +88,10 @@ for (const dialect of await dialectCases()) {
         writer.append({ deviceId: 'd2', receivedAt: Date.now(), payload: null as unknown as Buffer }),
         writer.append({ deviceId: 'd2', receivedAt: Date.now(), payload: Buffer.from('{"ok":3}') }),
       ]);
-      assert.deepEqual(results.map((r) => r.status), ['rejected', 'rejected', 'rejected']);
+      assert.deepEqual(
+        results.map((r) => r.status),
+        ['rejected', 'rejected', 'rejected'],
+      );
       assert.equal(await count(), before);
       // The writer keeps working afterwards.
       await writer.append({ deviceId: 'd2', receivedAt: Date.now(), payload: Buffer.from('{"ok":4}') });
@@ -75,23 +100,49 @@ for (const dialect of await dialectCases()) {
     });
 
     test('a full queue refuses new rows instead of growing; queued rows are still written on close', async () => {
-      const writer = new TelemetryWriter({ db: store.db, log: silent, batchMaxRows: 1000, flushIntervalMs: 1000, queueMaxRows: 50 });
+      const writer = new TelemetryWriter({
+        db: store.db,
+        log: silent,
+        batchMaxRows: 1000,
+        flushIntervalMs: 1000,
+        queueMaxRows: 50,
+      });
       const before = await count();
-      const accepted = Array.from({ length: 50 }, () => writer.append({ deviceId: 'd3', receivedAt: Date.now(), payload: Buffer.from('{}') }));
-      await assert.rejects(writer.append({ deviceId: 'd3', receivedAt: Date.now(), payload: Buffer.from('{}') }), TelemetryQueueFullError);
+      const accepted = Array.from({ length: 50 }, () =>
+        writer.append({ deviceId: 'd3', receivedAt: Date.now(), payload: Buffer.from('{}') }),
+      );
+      await assert.rejects(
+        writer.append({ deviceId: 'd3', receivedAt: Date.now(), payload: Buffer.from('{}') }),
+        TelemetryQueueFullError,
+      );
       assert.equal(writer.stats.rowsRefused, 1);
       await writer.close();
       await Promise.all(accepted);
       assert.equal(await count(), before + 50);
-      await assert.rejects(writer.append({ deviceId: 'd3', receivedAt: Date.now(), payload: Buffer.from('{}') }), /closed/);
+      await assert.rejects(
+        writer.append({ deviceId: 'd3', receivedAt: Date.now(), payload: Buffer.from('{}') }),
+        /closed/,
+      );
     });
 
     test('[DEV-1] a colliding device ID is detected by the store and drawn again; the batch stays whole', async () => {
       const accounts = new AccountsService({ db: store.db, dataDir });
       const vendor = await accounts.createVendor('Collision Test');
-      const telemetry = new TelemetryWriter({ db: store.db, log: silent, batchMaxRows: 10, flushIntervalMs: 5, queueMaxRows: 100 });
+      const telemetry = new TelemetryWriter({
+        db: store.db,
+        log: silent,
+        batchMaxRows: 10,
+        flushIntervalMs: 5,
+        queueMaxRows: 100,
+      });
       const secrets = new SecretBox(randomBytes(32), 'device-secret');
-      const plain = new DevicesService({ db: store.db, secrets, vendors: accounts, telemetry, maxBatch: 100 });
+      const plain = new DevicesService({
+        db: store.db,
+        secrets,
+        vendors: accounts,
+        telemetry,
+        maxBatch: 100,
+      });
       const product = await plain.createProduct(vendor.id, { name: 'P', category: 'plug' });
       const [existing] = await plain.createDevices(product.id, 1);
       // A generator that first repeats the existing ID, then a fresh one.
@@ -106,11 +157,21 @@ for (const dialect of await dialectCases()) {
         generateDeviceId: () => draws.shift() ?? fresh,
       });
       const issued = await colliding.createDevices(product.id, 1);
-      assert.deepEqual(issued.map((d) => d.id), [fresh]);
+      assert.deepEqual(
+        issued.map((d) => d.id),
+        [fresh],
+      );
       // The existing device kept its secret: the collision did not overwrite it.
       assert.ok(await plain.authenticateDevice(existing!.id, Buffer.from(existing!.secret)));
       // A generator that only ever repeats ends in a clear error, with nothing written.
-      const stuck = new DevicesService({ db: store.db, secrets, vendors: accounts, telemetry, maxBatch: 100, generateDeviceId: () => fresh });
+      const stuck = new DevicesService({
+        db: store.db,
+        secrets,
+        vendors: accounts,
+        telemetry,
+        maxBatch: 100,
+        generateDeviceId: () => fresh,
+      });
       await assert.rejects(stuck.createDevices(product.id, 3), { code: 'ERR_DEVICE_ID_EXHAUSTED' });
       const devices = await plain.listDevices(product.id, { limit: 100 });
       assert.equal(devices.length, 2, 'the refused batch left no rows behind');

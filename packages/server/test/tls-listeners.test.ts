@@ -5,8 +5,8 @@ import { once } from 'node:events';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
+import tls from 'node:tls';
 import mqttPacket from 'mqtt-packet';
 import { startTestPlatform, type TestPlatform } from './helpers/test-platform.ts';
 
@@ -23,7 +23,9 @@ function handshake(port: number, ca: string, options: tls.ConnectionOptions): Pr
       resolve({ ok: true, protocol: socket.getProtocol(), cipher: socket.getCipher().name });
       socket.destroy();
     });
-    socket.on('error', (error: NodeJS.ErrnoException) => resolve({ ok: false, error: `${error.code} ${error.message}` }));
+    socket.on('error', (error: NodeJS.ErrnoException) =>
+      resolve({ ok: false, error: `${error.code} ${error.message}` }),
+    );
   });
 }
 
@@ -54,10 +56,11 @@ describe('TLS policy on the HTTPS and MQTT listeners', () => {
   });
   after(() => tp?.close());
 
-  const listeners = () => [
-    ['HTTPS', tp.platform.httpPort],
-    ['MQTT', tp.platform.mqttPort],
-  ] as const;
+  const listeners = () =>
+    [
+      ['HTTPS', tp.platform.httpPort],
+      ['MQTT', tp.platform.mqttPort],
+    ] as const;
 
   test('[CHAN-1] a TLS 1.1 client is refused by both listeners', async () => {
     for (const [name, port] of listeners()) {
@@ -97,8 +100,9 @@ describe('TLS policy on the HTTPS and MQTT listeners', () => {
 
   test('[CHAN-1] the API is not served over plain HTTP', async () => {
     const outcome = await new Promise<string>((resolve) => {
-      const req = http.get({ host: '127.0.0.1', port: tp.platform.httpPort, path: '/healthz', timeout: 3000 }, (res) =>
-        resolve(`HTTP ${res.statusCode}`),
+      const req = http.get(
+        { host: '127.0.0.1', port: tp.platform.httpPort, path: '/healthz', timeout: 3000 },
+        (res) => resolve(`HTTP ${res.statusCode}`),
       );
       req.on('error', (error: NodeJS.ErrnoException) => resolve(`error ${error.code}`));
       req.on('timeout', () => req.destroy(new Error('timeout')));
@@ -112,7 +116,16 @@ describe('TLS policy on the HTTPS and MQTT listeners', () => {
     const received: Buffer[] = [];
     socket.on('data', (chunk: Buffer) => received.push(chunk));
     socket.on('error', () => {});
-    socket.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: 'plain', clean: true, keepalive: 10 }));
+    socket.write(
+      mqttPacket.generate({
+        cmd: 'connect',
+        protocolId: 'MQTT',
+        protocolVersion: 4,
+        clientId: 'plain',
+        clean: true,
+        keepalive: 10,
+      }),
+    );
     await once(socket, 'close');
     // Whatever came back is a TLS alert (content type 0x15), never an MQTT CONNACK (0x20).
     const first = Buffer.concat(received)[0];
@@ -120,6 +133,9 @@ describe('TLS policy on the HTTPS and MQTT listeners', () => {
   });
 
   test('[CHAN-5] only the HTTPS and MQTT-over-TLS ports listen', () => {
-    assert.deepEqual(listeningPorts(), [tp.platform.httpPort, tp.platform.mqttPort].sort((a, b) => a - b));
+    assert.deepEqual(
+      listeningPorts(),
+      [tp.platform.httpPort, tp.platform.mqttPort].sort((a, b) => a - b),
+    );
   });
 });

@@ -38,7 +38,10 @@ const CredentialView = StrictObject({
 
 const presentVendor = (v: Vendor) => ({ id: v.id, code: v.code, name: v.name, createdAt: v.createdAt });
 
-export async function accountsRoutes(app: FastifyInstance, { accounts, authenticate }: AccountsRoutesOptions) {
+export async function accountsRoutes(
+  app: FastifyInstance,
+  { accounts, authenticate }: AccountsRoutesOptions,
+) {
   app.post(
     '/v1/setup',
     {
@@ -49,7 +52,10 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
           setupToken: Type.String({ minLength: 1, maxLength: 256 }),
           adminName: Name,
         }),
-        response: { 201: StrictObject({ adminId: Type.String(), credential: CredentialView }), ...publicErrors },
+        response: {
+          201: StrictObject({ adminId: Type.String(), credential: CredentialView }),
+          ...publicErrors,
+        },
       },
     },
     async (request, reply) => {
@@ -112,7 +118,10 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
     async (request, reply) => {
       assertCan(principalOf(request), 'vendor-credential.create');
       const { vendorId } = request.params as { vendorId: string };
-      const credential = await accounts.createVendorCredential(vendorId, (request.body as { label: string }).label);
+      const credential = await accounts.createVendorCredential(
+        vendorId,
+        (request.body as { label: string }).label,
+      );
       request.log.info({ credentialId: credential.id, vendorId }, 'vendor credential issued');
       return reply.status(201).send(credential);
     },

@@ -41,7 +41,12 @@ const CODE_ATTEMPTS = 16;
 function isUniqueViolation(error: unknown): boolean {
   const e = error as { code?: string; errcode?: number; message?: string };
   // PostgreSQL 23505; SQLite SQLITE_CONSTRAINT_UNIQUE / PRIMARYKEY (node:sqlite reports errcode 2067/1555).
-  return e.code === '23505' || e.errcode === 2067 || e.errcode === 1555 || /UNIQUE constraint failed/.test(e.message ?? '');
+  return (
+    e.code === '23505' ||
+    e.errcode === 2067 ||
+    e.errcode === 1555 ||
+    /UNIQUE constraint failed/.test(e.message ?? '')
+  );
 }
 
 export interface AccountsServiceOptions {
@@ -79,12 +84,20 @@ export class AccountsService {
       rmSync(this.setupTokenPath, { force: true });
       return null;
     }
-    const unused = await this.#db.selectFrom('setup_tokens').select('id').where('used_at', 'is', null).executeTakeFirst();
+    const unused = await this.#db
+      .selectFrom('setup_tokens')
+      .select('id')
+      .where('used_at', 'is', null)
+      .executeTakeFirst();
     if (unused && existsSync(this.setupTokenPath)) return null;
     const token = newToken('cas_setup');
     await this.#db.transaction().execute(async (trx) => {
       // A lost token file means the old token is unrecoverable: retire it and issue a new one.
-      await trx.updateTable('setup_tokens').set({ used_at: this.#now() }).where('used_at', 'is', null).execute();
+      await trx
+        .updateTable('setup_tokens')
+        .set({ used_at: this.#now() })
+        .where('used_at', 'is', null)
+        .execute();
       await trx
         .insertInto('setup_tokens')
         .values({ id: newId('stp'), token_hash: hashToken(token), created_at: this.#now(), used_at: null })
@@ -96,7 +109,10 @@ export class AccountsService {
   }
 
   /** Consumes the setup token and creates the first administrator with an API credential. */
-  async completeSetup(setupToken: string, adminName: string): Promise<{ adminId: string; credential: IssuedCredential }> {
+  async completeSetup(
+    setupToken: string,
+    adminName: string,
+  ): Promise<{ adminId: string; credential: IssuedCredential }> {
     const now = this.#now();
     const result = await this.#db.transaction().execute(async (trx) => {
       // Single use: only the UPDATE that flips used_at from NULL wins, even under concurrency.
@@ -166,7 +182,11 @@ export class AccountsService {
   }
 
   async getVendor(vendorId: string): Promise<Vendor | null> {
-    const row = await this.#db.selectFrom('vendors').selectAll().where('id', '=', vendorId).executeTakeFirst();
+    const row = await this.#db
+      .selectFrom('vendors')
+      .selectAll()
+      .where('id', '=', vendorId)
+      .executeTakeFirst();
     return row ? { id: row.id, code: row.code, name: row.name, createdAt: row.created_at } : null;
   }
 

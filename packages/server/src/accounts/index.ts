@@ -1,4 +1,5 @@
 export { type Action, assertCan, can, type ResourceScope } from './access-policy.ts';
+export { accountsRoutes } from './accounts-routes.ts';
 export {
   AccountsService,
   type AccountsServiceOptions,
@@ -9,4 +10,3 @@ export {
   SETUP_TOKEN_FILE,
   type Vendor,
 } from './accounts-service.ts';
-export { accountsRoutes } from './accounts-routes.ts';

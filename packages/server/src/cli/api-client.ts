@@ -50,12 +50,24 @@ export class ApiClient {
             try {
               parsed = text ? JSON.parse(text) : null;
             } catch {
-              return reject(new ApiError(res.statusCode ?? 0, 'ERR_CLIENT_BAD_RESPONSE', `non-JSON response from ${method} ${url.pathname}`));
+              return reject(
+                new ApiError(
+                  res.statusCode ?? 0,
+                  'ERR_CLIENT_BAD_RESPONSE',
+                  `non-JSON response from ${method} ${url.pathname}`,
+                ),
+              );
             }
             const status = res.statusCode ?? 0;
             if (status >= 400) {
               const error = (parsed as { error?: { code?: string; message?: string } } | null)?.error;
-              return reject(new ApiError(status, error?.code ?? 'ERR_UNKNOWN', `${method} ${url.pathname}: ${status} ${error?.code ?? ''} ${error?.message ?? ''}`.trim()));
+              return reject(
+                new ApiError(
+                  status,
+                  error?.code ?? 'ERR_UNKNOWN',
+                  `${method} ${url.pathname}: ${status} ${error?.code ?? ''} ${error?.message ?? ''}`.trim(),
+                ),
+              );
             }
             resolve(parsed as T);
           });

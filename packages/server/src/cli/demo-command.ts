@@ -50,7 +50,10 @@ function readTrimmed(file: string): string {
   return readFileSync(file, 'utf8').trim();
 }
 
-export async function demoCommand(options: DemoOptions, out: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<number> {
+export async function demoCommand(
+  options: DemoOptions,
+  out: (line: string) => void = (l) => process.stdout.write(`${l}\n`),
+): Promise<number> {
   const steps: Step[] = [];
   const log = (step: string, detail: string) => {
     steps.push({ step, ok: true, detail });
@@ -64,12 +67,16 @@ export async function demoCommand(options: DemoOptions, out: (line: string) => v
       throw new Error('--devices must be an integer from 1 to 100');
     }
     const runtimePath = join(dataDir, RUNTIME_FILE);
-    const runtime: Partial<RuntimeInfo> = existsSync(runtimePath) ? JSON.parse(readFileSync(runtimePath, 'utf8')) : {};
+    const runtime: Partial<RuntimeInfo> = existsSync(runtimePath)
+      ? JSON.parse(readFileSync(runtimePath, 'utf8'))
+      : {};
     const httpUrl = options.url ?? runtime.httpUrl;
     const mqttUrl = options['mqtt-url'] ?? runtime.mqttUrl;
     const caFile = options.ca ?? runtime.caFile ?? join(dataDir, 'pki', 'ca.crt');
     if (!httpUrl || !mqttUrl) {
-      throw new Error(`no running platform found: ${runtimePath} is missing (start one with \`npm start\` in this folder, or pass --url and --mqtt-url)`);
+      throw new Error(
+        `no running platform found: ${runtimePath} is missing (start one with \`npm start\` in this folder, or pass --url and --mqtt-url)`,
+      );
     }
     if (!existsSync(caFile)) throw new Error(`CA certificate ${caFile} not found (pass --ca)`);
     const ca = readFileSync(caFile, 'utf8');
@@ -81,19 +88,29 @@ export async function demoCommand(options: DemoOptions, out: (line: string) => v
 
     // 1. Administrator: from a flag, a previous demo run, or the one-time setup token.
     const adminTokenFile = join(dataDir, DEMO_ADMIN_TOKEN_FILE);
-    let adminToken = options['admin-token'] ?? (existsSync(adminTokenFile) ? readTrimmed(adminTokenFile) : undefined);
+    let adminToken =
+      options['admin-token'] ?? (existsSync(adminTokenFile) ? readTrimmed(adminTokenFile) : undefined);
     if (!adminToken) {
       const setupFile = join(dataDir, 'setup-token');
-      const setupToken = options['setup-token'] ?? (existsSync(setupFile) ? readTrimmed(setupFile) : undefined);
-      if (!setupToken) throw new Error(`no setup token: ${setupFile} is missing and no --admin-token was given`);
-      const setup = await api.request<{ adminId: string; credential: { token: string } }>('POST', '/v1/setup', {
-        setupToken,
-        adminName: 'demo administrator',
-      });
+      const setupToken =
+        options['setup-token'] ?? (existsSync(setupFile) ? readTrimmed(setupFile) : undefined);
+      if (!setupToken)
+        throw new Error(`no setup token: ${setupFile} is missing and no --admin-token was given`);
+      const setup = await api.request<{ adminId: string; credential: { token: string } }>(
+        'POST',
+        '/v1/setup',
+        {
+          setupToken,
+          adminName: 'demo administrator',
+        },
+      );
       adminToken = setup.credential.token;
       writeFileSync(adminTokenFile, `${adminToken}\n`, { mode: 0o600 });
       chmodSync(adminTokenFile, 0o600);
-      log('setup token used: first administrator created', `${setup.adminId} (credential kept in ${adminTokenFile})`);
+      log(
+        'setup token used: first administrator created',
+        `${setup.adminId} (credential kept in ${adminTokenFile})`,
+      );
     } else {
       log('administrator credential found', options['admin-token'] ? '--admin-token' : adminTokenFile);
     }
@@ -101,11 +118,17 @@ export async function demoCommand(options: DemoOptions, out: (line: string) => v
 
     // 2. Vendor and its API credential.
     const suffix = randomInt(1_000_000).toString().padStart(6, '0');
-    const vendor = await api.request<{ id: string; code: string }>('POST', '/v1/vendors', { name: `Demo Devices ${suffix}` });
-    log('vendor created', `${vendor.id}, vendor code ${vendor.code}`);
-    const credential = await api.request<{ id: string; token: string }>('POST', `/v1/vendors/${vendor.id}/credentials`, {
-      label: 'demo',
+    const vendor = await api.request<{ id: string; code: string }>('POST', '/v1/vendors', {
+      name: `Demo Devices ${suffix}`,
     });
+    log('vendor created', `${vendor.id}, vendor code ${vendor.code}`);
+    const credential = await api.request<{ id: string; token: string }>(
+      'POST',
+      `/v1/vendors/${vendor.id}/credentials`,
+      {
+        label: 'demo',
+      },
+    );
     log('vendor API credential issued', `${credential.id} (token shown once, not printed)`);
     const vendorApi = new ApiClient(httpUrl, ca, credential.token);
 
@@ -136,22 +159,35 @@ export async function demoCommand(options: DemoOptions, out: (line: string) => v
     // 5. Each device connects over MQTT/TLS with its own secret and reports telemetry (QoS 1 = stored).
     const sent = new Map<string, Record<string, number>>();
     for (const [i, device] of issued.devices.entries()) {
-      const client = await DeviceClient.connect({ url: mqttUrl, deviceId: device.id, secret: device.secret, ca });
+      const client = await DeviceClient.connect({
+        url: mqttUrl,
+        deviceId: device.id,
+        secret: device.secret,
+        ca,
+      });
       clients.push(client);
       const reading = { power_w: 5 + i, voltage_v: 230, uptime_s: 60 * (i + 1) };
       await client.publishTelemetry(reading);
       sent.set(device.id, reading);
     }
-    log('devices connected over MQTT/TLS and reported telemetry', `${clients.length} acknowledged (QoS 1, stored)`);
+    log(
+      'devices connected over MQTT/TLS and reported telemetry',
+      `${clients.length} acknowledged (QoS 1, stored)`,
+    );
 
     // 6. The vendor reads it back.
     for (const [deviceId, reading] of sent) {
-      const latest = await vendorApi.request<{ payload: Record<string, number> }>('GET', `/v1/devices/${deviceId}/telemetry/latest`);
+      const latest = await vendorApi.request<{ payload: Record<string, number> }>(
+        'GET',
+        `/v1/devices/${deviceId}/telemetry/latest`,
+      );
       if (JSON.stringify(latest.payload) !== JSON.stringify(reading)) {
-        throw new Error(`telemetry of ${deviceId} read back as ${JSON.stringify(latest.payload)}, sent ${JSON.stringify(reading)}`);
+        throw new Error(
+          `telemetry of ${deviceId} read back as ${JSON.stringify(latest.payload)}, sent ${JSON.stringify(reading)}`,
+        );
       }
     }
-    log('vendor read every device\'s latest telemetry over HTTPS', 'matches what was sent');
+    log("vendor read every device's latest telemetry over HTTPS", 'matches what was sent');
 
     if (options.json) out(JSON.stringify({ ok: true, steps }, null, 2));
     else out('Demo completed.');

@@ -32,7 +32,9 @@ async function run(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
     const topic = command === 'help' ? rest[0] : undefined;
-    process.stdout.write(`${topic === 'up' ? upHelp : topic === 'demo' ? demoHelp : topic === 'config' ? configHelp : mainHelp}\n`);
+    process.stdout.write(
+      `${topic === 'up' ? upHelp : topic === 'demo' ? demoHelp : topic === 'config' ? configHelp : mainHelp}\n`,
+    );
     return 0;
   }
   if (command === '-v' || command === '--version') {
@@ -43,7 +45,11 @@ async function run(argv: string[]): Promise<number> {
     case 'up': {
       const { values } = parseArgs({
         args: rest,
-        options: { config: { type: 'string' }, 'data-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+        options: {
+          config: { type: 'string' },
+          'data-dir': { type: 'string' },
+          help: { type: 'boolean', short: 'h' },
+        },
         strict: true,
       });
       if (values.help) return print(upHelp);
@@ -82,12 +88,18 @@ async function run(argv: string[]): Promise<number> {
       if (values.help) return print(configHelp);
       if (values.keys) {
         const keys = CONFIG_KEYS.map((k) => ({ key: k.path, env: k.env, type: k.type }));
-        return print(values.json ? JSON.stringify(keys, null, 2) : keys.map((k) => `${k.key}  (${k.env}, ${k.type})`).join('\n'));
+        return print(
+          values.json
+            ? JSON.stringify(keys, null, 2)
+            : keys.map((k) => `${k.key}  (${k.env}, ${k.type})`).join('\n'),
+        );
       }
       const config = redactConfig(loadConfig(values.config ? { file: values.config } : {}));
       if (values.json) return print(JSON.stringify(config, null, 2));
       const lines = CONFIG_KEYS.map((k) => {
-        const value = k.path.split('.').reduce<unknown>((node, part) => (node as Record<string, unknown>)[part], config);
+        const value = k.path
+          .split('.')
+          .reduce<unknown>((node, part) => (node as Record<string, unknown>)[part], config);
         return `${k.path} = ${JSON.stringify(value)}`;
       });
       return print(lines.join('\n'));

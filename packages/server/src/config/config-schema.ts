@@ -11,7 +11,11 @@ export const ConfigSchema = Type.Object(
       description:
         'production refuses development-only defaults (generated PKI and root key); development allows them with a loud warning',
     }),
-    dataDir: Type.String({ minLength: 1, default: './data', description: 'Directory for the embedded database, development PKI, root key and setup token' }),
+    dataDir: Type.String({
+      minLength: 1,
+      default: './data',
+      description: 'Directory for the embedded database, development PKI, root key and setup token',
+    }),
     log: Type.Object(
       {
         level: Type.Union(
@@ -33,31 +37,58 @@ export const ConfigSchema = Type.Object(
       {
         url: Type.String({
           default: '',
-          description: 'postgres://… selects PostgreSQL; empty selects the embedded SQLite file in dataDir (env DATABASE_URL)',
+          description:
+            'postgres://… selects PostgreSQL; empty selects the embedded SQLite file in dataDir (env DATABASE_URL)',
         }),
-        sqliteFile: Type.String({ minLength: 1, default: 'castellan.db', description: 'SQLite file name inside dataDir' }),
+        sqliteFile: Type.String({
+          minLength: 1,
+          default: 'castellan.db',
+          description: 'SQLite file name inside dataDir',
+        }),
         poolMax: Type.Integer({ minimum: 1, maximum: 200, default: 10, description: 'PostgreSQL pool size' }),
         schema: Type.String({
           default: '',
           pattern: '^([a-z_][a-z0-9_]{0,62})?$',
-          description: 'PostgreSQL schema to use (created if missing); empty uses the server default search_path',
+          description:
+            'PostgreSQL schema to use (created if missing); empty uses the server default search_path',
         }),
       },
       strict,
     ),
     telemetry: Type.Object(
       {
-        batchMaxRows: Type.Integer({ minimum: 1, maximum: 10000, default: 500, description: 'Most telemetry rows written in one transaction' }),
-        flushIntervalMs: Type.Integer({ minimum: 1, maximum: 1000, default: 5, description: 'Longest wait before a partial batch is written' }),
-        queueMaxRows: Type.Integer({ minimum: 100, maximum: 1000000, default: 50000, description: 'Rows waiting to be written before publishers are refused' }),
+        batchMaxRows: Type.Integer({
+          minimum: 1,
+          maximum: 10000,
+          default: 500,
+          description: 'Most telemetry rows written in one transaction',
+        }),
+        flushIntervalMs: Type.Integer({
+          minimum: 1,
+          maximum: 1000,
+          default: 5,
+          description: 'Longest wait before a partial batch is written',
+        }),
+        queueMaxRows: Type.Integer({
+          minimum: 100,
+          maximum: 1000000,
+          default: 50000,
+          description: 'Rows waiting to be written before publishers are refused',
+        }),
       },
       strict,
     ),
     tls: Type.Object(
       {
-        certFile: Type.String({ default: '', description: 'PEM server certificate chain; empty uses the development PKI' }),
+        certFile: Type.String({
+          default: '',
+          description: 'PEM server certificate chain; empty uses the development PKI',
+        }),
         keyFile: Type.String({ default: '', description: 'PEM private key for certFile' }),
-        caFile: Type.String({ default: '', description: 'PEM CA certificate devices pin (served for reference)' }),
+        caFile: Type.String({
+          default: '',
+          description: 'PEM CA certificate devices pin (served for reference)',
+        }),
         minVersion: Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')], {
           default: 'TLSv1.2',
           description: 'Lowest TLS version accepted by every listener',
@@ -67,40 +98,120 @@ export const ConfigSchema = Type.Object(
     ),
     rootKey: Type.Object(
       {
-        file: Type.String({ default: '', description: 'File holding the 32-byte root key (raw or base64); empty uses dataDir/root.key, generated in development' }),
-        base64: Type.String({ default: '', description: 'The root key itself, base64 (env CASTELLAN_ROOT_KEY_BASE64); secret, never printed' }),
+        file: Type.String({
+          default: '',
+          description:
+            'File holding the 32-byte root key (raw or base64); empty uses dataDir/root.key, generated in development',
+        }),
+        base64: Type.String({
+          default: '',
+          description: 'The root key itself, base64 (env CASTELLAN_ROOT_KEY_BASE64); secret, never printed',
+        }),
       },
       strict,
     ),
     http: Type.Object(
       {
         host: Type.String({ default: '0.0.0.0', description: 'HTTPS listen address' }),
-        port: Type.Integer({ minimum: 0, maximum: 65535, default: 8443, description: 'HTTPS port (0 picks a free port)' }),
-        bodyLimitBytes: Type.Integer({ minimum: 1024, maximum: 16777216, default: 1048576, description: 'Largest accepted request body' }),
-        requestTimeoutMs: Type.Integer({ minimum: 1000, maximum: 600000, default: 30000, description: 'Time allowed to receive a whole request' }),
-        trustProxy: Type.Boolean({ default: false, description: 'Trust X-Forwarded-* headers (only behind your own proxy)' }),
+        port: Type.Integer({
+          minimum: 0,
+          maximum: 65535,
+          default: 8443,
+          description: 'HTTPS port (0 picks a free port)',
+        }),
+        bodyLimitBytes: Type.Integer({
+          minimum: 1024,
+          maximum: 16777216,
+          default: 1048576,
+          description: 'Largest accepted request body',
+        }),
+        requestTimeoutMs: Type.Integer({
+          minimum: 1000,
+          maximum: 600000,
+          default: 30000,
+          description: 'Time allowed to receive a whole request',
+        }),
+        trustProxy: Type.Boolean({
+          default: false,
+          description: 'Trust X-Forwarded-* headers (only behind your own proxy)',
+        }),
       },
       strict,
     ),
     mqtt: Type.Object(
       {
         host: Type.String({ default: '0.0.0.0', description: 'MQTT over TLS listen address' }),
-        port: Type.Integer({ minimum: 0, maximum: 65535, default: 8883, description: 'MQTT over TLS port (0 picks a free port)' }),
-        maxPacketBytes: Type.Integer({ minimum: 256, maximum: 268435455, default: 65536, description: 'Largest MQTT packet accepted' }),
-        connectTimeoutMs: Type.Integer({ minimum: 100, maximum: 120000, default: 10000, description: 'Time a new connection has to send CONNECT' }),
-        maxKeepAliveSeconds: Type.Integer({ minimum: 1, maximum: 65535, default: 300, description: 'Upper bound on a client keep-alive (MQTT 5 server keep-alive)' }),
-        maxConnections: Type.Integer({ minimum: 1, maximum: 10000000, default: 100000, description: 'Connections accepted by this process' }),
-        maxInflight: Type.Integer({ minimum: 1, maximum: 65535, default: 64, description: 'Unacknowledged QoS 1 messages per session (MQTT 5 receive maximum)' }),
-        maxQueuedMessages: Type.Integer({ minimum: 0, maximum: 100000, default: 1000, description: 'QoS 1 messages queued per session beyond the in-flight window' }),
-        maxSubscriptionsPerClient: Type.Integer({ minimum: 1, maximum: 10000, default: 100, description: 'Subscriptions one client may hold' }),
-        maxSessionExpirySeconds: Type.Integer({ minimum: 0, maximum: 4294967295, default: 86400, description: 'Longest a disconnected session (subscriptions, queued QoS 1 messages) is kept' }),
-        maxTopicLevels: Type.Integer({ minimum: 1, maximum: 256, default: 16, description: 'Most levels in a topic name or filter' }),
+        port: Type.Integer({
+          minimum: 0,
+          maximum: 65535,
+          default: 8883,
+          description: 'MQTT over TLS port (0 picks a free port)',
+        }),
+        maxPacketBytes: Type.Integer({
+          minimum: 256,
+          maximum: 268435455,
+          default: 65536,
+          description: 'Largest MQTT packet accepted',
+        }),
+        connectTimeoutMs: Type.Integer({
+          minimum: 100,
+          maximum: 120000,
+          default: 10000,
+          description: 'Time a new connection has to send CONNECT',
+        }),
+        maxKeepAliveSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 65535,
+          default: 300,
+          description: 'Upper bound on a client keep-alive (MQTT 5 server keep-alive)',
+        }),
+        maxConnections: Type.Integer({
+          minimum: 1,
+          maximum: 10000000,
+          default: 100000,
+          description: 'Connections accepted by this process',
+        }),
+        maxInflight: Type.Integer({
+          minimum: 1,
+          maximum: 65535,
+          default: 64,
+          description: 'Unacknowledged QoS 1 messages per session (MQTT 5 receive maximum)',
+        }),
+        maxQueuedMessages: Type.Integer({
+          minimum: 0,
+          maximum: 100000,
+          default: 1000,
+          description: 'QoS 1 messages queued per session beyond the in-flight window',
+        }),
+        maxSubscriptionsPerClient: Type.Integer({
+          minimum: 1,
+          maximum: 10000,
+          default: 100,
+          description: 'Subscriptions one client may hold',
+        }),
+        maxSessionExpirySeconds: Type.Integer({
+          minimum: 0,
+          maximum: 4294967295,
+          default: 86400,
+          description: 'Longest a disconnected session (subscriptions, queued QoS 1 messages) is kept',
+        }),
+        maxTopicLevels: Type.Integer({
+          minimum: 1,
+          maximum: 256,
+          default: 16,
+          description: 'Most levels in a topic name or filter',
+        }),
       },
       strict,
     ),
     devices: Type.Object(
       {
-        maxBatch: Type.Integer({ minimum: 1, maximum: 100000, default: 1000, description: 'Most devices created by one request' }),
+        maxBatch: Type.Integer({
+          minimum: 1,
+          maximum: 100000,
+          default: 1000,
+          description: 'Most devices created by one request',
+        }),
       },
       strict,
     ),

@@ -35,19 +35,26 @@ function leaves(schema: TSchema, prefix = ''): LeafInfo[] {
 /** Every configuration key with its environment variable name. */
 export const CONFIG_KEYS: readonly (LeafInfo & { env: string })[] = leaves(ConfigSchema).map((l) => ({
   ...l,
-  env: `CASTELLAN_${l.path.replace(/\./g, '_').replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()}`,
+  env: `CASTELLAN_${l.path
+    .replace(/\./g, '_')
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .toUpperCase()}`,
 }));
 
 const ENV_TO_PATH = new Map<string, LeafInfo>([
   ...CONFIG_KEYS.map((k) => [k.env, k] as const),
-  ...Object.entries(ENV_ALIASES).map(([env, path]) => [env, CONFIG_KEYS.find((k) => k.path === path)!] as const),
+  ...Object.entries(ENV_ALIASES).map(
+    ([env, path]) => [env, CONFIG_KEYS.find((k) => k.path === path)!] as const,
+  ),
 ]);
 
 // Environment variables that configure the launcher or tooling, not the platform.
 const NON_CONFIG_ENV = new Set(['CASTELLAN_CONFIG', 'CASTELLAN_DATA_DIR_FOR_DEMO']);
 
 function invalid(path: string, reason: string): CastellanError {
-  return new CastellanError('ERR_CONFIG_INVALID', { message: `Invalid configuration: ${path || '(root)'} ${reason}` });
+  return new CastellanError('ERR_CONFIG_INVALID', {
+    message: `Invalid configuration: ${path || '(root)'} ${reason}`,
+  });
 }
 
 function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
@@ -76,7 +83,8 @@ function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
       if (!/^-?\d+(\.\d+)?$/.test(raw.trim())) throw invalid(leaf.path, `must be a number (from ${name})`);
       value = Number(raw);
     } else if (leaf.type === 'boolean') {
-      if (!['true', 'false', '1', '0'].includes(raw)) throw invalid(leaf.path, `must be true or false (from ${name})`);
+      if (!['true', 'false', '1', '0'].includes(raw))
+        throw invalid(leaf.path, `must be true or false (from ${name})`);
       value = raw === 'true' || raw === '1';
     }
     setPath(out, leaf.path, value);
@@ -115,7 +123,10 @@ function emptySkeleton(): Record<string, unknown> {
 }
 
 function literalsAt(path: string): string[] | null {
-  let node = ConfigSchema as unknown as { properties?: Record<string, unknown>; anyOf?: { const?: unknown }[] };
+  let node = ConfigSchema as unknown as {
+    properties?: Record<string, unknown>;
+    anyOf?: { const?: unknown }[];
+  };
   for (const part of path.split('.')) {
     const next = node.properties?.[part];
     if (!next) return null;
@@ -150,7 +161,8 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<CastellanC
     (options.overrides ?? {}) as Record<string, unknown>,
   );
   const withDefaults = Value.Default(ConfigSchema, merged) as Record<string, unknown>;
-  const first = [...Value.Errors(ConfigSchema, withDefaults)].find((e) => e.keyword !== 'boolean') ??
+  const first =
+    [...Value.Errors(ConfigSchema, withDefaults)].find((e) => e.keyword !== 'boolean') ??
     [...Value.Errors(ConfigSchema, withDefaults)][0];
   if (first) {
     const path = first.instancePath.slice(1).replace(/\//g, '.');

@@ -5,7 +5,13 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { can } from '../accounts/index.ts';
 import { CastellanError } from '../errors/index.ts';
-import { type AuthenticateHook, authenticatedErrors, bearerSecurity, principalOf, StrictObject } from '../http/index.ts';
+import {
+  type AuthenticateHook,
+  authenticatedErrors,
+  bearerSecurity,
+  principalOf,
+  StrictObject,
+} from '../http/index.ts';
 import type { Device, DevicesService, Product, TelemetryItem } from './devices-service.ts';
 
 export interface DevicesRoutesOptions {
@@ -70,7 +76,9 @@ function deviceIdFrom(request: FastifyRequest): string {
     parseDeviceId(raw);
   } catch (error) {
     if (error instanceof DeviceIdError) {
-      throw new CastellanError('ERR_DEVICE_ID_INVALID', { message: `Device ID is malformed: ${error.message}` });
+      throw new CastellanError('ERR_DEVICE_ID_INVALID', {
+        message: `Device ID is malformed: ${error.message}`,
+      });
     }
     throw error;
   }
@@ -78,7 +86,10 @@ function deviceIdFrom(request: FastifyRequest): string {
 }
 
 export async function devicesRoutes(app: FastifyInstance, { devices, authenticate }: DevicesRoutesOptions) {
-  async function ownedProduct(request: FastifyRequest, action: 'product.read' | 'device.create' | 'device.list') {
+  async function ownedProduct(
+    request: FastifyRequest,
+    action: 'product.read' | 'device.create' | 'device.list',
+  ) {
     const product = await devices.getProduct((request.params as { productId: string }).productId);
     if (!product || !can(principalOf(request), action, { vendorId: product.vendorId })) {
       throw new CastellanError('ERR_PRODUCT_NOT_FOUND');
@@ -102,14 +113,21 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
         summary: 'Define a product (vendors)',
         tags: ['devices'],
         security: bearerSecurity,
-        body: StrictObject({ name: Name, category: Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z0-9][a-z0-9_.-]*$' }) }),
+        body: StrictObject({
+          name: Name,
+          category: Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z0-9][a-z0-9_.-]*$' }),
+        }),
         response: { 201: ProductView, ...authenticatedErrors },
       },
     },
     async (request, reply) => {
       const principal = principalOf(request);
-      if (!can(principal, 'product.create', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
-      const product = await devices.createProduct(principal.id, request.body as { name: string; category: string });
+      if (!can(principal, 'product.create', { vendorId: principal.id }))
+        throw new CastellanError('ERR_AUTH_FORBIDDEN');
+      const product = await devices.createProduct(
+        principal.id,
+        request.body as { name: string; category: string },
+      );
       return reply.status(201).send(presentProduct(product));
     },
   );
@@ -127,7 +145,8 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
     },
     async (request) => {
       const principal = principalOf(request);
-      if (!can(principal, 'product.list', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
+      if (!can(principal, 'product.list', { vendorId: principal.id }))
+        throw new CastellanError('ERR_AUTH_FORBIDDEN');
       return { items: (await devices.listProducts(principal.id)).map(presentProduct) };
     },
   );
@@ -171,7 +190,9 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
       const product = await ownedProduct(request, 'device.create');
       const issued = await devices.createDevices(product.id, (request.body as { count: number }).count);
       request.log.info({ productId: product.id, count: issued.length }, 'devices issued');
-      return reply.status(201).send({ productId: product.id, devices: issued.map((d) => ({ id: d.id, secret: d.secret })) });
+      return reply
+        .status(201)
+        .send({ productId: product.id, devices: issued.map((d) => ({ id: d.id, secret: d.secret })) });
     },
   );
 
@@ -189,7 +210,10 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
           after: Type.Optional(Type.String({ pattern: '^[0-9a-f]{24}$' })),
         }),
         response: {
-          200: StrictObject({ items: Type.Array(DeviceView), next: Type.Union([Type.String(), Type.Null()]) }),
+          200: StrictObject({
+            items: Type.Array(DeviceView),
+            next: Type.Union([Type.String(), Type.Null()]),
+          }),
           ...authenticatedErrors,
         },
       },
@@ -251,7 +275,10 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
           beforeSeq: Type.Optional(Type.Integer({ minimum: 1 })),
         }),
         response: {
-          200: StrictObject({ items: Type.Array(TelemetryView), nextBeforeSeq: Type.Union([Type.Integer(), Type.Null()]) }),
+          200: StrictObject({
+            items: Type.Array(TelemetryView),
+            nextBeforeSeq: Type.Union([Type.Integer(), Type.Null()]),
+          }),
           ...authenticatedErrors,
         },
       },

@@ -88,7 +88,11 @@ export class DevicesService {
     this.#drawId = options.generateDeviceId ?? generateDeviceId;
     const decoySecret = Buffer.from(randomBytes(DEVICE_SECRET_BYTES).toString('base64url'));
     const decoyId = generateDeviceId('000000', '000000');
-    this.#decoy = { id: decoyId, secret: decoySecret, sealed: this.#secrets.seal(decoySecret, secretAad(decoyId)) };
+    this.#decoy = {
+      id: decoyId,
+      secret: decoySecret,
+      sealed: this.#secrets.seal(decoySecret, secretAad(decoyId)),
+    };
   }
 
   async createProduct(vendorId: string, input: { name: string; category: string }): Promise<Product> {
@@ -115,7 +119,11 @@ export class DevicesService {
   }
 
   async getProduct(productId: string): Promise<Product | null> {
-    const row = await this.#db.selectFrom('products').selectAll().where('id', '=', productId).executeTakeFirst();
+    const row = await this.#db
+      .selectFrom('products')
+      .selectAll()
+      .where('id', '=', productId)
+      .executeTakeFirst();
     return row ? toProduct(row) : null;
   }
 
@@ -232,7 +240,10 @@ export class DevicesService {
     return item ?? null;
   }
 
-  async listTelemetry(deviceId: string, options: { limit: number; beforeSeq?: number }): Promise<TelemetryItem[]> {
+  async listTelemetry(
+    deviceId: string,
+    options: { limit: number; beforeSeq?: number },
+  ): Promise<TelemetryItem[]> {
     let query = this.#db.selectFrom('telemetry').selectAll().where('device_id', '=', deviceId);
     if (options.beforeSeq !== undefined) query = query.where('seq', '<', options.beforeSeq);
     const rows = await query.orderBy('seq', 'desc').limit(options.limit).execute();

@@ -1,3 +1,4 @@
+export { devicesRoutes } from './devices-routes.ts';
 export {
   type Device,
   DevicesService,
@@ -7,6 +8,5 @@ export {
   type TelemetryItem,
   type VendorDirectory,
 } from './devices-service.ts';
-export { devicesRoutes } from './devices-routes.ts';
 export { checkTelemetryPayload } from './telemetry-payload.ts';
 export { TelemetryQueueFullError, TelemetryWriter, type TelemetryWriterOptions } from './telemetry-writer.ts';

@@ -38,9 +38,17 @@ export const ERROR_CODES = {
   ERR_SETUP_TOKEN_INVALID: { status: 401, expose: true, message: 'Setup token is invalid or already used' },
 
   ERR_VENDOR_NOT_FOUND: { status: 404, expose: true, message: 'Vendor not found' },
-  ERR_VENDOR_CODE_EXHAUSTED: { status: 409, expose: true, message: 'Could not allocate a unique vendor code' },
+  ERR_VENDOR_CODE_EXHAUSTED: {
+    status: 409,
+    expose: true,
+    message: 'Could not allocate a unique vendor code',
+  },
   ERR_PRODUCT_NOT_FOUND: { status: 404, expose: true, message: 'Product not found' },
-  ERR_PRODUCT_CODE_EXHAUSTED: { status: 409, expose: true, message: 'Could not allocate a unique product code' },
+  ERR_PRODUCT_CODE_EXHAUSTED: {
+    status: 409,
+    expose: true,
+    message: 'Could not allocate a unique product code',
+  },
   ERR_DEVICE_ID_INVALID: { status: 400, expose: true, message: 'Device ID is malformed' },
   ERR_DEVICE_NOT_FOUND: { status: 404, expose: true, message: 'Device not found' },
   ERR_DEVICE_ID_EXHAUSTED: { status: 409, expose: true, message: 'Could not allocate a unique device ID' },

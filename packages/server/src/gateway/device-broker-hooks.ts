@@ -18,7 +18,10 @@ export function deviceBrokerHooks(devices: DevicesService, log: Logger): BrokerH
       }
       const device = await devices.authenticateDevice(request.username, request.password);
       if (!device) {
-        log.info({ deviceId: request.username, remoteAddress: request.remoteAddress }, 'mqtt: device authentication failed');
+        log.info(
+          { deviceId: request.username, remoteAddress: request.remoteAddress },
+          'mqtt: device authentication failed',
+        );
         return { ok: false, reason: 'bad-credentials' };
       }
       if (device.status !== 'active') return { ok: false, reason: 'not-authorized' };
@@ -57,7 +60,8 @@ export function deviceBrokerHooks(devices: DevicesService, log: Logger): BrokerH
       try {
         await devices.recordTelemetry(identity.principalId, message.payload, message.receivedAt);
       } catch (error) {
-        if (error instanceof TelemetryQueueFullError) throw new PublishRefusedError('quota-exceeded', error.message);
+        if (error instanceof TelemetryQueueFullError)
+          throw new PublishRefusedError('quota-exceeded', error.message);
         throw new PublishRefusedError('unavailable', 'telemetry could not be stored');
       }
     },

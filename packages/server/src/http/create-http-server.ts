@@ -46,7 +46,9 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
   // The API speaks JSON only: other media types are refused (415) rather than parsed as text.
   app.removeContentTypeParser('text/plain');
   app.setErrorHandler((error, request, reply) => sendError(request, reply, error));
-  app.setNotFoundHandler((request, reply) => sendError(request, reply, new CastellanError('ERR_HTTP_NOT_FOUND')));
+  app.setNotFoundHandler((request, reply) =>
+    sendError(request, reply, new CastellanError('ERR_HTTP_NOT_FOUND')),
+  );
   app.addSchema(ErrorResponseSchema);
   app.decorateRequest('principal', undefined);
   app.addHook('onSend', async (request, reply, payload) => {
@@ -66,7 +68,9 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
         description: 'Security-first cloud platform for smart-home devices. Errors: docs/errors.md.',
       },
       components: {
-        securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'Castellan API credential' } },
+        securitySchemes: {
+          bearer: { type: 'http', scheme: 'bearer', description: 'Castellan API credential' },
+        },
       },
     },
   });

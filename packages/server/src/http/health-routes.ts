@@ -16,7 +16,13 @@ const Ready = Type.Object(
 export async function healthRoutes(app: FastifyInstance, options: HealthRoutesOptions): Promise<void> {
   app.get(
     '/healthz',
-    { schema: { summary: 'Liveness: the process serves requests', tags: ['operations'], response: { 200: Status } } },
+    {
+      schema: {
+        summary: 'Liveness: the process serves requests',
+        tags: ['operations'],
+        response: { 200: Status },
+      },
+    },
     async () => ({ status: 'ok' }),
   );
   app.get(

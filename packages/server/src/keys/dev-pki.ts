@@ -119,7 +119,12 @@ export async function loadTlsMaterial(config: TlsConfig): Promise<TlsMaterial> {
       });
     }
     const cert = readPem(certFile, 'tls.certFile');
-    return { cert, key: readPem(keyFile, 'tls.keyFile'), ca: caFile ? readPem(caFile, 'tls.caFile') : cert, source: 'config' };
+    return {
+      cert,
+      key: readPem(keyFile, 'tls.keyFile'),
+      ca: caFile ? readPem(caFile, 'tls.caFile') : cert,
+      source: 'config',
+    };
   }
   if (config.environment === 'production') {
     throw new CastellanError('ERR_CONFIG_INVALID', {

@@ -1,6 +1,6 @@
 // Structured logs (pino). Secrets never reach a log line: request bodies and headers are not logged,
 // and any field that could carry a credential is redacted by path as a second line of defence.
-import { pino, type DestinationStream, type Logger } from 'pino';
+import { type DestinationStream, type Logger, pino } from 'pino';
 
 export const REDACTED_PATHS = [
   'req.headers.authorization',

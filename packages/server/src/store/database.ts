@@ -46,7 +46,8 @@ export async function openStore(options: OpenStoreOptions): Promise<Store> {
   if (options.url === '' || options.url.startsWith('sqlite:')) return openSqlite(options);
   if (!/^postgres(ql)?:\/\//.test(options.url)) {
     throw new CastellanError('ERR_CONFIG_INVALID', {
-      message: 'Invalid configuration: database.url must start with postgres:// or postgresql://, or be empty for SQLite',
+      message:
+        'Invalid configuration: database.url must start with postgres:// or postgresql://, or be empty for SQLite',
     });
   }
   return openPostgres(options);
@@ -55,7 +56,9 @@ export async function openStore(options: OpenStoreOptions): Promise<Store> {
 function openSqlite(options: OpenStoreOptions): Store {
   const dir = resolve(options.dataDir);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const file = options.url.startsWith('sqlite:') ? options.url.slice('sqlite:'.length) : join(dir, options.sqliteFile);
+  const file = options.url.startsWith('sqlite:')
+    ? options.url.slice('sqlite:'.length)
+    : join(dir, options.sqliteFile);
   // Created 0600 before SQLite opens it; SQLite gives the -wal and -shm files the same mode.
   closeSync(openSync(file, 'a', 0o600));
   chmodSync(file, 0o600);

@@ -10,7 +10,9 @@ interface ColumnTypes {
 }
 
 function columnTypes(dialect: DialectName): ColumnTypes {
-  return dialect === 'postgres' ? { binary: 'bytea', serial: 'bigserial' } : { binary: 'blob', serial: 'integer' };
+  return dialect === 'postgres'
+    ? { binary: 'bytea', serial: 'bigserial' }
+    : { binary: 'blob', serial: 'integer' };
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
@@ -75,12 +77,18 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
         await db.schema.createIndex('devices_product_idx').on('devices').columns(['product_id']).execute();
         await db.schema
           .createTable('telemetry')
-          .addColumn('seq', t.serial, (c) => (dialect === 'sqlite' ? c.primaryKey().autoIncrement() : c.primaryKey()))
+          .addColumn('seq', t.serial, (c) =>
+            dialect === 'sqlite' ? c.primaryKey().autoIncrement() : c.primaryKey(),
+          )
           .addColumn('device_id', 'text', (c) => c.notNull())
           .addColumn('received_at', 'bigint', (c) => c.notNull())
           .addColumn('payload', t.binary, (c) => c.notNull())
           .execute();
-        await db.schema.createIndex('telemetry_device_seq_idx').on('telemetry').columns(['device_id', 'seq']).execute();
+        await db.schema
+          .createIndex('telemetry_device_seq_idx')
+          .on('telemetry')
+          .columns(['device_id', 'seq'])
+          .execute();
       },
     },
   };

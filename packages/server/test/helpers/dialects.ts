@@ -59,7 +59,11 @@ export async function dropSchema(schema: string): Promise<void> {
 }
 
 /** Runs a query in a schema (to check what the platform stored, independently of its code). */
-export async function pgQuery<T = Record<string, unknown>>(schema: string, text: string, values: unknown[] = []): Promise<T[]> {
+export async function pgQuery<T = Record<string, unknown>>(
+  schema: string,
+  text: string,
+  values: unknown[] = [],
+): Promise<T[]> {
   const client = new pg.Client({ connectionString: POSTGRES_URL, options: `-c search_path=${schema}` });
   await client.connect();
   try {

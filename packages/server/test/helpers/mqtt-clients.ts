@@ -54,8 +54,16 @@ export function mqttConnect(platform: Platform, options: MqttConnectOptions): Pr
   });
 }
 
-export async function connectDevice(platform: Platform, device: { id: string; secret: string }, protocolVersion: 4 | 5 = 5) {
-  const outcome = await mqttConnect(platform, { username: device.id, password: device.secret, protocolVersion });
+export async function connectDevice(
+  platform: Platform,
+  device: { id: string; secret: string },
+  protocolVersion: 4 | 5 = 5,
+) {
+  const outcome = await mqttConnect(platform, {
+    username: device.id,
+    password: device.secret,
+    protocolVersion,
+  });
   if (!outcome.client) throw new Error(`device ${device.id} could not connect: ${outcome.error?.message}`);
   return outcome.client;
 }
@@ -65,7 +73,12 @@ export function endClient(client: MqttClient): Promise<void> {
 }
 
 /** Publishes and resolves with the PUBACK reason code (0 when acknowledged), or 'closed'. */
-export function publishOutcome(client: MqttClient, topic: string, payload: string | Buffer, qos: 0 | 1 = 1): Promise<number | 'closed'> {
+export function publishOutcome(
+  client: MqttClient,
+  topic: string,
+  payload: string | Buffer,
+  qos: 0 | 1 = 1,
+): Promise<number | 'closed'> {
   return new Promise((resolve) => {
     const onClose = () => resolve('closed');
     client.once('close', onClose);
@@ -123,7 +136,12 @@ export class RawMqtt {
   }
 
   static async open(platform: Platform, protocolVersion: 4 | 5 = 5): Promise<RawMqtt> {
-    const socket = tls.connect({ host: '127.0.0.1', port: platform.mqttPort, ca: platform.caPem, servername: 'localhost' });
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port: platform.mqttPort,
+      ca: platform.caPem,
+      servername: 'localhost',
+    });
     await once(socket, 'secureConnect');
     return new RawMqtt(socket, protocolVersion);
   }

@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { Writable } from 'node:stream';
-import { type DeepPartial, loadConfig } from '../../src/config/index.ts';
 import type { CastellanConfig } from '../../src/config/index.ts';
+import { type DeepPartial, loadConfig } from '../../src/config/index.ts';
 import { type Platform, startPlatform } from '../../src/platform.ts';
 import { type DialectName, dropSchema, POSTGRES_URL, pgQuery, uniqueSchema } from './dialects.ts';
 
@@ -54,7 +54,10 @@ export async function startTestPlatform(
       log: { level: 'debug', ...overrides.log },
       http: { host: '127.0.0.1', port: 0, ...overrides.http },
       mqtt: { host: '127.0.0.1', port: 0, connectTimeoutMs: 5000, ...overrides.mqtt },
-      database: dialect === 'postgres' ? { url: POSTGRES_URL, schema, ...overrides.database } : { ...overrides.database },
+      database:
+        dialect === 'postgres'
+          ? { url: POSTGRES_URL, schema, ...overrides.database }
+          : { ...overrides.database },
     },
   });
   const { stream, logs } = captureLogs();
@@ -94,14 +97,25 @@ export interface HttpResult<T = unknown> {
 }
 
 /** A raw HTTPS request pinned to the platform CA; never throws on HTTP error statuses. */
+// biome-ignore lint/suspicious/noExplicitAny: tests read response bodies loosely and assert on them.
 export function request<T = any>(
   platform: Platform,
   method: string,
   path: string,
-  options: { token?: string; body?: unknown; rawBody?: string | Buffer; contentType?: string; headers?: Record<string, string> } = {},
+  options: {
+    token?: string;
+    body?: unknown;
+    rawBody?: string | Buffer;
+    contentType?: string;
+    headers?: Record<string, string>;
+  } = {},
 ): Promise<HttpResult<T>> {
   const payload =
-    options.rawBody !== undefined ? Buffer.from(options.rawBody) : options.body !== undefined ? Buffer.from(JSON.stringify(options.body)) : undefined;
+    options.rawBody !== undefined
+      ? Buffer.from(options.rawBody)
+      : options.body !== undefined
+        ? Buffer.from(JSON.stringify(options.body))
+        : undefined;
   return new Promise((resolve, reject) => {
     const req = https.request(
       new URL(path, platform.httpUrl),
@@ -109,7 +123,9 @@ export function request<T = any>(
         method,
         ca: platform.caPem,
         headers: {
-          ...(payload ? { 'content-type': options.contentType ?? 'application/json', 'content-length': payload.length } : {}),
+          ...(payload
+            ? { 'content-type': options.contentType ?? 'application/json', 'content-length': payload.length }
+            : {}),
           ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
           ...options.headers,
         },
@@ -143,19 +159,34 @@ export interface Tenant {
 }
 
 /** Walks the foundation path through the API: setup (once) → vendor → credential → product → devices. */
-export async function provisionTenant(tp: TestPlatform, deviceCount = 2, adminToken?: string): Promise<Tenant> {
+export async function provisionTenant(
+  tp: TestPlatform,
+  deviceCount = 2,
+  adminToken?: string,
+): Promise<Tenant> {
   const p = tp.platform;
   let admin = adminToken;
   if (!admin) {
-    const setup = await request(p, 'POST', '/v1/setup', { body: { setupToken: p.setupToken, adminName: 'test admin' } });
+    const setup = await request(p, 'POST', '/v1/setup', {
+      body: { setupToken: p.setupToken, adminName: 'test admin' },
+    });
     if (setup.status !== 201) throw new Error(`setup failed: ${setup.text}`);
     admin = setup.body.credential.token as string;
   }
   const vendor = await request(p, 'POST', '/v1/vendors', { token: admin, body: { name: 'Test Vendor' } });
-  const credential = await request(p, 'POST', `/v1/vendors/${vendor.body.id}/credentials`, { token: admin, body: { label: 'tests' } });
+  const credential = await request(p, 'POST', `/v1/vendors/${vendor.body.id}/credentials`, {
+    token: admin,
+    body: { label: 'tests' },
+  });
   const vendorToken = credential.body.token as string;
-  const product = await request(p, 'POST', '/v1/products', { token: vendorToken, body: { name: 'Test Plug', category: 'plug' } });
-  const devices = await request(p, 'POST', `/v1/products/${product.body.id}/devices`, { token: vendorToken, body: { count: deviceCount } });
+  const product = await request(p, 'POST', '/v1/products', {
+    token: vendorToken,
+    body: { name: 'Test Plug', category: 'plug' },
+  });
+  const devices = await request(p, 'POST', `/v1/products/${product.body.id}/devices`, {
+    token: vendorToken,
+    body: { count: deviceCount },
+  });
   if (devices.status !== 201) throw new Error(`device creation failed: ${devices.text}`);
   return {
     adminToken: admin,

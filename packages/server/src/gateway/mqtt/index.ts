@@ -9,6 +9,12 @@ export {
   PublishRefusedError,
 } from './broker-hooks.ts';
 export { type BrokerLimits, type BrokerStats, MqttBroker, type MqttBrokerOptions } from './mqtt-broker.ts';
-export { AEAD_CIPHERS, formatHostPort, type MqttListener, startMqttListener, tlsServerOptions } from './mqtt-listener.ts';
+export {
+  AEAD_CIPHERS,
+  formatHostPort,
+  type MqttListener,
+  startMqttListener,
+  tlsServerOptions,
+} from './mqtt-listener.ts';
 export { ConnackReturnCode, ReasonCode } from './reason-codes.ts';
 export { checkTopicFilter, checkTopicName } from './topic-rules.ts';

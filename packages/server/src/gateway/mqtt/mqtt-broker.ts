@@ -166,7 +166,12 @@ export class MqttBroker {
     const identity = conn.identity!;
     const publish = () => {
       this.#willTimers.delete(conn.clientId);
-      this.publishAs(identity, conn.clientId, { topic: will.topic, payload: will.payload, qos: will.qos, receivedAt: Date.now() });
+      this.publishAs(identity, conn.clientId, {
+        topic: will.topic,
+        payload: will.payload,
+        qos: will.qos,
+        receivedAt: Date.now(),
+      });
     };
     // The will waits for the smaller of its delay and the session's expiry [MQTT-3.1.3-9 (v5)].
     const delay = Math.min(will.delaySeconds, session?.expiryInterval ?? 0);
@@ -184,7 +189,11 @@ export class MqttBroker {
     Promise.resolve()
       .then(() => this.hooks.onPublish(identity, message))
       .then(
-        () => this.route({ topic: message.topic, payload: message.payload, qos: message.qos, retain: false }, clientId),
+        () =>
+          this.route(
+            { topic: message.topic, payload: message.payload, qos: message.qos, retain: false },
+            clientId,
+          ),
         (error: unknown) => this.log.warn({ err: error, clientId }, 'mqtt: will message refused'),
       );
   }

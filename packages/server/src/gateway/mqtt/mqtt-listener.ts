@@ -55,7 +55,9 @@ export async function startMqttListener(
   });
   server.maxConnections = options.maxConnections;
   // A refused handshake (old TLS version, no shared cipher, plain TCP) is the client's problem, not ours.
-  server.on('tlsClientError', (error) => log.debug({ code: (error as NodeJS.ErrnoException).code }, 'mqtt: TLS handshake refused'));
+  server.on('tlsClientError', (error) =>
+    log.debug({ code: (error as NodeJS.ErrnoException).code }, 'mqtt: TLS handshake refused'),
+  );
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) =>
       reject(

@@ -48,7 +48,7 @@ export class Session {
 
   deliver(message: OutboundMessage): void {
     if (message.qos === 0) {
-      if (!this.sink || !this.sink.sendPublish(message, undefined, false)) this.droppedMessages++;
+      if (!this.sink?.sendPublish(message, undefined, false)) this.droppedMessages++;
       return;
     }
     if (this.sink && this.inflight.size < this.receiveMaximum && this.queue.length === 0) {

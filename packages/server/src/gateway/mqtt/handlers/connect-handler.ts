@@ -35,7 +35,8 @@ function checkWill(
   if (!conn.broker.hooks.authorizePublish(identity, will.topic)) {
     return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.NotAuthorized };
   }
-  const payload = typeof will.payload === 'string' ? Buffer.from(will.payload) : Buffer.from(will.payload ?? []);
+  const payload =
+    typeof will.payload === 'string' ? Buffer.from(will.payload) : Buffer.from(will.payload ?? []);
   return {
     topic: will.topic,
     payload,
@@ -94,8 +95,10 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
         if (conn.state !== 'authenticating') return; // the client went away meanwhile
         if (!result.ok) {
           broker.stats.authFailures++;
-          if (result.reason === 'server-busy') refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerBusy);
-          else if (result.reason === 'not-authorized') refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.NotAuthorized);
+          if (result.reason === 'server-busy')
+            refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerBusy);
+          else if (result.reason === 'not-authorized')
+            refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.NotAuthorized);
           else refuse(conn, ConnackReturnCode.BadUserNameOrPassword, ReasonCode.BadUserNameOrPassword);
           return;
         }
@@ -136,7 +139,11 @@ function accept(
 
   // Session expiry: 3.1.1 clean=false keeps the session for the configured maximum; MQTT 5 asks.
   const requestedExpiry =
-    conn.protocolVersion === 5 ? (packet.properties?.sessionExpiryInterval ?? 0) : clean ? 0 : limits.maxSessionExpirySeconds;
+    conn.protocolVersion === 5
+      ? (packet.properties?.sessionExpiryInterval ?? 0)
+      : clean
+        ? 0
+        : limits.maxSessionExpirySeconds;
   const expiry = Math.min(requestedExpiry, limits.maxSessionExpirySeconds);
 
   const { session, present } = broker.openSession(conn, clientId, identity, clean);

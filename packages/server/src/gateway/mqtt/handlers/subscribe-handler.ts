@@ -17,7 +17,10 @@ export function handleSubscribe(conn: MqttConnection, packet: ISubscribePacket):
     return;
   }
   if (v5 && packet.properties?.subscriptionIdentifier !== undefined) {
-    conn.protocolViolation(ReasonCode.SubscriptionIdentifiersNotSupported, 'subscription identifiers are not supported');
+    conn.protocolViolation(
+      ReasonCode.SubscriptionIdentifiersNotSupported,
+      'subscription identifiers are not supported',
+    );
     return;
   }
   const identity = conn.identity!;
@@ -34,7 +37,12 @@ export function handleSubscribe(conn: MqttConnection, packet: ISubscribePacket):
       return fail(ReasonCode.QuotaExceeded);
     }
     const qos = Math.min(sub.qos, 1) as 0 | 1; // granted QoS may be lower than requested [MQTT-3.9.3-2]
-    broker.subscriptions.add({ clientId: conn.clientId, filter: sub.topic, qos, noLocal: v5 && sub.nl === true });
+    broker.subscriptions.add({
+      clientId: conn.clientId,
+      filter: sub.topic,
+      qos,
+      noLocal: v5 && sub.nl === true,
+    });
     return qos;
   });
   conn.write({ cmd: 'suback', messageId: packet.messageId, granted });
@@ -50,7 +58,9 @@ export function handleUnsubscribe(conn: MqttConnection, packet: IUnsubscribePack
     return;
   }
   const codes = packet.unsubscriptions.map((filter) =>
-    conn.broker.subscriptions.remove(conn.clientId, filter) ? ReasonCode.Success : ReasonCode.NoSubscriptionExisted,
+    conn.broker.subscriptions.remove(conn.clientId, filter)
+      ? ReasonCode.Success
+      : ReasonCode.NoSubscriptionExisted,
   );
   conn.write(
     conn.protocolVersion === 5
