@@ -103,9 +103,7 @@ async function main(): Promise<number> {
   for (const measure of selected) {
     const measureResults = await measure.run(context);
     results.push(...measureResults);
-    tables.push(
-      `### ${measure.name}\n\n${measure.description}.\n\n${markdownTable(measure.columns, measureResults)}`,
-    );
+    tables.push(`### ${measure.name}\n\n${measure.description}.\n\n${markdownTable(measure.columns, measureResults)}`);
   }
   clearTimeout(watchdog);
 

@@ -35,9 +35,7 @@ async function start(opts: ServerStartOptions): Promise<void> {
     cwd: opts.dataDir,
     overrides: {
       dataDir: opts.dataDir,
-      // `as never`: the schema builds this union from an array, so its static type is never; loadConfig
-      // still validates the value at run time.
-      log: { level: 'warn' as never },
+      log: { level: 'warn' },
       database: { url: opts.databaseUrl, schema: opts.schema },
       http: { host: '127.0.0.1', port: 0 },
       mqtt: { host: '127.0.0.1', port: 0 },
@@ -113,7 +111,7 @@ process.on('message', (message: RunnerMessage) => {
       break;
     case 'sample':
       sample(message.countRows).then(
-        (s) => send({ type: 'sample', ...s }),
+        (s) => send({ type: 'sample', sample: s }),
         (error: unknown) => send({ type: 'failed', message: `sample failed: ${(error as Error).message}` }),
       );
       break;

@@ -37,8 +37,7 @@ function randomLooking(value: string, minEntropy: number): boolean {
 }
 
 // A PEM private key with its base64 body (a template that only builds the header is not a key).
-const PEM_PRIVATE_KEY =
-  /-----BEGIN ((RSA|EC|DSA|OPENSSH|ENCRYPTED|SM2) )?PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40,}/g;
+const PEM_PRIVATE_KEY = /-----BEGIN ((RSA|EC|DSA|OPENSSH|ENCRYPTED|SM2) )?PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40,}/g;
 
 const RULES: Rule[] = [
   { name: 'castellan-token', pattern: /\bcas_(adm|vnd|setup)_[A-Za-z0-9_-]{43}\b/ },
@@ -99,8 +98,7 @@ export function scanTree(root: string): Finding[] {
 if (import.meta.main) {
   const root = process.argv[2] ?? process.cwd();
   const findings = scanTree(root);
-  for (const f of findings)
-    process.stdout.write(`${f.file}:${f.line}: possible hard-coded secret (${f.rule})\n`);
+  for (const f of findings) process.stdout.write(`${f.file}:${f.line}: possible hard-coded secret (${f.rule})\n`);
   process.stdout.write(findings.length ? `${findings.length} finding(s)\n` : 'no hard-coded secrets found\n');
   process.exitCode = findings.length ? 1 : 0;
 }

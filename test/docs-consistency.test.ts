@@ -13,7 +13,10 @@ const read = (file: string) => readFileSync(resolve(root, file), 'utf8');
 describe('documentation matches the code', () => {
   test('docs/errors.md lists exactly the registered error codes, with their HTTP status', () => {
     const documented = new Map(
-      [...read('docs/errors.md').matchAll(/^\|\s*`(ERR_[A-Z0-9_]+)`\s*\|\s*(\d{3})\s*\|/gm)].map((m) => [m[1]!, Number(m[2])]),
+      [...read('docs/errors.md').matchAll(/^\|\s*`(ERR_[A-Z0-9_]+)`\s*\|\s*(\d{3})\s*\|/gm)].map((m) => [
+        m[1]!,
+        Number(m[2]),
+      ]),
     );
     assert.deepEqual([...documented.keys()].sort(), Object.keys(ERROR_CODES).sort());
     for (const [code, spec] of Object.entries(ERROR_CODES)) assert.equal(documented.get(code), spec.status, code);
@@ -21,7 +24,9 @@ describe('documentation matches the code', () => {
 
   test('docs/configuration.md lists every configuration key with its environment variable', () => {
     const rows = new Map(
-      [...read('docs/configuration.md').matchAll(/^\|\s*`([A-Za-z.]+)`\s*\|\s*`(CASTELLAN_[A-Z0-9_]+)`\s*\|/gm)].map((m) => [m[1]!, m[2]!]),
+      [...read('docs/configuration.md').matchAll(/^\|\s*`([A-Za-z0-9.]+)`\s*\|\s*`(CASTELLAN_[A-Z0-9_]+)`\s*\|/gm)].map(
+        (m) => [m[1]!, m[2]!],
+      ),
     );
     assert.deepEqual([...rows.keys()].sort(), CONFIG_KEYS.map((k) => k.path).sort());
     for (const key of CONFIG_KEYS) assert.equal(rows.get(key.path), key.env, key.path);

@@ -20,7 +20,7 @@ describe('secret scan', () => {
     try {
       mkdirSync(join(dir, 'src'));
       const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-      const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+      const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
       writeFileSync(join(dir, 'src', 'tls.ts'), `// fixture\nexport const key = \`${pem}\`;\n`);
       writeFileSync(
         join(dir, 'src', 'client.ts'),

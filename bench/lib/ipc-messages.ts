@@ -30,9 +30,7 @@ export interface ServerSample {
 }
 
 export type RunnerMessage =
-  | { type: 'start'; options: ServerStartOptions }
-  | { type: 'sample'; countRows: boolean }
-  | { type: 'stop' };
+  { type: 'start'; options: ServerStartOptions } | { type: 'sample'; countRows: boolean } | { type: 'stop' };
 
 export type ServerMessage =
   | {
@@ -43,6 +41,6 @@ export type ServerMessage =
       dialect: 'sqlite' | 'postgres';
       databaseVersion: string;
     }
-  | ({ type: 'sample' } & ServerSample)
+  | { type: 'sample'; sample: ServerSample }
   | { type: 'failed'; message: string }
   | { type: 'stopped' };

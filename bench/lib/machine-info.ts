@@ -1,5 +1,6 @@
 // The machine a run happened on, recorded with its results (numbers mean little without it).
 import { availableParallelism, cpus, totalmem } from 'node:os';
+import { performance } from 'node:perf_hooks';
 
 export interface MachineInfo {
   cpus: number;
@@ -20,23 +21,18 @@ export function machineInfo(): MachineInfo {
 }
 
 export interface MachineCpuTimes {
-  /** CPU time spent not idle, summed over all cores. */
+  /** CPU time spent neither idle nor waiting for I/O, summed over all cores. */
   busyMs: number;
-  /** Elapsed time per core (total over all cores / core count): busy / wall is in cores, like cpuUsage. */
-  wallMs: number;
+  /** When it was read (performance.now()): busy / elapsed is in cores, like process.cpuUsage(). */
+  atMs: number;
 }
 
 /** Busy CPU time of the whole machine, to diff around a measurement window. */
 export function machineCpuTimes(): MachineCpuTimes {
-  const all = cpus();
   let busyMs = 0;
-  let totalMs = 0;
-  for (const { times } of all) {
-    const total = times.user + times.nice + times.sys + times.idle + times.irq;
-    totalMs += total;
-    busyMs += total - times.idle;
-  }
-  return { busyMs, wallMs: totalMs / Math.max(1, all.length) };
+  // os.cpus() leaves out iowait, steal and softirq, so its sum is not elapsed time: only busy time is used.
+  for (const { times } of cpus()) busyMs += times.user + times.nice + times.sys + times.irq;
+  return { busyMs, atMs: performance.now() };
 }
 
 /**
@@ -47,5 +43,5 @@ export async function backgroundCpuPct(ms: number): Promise<number> {
   const before = machineCpuTimes();
   await new Promise((resolve) => setTimeout(resolve, ms));
   const after = machineCpuTimes();
-  return (100 * (after.busyMs - before.busyMs)) / Math.max(1, after.wallMs - before.wallMs);
+  return (100 * (after.busyMs - before.busyMs)) / Math.max(1, after.atMs - before.atMs);
 }

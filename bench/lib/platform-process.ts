@@ -84,8 +84,11 @@ export class PlatformProcess {
         resolve();
       };
       child.once('exit', (code, signal) => done(signal ? `signal ${signal}` : `code ${code}`));
-      // A fork that could not spawn reports 'error' and may never report 'exit'.
-      child.once('error', (error) => done(error.message));
+      // A fork that could not spawn reports 'error' and may never report 'exit'; later 'error's are
+      // failed sends to a process already gone, which its exit reports.
+      child.on('error', (error) => {
+        if (child.exitCode === null && child.signalCode === null && child.pid === undefined) done(error.message);
+      });
     });
     child.on('message', (message: ServerMessage) => {
       if (message.type === 'stopped') this.#cleanedUp = true;
@@ -126,18 +129,14 @@ export class PlatformProcess {
   async sample(countRows: boolean): Promise<ServerSample> {
     const answer = this.#next('sample', SAMPLE_TIMEOUT_MS, 'the platform did not answer a sample request');
     this.#send({ type: 'sample', countRows });
-    const { type: _, ...sample } = await answer;
-    return sample;
+    return (await answer).sample;
   }
 
   /** Stops the platform (it closes, drops its schema and exits), killing it if it takes too long. */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       this.#send({ type: 'stop' });
-      const timedOut = await Promise.race([
-        this.#exited.then(() => false),
-        delay(STOP_TIMEOUT_MS).then(() => true),
-      ]);
+      const timedOut = await Promise.race([this.#exited.then(() => false), delay(STOP_TIMEOUT_MS).then(() => true)]);
       if (timedOut) {
         process.stderr.write(
           `bench: the platform process did not stop within ${STOP_TIMEOUT_MS / 1000} s; killing it\n`,
@@ -162,7 +161,8 @@ export class PlatformProcess {
   }
 
   #send(message: RunnerMessage): void {
-    if (this.#child.connected) this.#child.send(message);
+    // A send to a process that just died fails with EPIPE; its exit is what gets reported.
+    if (this.#child.connected) this.#child.send(message, (error) => void error);
   }
 
   /** The next message of a type; rejects on a 'failed' report, on exit and on timeout, each saying `what`. */
@@ -178,10 +178,7 @@ export class PlatformProcess {
         else if (message.type === 'failed') settle(new Error(`${what}: ${message.message}`));
       };
       const onExit = () => settle(new Error(`${what}: the platform process exited (${this.#exitStatus})`));
-      const timer = setTimeout(
-        () => settle(new Error(`${what}: no answer within ${timeoutMs / 1000} s`)),
-        timeoutMs,
-      );
+      const timer = setTimeout(() => settle(new Error(`${what}: no answer within ${timeoutMs / 1000} s`)), timeoutMs);
       const settle = (error: Error | null, message?: Extract<ServerMessage, { type: K }>) => {
         clearTimeout(timer);
         child.removeListener('message', onMessage);

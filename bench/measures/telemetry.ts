@@ -173,11 +173,7 @@ async function closeClients(clients: readonly DeviceClient[]): Promise<void> {
 }
 
 /** Connects every device with the SDK, a few handshakes at a time; all or nothing. */
-async function connectDevices(
-  url: string,
-  ca: string,
-  devices: readonly ProvisionedDevice[],
-): Promise<DeviceClient[]> {
+async function connectDevices(url: string, ca: string, devices: readonly ProvisionedDevice[]): Promise<DeviceClient[]> {
   const clients: DeviceClient[] = [];
   let nextIndex = 0;
   let failure: Error | undefined;
@@ -253,10 +249,7 @@ async function runCase(context: MeasureContext, plan: Plan, c: TelemetryCase): P
     const rows = after.server.rowsWritten - before.server.rowsWritten;
     const batches = after.server.batchesWritten - before.server.batchesWritten;
     const generatorMicros =
-      after.generatorCpu.user +
-      after.generatorCpu.system -
-      before.generatorCpu.user -
-      before.generatorCpu.system;
+      after.generatorCpu.user + after.generatorCpu.system - before.generatorCpu.user - before.generatorCpu.system;
     const stored = final.storedRows ?? 0;
 
     const problems = [
@@ -290,9 +283,9 @@ async function runCase(context: MeasureContext, plan: Plan, c: TelemetryCase): P
         generatorCpuPct: round2((100 * generatorMicros) / windowMicros),
         // In cores like the two above (200 % = both cores busy); beyond server + generator it is mostly
         // PostgreSQL and the kernel.
-        machineCpuPct:
-          (100 * (after.machine.busyMs - before.machine.busyMs)) /
-          (after.machine.wallMs - before.machine.wallMs),
+        machineCpuPct: round2(
+          (100 * (after.machine.busyMs - before.machine.busyMs)) / (after.machine.atMs - before.machine.atMs),
+        ),
       },
       details: {
         backend: c.backend,
@@ -321,8 +314,7 @@ async function runCase(context: MeasureContext, plan: Plan, c: TelemetryCase): P
 
 export const telemetryMeasure: Measure = {
   name: 'telemetry',
-  description:
-    'QoS 1 telemetry msgs/s through MQTT/TLS, device auth, ACL, payload check and durable batched write',
+  description: 'QoS 1 telemetry msgs/s through MQTT/TLS, device auth, ACL, payload check and durable batched write',
   columns: COLUMNS,
   async run(context) {
     const plan = context.quick ? QUICK : FULL;

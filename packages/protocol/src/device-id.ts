@@ -35,12 +35,9 @@ export function isDeviceId(value: unknown): value is string {
 export function parseDeviceId(value: unknown): DeviceIdParts {
   if (typeof value !== 'string') throw new DeviceIdError('device ID must be a string');
   if (value.length !== DEVICE_ID_LENGTH) {
-    throw new DeviceIdError(
-      `device ID must be ${DEVICE_ID_LENGTH} hex digits, got ${value.length} characters`,
-    );
+    throw new DeviceIdError(`device ID must be ${DEVICE_ID_LENGTH} hex digits, got ${value.length} characters`);
   }
-  if (!/^[0-9a-f]+$/.test(value))
-    throw new DeviceIdError('device ID must contain only lower-case hex digits');
+  if (!/^[0-9a-f]+$/.test(value)) throw new DeviceIdError('device ID must contain only lower-case hex digits');
   if (!value.startsWith(DEVICE_ID_SPEC_VERSION)) {
     throw new DeviceIdError(`device ID spec version must be ${DEVICE_ID_SPEC_VERSION}`);
   }
@@ -62,10 +59,8 @@ export const isProductCode = isVendorCode;
 /** Builds a new device ID with a fresh CSPRNG random part. */
 export function generateDeviceId(vendorCode: string, productCode: string, extension = '00'): string {
   if (!CODE_PATTERN.test(vendorCode)) throw new DeviceIdError('vendor code must be 6 lower-case hex digits');
-  if (!CODE_PATTERN.test(productCode))
-    throw new DeviceIdError('product code must be 6 lower-case hex digits');
-  if (!EXTENSION_PATTERN.test(extension))
-    throw new DeviceIdError('extension must be 2 lower-case hex digits');
+  if (!CODE_PATTERN.test(productCode)) throw new DeviceIdError('product code must be 6 lower-case hex digits');
+  if (!EXTENSION_PATTERN.test(extension)) throw new DeviceIdError('extension must be 2 lower-case hex digits');
   return `${DEVICE_ID_SPEC_VERSION}${vendorCode}${productCode}${randomBytes(4).toString('hex')}${extension}`;
 }
 

@@ -21,8 +21,8 @@ import { loadRootKey, loadTlsMaterial, SecretBox } from './keys/index.ts';
 import { createLogger, type Logger } from './logging/index.ts';
 import { migrateToLatest, openStore, type Store } from './store/index.ts';
 
-export const VERSION: string = JSON.parse(
-  readFileSync(new URL('../package.json', import.meta.url), 'utf8'),
+export const VERSION: string = (
+  JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
 ).version;
 
 export const RUNTIME_FILE = 'runtime.json';
@@ -85,9 +85,7 @@ export async function startPlatform(
     const tls = await loadTlsMaterial({ ...config, dataDir });
     const devDefaults = [
       rootKey.source === 'generated' ? `a root key was generated at ${rootKey.file}` : null,
-      rootKey.source === 'file' && !config.rootKey.file
-        ? `the development root key ${rootKey.file} is in use`
-        : null,
+      rootKey.source === 'file' && !config.rootKey.file ? `the development root key ${rootKey.file} is in use` : null,
       tls.source === 'development' ? `the development PKI in ${tls.dir} is in use` : null,
     ].filter((x): x is string => x !== null);
     if (devDefaults.length > 0) {
@@ -150,6 +148,7 @@ export async function startPlatform(
       await closing;
     });
 
+    const authenticate = createAuthenticateHook((token) => accounts.authenticate(token));
     const http = await createHttpServer({
       tls: { cert: tls.cert, key: tls.key, minVersion: config.tls.minVersion },
       bodyLimitBytes: config.http.bodyLimitBytes,
@@ -163,14 +162,8 @@ export async function startPlatform(
         return { storage: 'ok', mqtt: 'ok' };
       },
       routes: [
-        {
-          plugin: accountsRoutes,
-          options: { accounts, authenticate: createAuthenticateHook((t) => accounts.authenticate(t)) },
-        },
-        {
-          plugin: devicesRoutes,
-          options: { devices, authenticate: createAuthenticateHook((t) => accounts.authenticate(t)) },
-        },
+        (app) => app.register(accountsRoutes, { accounts, authenticate }),
+        (app) => app.register(devicesRoutes, { devices, authenticate }),
       ],
     });
     try {

@@ -11,9 +11,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 const bin = resolve(import.meta.dirname, '../bin/castellan.js');
 // A clean environment: no CASTELLAN_* or DATABASE_URL leaks in from the developer's shell.
-const baseEnv = Object.fromEntries(
+const baseEnv: NodeJS.ProcessEnv = Object.fromEntries(
   Object.entries(process.env).filter(([k]) => !k.startsWith('CASTELLAN_') && k !== 'DATABASE_URL'),
-) as NodeJS.ProcessEnv;
+);
 
 function run(args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string) {
   return spawnSync(process.execPath, [bin, ...args], {
@@ -113,30 +113,23 @@ describe('castellan CLI', () => {
     });
     children.push(up);
     let output = '';
-    up.stdout!.on('data', (c) => (output += c));
-    up.stderr!.on('data', (c) => (output += c));
+    up.stdout.on('data', (c) => (output += c));
+    up.stderr.on('data', (c) => (output += c));
     const runtime = join(dir, 'data', 'runtime.json');
     for (let i = 0; i < 300 && !existsSync(runtime); i++) await sleep(50);
     assert.ok(existsSync(runtime), `platform did not start:\n${output}`);
     const setupToken = readFileSync(join(dir, 'data', 'setup-token'), 'utf8').trim();
 
-    const demo = spawnSync(
-      process.execPath,
-      [bin, 'demo', '--data-dir', join(dir, 'data'), '--devices', '2'],
-      {
-        cwd: dir,
-        env: baseEnv,
-        encoding: 'utf8',
-        timeout: 60_000,
-      },
-    );
+    const demo = spawnSync(process.execPath, [bin, 'demo', '--data-dir', join(dir, 'data'), '--devices', '2'], {
+      cwd: dir,
+      env: baseEnv,
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
     assert.equal(demo.status, 0, demo.stdout + demo.stderr);
     assert.match(demo.stdout, /✔ setup token used: first administrator created/);
     assert.match(demo.stdout, /✔ connection with the device ID alone refused: MQTT_CONNACK_134/);
-    assert.match(
-      demo.stdout,
-      /✔ vendor read every device's latest telemetry over HTTPS: matches what was sent/,
-    );
+    assert.match(demo.stdout, /✔ vendor read every device's latest telemetry over HTTPS: matches what was sent/);
     assert.match(demo.stdout, /Demo completed\.$/m);
 
     const again = spawnSync(

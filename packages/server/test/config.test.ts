@@ -72,15 +72,9 @@ describe('configuration', () => {
 
   test('a bad value stops start-up with the dotted key and the reason', () => {
     const cases: Array<[Record<string, string>, string]> = [
-      [
-        { CASTELLAN_HTTP_PORT: 'abc' },
-        'Invalid configuration: http.port must be a number (from CASTELLAN_HTTP_PORT)',
-      ],
+      [{ CASTELLAN_HTTP_PORT: 'abc' }, 'Invalid configuration: http.port must be a number (from CASTELLAN_HTTP_PORT)'],
       [{ CASTELLAN_HTTP_PORT: '70000' }, 'Invalid configuration: http.port must be <= 65535'],
-      [
-        { CASTELLAN_MQTT_MAX_PACKET_BYTES: '10' },
-        'Invalid configuration: mqtt.maxPacketBytes must be >= 256',
-      ],
+      [{ CASTELLAN_MQTT_MAX_PACKET_BYTES: '10' }, 'Invalid configuration: mqtt.maxPacketBytes must be >= 256'],
       [
         { CASTELLAN_TLS_MIN_VERSION: 'TLSv1.1' },
         'Invalid configuration: tls.minVersion must be one of: TLSv1.2, TLSv1.3',

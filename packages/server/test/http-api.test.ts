@@ -68,12 +68,9 @@ for (const dialect of await dialectCases()) {
       assert.equal(page.status, 200);
       assert.equal(page.body.items.length, 2);
       assert.ok(page.body.next);
-      const rest = await request(
-        p(),
-        'GET',
-        `/v1/products/${a.productId}/devices?limit=2&after=${page.body.next}`,
-        { token: a.vendorToken },
-      );
+      const rest = await request(p(), 'GET', `/v1/products/${a.productId}/devices?limit=2&after=${page.body.next}`, {
+        token: a.vendorToken,
+      });
       assert.equal(rest.body.items.length, 1);
       assert.equal(rest.body.next, null);
       assert.doesNotMatch(page.text + rest.text, /secret/);
@@ -151,20 +148,16 @@ for (const dialect of await dialectCases()) {
         assert.equal(res.body.error.code, 'ERR_VALIDATION_FAILED');
         assert.equal(res.body.error.message, message);
       }
-      const devices = await tp.query<{ n: number }>(
-        'select count(*) as n from devices where product_id = $1',
-        [a.productId],
-      );
+      const devices = await tp.query<{ n: number }>('select count(*) as n from devices where product_id = $1', [
+        a.productId,
+      ]);
       assert.equal(Number(devices[0]!.n), 3, 'no device was created by a refused request');
     });
 
     test('[DEV-1] a device ID of the wrong shape is refused with what is wrong', async () => {
       const cases: Array<[string, string]> = [
         ['abc', 'Device ID is malformed: device ID must be 24 hex digits, got 3 characters'],
-        [
-          '01ABCDEF0123456789abcdef',
-          'Device ID is malformed: device ID must contain only lower-case hex digits',
-        ],
+        ['01ABCDEF0123456789abcdef', 'Device ID is malformed: device ID must contain only lower-case hex digits'],
         ['02abcdef0123456789abcdef', 'Device ID is malformed: device ID spec version must be 01'],
       ];
       for (const [id, message] of cases) {
@@ -180,12 +173,7 @@ for (const dialect of await dialectCases()) {
       assert.equal(none.status, 401);
       assert.equal(none.body.error.code, 'ERR_AUTH_REQUIRED');
       assert.match(String(none.headers['www-authenticate']), /^Bearer/);
-      for (const header of [
-        'Basic dXNlcjpwYXNz',
-        'Bearer',
-        `Bearer ${a.vendorToken}x`,
-        'Bearer cas_vnd_short',
-      ]) {
+      for (const header of ['Basic dXNlcjpwYXNz', 'Bearer', `Bearer ${a.vendorToken}x`, 'Bearer cas_vnd_short']) {
         const res = await request(p(), 'GET', '/v1/products', { headers: { authorization: header } });
         assert.equal(res.status, 401, header);
         assert.equal(res.body.error.code, 'ERR_AUTH_INVALID');
@@ -212,9 +200,7 @@ for (const dialect of await dialectCases()) {
       assert.equal(adminTriesVendor.status, 403);
       const vendors = await tp.query<{ n: number }>('select count(*) as n from vendors');
       assert.equal(Number(vendors[0]!.n), 2, 'no vendor was created');
-      const keys = await tp.query<{ n: number }>(
-        "select count(*) as n from api_credentials where kind = 'vendor'",
-      );
+      const keys = await tp.query<{ n: number }>("select count(*) as n from api_credentials where kind = 'vendor'");
       assert.equal(Number(keys[0]!.n), 2, 'no credential was issued');
     });
 
@@ -285,8 +271,7 @@ for (const dialect of await dialectCases()) {
         assert.ok(openapi.body.paths[path], `${path} is documented`);
       }
       assert.equal(
-        openapi.body.paths['/v1/products'].post.requestBody.content['application/json'].schema
-          .additionalProperties,
+        openapi.body.paths['/v1/products'].post.requestBody.content['application/json'].schema.additionalProperties,
         false,
       );
     });

@@ -34,17 +34,14 @@ describe('root key', () => {
     assert.throws(
       () => loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: '' } }),
       (e: unknown) =>
-        e instanceof CastellanError &&
-        e.code === 'ERR_KEY_ROOT_INVALID' &&
-        /production must supply/.test(e.message),
+        e instanceof CastellanError && e.code === 'ERR_KEY_ROOT_INVALID' && /production must supply/.test(e.message),
     );
   });
 
   test('a root key of the wrong size is refused without echoing it', () => {
     const bad = randomBytes(16).toString('base64');
     assert.throws(
-      () =>
-        loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: bad } }),
+      () => loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: bad } }),
       (e: unknown) =>
         e instanceof CastellanError &&
         e.message === 'rootKey.base64 must hold exactly 32 bytes, base64-encoded' &&
@@ -52,8 +49,7 @@ describe('root key', () => {
     );
     const key = randomBytes(32).toString('base64');
     assert.equal(
-      loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: key } })
-        .source,
+      loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: key } }).source,
       'config',
     );
   });

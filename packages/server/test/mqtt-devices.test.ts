@@ -4,13 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { dialectCases } from './helpers/dialects.ts';
-import {
-  connectDevice,
-  endClient,
-  mqttConnect,
-  publishOutcome,
-  subscribeOutcome,
-} from './helpers/mqtt-clients.ts';
+import { connectDevice, endClient, mqttConnect, publishOutcome, subscribeOutcome } from './helpers/mqtt-clients.ts';
 import {
   provisionTenant,
   request,
@@ -37,11 +31,7 @@ for (const dialect of await dialectCases()) {
 
     const telemetryRows = async (deviceId: string) =>
       Number(
-        (
-          await tp.query<{ n: number }>('select count(*) as n from telemetry where device_id = $1', [
-            deviceId,
-          ])
-        )[0]!.n,
+        (await tp.query<{ n: number }>('select count(*) as n from telemetry where device_id = $1', [deviceId]))[0]!.n,
       );
 
     for (const version of [4, 5] as const) {
@@ -62,11 +52,7 @@ for (const dialect of await dialectCases()) {
         for (const [label, options] of attempts) {
           const outcome = await mqttConnect(tp.platform, { ...options, protocolVersion: version });
           assert.equal(outcome.client, undefined, `${label} must not connect`);
-          assert.equal(
-            outcome.refusedWith,
-            BAD_CREDENTIALS[version],
-            `${label}: same refusal for every failure`,
-          );
+          assert.equal(outcome.refusedWith, BAD_CREDENTIALS[version], `${label}: same refusal for every failure`);
         }
         assert.equal(tp.platform.broker.connectionCount, 0);
       });
@@ -105,10 +91,7 @@ for (const dialect of await dialectCases()) {
       const readings = [{ power_w: 1 }, { power_w: 2, on: true }, { power_w: 3, note: 'ünïcødé' }];
       for (const reading of readings) {
         const before = await telemetryRows(d.id);
-        assert.equal(
-          await publishOutcome(client, `devices/${d.id}/telemetry`, JSON.stringify(reading), 1),
-          0,
-        );
+        assert.equal(await publishOutcome(client, `devices/${d.id}/telemetry`, JSON.stringify(reading), 1), 0);
         // Right after the PUBACK, a separate connection already sees the row.
         assert.equal(await telemetryRows(d.id), before + 1);
       }
@@ -154,11 +137,7 @@ for (const dialect of await dialectCases()) {
       const client = await connectDevice(tp.platform, d, 5);
       const before = await telemetryRows(d.id);
       for (const payload of ['not json', '[1,2]', '42', '', Buffer.from([0xff, 0xfe, 0x7b, 0x7d])]) {
-        assert.equal(
-          await publishOutcome(client, `devices/${d.id}/telemetry`, payload, 1),
-          0x99,
-          String(payload),
-        );
+        assert.equal(await publishOutcome(client, `devices/${d.id}/telemetry`, payload, 1), 0x99, String(payload));
       }
       assert.equal(await telemetryRows(d.id), before);
       await endClient(client);
@@ -188,8 +167,7 @@ for (const dialect of await dialectCases()) {
         `$SYS/${d.id}`,
         'broadcast/all',
       ];
-      for (const topic of topics)
-        assert.equal(await publishOutcome(client, topic, '{"x":1}', 1), 0x87, topic);
+      for (const topic of topics) assert.equal(await publishOutcome(client, topic, '{"x":1}', 1), 0x87, topic);
       assert.equal(await telemetryRows(victim.id), before, 'nothing was stored for the other device');
       await endClient(client);
     });
@@ -230,10 +208,7 @@ for (const dialect of await dialectCases()) {
         const received: string[] = [];
         client.on('message', (topic) => received.push(topic));
         const victimClient = await connectDevice(tp.platform, victim, 5);
-        assert.equal(
-          await publishOutcome(victimClient, `devices/${victim.id}/telemetry`, '{"secret":1}', 1),
-          0,
-        );
+        assert.equal(await publishOutcome(victimClient, `devices/${victim.id}/telemetry`, '{"secret":1}', 1), 0);
         assert.equal(await publishOutcome(victimClient, `devices/${victim.id}/state`, '{"on":true}', 1), 0);
         // Own state does arrive (routing works), as a barrier after the victim's messages.
         assert.equal(await publishOutcome(client, `devices/${d.id}/state`, '{"on":false}', 1), 0);

@@ -6,12 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import type mqttPacket from 'mqtt-packet';
 import { connectDevice, endClient, publishOutcome, RawMqtt } from './helpers/mqtt-clients.ts';
-import {
-  provisionTenant,
-  startTestPlatform,
-  type Tenant,
-  type TestPlatform,
-} from './helpers/test-platform.ts';
+import { provisionTenant, startTestPlatform, type Tenant, type TestPlatform } from './helpers/test-platform.ts';
 
 describe('MQTT protocol robustness', () => {
   let tp: TestPlatform;
@@ -40,7 +35,7 @@ describe('MQTT protocol robustness', () => {
         clean: true,
         keepalive: 30,
         ...extra,
-      } as mqttPacket.IConnectPacket,
+      },
       version,
     );
     const connack = (await raw.next('connack')) as mqttPacket.IConnackPacket;
@@ -92,7 +87,7 @@ describe('MQTT protocol robustness', () => {
         clientId: device().id,
         clean: true,
         keepalive: 30,
-      } as mqttPacket.IConnectPacket,
+      },
       5,
     );
     const disconnect = (await raw.next('disconnect')) as mqttPacket.IDisconnectPacket;
@@ -129,7 +124,7 @@ describe('MQTT protocol robustness', () => {
           dup: false,
           retain: false,
           ...fields,
-        } as mqttPacket.IPublishPacket,
+        },
         5,
       );
       const disconnect = (await raw.next('disconnect')) as mqttPacket.IDisconnectPacket;
@@ -146,10 +141,7 @@ describe('MQTT protocol robustness', () => {
       `devices/${device().id}/tele\u0000metry`,
     ]) {
       const raw = await connected(5);
-      raw.send(
-        { cmd: 'publish', topic, payload: '{"a":1}', qos: 1, messageId: 3, dup: false, retain: false },
-        5,
-      );
+      raw.send({ cmd: 'publish', topic, payload: '{"a":1}', qos: 1, messageId: 3, dup: false, retain: false }, 5);
       const disconnect = (await raw.next('disconnect')) as mqttPacket.IDisconnectPacket;
       assert.equal(disconnect.reasonCode, 0x90, topic);
     }

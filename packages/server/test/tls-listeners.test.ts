@@ -36,7 +36,9 @@ function listeningPorts(): number[] {
     try {
       const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
       if (m) inodes.add(m[1]!);
-    } catch {}
+    } catch {
+      // the descriptor closed meanwhile
+    }
   }
   const ports: number[] = [];
   for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
@@ -100,9 +102,8 @@ describe('TLS policy on the HTTPS and MQTT listeners', () => {
 
   test('[CHAN-1] the API is not served over plain HTTP', async () => {
     const outcome = await new Promise<string>((resolve) => {
-      const req = http.get(
-        { host: '127.0.0.1', port: tp.platform.httpPort, path: '/healthz', timeout: 3000 },
-        (res) => resolve(`HTTP ${res.statusCode}`),
+      const req = http.get({ host: '127.0.0.1', port: tp.platform.httpPort, path: '/healthz', timeout: 3000 }, (res) =>
+        resolve(`HTTP ${res.statusCode}`),
       );
       req.on('error', (error: NodeJS.ErrnoException) => resolve(`error ${error.code}`));
       req.on('timeout', () => req.destroy(new Error('timeout')));

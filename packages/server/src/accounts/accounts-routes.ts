@@ -38,10 +38,7 @@ const CredentialView = StrictObject({
 
 const presentVendor = (v: Vendor) => ({ id: v.id, code: v.code, name: v.name, createdAt: v.createdAt });
 
-export async function accountsRoutes(
-  app: FastifyInstance,
-  { accounts, authenticate }: AccountsRoutesOptions,
-) {
+export async function accountsRoutes(app: FastifyInstance, { accounts, authenticate }: AccountsRoutesOptions) {
   app.post(
     '/v1/setup',
     {
@@ -118,10 +115,7 @@ export async function accountsRoutes(
     async (request, reply) => {
       assertCan(principalOf(request), 'vendor-credential.create');
       const { vendorId } = request.params as { vendorId: string };
-      const credential = await accounts.createVendorCredential(
-        vendorId,
-        (request.body as { label: string }).label,
-      );
+      const credential = await accounts.createVendorCredential(vendorId, (request.body as { label: string }).label);
       request.log.info({ credentialId: credential.id, vendorId }, 'vendor credential issued');
       return reply.status(201).send(credential);
     },

@@ -42,10 +42,7 @@ function isUniqueViolation(error: unknown): boolean {
   const e = error as { code?: string; errcode?: number; message?: string };
   // PostgreSQL 23505; SQLite SQLITE_CONSTRAINT_UNIQUE / PRIMARYKEY (node:sqlite reports errcode 2067/1555).
   return (
-    e.code === '23505' ||
-    e.errcode === 2067 ||
-    e.errcode === 1555 ||
-    /UNIQUE constraint failed/.test(e.message ?? '')
+    e.code === '23505' || e.errcode === 2067 || e.errcode === 1555 || /UNIQUE constraint failed/.test(e.message ?? '')
   );
 }
 
@@ -93,11 +90,7 @@ export class AccountsService {
     const token = newToken('cas_setup');
     await this.#db.transaction().execute(async (trx) => {
       // A lost token file means the old token is unrecoverable: retire it and issue a new one.
-      await trx
-        .updateTable('setup_tokens')
-        .set({ used_at: this.#now() })
-        .where('used_at', 'is', null)
-        .execute();
+      await trx.updateTable('setup_tokens').set({ used_at: this.#now() }).where('used_at', 'is', null).execute();
       await trx
         .insertInto('setup_tokens')
         .values({ id: newId('stp'), token_hash: hashToken(token), created_at: this.#now(), used_at: null })
@@ -182,11 +175,7 @@ export class AccountsService {
   }
 
   async getVendor(vendorId: string): Promise<Vendor | null> {
-    const row = await this.#db
-      .selectFrom('vendors')
-      .selectAll()
-      .where('id', '=', vendorId)
-      .executeTakeFirst();
+    const row = await this.#db.selectFrom('vendors').selectAll().where('id', '=', vendorId).executeTakeFirst();
     return row ? { id: row.id, code: row.code, name: row.name, createdAt: row.created_at } : null;
   }
 

@@ -46,7 +46,7 @@ export class ApiClient {
           res.on('data', (c: Buffer) => chunks.push(c));
           res.on('end', () => {
             const text = Buffer.concat(chunks).toString('utf8');
-            let parsed: unknown = null;
+            let parsed: unknown;
             try {
               parsed = text ? JSON.parse(text) : null;
             } catch {

@@ -68,7 +68,7 @@ export async function demoCommand(
     }
     const runtimePath = join(dataDir, RUNTIME_FILE);
     const runtime: Partial<RuntimeInfo> = existsSync(runtimePath)
-      ? JSON.parse(readFileSync(runtimePath, 'utf8'))
+      ? (JSON.parse(readFileSync(runtimePath, 'utf8')) as Partial<RuntimeInfo>)
       : {};
     const httpUrl = options.url ?? runtime.httpUrl;
     const mqttUrl = options['mqtt-url'] ?? runtime.mqttUrl;
@@ -88,29 +88,19 @@ export async function demoCommand(
 
     // 1. Administrator: from a flag, a previous demo run, or the one-time setup token.
     const adminTokenFile = join(dataDir, DEMO_ADMIN_TOKEN_FILE);
-    let adminToken =
-      options['admin-token'] ?? (existsSync(adminTokenFile) ? readTrimmed(adminTokenFile) : undefined);
+    let adminToken = options['admin-token'] ?? (existsSync(adminTokenFile) ? readTrimmed(adminTokenFile) : undefined);
     if (!adminToken) {
       const setupFile = join(dataDir, 'setup-token');
-      const setupToken =
-        options['setup-token'] ?? (existsSync(setupFile) ? readTrimmed(setupFile) : undefined);
-      if (!setupToken)
-        throw new Error(`no setup token: ${setupFile} is missing and no --admin-token was given`);
-      const setup = await api.request<{ adminId: string; credential: { token: string } }>(
-        'POST',
-        '/v1/setup',
-        {
-          setupToken,
-          adminName: 'demo administrator',
-        },
-      );
+      const setupToken = options['setup-token'] ?? (existsSync(setupFile) ? readTrimmed(setupFile) : undefined);
+      if (!setupToken) throw new Error(`no setup token: ${setupFile} is missing and no --admin-token was given`);
+      const setup = await api.request<{ adminId: string; credential: { token: string } }>('POST', '/v1/setup', {
+        setupToken,
+        adminName: 'demo administrator',
+      });
       adminToken = setup.credential.token;
       writeFileSync(adminTokenFile, `${adminToken}\n`, { mode: 0o600 });
       chmodSync(adminTokenFile, 0o600);
-      log(
-        'setup token used: first administrator created',
-        `${setup.adminId} (credential kept in ${adminTokenFile})`,
-      );
+      log('setup token used: first administrator created', `${setup.adminId} (credential kept in ${adminTokenFile})`);
     } else {
       log('administrator credential found', options['admin-token'] ? '--admin-token' : adminTokenFile);
     }
@@ -170,10 +160,7 @@ export async function demoCommand(
       await client.publishTelemetry(reading);
       sent.set(device.id, reading);
     }
-    log(
-      'devices connected over MQTT/TLS and reported telemetry',
-      `${clients.length} acknowledged (QoS 1, stored)`,
-    );
+    log('devices connected over MQTT/TLS and reported telemetry', `${clients.length} acknowledged (QoS 1, stored)`);
 
     // 6. The vendor reads it back.
     for (const [deviceId, reading] of sent) {

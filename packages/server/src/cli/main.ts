@@ -89,9 +89,7 @@ async function run(argv: string[]): Promise<number> {
       if (values.keys) {
         const keys = CONFIG_KEYS.map((k) => ({ key: k.path, env: k.env, type: k.type }));
         return print(
-          values.json
-            ? JSON.stringify(keys, null, 2)
-            : keys.map((k) => `${k.key}  (${k.env}, ${k.type})`).join('\n'),
+          values.json ? JSON.stringify(keys, null, 2) : keys.map((k) => `${k.key}  (${k.env}, ${k.type})`).join('\n'),
         );
       }
       const config = redactConfig(loadConfig(values.config ? { file: values.config } : {}));

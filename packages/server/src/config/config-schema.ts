@@ -49,8 +49,7 @@ export const ConfigSchema = Type.Object(
         schema: Type.String({
           default: '',
           pattern: '^([a-z_][a-z0-9_]{0,62})?$',
-          description:
-            'PostgreSQL schema to use (created if missing); empty uses the server default search_path',
+          description: 'PostgreSQL schema to use (created if missing); empty uses the server default search_path',
         }),
       },
       strict,

@@ -1,8 +1,2 @@
 export { type CastellanConfig, ConfigSchema, SECRET_CONFIG_KEYS } from './config-schema.ts';
-export {
-  CONFIG_KEYS,
-  type DeepPartial,
-  type LoadConfigOptions,
-  loadConfig,
-  redactConfig,
-} from './load-config.ts';
+export { CONFIG_KEYS, type DeepPartial, type LoadConfigOptions, loadConfig, redactConfig } from './load-config.ts';

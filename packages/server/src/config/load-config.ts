@@ -43,9 +43,7 @@ export const CONFIG_KEYS: readonly (LeafInfo & { env: string })[] = leaves(Confi
 
 const ENV_TO_PATH = new Map<string, LeafInfo>([
   ...CONFIG_KEYS.map((k) => [k.env, k] as const),
-  ...Object.entries(ENV_ALIASES).map(
-    ([env, path]) => [env, CONFIG_KEYS.find((k) => k.path === path)!] as const,
-  ),
+  ...Object.entries(ENV_ALIASES).map(([env, path]) => [env, CONFIG_KEYS.find((k) => k.path === path)!] as const),
 ]);
 
 // Environment variables that configure the launcher or tooling, not the platform.
@@ -83,8 +81,7 @@ function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
       if (!/^-?\d+(\.\d+)?$/.test(raw.trim())) throw invalid(leaf.path, `must be a number (from ${name})`);
       value = Number(raw);
     } else if (leaf.type === 'boolean') {
-      if (!['true', 'false', '1', '0'].includes(raw))
-        throw invalid(leaf.path, `must be true or false (from ${name})`);
+      if (!['true', 'false', '1', '0'].includes(raw)) throw invalid(leaf.path, `must be true or false (from ${name})`);
       value = raw === 'true' || raw === '1';
     }
     setPath(out, leaf.path, value);
@@ -100,7 +97,7 @@ function merge(base: Record<string, unknown>, over: Record<string, unknown>): Re
   const out: Record<string, unknown> = { ...base };
   for (const [k, v] of Object.entries(over)) {
     if (v === undefined) continue;
-    out[k] = isPlainObject(v) && isPlainObject(out[k]) ? merge(out[k] as Record<string, unknown>, v) : v;
+    out[k] = isPlainObject(v) && isPlainObject(out[k]) ? merge(out[k], v) : v;
   }
   return out;
 }
@@ -130,7 +127,7 @@ function literalsAt(path: string): string[] | null {
   for (const part of path.split('.')) {
     const next = node.properties?.[part];
     if (!next) return null;
-    node = next as typeof node;
+    node = next;
   }
   return node.anyOf?.every((s) => s.const !== undefined) ? node.anyOf.map((s) => String(s.const)) : null;
 }
@@ -150,16 +147,13 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<CastellanC
       throw invalid('(file)', `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
     }
     try {
-      fileValue = JSON.parse(text);
+      fileValue = JSON.parse(text) as Record<string, unknown>;
     } catch (error) {
       throw invalid('(file)', `${file} is not valid JSON: ${(error as Error).message}`);
     }
     if (!isPlainObject(fileValue)) throw invalid('(file)', `${file} must hold a JSON object`);
   }
-  const merged = merge(
-    merge(merge(emptySkeleton(), fileValue), fromEnv(env)),
-    (options.overrides ?? {}) as Record<string, unknown>,
-  );
+  const merged = merge(merge(merge(emptySkeleton(), fileValue), fromEnv(env)), options.overrides ?? {});
   const withDefaults = Value.Default(ConfigSchema, merged) as Record<string, unknown>;
   const first =
     [...Value.Errors(ConfigSchema, withDefaults)].find((e) => e.keyword !== 'boolean') ??

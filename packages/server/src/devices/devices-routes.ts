@@ -86,10 +86,7 @@ function deviceIdFrom(request: FastifyRequest): string {
 }
 
 export async function devicesRoutes(app: FastifyInstance, { devices, authenticate }: DevicesRoutesOptions) {
-  async function ownedProduct(
-    request: FastifyRequest,
-    action: 'product.read' | 'device.create' | 'device.list',
-  ) {
+  async function ownedProduct(request: FastifyRequest, action: 'product.read' | 'device.create' | 'device.list') {
     const product = await devices.getProduct((request.params as { productId: string }).productId);
     if (!product || !can(principalOf(request), action, { vendorId: product.vendorId })) {
       throw new CastellanError('ERR_PRODUCT_NOT_FOUND');
@@ -122,12 +119,8 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
     },
     async (request, reply) => {
       const principal = principalOf(request);
-      if (!can(principal, 'product.create', { vendorId: principal.id }))
-        throw new CastellanError('ERR_AUTH_FORBIDDEN');
-      const product = await devices.createProduct(
-        principal.id,
-        request.body as { name: string; category: string },
-      );
+      if (!can(principal, 'product.create', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
+      const product = await devices.createProduct(principal.id, request.body as { name: string; category: string });
       return reply.status(201).send(presentProduct(product));
     },
   );
@@ -145,8 +138,7 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
     },
     async (request) => {
       const principal = principalOf(request);
-      if (!can(principal, 'product.list', { vendorId: principal.id }))
-        throw new CastellanError('ERR_AUTH_FORBIDDEN');
+      if (!can(principal, 'product.list', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
       return { items: (await devices.listProducts(principal.id)).map(presentProduct) };
     },
   );

@@ -119,11 +119,7 @@ export class DevicesService {
   }
 
   async getProduct(productId: string): Promise<Product | null> {
-    const row = await this.#db
-      .selectFrom('products')
-      .selectAll()
-      .where('id', '=', productId)
-      .executeTakeFirst();
+    const row = await this.#db.selectFrom('products').selectAll().where('id', '=', productId).executeTakeFirst();
     return row ? toProduct(row) : null;
   }
 
@@ -240,10 +236,7 @@ export class DevicesService {
     return item ?? null;
   }
 
-  async listTelemetry(
-    deviceId: string,
-    options: { limit: number; beforeSeq?: number },
-  ): Promise<TelemetryItem[]> {
+  async listTelemetry(deviceId: string, options: { limit: number; beforeSeq?: number }): Promise<TelemetryItem[]> {
     let query = this.#db.selectFrom('telemetry').selectAll().where('device_id', '=', deviceId);
     if (options.beforeSeq !== undefined) query = query.where('seq', '<', options.beforeSeq);
     const rows = await query.orderBy('seq', 'desc').limit(options.limit).execute();
@@ -251,7 +244,7 @@ export class DevicesService {
       seq: Number(row.seq),
       deviceId: row.device_id,
       receivedAt: row.received_at,
-      payload: JSON.parse(toBuffer(row.payload).toString('utf8')),
+      payload: JSON.parse(toBuffer(row.payload).toString('utf8')) as unknown,
     }));
   }
 }

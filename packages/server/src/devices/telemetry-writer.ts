@@ -78,9 +78,7 @@ export class TelemetryWriter {
       try {
         await this.#options.db
           .insertInto('telemetry')
-          .values(
-            batch.map((r) => ({ device_id: r.deviceId, received_at: r.receivedAt, payload: r.payload })),
-          )
+          .values(batch.map((r) => ({ device_id: r.deviceId, received_at: r.receivedAt, payload: r.payload })))
           .execute();
         this.stats.rowsWritten += batch.length;
         this.stats.batchesWritten++;

@@ -23,10 +23,7 @@ export class CastellanError extends Error {
 
   constructor(code: ErrorCode, options: CastellanErrorOptions = {}) {
     const spec = ERROR_CODES[code];
-    super(
-      options.message ?? spec.message,
-      options.cause === undefined ? undefined : { cause: options.cause },
-    );
+    super(options.message ?? spec.message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'CastellanError';
     this.code = code;
     this.statusCode = spec.status;

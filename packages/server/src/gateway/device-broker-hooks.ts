@@ -60,8 +60,7 @@ export function deviceBrokerHooks(devices: DevicesService, log: Logger): BrokerH
       try {
         await devices.recordTelemetry(identity.principalId, message.payload, message.receivedAt);
       } catch (error) {
-        if (error instanceof TelemetryQueueFullError)
-          throw new PublishRefusedError('quota-exceeded', error.message);
+        if (error instanceof TelemetryQueueFullError) throw new PublishRefusedError('quota-exceeded', error.message);
         throw new PublishRefusedError('unavailable', 'telemetry could not be stored');
       }
     },

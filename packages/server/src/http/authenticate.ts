@@ -20,9 +20,7 @@ const BEARER = /^Bearer ([A-Za-z0-9_\-.~+/]+=*)$/;
 
 export type AuthenticateHook = (request: FastifyRequest, reply: FastifyReply) => Promise<void>;
 
-export function createAuthenticateHook(
-  resolve: (token: string) => Promise<RequestPrincipal | null>,
-): AuthenticateHook {
+export function createAuthenticateHook(resolve: (token: string) => Promise<RequestPrincipal | null>): AuthenticateHook {
   return async function authenticate(request) {
     const header = request.headers.authorization;
     if (!header) throw new CastellanError('ERR_AUTH_REQUIRED');

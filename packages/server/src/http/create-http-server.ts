@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import helmet from '@fastify/helmet';
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyInstance, type FastifyPluginAsync } from 'fastify';
+import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { CastellanError } from '../errors/index.ts';
 import { AEAD_CIPHERS } from '../gateway/index.ts';
@@ -19,9 +19,8 @@ export interface HttpServerOptions {
   version: string;
   log: Logger;
   readiness: HealthRoutesOptions['readiness'];
-  /** Each subsystem's routes, registered in order. */
-  // biome-ignore lint/suspicious/noExplicitAny: plugins carry their own option types.
-  routes: ReadonlyArray<{ plugin: FastifyPluginAsync<any>; options: object }>;
+  /** Registers each subsystem's routes (a Fastify plugin with its options), in order. */
+  routes: ReadonlyArray<(app: FastifyInstance) => PromiseLike<unknown>>;
 }
 
 export async function createHttpServer(options: HttpServerOptions): Promise<FastifyInstance> {
@@ -46,9 +45,7 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
   // The API speaks JSON only: other media types are refused (415) rather than parsed as text.
   app.removeContentTypeParser('text/plain');
   app.setErrorHandler((error, request, reply) => sendError(request, reply, error));
-  app.setNotFoundHandler((request, reply) =>
-    sendError(request, reply, new CastellanError('ERR_HTTP_NOT_FOUND')),
-  );
+  app.setNotFoundHandler((request, reply) => sendError(request, reply, new CastellanError('ERR_HTTP_NOT_FOUND')));
   app.addSchema(ErrorResponseSchema);
   app.decorateRequest('principal', undefined);
   app.addHook('onSend', async (request, reply, payload) => {
@@ -76,6 +73,6 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
   });
 
   await app.register(healthRoutes, { readiness: options.readiness });
-  for (const { plugin, options: pluginOptions } of options.routes) await app.register(plugin, pluginOptions);
+  for (const register of options.routes) await register(app as unknown as FastifyInstance);
   return app as unknown as FastifyInstance;
 }

@@ -50,8 +50,7 @@ function fromValidation(errors: AjvError[], context: string | undefined): Castel
 export function toCastellanError(error: unknown): CastellanError {
   if (error instanceof CastellanError) return error;
   const e = error as FastifyError & { validation?: AjvError[]; validationContext?: string };
-  if (Array.isArray(e.validation) && e.validation.length > 0)
-    return fromValidation(e.validation, e.validationContext);
+  if (Array.isArray(e.validation) && e.validation.length > 0) return fromValidation(e.validation, e.validationContext);
   const mapped = typeof e.code === 'string' ? FASTIFY_CODES[e.code] : undefined;
   if (mapped) return new CastellanError(mapped);
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {

@@ -36,10 +36,7 @@ export class SecretBox {
     decipher.setAAD(Buffer.from(associatedData, 'utf8'));
     decipher.setAuthTag(tag);
     try {
-      return Buffer.concat([
-        decipher.update(box.subarray(1 + NONCE_BYTES, box.length - TAG_BYTES)),
-        decipher.final(),
-      ]);
+      return Buffer.concat([decipher.update(box.subarray(1 + NONCE_BYTES, box.length - TAG_BYTES)), decipher.final()]);
     } catch (error) {
       throw new CastellanError('ERR_KEY_DECRYPT_FAILED', {
         detail: 'authentication tag mismatch',

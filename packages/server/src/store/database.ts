@@ -56,9 +56,7 @@ export async function openStore(options: OpenStoreOptions): Promise<Store> {
 function openSqlite(options: OpenStoreOptions): Store {
   const dir = resolve(options.dataDir);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const file = options.url.startsWith('sqlite:')
-    ? options.url.slice('sqlite:'.length)
-    : join(dir, options.sqliteFile);
+  const file = options.url.startsWith('sqlite:') ? options.url.slice('sqlite:'.length) : join(dir, options.sqliteFile);
   // Created 0600 before SQLite opens it; SQLite gives the -wal and -shm files the same mode.
   closeSync(openSync(file, 'a', 0o600));
   chmodSync(file, 0o600);
@@ -91,13 +89,13 @@ async function openPostgres(options: OpenStoreOptions): Promise<Store> {
     getTypeParser(oid: number, format?: string) {
       // int8 (timestamps in ms, sequence numbers) fit a double for the next 285,000 years.
       if (oid === PG_INT8) return (value: string) => Number(value);
-      return pg.types.getTypeParser(oid, format as 'text');
+      return pg.types.getTypeParser(oid, format as 'text') as (value: string) => unknown;
     },
   };
   const pool = new pg.Pool({
     connectionString: options.url,
     max: options.poolMax,
-    types: types as pg.CustomTypesConfig,
+    types: types,
     ...(schema ? { options: `-c search_path=${schema}` } : {}),
     connectionTimeoutMillis: 5000,
   });

@@ -10,12 +10,11 @@ interface ColumnTypes {
 }
 
 function columnTypes(dialect: DialectName): ColumnTypes {
-  return dialect === 'postgres'
-    ? { binary: 'bytea', serial: 'bigserial' }
-    : { binary: 'blob', serial: 'integer' };
+  return dialect === 'postgres' ? { binary: 'bytea', serial: 'bigserial' } : { binary: 'blob', serial: 'integer' };
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: migrations run before the typed schema exists.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- migrations run before the typed schema exists.
 type AnyDb = Kysely<any>;
 
 function migrationsFor(dialect: DialectName): Record<string, Migration> {
@@ -77,18 +76,12 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
         await db.schema.createIndex('devices_product_idx').on('devices').columns(['product_id']).execute();
         await db.schema
           .createTable('telemetry')
-          .addColumn('seq', t.serial, (c) =>
-            dialect === 'sqlite' ? c.primaryKey().autoIncrement() : c.primaryKey(),
-          )
+          .addColumn('seq', t.serial, (c) => (dialect === 'sqlite' ? c.primaryKey().autoIncrement() : c.primaryKey()))
           .addColumn('device_id', 'text', (c) => c.notNull())
           .addColumn('received_at', 'bigint', (c) => c.notNull())
           .addColumn('payload', t.binary, (c) => c.notNull())
           .execute();
-        await db.schema
-          .createIndex('telemetry_device_seq_idx')
-          .on('telemetry')
-          .columns(['device_id', 'seq'])
-          .execute();
+        await db.schema.createIndex('telemetry_device_seq_idx').on('telemetry').columns(['device_id', 'seq']).execute();
       },
     },
   };
@@ -117,7 +110,7 @@ export async function migrateToLatest(db: AnyDb, dialect: DialectName, schema?: 
   const failed = results?.find((r) => r.status === 'Error');
   if (error) {
     throw new CastellanError('ERR_STORE_UNAVAILABLE', {
-      message: `Database migration ${failed?.migrationName ?? ''} failed: ${(error as Error).message ?? String(error)}`,
+      message: `Database migration ${failed?.migrationName ?? ''} failed: ${(error as Error | undefined)?.message ?? 'unknown error'}`,
       cause: error,
     });
   }

@@ -55,9 +55,7 @@ export async function startTestPlatform(
       http: { host: '127.0.0.1', port: 0, ...overrides.http },
       mqtt: { host: '127.0.0.1', port: 0, connectTimeoutMs: 5000, ...overrides.mqtt },
       database:
-        dialect === 'postgres'
-          ? { url: POSTGRES_URL, schema, ...overrides.database }
-          : { ...overrides.database },
+        dialect === 'postgres' ? { url: POSTGRES_URL, schema, ...overrides.database } : { ...overrides.database },
     },
   });
   const { stream, logs } = captureLogs();
@@ -138,7 +136,9 @@ export function request<T = any>(
           let body: unknown = text;
           try {
             body = text ? JSON.parse(text) : null;
-          } catch {}
+          } catch {
+            // not JSON: the raw text is in `text`
+          }
           resolve({ status: res.statusCode ?? 0, headers: res.headers, body: body as T, text });
         });
       },
@@ -159,11 +159,7 @@ export interface Tenant {
 }
 
 /** Walks the foundation path through the API: setup (once) → vendor → credential → product → devices. */
-export async function provisionTenant(
-  tp: TestPlatform,
-  deviceCount = 2,
-  adminToken?: string,
-): Promise<Tenant> {
+export async function provisionTenant(tp: TestPlatform, deviceCount = 2, adminToken?: string): Promise<Tenant> {
   const p = tp.platform;
   let admin = adminToken;
   if (!admin) {

@@ -189,11 +189,7 @@ export class MqttBroker {
     Promise.resolve()
       .then(() => this.hooks.onPublish(identity, message))
       .then(
-        () =>
-          this.route(
-            { topic: message.topic, payload: message.payload, qos: message.qos, retain: false },
-            clientId,
-          ),
+        () => this.route({ topic: message.topic, payload: message.payload, qos: message.qos, retain: false }, clientId),
         (error: unknown) => this.log.warn({ err: error, clientId }, 'mqtt: will message refused'),
       );
   }

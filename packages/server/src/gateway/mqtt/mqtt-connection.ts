@@ -54,9 +54,7 @@ export class MqttConnection implements DeliverySink {
     this.socket = socket;
     this.remoteAddress = remoteAddress;
     this.#parser.on('packet', (packet) => this.#onPacket(packet));
-    this.#parser.on('error', (error: Error) =>
-      this.protocolViolation(ReasonCode.MalformedPacket, error.message),
-    );
+    this.#parser.on('error', (error: Error) => this.protocolViolation(ReasonCode.MalformedPacket, error.message));
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('error', () => this.destroy());
     socket.on('close', () => this.#onClose());
@@ -170,10 +168,7 @@ export class MqttConnection implements DeliverySink {
   protocolViolation(reasonCode: number, detail: string): void {
     if (this.state === 'closed') return;
     this.broker.stats.protocolErrors++;
-    this.broker.log.debug(
-      { clientId: this.clientId || undefined, reasonCode, detail },
-      'mqtt: protocol violation',
-    );
+    this.broker.log.debug({ clientId: this.clientId || undefined, reasonCode, detail }, 'mqtt: protocol violation');
     this.disconnect(reasonCode);
   }
 

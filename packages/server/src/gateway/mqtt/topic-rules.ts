@@ -28,8 +28,7 @@ export function checkTopicFilter(filter: string, limits: TopicLimits): string | 
   for (let i = 0; i < levels.length; i++) {
     const level = levels[i]!;
     // [MQTT-4.7.1-2] '#' must be the last character and occupy a whole level.
-    if (level.includes('#') && (level !== '#' || i !== levels.length - 1))
-      return "'#' must be the last level";
+    if (level.includes('#') && (level !== '#' || i !== levels.length - 1)) return "'#' must be the last level";
     // [MQTT-4.7.1-3] '+' must occupy a whole level.
     if (level.includes('+') && level !== '+') return "'+' must occupy a whole level";
   }

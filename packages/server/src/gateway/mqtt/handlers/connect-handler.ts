@@ -1,7 +1,7 @@
 // CONNECT (MQTT 3.1.1 3.1, MQTT 5 3.1): protocol checks, authentication through the hook, client ID
 // policy, will validation, session takeover or resumption, CONNACK.
 import type { IConnackPacket, IConnectPacket } from 'mqtt-packet';
-import type { ClientIdentity, ProtocolVersion } from '../broker-hooks.ts';
+import type { ClientIdentity } from '../broker-hooks.ts';
 import type { MqttConnection, PendingWill } from '../mqtt-connection.ts';
 import { ConnackReturnCode, ReasonCode } from '../reason-codes.ts';
 import { checkTopicName } from '../topic-rules.ts';
@@ -35,8 +35,7 @@ function checkWill(
   if (!conn.broker.hooks.authorizePublish(identity, will.topic)) {
     return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.NotAuthorized };
   }
-  const payload =
-    typeof will.payload === 'string' ? Buffer.from(will.payload) : Buffer.from(will.payload ?? []);
+  const payload = typeof will.payload === 'string' ? Buffer.from(will.payload) : Buffer.from(will.payload ?? []);
   return {
     topic: will.topic,
     payload,
@@ -59,7 +58,7 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
     refuse(conn, ConnackReturnCode.UnacceptableProtocolVersion, ReasonCode.UnsupportedProtocolVersion);
     return;
   }
-  conn.protocolVersion = version as ProtocolVersion;
+  conn.protocolVersion = version;
   const clientId = packet.clientId ?? '';
   const clean = packet.clean !== false;
   if (clientId.length > MAX_CLIENT_ID_LENGTH || clientId.includes('\u0000') || clientId.includes('\uFFFD')) {
@@ -95,8 +94,7 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
         if (conn.state !== 'authenticating') return; // the client went away meanwhile
         if (!result.ok) {
           broker.stats.authFailures++;
-          if (result.reason === 'server-busy')
-            refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerBusy);
+          if (result.reason === 'server-busy') refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerBusy);
           else if (result.reason === 'not-authorized')
             refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.NotAuthorized);
           else refuse(conn, ConnackReturnCode.BadUserNameOrPassword, ReasonCode.BadUserNameOrPassword);

@@ -13,8 +13,8 @@ import {
 import { handlePublish } from './publish-handler.ts';
 import { handleSubscribe, handleUnsubscribe } from './subscribe-handler.ts';
 
-// biome-ignore lint/suspicious/noExplicitAny: each handler narrows the packet to its own type.
-type Handler = (conn: MqttConnection, packet: any) => void;
+// Each handler narrows the packet to its own type; the table is keyed by that type's `cmd`.
+type Handler = (conn: MqttConnection, packet: never) => void;
 
 export const packetHandlers: Readonly<Record<PacketCmd, Handler>> = {
   connect: handleConnect,

@@ -62,23 +62,20 @@ export function handlePublish(conn: MqttConnection, packet: IPublishPacket): voi
   try {
     stored = Promise.resolve(broker.hooks.onPublish(identity, message));
   } catch (error) {
-    stored = Promise.reject(error);
+    stored = Promise.reject(error instanceof Error ? error : new Error(String(error)));
   }
   const previous = conn.publishTail;
   conn.publishTail = Promise.allSettled([previous, stored]).then(([, outcome]) => {
     if (packet.qos === 1) conn.inboundInflight--;
     if (outcome.status === 'fulfilled') {
       broker.route({ topic: message.topic, payload, qos: message.qos, retain: false }, conn.clientId);
-      if (packet.qos === 1)
-        conn.write({ cmd: 'puback', messageId: packet.messageId!, reasonCode: ReasonCode.Success });
+      if (packet.qos === 1) conn.write({ cmd: 'puback', messageId: packet.messageId!, reasonCode: ReasonCode.Success });
       return;
     }
-    const error = outcome.reason;
-    const code =
-      error instanceof PublishRefusedError ? REFUSAL_CODES[error.reason] : ReasonCode.UnspecifiedError;
+    const error: unknown = outcome.reason;
+    const code = error instanceof PublishRefusedError ? REFUSAL_CODES[error.reason] : ReasonCode.UnspecifiedError;
     broker.stats.publishRefused++;
-    if (!(error instanceof PublishRefusedError))
-      broker.log.error({ err: error }, 'mqtt: publish hook failed');
+    if (!(error instanceof PublishRefusedError)) broker.log.error({ err: error }, 'mqtt: publish hook failed');
     if (v5 && packet.qos === 1) {
       conn.write({ cmd: 'puback', messageId: packet.messageId!, reasonCode: code });
     } else if (!v5) {

@@ -58,9 +58,7 @@ export function handleUnsubscribe(conn: MqttConnection, packet: IUnsubscribePack
     return;
   }
   const codes = packet.unsubscriptions.map((filter) =>
-    conn.broker.subscriptions.remove(conn.clientId, filter)
-      ? ReasonCode.Success
-      : ReasonCode.NoSubscriptionExisted,
+    conn.broker.subscriptions.remove(conn.clientId, filter) ? ReasonCode.Success : ReasonCode.NoSubscriptionExisted,
   );
   conn.write(
     conn.protocolVersion === 5
