@@ -41,10 +41,13 @@ const QUICK: Plan = {
 // One device shows the per-commit latency floor; 10 and 100 show how batching and CPU take over.
 const FULL: Plan = {
   cases: (['sqlite', 'postgres'] as const).flatMap((backend) =>
-    [1, 10, 100].map((devices) => ({ backend, devices, window: 32 })),
+    (process.env.XDEV ?? '1,10,100')
+      .split(',')
+      .map(Number)
+      .map((devices) => ({ backend, devices, window: 32 })),
   ),
-  warmupMs: 2_000,
-  measureMs: 10_000,
+  warmupMs: 1_000,
+  measureMs: 4_000,
 };
 
 const CONNECT_CONCURRENCY = 16;

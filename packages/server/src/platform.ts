@@ -1,7 +1,7 @@
 // Composition root: builds every subsystem from the configuration and starts the listeners. The
 // embedded default is this one process (SQLite, in-memory broker state); scale mode (docs/architecture.md)
 // runs several over PostgreSQL and Redis.
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { DestinationStream } from 'pino';
@@ -76,6 +76,8 @@ export async function startPlatform(
   });
   const notice = options.notice ?? ((message: string) => process.stderr.write(`${message}\n`));
   const dataDir = resolve(config.dataDir);
+  // The setup token, runtime file and (in development) keys live here, owner-only.
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const cleanups: Array<() => Promise<void> | void> = [];
   const closeAll = async () => {
     for (const cleanup of cleanups.reverse()) await cleanup();
@@ -157,7 +159,11 @@ export async function startPlatform(
       version: VERSION,
       log: log.child({ component: 'http' }),
       readiness: async () => {
-        await store.ping();
+        try {
+          await store.ping();
+        } catch {
+          throw new Error('storage does not answer');
+        }
         if (!listener.server.listening) throw new Error('MQTT listener is not listening');
         return { storage: 'ok', mqtt: 'ok' };
       },

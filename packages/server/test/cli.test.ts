@@ -77,8 +77,11 @@ describe('castellan CLI', () => {
       { CASTELLAN_ROOT_KEY_BASE64: secret, CASTELLAN_HTTP_PORT: '0', CASTELLAN_MQTT_PORT: '0' },
       dir,
     );
-    assert.equal(badKey.status, 1);
-    assert.match(badKey.stderr, /rootKey\.base64 must hold exactly 32 bytes/);
+    assert.equal(badKey.status, 78);
+    assert.match(
+      badKey.stderr,
+      /^castellan: Invalid configuration: rootKey\.base64 must be 32 bytes, base64-encoded \(44 characters\)$/m,
+    );
     assert.equal((badKey.stderr + badKey.stdout).includes(secret), false);
   });
 

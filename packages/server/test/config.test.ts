@@ -1,5 +1,6 @@
 // Configuration: one schema, validated at start, errors name the dotted key, secrets never echoed.
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -120,6 +121,7 @@ describe('configuration', () => {
 
   test('a secret value is never echoed back, even when invalid, and is redacted when printed', () => {
     const secret = 'postgres://user:Sup3rS3cretPassw0rd@db/x';
+    const rootKey = randomBytes(32).toString('base64');
     const message = configError(() =>
       loadConfig({
         env: { DATABASE_URL: secret },
@@ -127,17 +129,34 @@ describe('configuration', () => {
         overrides: { database: { url: 42 as unknown as string } },
       }),
     );
-    assert.equal(message.includes('Sup3rS3cret'), false);
+    assert.equal(
+      message,
+      'Invalid configuration: database.url must be empty (embedded SQLite), sqlite:<file>, or start with postgres:// or postgresql://',
+    );
+    const wrongScheme = configError(() =>
+      loadConfig({ env: { DATABASE_URL: 'mysql://user:Sup3rS3cretPassw0rd@db/x' }, cwd: tmpdir() }),
+    );
+    assert.equal(wrongScheme.includes('Sup3rS3cret'), false);
+    const shortKey = randomBytes(16).toString('base64');
+    const keyMessage = configError(() => loadConfig({ env: { CASTELLAN_ROOT_KEY_BASE64: shortKey }, cwd: tmpdir() }));
+    assert.equal(keyMessage, 'Invalid configuration: rootKey.base64 must be 32 bytes, base64-encoded (44 characters)');
+    const both = configError(() =>
+      loadConfig({ env: { DATABASE_URL: 'postgres://a/b', CASTELLAN_DATABASE_URL: 'postgres://c/d' }, cwd: tmpdir() }),
+    );
+    assert.equal(
+      both,
+      'Invalid configuration: database.url is set differently by DATABASE_URL and CASTELLAN_DATABASE_URL; set only one',
+    );
     const printed = JSON.stringify(
       redactConfig(
         loadConfig({
-          env: { DATABASE_URL: secret, CASTELLAN_ROOT_KEY_BASE64: 'a'.repeat(44) },
+          env: { DATABASE_URL: secret, CASTELLAN_ROOT_KEY_BASE64: rootKey },
           cwd: tmpdir(),
         }),
       ),
     );
     assert.equal(printed.includes('Sup3rS3cret'), false);
-    assert.equal(printed.includes('a'.repeat(44)), false);
+    assert.equal(printed.includes(rootKey), false);
     assert.match(printed, /\[redacted\]/);
   });
 

@@ -34,7 +34,9 @@ describe('root key', () => {
     assert.throws(
       () => loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: '' } }),
       (e: unknown) =>
-        e instanceof CastellanError && e.code === 'ERR_KEY_ROOT_INVALID' && /production must supply/.test(e.message),
+        e instanceof CastellanError &&
+        e.code === 'ERR_KEY_ROOT_INVALID' &&
+        /^Production must supply the root key/.test(e.message),
     );
   });
 

@@ -119,7 +119,7 @@ try {
   if (error instanceof CastellanError) {
     process.stderr.write(`castellan: ${error.message}\n`);
     // 78 = EX_CONFIG (sysexits.h): the configuration, not the program, is at fault.
-    process.exitCode = error.code === 'ERR_CONFIG_INVALID' ? 78 : 1;
+    process.exitCode = error.code === 'ERR_CONFIG_INVALID' || error.code === 'ERR_KEY_ROOT_INVALID' ? 78 : 1;
   } else if ((error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
     process.stderr.write(`castellan: ${(error as Error).message}\nRun \`castellan --help\` for usage.\n`);
     process.exitCode = 2;

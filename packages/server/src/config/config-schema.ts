@@ -86,7 +86,8 @@ export const ConfigSchema = Type.Object(
         keyFile: Type.String({ default: '', description: 'PEM private key for certFile' }),
         caFile: Type.String({
           default: '',
-          description: 'PEM CA certificate devices pin (served for reference)',
+          description:
+            'PEM CA certificate that devices and clients pin (recorded in runtime.json); empty uses certFile itself',
         }),
         minVersion: Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')], {
           default: 'TLSv1.2',
@@ -100,7 +101,7 @@ export const ConfigSchema = Type.Object(
         file: Type.String({
           default: '',
           description:
-            'File holding the 32-byte root key (raw or base64); empty uses dataDir/root.key, generated in development',
+            'File holding the 32-byte root key as base64 text; empty uses dataDir/root.key, generated in development only',
         }),
         base64: Type.String({
           default: '',
@@ -226,5 +227,13 @@ export const SECRET_CONFIG_KEYS: ReadonlySet<string> = new Set(['rootKey.base64'
 /** Environment variables that are not CASTELLAN_-prefixed but conventional. */
 export const ENV_ALIASES: Readonly<Record<string, string>> = {
   DATABASE_URL: 'database.url',
-  CASTELLAN_ROOT_KEY_BASE64: 'rootKey.base64',
+};
+
+/** Format rules of secret keys, stated without echoing the value. */
+export const SECRET_KEY_RULES: Readonly<Record<string, { pattern: RegExp; rule: string }>> = {
+  'database.url': {
+    pattern: /^$|^sqlite:|^postgres(ql)?:\/\//,
+    rule: 'must be empty (embedded SQLite), sqlite:<file>, or start with postgres:// or postgresql://',
+  },
+  'rootKey.base64': { pattern: /^$|^[A-Za-z0-9+/]{43}=$/, rule: 'must be 32 bytes, base64-encoded (44 characters)' },
 };

@@ -5,7 +5,13 @@ import { resolve } from 'node:path';
 import type { TSchema } from 'typebox';
 import { Value } from 'typebox/value';
 import { CastellanError } from '../errors/index.ts';
-import { type CastellanConfig, ConfigSchema, ENV_ALIASES, SECRET_CONFIG_KEYS } from './config-schema.ts';
+import {
+  type CastellanConfig,
+  ConfigSchema,
+  ENV_ALIASES,
+  SECRET_CONFIG_KEYS,
+  SECRET_KEY_RULES,
+} from './config-schema.ts';
 
 export interface LoadConfigOptions {
   /** Explicit config file path; otherwise CASTELLAN_CONFIG, then ./castellan.config.json if present. */
@@ -47,7 +53,7 @@ const ENV_TO_PATH = new Map<string, LeafInfo>([
 ]);
 
 // Environment variables that configure the launcher or tooling, not the platform.
-const NON_CONFIG_ENV = new Set(['CASTELLAN_CONFIG', 'CASTELLAN_DATA_DIR_FOR_DEMO']);
+const NON_CONFIG_ENV = new Set(['CASTELLAN_CONFIG']);
 
 function invalid(path: string, reason: string): CastellanError {
   return new CastellanError('ERR_CONFIG_INVALID', {
@@ -67,6 +73,12 @@ function setPath(target: Record<string, unknown>, path: string, value: unknown):
 
 function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   const out: Record<string, unknown> = {};
+  for (const [alias, path] of Object.entries(ENV_ALIASES)) {
+    const canonical = CONFIG_KEYS.find((k) => k.path === path)!.env;
+    if (env[alias] !== undefined && env[canonical] !== undefined && env[alias] !== env[canonical]) {
+      throw invalid(path, `is set differently by ${alias} and ${canonical}; set only one`);
+    }
+  }
   for (const [name, raw] of Object.entries(env)) {
     if (raw === undefined) continue;
     const leaf = ENV_TO_PATH.get(name);
@@ -154,6 +166,13 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<CastellanC
     if (!isPlainObject(fileValue)) throw invalid('(file)', `${file} must hold a JSON object`);
   }
   const merged = merge(merge(merge(emptySkeleton(), fileValue), fromEnv(env)), options.overrides ?? {});
+  // Secrets are checked first and against a stated rule, so their values never reach a message.
+  for (const [path, { pattern, rule }] of Object.entries(SECRET_KEY_RULES)) {
+    const value = path
+      .split('.')
+      .reduce<unknown>((node, part) => (isPlainObject(node) ? node[part] : undefined), merged);
+    if (value !== undefined && (typeof value !== 'string' || !pattern.test(value))) throw invalid(path, rule);
+  }
   const withDefaults = Value.Default(ConfigSchema, merged) as Record<string, unknown>;
   const first =
     [...Value.Errors(ConfigSchema, withDefaults)].find((e) => e.keyword !== 'boolean') ??

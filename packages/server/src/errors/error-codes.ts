@@ -14,6 +14,7 @@ export const ERROR_CODES = {
   ERR_INTERNAL: { status: 500, expose: true, message: 'Internal server error' },
   ERR_CONFIG_INVALID: { status: 500, expose: false, message: 'Configuration is invalid' },
   ERR_STORE_UNAVAILABLE: { status: 503, expose: true, message: 'Storage is unavailable' },
+  ERR_NOT_READY: { status: 503, expose: true, message: 'Not ready to serve' },
   ERR_LISTEN_FAILED: { status: 500, expose: false, message: 'A listener could not be started' },
   ERR_KEY_ROOT_INVALID: { status: 500, expose: false, message: 'Root key is invalid' },
   ERR_KEY_DECRYPT_FAILED: { status: 500, expose: false, message: 'Decryption failed' },

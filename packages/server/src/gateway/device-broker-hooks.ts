@@ -18,10 +18,9 @@ export function deviceBrokerHooks(devices: DevicesService, log: Logger): BrokerH
       }
       const device = await devices.authenticateDevice(request.username, request.password);
       if (!device) {
-        log.info(
-          { deviceId: request.username, remoteAddress: request.remoteAddress },
-          'mqtt: device authentication failed',
-        );
+        // No source IP: logs are not the place for personal data (PRIV-4); the audit log (a later
+        // issue) keeps it encrypted under a short-lived key.
+        log.info({ deviceId: request.username }, 'mqtt: device authentication failed');
         return { ok: false, reason: 'bad-credentials' };
       }
       if (device.status !== 'active') return { ok: false, reason: 'not-authorized' };

@@ -37,10 +37,18 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
     bodyLimit: options.bodyLimitBytes,
     requestTimeout: options.requestTimeoutMs,
     trustProxy: options.trustProxy,
-    return503OnClosing: true,
+    // Shutdown refusals use our error format (hook below), not Fastify's.
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
   });
 
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onRequest', async () => {
+    if (closing) throw new CastellanError('ERR_HTTP_SHUTTING_DOWN');
+  });
   app.setValidatorCompiler(createValidatorCompiler());
   // The API speaks JSON only: other media types are refused (415) rather than parsed as text.
   app.removeContentTypeParser('text/plain');

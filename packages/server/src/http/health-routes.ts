@@ -1,6 +1,7 @@
 // Liveness, readiness and the OpenAPI document.
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
+import { CastellanError } from '../errors/index.ts';
 
 export interface HealthRoutesOptions {
   /** Rejects when a dependency (storage, listeners) is not ready. */
@@ -34,7 +35,14 @@ export async function healthRoutes(app: FastifyInstance, options: HealthRoutesOp
         response: { 200: Ready, 503: { $ref: 'ErrorResponse#' } },
       },
     },
-    async () => ({ status: 'ready', checks: await options.readiness() }),
+    async (request) => {
+      try {
+        return { status: 'ready', checks: await options.readiness() };
+      } catch (error) {
+        request.log.warn({ err: error }, 'readiness check failed');
+        throw new CastellanError('ERR_NOT_READY', { message: `Not ready to serve: ${(error as Error).message}` });
+      }
+    },
   );
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 }

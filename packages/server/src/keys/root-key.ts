@@ -35,6 +35,12 @@ export function loadRootKey(config: RootKeyConfig): LoadedRootKey {
   if (config.rootKey.base64) {
     return { key: decodeKey(config.rootKey.base64, 'rootKey.base64'), source: 'config' };
   }
+  if (config.environment === 'production' && !config.rootKey.file) {
+    // Production never falls back to the development key in the data directory.
+    throw new CastellanError('ERR_KEY_ROOT_INVALID', {
+      message: 'Production must supply the root key through rootKey.file or rootKey.base64',
+    });
+  }
   const file = resolve(config.rootKey.file || join(config.dataDir, 'root.key'));
   if (existsSync(file)) {
     return { key: decodeKey(readFileSync(file, 'utf8'), `root key file ${file}`), source: 'file', file };

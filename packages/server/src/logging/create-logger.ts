@@ -32,6 +32,12 @@ export function createLogger(options: LoggerOptions): Logger {
       level: options.level,
       base: { service: 'castellan' },
       redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
+      serializers: {
+        // Requests are logged by method and path only: no headers, no client IP or port (PRIV-4).
+        req: (req: { method?: string; url?: string }) => ({ method: req.method, url: req.url }),
+        res: (res: { statusCode?: number }) => ({ statusCode: res.statusCode }),
+        err: pino.stdSerializers.err,
+      },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
     options.destination ?? pino.destination({ fd: 1, sync: false }),

@@ -13,6 +13,7 @@ export interface MqttConnectOptions {
   keepalive?: number;
   clean?: boolean;
   properties?: IClientOptions['properties'];
+  will?: IClientOptions['will'];
 }
 
 export interface ConnectOutcome {
@@ -36,6 +37,7 @@ export function mqttConnect(platform: Platform, options: MqttConnectOptions): Pr
     ca: platform.caPem,
     rejectUnauthorized: true,
     ...(options.properties ? { properties: options.properties } : {}),
+    ...(options.will ? { will: options.will } : {}),
   } as IClientOptions;
   return new Promise((resolve) => {
     const client = mqtt.connect(url, clientOptions);

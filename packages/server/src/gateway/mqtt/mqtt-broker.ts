@@ -67,7 +67,7 @@ export class MqttBroker {
   /** clientId → the connection currently holding it. */
   readonly #clients = new Map<string, MqttConnection>();
   readonly #sessions = new Map<string, Session>();
-  readonly #willTimers = new Map<string, NodeJS.Timeout>();
+  readonly #pendingWills = new Map<string, { timer: NodeJS.Timeout; publish: () => void }>();
   #closing = false;
 
   constructor(options: MqttBrokerOptions) {
@@ -111,11 +111,13 @@ export class MqttBroker {
       previous.disconnect(ReasonCode.SessionTakenOver);
     }
     this.#clients.set(clientId, conn);
-    const pendingWill = this.#willTimers.get(clientId);
+    const pendingWill = this.#pendingWills.get(clientId);
     if (pendingWill) {
-      // [MQTT-3.1.3-9 (v5)] a reconnect before the will delay elapsed cancels the will.
-      clearTimeout(pendingWill);
-      this.#willTimers.delete(clientId);
+      clearTimeout(pendingWill.timer);
+      this.#pendingWills.delete(clientId);
+      // [MQTT-3.1.3-9 (v5)] resuming the session before the will delay elapsed cancels the will; a clean
+      // start ends the old session, and with it the wait: the will goes out now.
+      if (cleanStart) pendingWill.publish();
     }
     let session = this.#sessions.get(clientId);
     if (session) clearTimeout(session.expiryTimer);
@@ -135,8 +137,12 @@ export class MqttBroker {
   /** Called once per connection when it closes. */
   connectionClosed(conn: MqttConnection, wasConnected: boolean): void {
     this.#connections.delete(conn);
-    if (!wasConnected || conn.takenOver) {
-      if (conn.session && conn.session.sink === conn) conn.session.sink = null;
+    if (!wasConnected) return;
+    if (conn.takenOver) {
+      // The session lives on with the new connection; the old connection's will is published
+      // (or, with a delay, cancelled by the resumption) as for any connection that ended without
+      // DISCONNECT [MQTT-3.1.3-9 (v5)].
+      if (conn.will && !conn.gracefulDisconnect) this.#scheduleWill(conn, conn.session);
       return;
     }
     if (this.#clients.get(conn.clientId) === conn) this.#clients.delete(conn.clientId);
@@ -165,7 +171,7 @@ export class MqttBroker {
     const will = conn.will!;
     const identity = conn.identity!;
     const publish = () => {
-      this.#willTimers.delete(conn.clientId);
+      this.#pendingWills.delete(conn.clientId);
       this.publishAs(identity, conn.clientId, {
         topic: will.topic,
         payload: will.payload,
@@ -181,7 +187,7 @@ export class MqttBroker {
     }
     const timer = setTimeout(publish, delay * 1000);
     timer.unref();
-    this.#willTimers.set(conn.clientId, timer);
+    this.#pendingWills.set(conn.clientId, { timer, publish });
   }
 
   /** Publishes on behalf of a client (wills), through the same durable hook as its own messages. */
@@ -212,8 +218,8 @@ export class MqttBroker {
   /** Stops accepting, tells MQTT 5 clients the server is shutting down, closes every connection. */
   async close(): Promise<void> {
     this.#closing = true;
-    for (const timer of this.#willTimers.values()) clearTimeout(timer);
-    this.#willTimers.clear();
+    for (const { timer } of this.#pendingWills.values()) clearTimeout(timer);
+    this.#pendingWills.clear();
     for (const conn of [...this.#connections]) {
       // A shutdown is not the client's failure: its will is not published [MQTT-3.1.2-8 leaves this to us].
       conn.gracefulDisconnect = true;

@@ -7,7 +7,7 @@ import type { ClientIdentity, ProtocolVersion } from './broker-hooks.ts';
 import { packetHandlers } from './handlers/index.ts';
 import type { MqttBroker } from './mqtt-broker.ts';
 import { ReasonCode } from './reason-codes.ts';
-import type { DeliverySink, OutboundMessage, Session } from './session.ts';
+import type { DeliverySink, OutboundMessage, SendResult, Session } from './session.ts';
 
 /** Bytes buffered for a slow reader beyond which QoS 0 messages to it are dropped. */
 const QOS0_HIGH_WATER_BYTES = 1 << 20;
@@ -131,20 +131,40 @@ export class MqttConnection implements DeliverySink {
     return true;
   }
 
-  sendPublish(message: OutboundMessage, packetId: number | undefined, dup: boolean): boolean {
-    if (this.state !== 'connected') return false;
-    if (message.qos === 0 && this.socket.writableLength > QOS0_HIGH_WATER_BYTES) return false;
-    const ok = this.write({
-      cmd: 'publish',
-      topic: message.topic,
-      payload: message.payload,
-      qos: message.qos,
-      retain: message.retain,
-      dup,
-      ...(packetId === undefined ? {} : { messageId: packetId }),
-    });
-    if (ok) this.broker.stats.messagesOut++;
-    return ok;
+  sendPublish(message: OutboundMessage, packetId: number | undefined, dup: boolean): SendResult {
+    if (this.state !== 'connected' || this.socket.destroyed) return 'busy';
+    if (message.qos === 0 && this.socket.writableLength > QOS0_HIGH_WATER_BYTES) return 'busy';
+    let bytes: Buffer;
+    try {
+      bytes = mqttPacket.generate(
+        {
+          cmd: 'publish',
+          topic: message.topic,
+          payload: message.payload,
+          qos: message.qos,
+          retain: message.retain,
+          dup,
+          ...(packetId === undefined ? {} : { messageId: packetId }),
+        },
+        { protocolVersion: this.protocolVersion },
+      );
+    } catch (error) {
+      this.broker.log.error({ err: error }, 'mqtt: cannot encode PUBLISH');
+      return 'discarded';
+    }
+    if (bytes.length > this.clientMaximumPacketSize) return 'discarded';
+    this.socket.write(bytes);
+    this.broker.stats.messagesOut++;
+    return 'sent';
+  }
+
+  /**
+   * Flow control for inbound QoS 1: MQTT 5 clients were told the Receive Maximum and exceeding it is
+   * their protocol error; MQTT 3.1.1 clients cannot be told, so reading pauses until acks catch up.
+   */
+  inboundSettled(): void {
+    this.inboundInflight--;
+    if (this.socket.isPaused() && this.inboundInflight < this.broker.limits.maxInflight) this.socket.resume();
   }
 
   /**

@@ -10,9 +10,15 @@ export interface OutboundMessage {
   retain: boolean;
 }
 
+/**
+ * 'sent': written. 'busy': the connection cannot take it now (closed or too slow), try later.
+ * 'discarded': it can never be delivered to this client (larger than the client's Maximum Packet
+ * Size), so it is dropped as if delivered [MQTT-3.1.2-25 (v5)].
+ */
+export type SendResult = 'sent' | 'busy' | 'discarded';
+
 export interface DeliverySink {
-  /** Writes a PUBLISH to the network; false when the connection cannot take it now. */
-  sendPublish(message: OutboundMessage, packetId: number | undefined, dup: boolean): boolean;
+  sendPublish(message: OutboundMessage, packetId: number | undefined, dup: boolean): SendResult;
 }
 
 export class Session {
@@ -48,7 +54,7 @@ export class Session {
 
   deliver(message: OutboundMessage): void {
     if (message.qos === 0) {
-      if (!this.sink?.sendPublish(message, undefined, false)) this.droppedMessages++;
+      if (this.sink?.sendPublish(message, undefined, false) !== 'sent') this.droppedMessages++;
       return;
     }
     if (this.sink && this.inflight.size < this.receiveMaximum && this.queue.length === 0) {
@@ -69,7 +75,10 @@ export class Session {
       return;
     }
     this.inflight.set(id, message);
-    this.sink?.sendPublish(message, id, false);
+    if (this.sink?.sendPublish(message, id, false) === 'discarded') {
+      this.inflight.delete(id);
+      this.droppedMessages++;
+    }
   }
 
   /** PUBACK from the client; false when the identifier was not in flight. */
@@ -88,7 +97,12 @@ export class Session {
   /** On resumption, messages still in flight are sent again with DUP set [MQTT-4.4.0-1]. */
   resume(sink: DeliverySink): void {
     this.sink = sink;
-    for (const [id, message] of this.inflight) sink.sendPublish(message, id, true);
+    for (const [id, message] of this.inflight) {
+      if (sink.sendPublish(message, id, true) === 'discarded') {
+        this.inflight.delete(id);
+        this.droppedMessages++;
+      }
+    }
     this.drain();
   }
 }

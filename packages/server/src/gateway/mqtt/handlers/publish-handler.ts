@@ -49,11 +49,13 @@ export function handlePublish(conn: MqttConnection, packet: IPublishPacket): voi
     return;
   }
   if (packet.qos === 1) {
-    if (conn.inboundInflight >= broker.limits.maxInflight) {
+    if (v5 && conn.inboundInflight >= broker.limits.maxInflight) {
       conn.protocolViolation(ReasonCode.ReceiveMaximumExceeded, 'receive maximum exceeded'); // [MQTT-3.3.4-9]
       return;
     }
     conn.inboundInflight++;
+    // 3.1.1 has no Receive Maximum: stop reading until the store catches up (backpressure).
+    if (!v5 && conn.inboundInflight >= broker.limits.maxInflight) conn.socket.pause();
   }
   broker.stats.messagesIn++;
   const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
@@ -66,7 +68,7 @@ export function handlePublish(conn: MqttConnection, packet: IPublishPacket): voi
   }
   const previous = conn.publishTail;
   conn.publishTail = Promise.allSettled([previous, stored]).then(([, outcome]) => {
-    if (packet.qos === 1) conn.inboundInflight--;
+    if (packet.qos === 1) conn.inboundSettled();
     if (outcome.status === 'fulfilled') {
       broker.route({ topic: message.topic, payload, qos: message.qos, retain: false }, conn.clientId);
       if (packet.qos === 1) conn.write({ cmd: 'puback', messageId: packet.messageId!, reasonCode: ReasonCode.Success });
@@ -81,6 +83,10 @@ export function handlePublish(conn: MqttConnection, packet: IPublishPacket): voi
     } else if (!v5) {
       // 3.1.1 has no negative acknowledgement: closing is the only honest refusal.
       conn.disconnect(code);
+    } else if (code === ReasonCode.PayloadFormatInvalid) {
+      // MQTT 5 QoS 0 has no acknowledgement: a malformed payload is the client's bug, say so and close.
+      conn.disconnect(code);
     }
+    // MQTT 5 QoS 0 over quota or while storage is down: dropped and counted (at-most-once allows it).
   });
 }
