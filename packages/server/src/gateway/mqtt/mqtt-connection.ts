@@ -192,6 +192,12 @@ export class MqttConnection implements DeliverySink {
     this.disconnect(reasonCode);
   }
 
+  /** An unexpected failure while serving this client: logged, and the connection ends (0x83). */
+  internalError(error: unknown): void {
+    this.broker.log.error({ err: error, clientId: this.clientId || undefined }, 'mqtt: internal error');
+    this.disconnect(ReasonCode.ImplementationSpecificError);
+  }
+
   destroy(): void {
     this.#closeSocket();
   }

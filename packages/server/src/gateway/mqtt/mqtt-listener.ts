@@ -69,6 +69,8 @@ export async function startMqttListener(
     );
     server.listen(options.port, options.host, () => {
       server.removeAllListeners('error');
+      // After start-up (e.g. EMFILE on accept) an error is logged; the listener keeps serving.
+      server.on('error', (error) => log.error({ err: error }, 'mqtt: listener error'));
       resolve();
     });
   });

@@ -108,7 +108,8 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
           refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerUnavailable);
         }
       },
-    );
+    )
+    .catch((error: unknown) => conn.internalError(error));
 }
 
 function accept(

@@ -89,4 +89,6 @@ export function handlePublish(conn: MqttConnection, packet: IPublishPacket): voi
     }
     // MQTT 5 QoS 0 over quota or while storage is down: dropped and counted (at-most-once allows it).
   });
+  // A bug in routing or acknowledging must cost this connection, never the process.
+  conn.publishTail = conn.publishTail.catch((error: unknown) => conn.internalError(error));
 }
