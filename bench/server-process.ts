@@ -40,7 +40,6 @@ async function start(opts: ServerStartOptions): Promise<void> {
       http: { host: '127.0.0.1', port: 0 },
       mqtt: { host: '127.0.0.1', port: 0 },
       devices: { maxBatch: Math.max(1, opts.devices) },
-      telemetry: { flushIntervalMs: Number(process.env.XFLUSH ?? 5) },
     },
   });
   platform = await startPlatform(config, { logDestination, notice: () => {} });

@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { dialectCases } from './helpers/dialects.ts';
 import {
   provisionTenant,
+  rawHttps,
   request,
   startTestPlatform,
   type Tenant,
@@ -244,6 +245,15 @@ for (const dialect of await dialectCases()) {
       });
       assert.equal(res.status, 404);
       assert.equal(res.body.error.code, 'ERR_TELEMETRY_NOT_FOUND');
+    });
+
+    test('requests too broken to route still get the one error format', async () => {
+      const garbage = await rawHttps(p(), 'NOT-HTTP\r\n\r\n');
+      assert.match(garbage, /^HTTP\/1\.1 400 Bad Request\r\n/);
+      assert.match(garbage, /"code":"ERR_HTTP_BAD_REQUEST"/);
+      const huge = await rawHttps(p(), `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+      assert.match(huge, /^HTTP\/1\.1 431 /);
+      assert.match(huge, /"code":"ERR_HTTP_HEADERS_TOO_LARGE"/);
     });
 
     test('unknown routes get the one error format', async () => {

@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { connectDevice, endClient, mqttConnect, publishOutcome } from './helpers/mqtt-clients.ts';
 import {
   provisionTenant,
+  rawHttps,
   request,
   startTestPlatform,
   type Tenant,
@@ -39,6 +40,11 @@ describe('secrets stay out of logs', () => {
       token: tenant.vendorToken,
       rawBody: `{"name": "${tenant.vendorToken}"`,
     });
+    // A request too broken to route, carrying a bearer token: the raw bytes must not be logged.
+    await rawHttps(
+      tp.platform,
+      `GET /v1/products HTTP/1.1\r\nAuthorization: Bearer ${tenant.vendorToken}\r\nBad Header\r\n\r\n`,
+    );
     const d = tenant.devices[0]!;
     const wrongSecret = `${d.secret.slice(0, -4)}CCCC`;
     secrets.push(wrongSecret);
@@ -63,6 +69,7 @@ describe('secrets stay out of logs', () => {
     assert.match(text, /incoming request/);
     assert.match(text, /device authentication failed/);
     assert.match(text, /castellan stopped/);
+    assert.match(text, /unparsable request refused/);
     for (const secret of secrets) {
       assert.equal(text.includes(secret), false, 'a secret value was found in the logs');
       // Also a distinctive fragment, in case a value was truncated or wrapped.

@@ -87,7 +87,7 @@ export const ConfigSchema = Type.Object(
         caFile: Type.String({
           default: '',
           description:
-            'PEM CA certificate that devices and clients pin (recorded in runtime.json); empty uses certFile itself',
+            'PEM CA certificate that devices and clients pin, recorded in runtime.json for the CLI; with the development PKI its own CA is used',
         }),
         minVersion: Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')], {
           default: 'TLSv1.2',
@@ -101,7 +101,7 @@ export const ConfigSchema = Type.Object(
         file: Type.String({
           default: '',
           description:
-            'File holding the 32-byte root key as base64 text; empty uses dataDir/root.key, generated in development only',
+            'File holding the 32-byte root key as base64 text; required in production (or rootKey.base64); in development empty uses dataDir/root.key, generated if missing',
         }),
         base64: Type.String({
           default: '',

@@ -28,6 +28,8 @@ export const ERROR_CODES = {
     message: 'Content-Type is not supported; send application/json',
   },
   ERR_HTTP_BAD_REQUEST: { status: 400, expose: true, message: 'Request is malformed' },
+  ERR_HTTP_HEADERS_TOO_LARGE: { status: 431, expose: true, message: 'Request headers are too large' },
+  ERR_HTTP_REQUEST_TIMEOUT: { status: 408, expose: true, message: 'Request was not received in time' },
   ERR_HTTP_EMPTY_BODY: { status: 400, expose: true, message: 'Request body is empty' },
   ERR_HTTP_SHUTTING_DOWN: { status: 503, expose: true, message: 'Server is shutting down' },
   ERR_VALIDATION_FAILED: { status: 400, expose: true, message: 'Request validation failed' },

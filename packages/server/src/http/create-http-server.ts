@@ -1,6 +1,8 @@
 // The HTTPS API (Fastify): TLS 1.2+ with AEAD suites only, security headers, schema validation at the
 // edge, one error format, request IDs, OpenAPI generated from the same schemas. No plain-HTTP listener.
 import { randomUUID } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import helmet from '@fastify/helmet';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -23,6 +25,32 @@ export interface HttpServerOptions {
   routes: ReadonlyArray<(app: FastifyInstance) => PromiseLike<unknown>>;
 }
 
+/**
+ * Requests too broken to reach Fastify's routing (unparsable, oversized headers, too slow) get the one
+ * error format too. Fastify's default handler would log the raw bytes, Authorization header included.
+ */
+function answerClientError(log: Logger, error: NodeJS.ErrnoException, socket: Duplex): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const failure = new CastellanError(
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? 'ERR_HTTP_HEADERS_TOO_LARGE'
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? 'ERR_HTTP_REQUEST_TIMEOUT'
+        : 'ERR_HTTP_BAD_REQUEST',
+  );
+  const requestId = randomUUID();
+  log.debug({ code: failure.code, parserError: error.code, requestId }, 'http: unparsable request refused');
+  const body = JSON.stringify({ error: { code: failure.code, message: failure.message, requestId } });
+  socket.end(
+    `HTTP/1.1 ${failure.statusCode} ${STATUS_CODES[failure.statusCode]}\r\n` +
+      `content-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+      `x-request-id: ${requestId}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n${body}`,
+  );
+}
+
 export async function createHttpServer(options: HttpServerOptions): Promise<FastifyInstance> {
   const app = Fastify({
     https: {
@@ -40,6 +68,7 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
     // Shutdown refusals use our error format (hook below), not Fastify's.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
+    clientErrorHandler: (error, socket) => answerClientError(options.log, error, socket),
   });
 
   let closing = false;

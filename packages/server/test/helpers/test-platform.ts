@@ -1,11 +1,13 @@
 // Starts a real platform for a test: ports 0 on 127.0.0.1, a temporary data directory, SQLite or a
 // fresh PostgreSQL schema, and every log line captured so tests can search them.
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { Writable } from 'node:stream';
+import tls from 'node:tls';
 import type { CastellanConfig } from '../../src/config/index.ts';
 import { type DeepPartial, loadConfig } from '../../src/config/index.ts';
 import { type Platform, startPlatform } from '../../src/platform.ts';
@@ -146,6 +148,23 @@ export function request<T = any>(
     req.on('error', reject);
     req.end(payload);
   });
+}
+
+/** Sends raw bytes over TLS to the API and returns the raw response (for requests HTTP clients won't send). */
+export async function rawHttps(platform: Platform, bytes: string): Promise<string> {
+  const socket = tls.connect({
+    host: '127.0.0.1',
+    port: platform.httpPort,
+    ca: platform.caPem,
+    servername: 'localhost',
+  });
+  await once(socket, 'secureConnect');
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  socket.on('error', () => {});
+  socket.write(bytes);
+  await once(socket, 'close');
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 export interface Tenant {

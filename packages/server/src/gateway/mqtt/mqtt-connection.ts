@@ -107,6 +107,11 @@ export class MqttConnection implements DeliverySink {
     if (keepAliveSeconds > 0) {
       // [MQTT-3.1.2-24] close after one and a half keep-alive periods without a packet.
       this.#keepAliveTimer = setTimeout(() => {
+        // While reading is paused for backpressure the silence is ours, not the client's.
+        if (this.socket.isPaused()) {
+          this.#keepAliveTimer?.refresh();
+          return;
+        }
         this.broker.stats.keepAliveTimeouts++;
         this.disconnect(ReasonCode.KeepAliveTimeout);
       }, keepAliveSeconds * 1500);
@@ -164,7 +169,10 @@ export class MqttConnection implements DeliverySink {
    */
   inboundSettled(): void {
     this.inboundInflight--;
-    if (this.socket.isPaused() && this.inboundInflight < this.broker.limits.maxInflight) this.socket.resume();
+    if (this.socket.isPaused() && this.inboundInflight < this.broker.limits.maxInflight) {
+      this.socket.resume();
+      this.#keepAliveTimer?.refresh();
+    }
   }
 
   /**
