@@ -23,11 +23,11 @@ const WATCHDOG_MS = { quick: 120_000, full: 900_000 };
 const USAGE = `Usage: npm run bench [-- options]
 
 Options:
-  --quick            smoke run of a few seconds (CI); numbers are not meaningful
-  --only <name>      run only this measure (${MEASURES.map((m) => m.name).join(', ')}); repeatable
-  --json-out <file>  also write the JSON results to this file
+  --quick               smoke run of a few seconds (CI); numbers are not meaningful
+  --only <name>         run only this measure (${MEASURES.map((m) => m.name).join(', ')}); repeatable
+  --json-out <file>     also write the JSON results to this file
   --postgres-url <url>  PostgreSQL for the PostgreSQL cases (default ${DEFAULT_POSTGRES_URL})
-  -h, --help         show this help`;
+  -h, --help            show this help`;
 
 interface RunReport {
   date: string;

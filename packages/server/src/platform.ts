@@ -106,7 +106,7 @@ export async function startPlatform(
       ...(config.database.schema ? { schema: config.database.schema } : {}),
     });
     cleanups.push(() => store.close());
-    const applied = await migrateToLatest(store.db, store.dialect, store.schema);
+    const applied = await migrateToLatest(store.db, store.dialect);
     log.info({ store: store.location, dialect: store.dialect, migrationsApplied: applied }, 'storage ready');
 
     const accounts = new AccountsService({ db: store.db, dataDir });

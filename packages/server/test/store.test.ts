@@ -4,7 +4,9 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
 import { AccountsService } from '../src/accounts/index.ts';
@@ -14,6 +16,7 @@ import { migrateToLatest, openStore, type Store } from '../src/store/index.ts';
 import { dialectCases, dropSchema, POSTGRES_URL, uniqueSchema } from './helpers/dialects.ts';
 
 const silent = pino({ level: 'silent' });
+const execFileAsync = promisify(execFile);
 
 for (const dialect of await dialectCases()) {
   describe(`storage on ${dialect.name}`, { skip: dialect.skip }, () => {
@@ -31,7 +34,7 @@ for (const dialect of await dialectCases()) {
         poolMax: 4,
         ...(schema ? { schema } : {}),
       });
-      await migrateToLatest(store.db, store.dialect, store.schema);
+      await migrateToLatest(store.db, store.dialect);
     });
     after(async () => {
       await store?.close();
@@ -50,7 +53,26 @@ for (const dialect of await dialectCases()) {
       );
 
     test('migrations are idempotent', async () => {
-      assert.deepEqual(await migrateToLatest(store.db, store.dialect, store.schema), []);
+      assert.deepEqual(await migrateToLatest(store.db, store.dialect), []);
+    });
+
+    test('several processes migrating one fresh database at once apply each migration exactly once', async () => {
+      const fresh = dialect.name === 'postgres' ? uniqueSchema() : '';
+      const dir = mkdtempSync(join(tmpdir(), 'castellan-migrate-'));
+      const child = resolve(import.meta.dirname, 'helpers/migrate-child.ts');
+      const url = dialect.name === 'postgres' ? POSTGRES_URL : '';
+      try {
+        const outputs = await Promise.all(
+          [1, 2, 3].map(async () => {
+            const { stdout } = await execFileAsync(process.execPath, [child, url, dir, fresh], { timeout: 30_000 });
+            return JSON.parse(stdout) as string[];
+          }),
+        );
+        assert.deepEqual(outputs.flat(), ['0001_foundation']);
+      } finally {
+        if (fresh) await dropSchema(fresh);
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     test('the telemetry writer batches many appends into few transactions and resolves each after commit', async () => {

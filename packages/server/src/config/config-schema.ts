@@ -63,10 +63,11 @@ export const ConfigSchema = Type.Object(
           description: 'Most telemetry rows written in one transaction',
         }),
         flushIntervalMs: Type.Integer({
-          minimum: 1,
+          minimum: 0,
           maximum: 1000,
-          default: 5,
-          description: 'Longest wait before a partial batch is written',
+          default: 0,
+          description:
+            'Extra wait for more rows before an idle writer commits a partial batch; 0 commits on the next event-loop turn (group commit)',
         }),
         queueMaxRows: Type.Integer({
           minimum: 100,

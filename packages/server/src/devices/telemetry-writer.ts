@@ -35,7 +35,7 @@ export class TelemetryQueueFullError extends Error {
 export class TelemetryWriter {
   readonly #options: TelemetryWriterOptions;
   #queue: Pending[] = [];
-  #timer: NodeJS.Timeout | undefined;
+  #scheduled: { cancel(): void } | undefined;
   #flushing: Promise<void> | undefined;
   #closed = false;
   readonly stats = { rowsWritten: 0, batchesWritten: 0, rowsRefused: 0, batchesFailed: 0 };
@@ -57,15 +57,24 @@ export class TelemetryWriter {
     return new Promise<void>((resolve, reject) => {
       this.#queue.push({ ...record, resolve, reject });
       if (this.#queue.length >= this.#options.batchMaxRows) this.#kick();
-      else if (!this.#timer && !this.#flushing) {
-        this.#timer = setTimeout(() => this.#kick(), this.#options.flushIntervalMs);
+      else if (!this.#scheduled && !this.#flushing) {
+        // Group commit: everything that arrives before the next turn of the event loop (or within
+        // flushIntervalMs, if set) shares one transaction; whatever arrives during a write is picked
+        // up by the running drain loop. An idle writer never makes a lone message wait for a timer.
+        if (this.#options.flushIntervalMs === 0) {
+          const immediate = setImmediate(() => this.#kick());
+          this.#scheduled = { cancel: () => clearImmediate(immediate) };
+        } else {
+          const timer = setTimeout(() => this.#kick(), this.#options.flushIntervalMs);
+          this.#scheduled = { cancel: () => clearTimeout(timer) };
+        }
       }
     });
   }
 
   #kick(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#scheduled?.cancel();
+    this.#scheduled = undefined;
     if (this.#flushing) return; // the running flush loops until the queue is empty
     this.#flushing = this.#drain().finally(() => {
       this.#flushing = undefined;

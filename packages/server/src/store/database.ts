@@ -13,8 +13,6 @@ export type DialectName = 'sqlite' | 'postgres';
 export interface Store {
   readonly db: Kysely<Database>;
   readonly dialect: DialectName;
-  /** PostgreSQL: the schema tables live in (configured, or the server's current_schema()). */
-  readonly schema: string | undefined;
   /** Human-readable location without credentials (for logs). */
   readonly location: string;
   ping(): Promise<void>;
@@ -72,7 +70,6 @@ function openSqlite(options: OpenStoreOptions): Store {
   return {
     db,
     dialect: 'sqlite',
-    schema: undefined,
     location: `sqlite:${file}`,
     async ping() {
       await sql`select 1`.execute(db);
@@ -101,12 +98,10 @@ async function openPostgres(options: OpenStoreOptions): Promise<Store> {
   });
   // An idle client's error (server restart) must not crash the process; the next query reports it.
   pool.on('error', () => {});
-  let current: string;
   try {
     const client = await pool.connect();
     try {
       if (schema) await client.query(`create schema if not exists "${schema}"`);
-      current = (await client.query<{ s: string }>('select current_schema() as s')).rows[0]!.s;
     } finally {
       client.release();
     }
@@ -121,7 +116,6 @@ async function openPostgres(options: OpenStoreOptions): Promise<Store> {
   return {
     db,
     dialect: 'postgres',
-    schema: current,
     location: describePostgres(options.url) + (schema ? ` (schema ${schema})` : ''),
     async ping() {
       await sql`select 1`.execute(db);

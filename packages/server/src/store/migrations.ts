@@ -1,6 +1,6 @@
 // One ordered migration set for both dialects, run at start-up. Never edit a released migration:
 // add a new one.
-import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
+import { type Kysely, type Migration, sql } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
 import type { DialectName } from './database.ts';
 
@@ -87,34 +87,64 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
   };
 }
 
-class StaticProvider implements MigrationProvider {
-  readonly #migrations: Record<string, Migration>;
-  constructor(migrations: Record<string, Migration>) {
-    this.#migrations = migrations;
-  }
-  async getMigrations(): Promise<Record<string, Migration>> {
-    return this.#migrations;
-  }
-}
+const MIGRATIONS_TABLE = 'castellan_migrations';
 
-/** Brings the schema up to date; throws ERR_STORE_UNAVAILABLE naming the failed migration. */
-export async function migrateToLatest(db: AnyDb, dialect: DialectName, schema?: string): Promise<string[]> {
-  // The migration tables are schema-qualified: Kysely checks for them across all schemas, so another
-  // schema's tables (another tenant database, a parallel test) must not be mistaken for ours.
-  const migrator = new Migrator({
-    db,
-    provider: new StaticProvider(migrationsFor(dialect)),
-    ...(schema ? { migrationTableSchema: schema } : {}),
-  });
-  const { error, results } = await migrator.migrateToLatest();
-  const failed = results?.find((r) => r.status === 'Error');
-  if (error) {
+/**
+ * Brings the schema up to date in one transaction; throws ERR_STORE_UNAVAILABLE naming the failed
+ * migration. A small runner of our own rather than Kysely's Migrator: the Migrator looks for its
+ * tables across every schema of the database, which races with other schemas being created or dropped
+ * (parallel tests, other tenants' databases). Here everything happens in the connection's own schema,
+ * serialised by a transaction-scoped advisory lock (PostgreSQL) or the write lock (SQLite), so several
+ * processes starting at once apply each migration exactly once.
+ */
+export async function migrateToLatest(db: AnyDb, dialect: DialectName): Promise<string[]> {
+  const migrations = migrationsFor(dialect);
+  let current = '(setup)';
+  const apply = async (trx: AnyDb): Promise<string[]> => {
+    await trx.schema
+      .createTable(MIGRATIONS_TABLE)
+      .ifNotExists()
+      .addColumn('name', 'text', (c) => c.primaryKey())
+      .addColumn('applied_at', 'bigint', (c) => c.notNull())
+      .execute();
+    const rows = (await trx.selectFrom(MIGRATIONS_TABLE).select('name').execute()) as { name: string }[];
+    const applied = new Set(rows.map((r) => r.name));
+    const done: string[] = [];
+    for (const [name, migration] of Object.entries(migrations)) {
+      if (applied.has(name)) continue;
+      current = name;
+      await migration.up(trx);
+      await trx.insertInto(MIGRATIONS_TABLE).values({ name, applied_at: Date.now() }).execute();
+      done.push(name);
+    }
+    return done;
+  };
+  try {
+    if (dialect === 'postgres') {
+      return await db.transaction().execute(async (trx) => {
+        await sql`select pg_advisory_xact_lock(hashtext(current_schema() || '.castellan_migrations'))`.execute(trx);
+        return apply(trx);
+      });
+    }
+    // SQLite: BEGIN IMMEDIATE takes the write lock up front, so two processes never both read the
+    // migration list and then race to write.
+    return await db.connection().execute(async (conn) => {
+      await sql`begin immediate`.execute(conn);
+      try {
+        const done = await apply(conn);
+        await sql`commit`.execute(conn);
+        return done;
+      } catch (error) {
+        await sql`rollback`.execute(conn);
+        throw error;
+      }
+    });
+  } catch (error) {
     throw new CastellanError('ERR_STORE_UNAVAILABLE', {
-      message: `Database migration ${failed?.migrationName ?? ''} failed: ${(error as Error | undefined)?.message ?? 'unknown error'}`,
+      message: `Database migration ${current} failed: ${error instanceof Error ? error.message : 'unknown error'}`,
       cause: error,
     });
   }
-  return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
 }
 
 export { sql };
