@@ -27,10 +27,10 @@ describe('secrets stay out of logs', () => {
     secrets.push(tenant.adminToken, tenant.vendorToken, ...tenant.devices.map((d) => d.secret));
 
     // Failures are where secrets leak most often: wrong setup token, forged bearer tokens, wrong device secrets.
-    const wrongSetup = `${setupToken.slice(0, -4)}AAAA`;
+    const wrongSetup = `${setupToken.slice(0, -4)}${setupToken.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`;
     secrets.push(wrongSetup);
     await request(tp.platform, 'POST', '/v1/setup', { body: { setupToken: wrongSetup, adminName: 'x' } });
-    const forged = `${tenant.vendorToken.slice(0, -4)}BBBB`;
+    const forged = `${tenant.vendorToken.slice(0, -4)}${tenant.vendorToken.endsWith('BBBB') ? 'AAAA' : 'BBBB'}`;
     secrets.push(forged);
     await request(tp.platform, 'GET', '/v1/products', { token: forged });
     await request(tp.platform, 'GET', `/v1/devices/not-an-id?token=${encodeURIComponent('x')}`, {
@@ -46,7 +46,7 @@ describe('secrets stay out of logs', () => {
       `GET /v1/products HTTP/1.1\r\nAuthorization: Bearer ${tenant.vendorToken}\r\nBad Header\r\n\r\n`,
     );
     const d = tenant.devices[0]!;
-    const wrongSecret = `${d.secret.slice(0, -4)}CCCC`;
+    const wrongSecret = `${d.secret.slice(0, -4)}${d.secret.endsWith('CCCC') ? 'DDDD' : 'CCCC'}`;
     secrets.push(wrongSecret);
     await mqttConnect(tp.platform, { username: d.id, password: wrongSecret });
     await mqttConnect(tp.platform, {

@@ -41,7 +41,10 @@ for (const dialect of await dialectCases()) {
           ['no password', { username: d1.id }],
           ['empty password', { username: d1.id, password: '' }],
           ['the device ID as password', { username: d1.id, password: d1.id }],
-          ['a wrong secret', { username: d1.id, password: `${d1.secret.slice(0, -1)}A` }],
+          [
+            'a wrong secret',
+            { username: d1.id, password: `${d1.secret.slice(0, -1)}${d1.secret.endsWith('A') ? 'B' : 'A'}` },
+          ],
           ["another device's secret", { username: d1.id, password: d2.secret }],
           [
             'an unknown device',

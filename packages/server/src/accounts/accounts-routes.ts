@@ -9,6 +9,7 @@ import {
   principalOf,
   publicErrors,
   StrictObject,
+  DisplayName,
 } from '../http/index.ts';
 import { assertCan } from './access-policy.ts';
 import type { AccountsService, Vendor } from './accounts-service.ts';
@@ -18,7 +19,6 @@ export interface AccountsRoutesOptions {
   authenticate: AuthenticateHook;
 }
 
-const Name = Type.String({ minLength: 1, maxLength: 200, pattern: '^\\S(.*\\S)?$' });
 const ResourceId = Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z]{3}_[A-Za-z0-9_-]{22}$' });
 
 const VendorView = StrictObject({
@@ -47,7 +47,7 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
         tags: ['accounts'],
         body: StrictObject({
           setupToken: Type.String({ minLength: 1, maxLength: 256 }),
-          adminName: Name,
+          adminName: DisplayName,
         }),
         response: {
           201: StrictObject({ adminId: Type.String(), credential: CredentialView }),
@@ -71,7 +71,7 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
         summary: 'Create a vendor organisation (administrators)',
         tags: ['accounts'],
         security: bearerSecurity,
-        body: StrictObject({ name: Name }),
+        body: StrictObject({ name: DisplayName }),
         response: { 201: VendorView, ...authenticatedErrors },
       },
     },
@@ -108,7 +108,7 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
         tags: ['accounts'],
         security: bearerSecurity,
         params: StrictObject({ vendorId: ResourceId }),
-        body: StrictObject({ label: Name }),
+        body: StrictObject({ label: DisplayName }),
         response: { 201: CredentialView, ...authenticatedErrors },
       },
     },

@@ -9,6 +9,7 @@ import {
   type AuthenticateHook,
   authenticatedErrors,
   bearerSecurity,
+  DisplayName,
   principalOf,
   StrictObject,
 } from '../http/index.ts';
@@ -19,7 +20,6 @@ export interface DevicesRoutesOptions {
   authenticate: AuthenticateHook;
 }
 
-const Name = Type.String({ minLength: 1, maxLength: 200, pattern: '^\\S(.*\\S)?$' });
 const ProductId = Type.String({ minLength: 1, maxLength: 64, pattern: '^prd_[A-Za-z0-9_-]{22}$' });
 // The device ID's shape is checked by the protocol codec so the error says exactly what is wrong.
 const DeviceIdParam = Type.String({ minLength: 1, maxLength: 64 });
@@ -111,7 +111,7 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
         tags: ['devices'],
         security: bearerSecurity,
         body: StrictObject({
-          name: Name,
+          name: DisplayName,
           category: Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z0-9][a-z0-9_.-]*$' }),
         }),
         response: { 201: ProductView, ...authenticatedErrors },

@@ -6,6 +6,9 @@ export function StrictObject<T extends TProperties>(properties: T, options: { de
   return Type.Object(properties, { ...options, additionalProperties: false });
 }
 
+/** A human-readable name: 1–200 characters, no leading or trailing whitespace. */
+export const DisplayName = Type.String({ minLength: 1, maxLength: 200, pattern: '^\\S(.*\\S)?$' });
+
 const errorRef = { $ref: 'ErrorResponse#' } as const;
 
 /** Standard error responses for authenticated routes. */

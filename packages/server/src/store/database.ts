@@ -58,13 +58,13 @@ function openSqlite(options: OpenStoreOptions): Store {
   // Created 0600 before SQLite opens it; SQLite gives the -wal and -shm files the same mode.
   closeSync(openSync(file, 'a', 0o600));
   chmodSync(file, 0o600);
-  const raw = new DatabaseSync(file);
+  // The busy timeout comes first: switching a new file to WAL needs a lock another process may hold.
+  const raw = new DatabaseSync(file, { timeout: 5000 });
   // WAL lets readers run beside the single writer; FULL makes each committed batch survive power loss,
   // which is what "QoS 1 acknowledged only after the write" promises.
   raw.exec('PRAGMA journal_mode = WAL');
   raw.exec('PRAGMA synchronous = FULL');
   raw.exec('PRAGMA foreign_keys = ON');
-  raw.exec('PRAGMA busy_timeout = 5000');
   const adapter = new NodeSqliteDatabase(raw);
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: adapter }) });
   return {
@@ -101,7 +101,13 @@ async function openPostgres(options: OpenStoreOptions): Promise<Store> {
   try {
     const client = await pool.connect();
     try {
-      if (schema) await client.query(`create schema if not exists "${schema}"`);
+      if (schema) {
+        // Two processes creating the same schema at once race inside PostgreSQL's catalog even with
+        // IF NOT EXISTS; the loser's unique violation means the schema now exists, which is the goal.
+        await client.query(`create schema if not exists "${schema}"`).catch((error: { code?: string }) => {
+          if (error.code !== '23505' && error.code !== '42P06') throw error;
+        });
+      }
     } finally {
       client.release();
     }

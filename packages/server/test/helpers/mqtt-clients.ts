@@ -1,9 +1,9 @@
 // MQTT clients for tests: mqtt.js for well-formed sessions, a raw TLS socket for hostile bytes.
-import { once } from 'node:events';
-import tls from 'node:tls';
+import type tls from 'node:tls';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import mqttPacket, { type Packet } from 'mqtt-packet';
 import type { Platform } from '../../src/platform.ts';
+import { openTls } from './test-platform.ts';
 
 export interface MqttConnectOptions {
   username?: string;
@@ -138,14 +138,7 @@ export class RawMqtt {
   }
 
   static async open(platform: Platform, protocolVersion: 4 | 5 = 5): Promise<RawMqtt> {
-    const socket = tls.connect({
-      host: '127.0.0.1',
-      port: platform.mqttPort,
-      ca: platform.caPem,
-      servername: 'localhost',
-    });
-    await once(socket, 'secureConnect');
-    return new RawMqtt(socket, protocolVersion);
+    return new RawMqtt(await openTls(platform, platform.mqttPort), protocolVersion);
   }
 
   send(bytes: Buffer | Packet, protocolVersion: 4 | 5 = 5): void {

@@ -150,15 +150,16 @@ export function request<T = any>(
   });
 }
 
+/** A TLS connection to one of the platform's listeners, verified against its CA. */
+export async function openTls(platform: Platform, port: number): Promise<tls.TLSSocket> {
+  const socket = tls.connect({ host: '127.0.0.1', port, ca: platform.caPem, servername: 'localhost' });
+  await once(socket, 'secureConnect');
+  return socket;
+}
+
 /** Sends raw bytes over TLS to the API and returns the raw response (for requests HTTP clients won't send). */
 export async function rawHttps(platform: Platform, bytes: string): Promise<string> {
-  const socket = tls.connect({
-    host: '127.0.0.1',
-    port: platform.httpPort,
-    ca: platform.caPem,
-    servername: 'localhost',
-  });
-  await once(socket, 'secureConnect');
+  const socket = await openTls(platform, platform.httpPort);
   const chunks: Buffer[] = [];
   socket.on('data', (c: Buffer) => chunks.push(c));
   socket.on('error', () => {});
