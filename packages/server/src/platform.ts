@@ -4,8 +4,10 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
+import { Redis } from 'ioredis';
 import type { DestinationStream } from 'pino';
 import { AccountsService, accountsRoutes } from './accounts/index.ts';
+import { type AuditEvent, AuditLog, auditRequest, auditRoutes } from './audit/index.ts';
 import type { CastellanConfig } from './config/index.ts';
 import { DevicesService, devicesRoutes, TelemetryWriter } from './devices/index.ts';
 import { CastellanError } from './errors/index.ts';
@@ -14,11 +16,22 @@ import {
   formatHostPort,
   MqttBroker,
   type MqttListener,
+  ReasonCode,
   startMqttListener,
 } from './gateway/index.ts';
-import { createAuthenticateHook, createHttpServer } from './http/index.ts';
+import {
+  createAddressFilter,
+  filterConnections,
+  GuardService,
+  guardHttp,
+  guardRoutes,
+  IpBlocks,
+  RateLimits,
+} from './guard/index.ts';
+import { createAuthenticateHook, createHttpServer, type RecordAudit } from './http/index.ts';
 import { loadRootKey, loadTlsMaterial, SecretBox } from './keys/index.ts';
 import { createLogger, type Logger } from './logging/index.ts';
+import { type AdminServer, createMetrics, startAdminServer } from './ops/index.ts';
 import { migrateToLatest, openStore, type Store } from './store/index.ts';
 
 export const VERSION: string = (
@@ -50,6 +63,10 @@ export interface Platform {
   readonly devices: DevicesService;
   readonly broker: MqttBroker;
   readonly telemetry: TelemetryWriter;
+  readonly audit: AuditLog;
+  readonly guard: GuardService;
+  /** Metrics and liveness (`/metrics`, `/healthz`); null when admin.enabled is false. */
+  readonly adminUrl: string | null;
   readonly http: FastifyInstance;
   readonly httpUrl: string;
   readonly mqttUrl: string;
@@ -126,12 +143,71 @@ export async function startPlatform(
       maxBatch: config.devices.maxBatch,
     });
 
+    const audit = await AuditLog.open({
+      db: store.db,
+      dialect: store.dialect,
+      rootKey: rootKey.key,
+      dataDir,
+      log: log.child({ component: 'audit' }),
+      batchMaxRows: config.audit.batchMaxRows,
+      queueMaxRows: config.audit.queueMaxRows,
+      checkpointIntervalMs: config.audit.checkpointIntervalSeconds * 1000,
+      retentionDays: config.audit.retentionDays,
+      ipRetentionDays: config.audit.ipRetentionDays,
+      witnessUrl: config.audit.witnessUrl,
+    });
+    cleanups.push(() => audit.close());
+    const recordSoon = (event: AuditEvent) => audit.recordSoon(event);
+
+    let redis: Redis | undefined;
+    if (config.redis.url) {
+      redis = new Redis(config.redis.url, { maxRetriesPerRequest: 2, enableOfflineQueue: true, lazyConnect: true });
+      try {
+        await redis.connect();
+      } catch (error) {
+        redis.disconnect();
+        throw new CastellanError('ERR_STORE_UNAVAILABLE', { message: `Cannot connect to Redis: ${(error as Error).message}` });
+      }
+      const client = redis;
+      cleanups.push(async () => {
+        await client.quit().catch(() => client.disconnect());
+      });
+    }
+    const keyPrefix = config.redis.keyPrefix;
+    const blocks = new IpBlocks({ ...(redis ? { redis } : {}), keyPrefix });
+    const limits = new RateLimits({ ...(redis ? { redis } : {}), keyPrefix });
     const brokerLog = log.child({ component: 'mqtt' });
+    // The guard needs the broker (to end a quarantined device's connection) and the broker's hooks
+    // need the guard: the broker is bound late through this reference.
+    let brokerRef: MqttBroker | undefined;
+    const guard = new GuardService(config.guard, {
+      db: store.db,
+      log: log.child({ component: 'guard' }),
+      limits,
+      blocks,
+      record: recordSoon,
+      async quarantineDevice(deviceId) {
+        const device = await devices.setStatus(deviceId, 'quarantined');
+        if (!device) return null;
+        brokerRef?.disconnectClient(deviceId, ReasonCode.Banned);
+        return { tenant: device.vendorId };
+      },
+    });
+    const alertIpTimer = setInterval(
+      () => {
+        guard.purgeAlertIps(Date.now() - config.audit.ipRetentionDays * 86_400_000).catch((e: unknown) => log.warn({ err: e }, 'guard: purge failed'));
+      },
+      3_600_000,
+    );
+    alertIpTimer.unref();
+    cleanups.push(() => clearInterval(alertIpTimer));
+
     const broker = new MqttBroker({
-      hooks: deviceBrokerHooks(devices, brokerLog),
+      hooks: deviceBrokerHooks({ devices, guard, audit: recordSoon, log: brokerLog }),
       limits: config.mqtt,
       log: brokerLog,
     });
+    brokerRef = broker;
     const listener: MqttListener = await startMqttListener(
       broker,
       {
@@ -144,6 +220,12 @@ export async function startPlatform(
       },
       brokerLog,
     );
+    const mqttAdmit = createAddressFilter(config.mqtt);
+    filterConnections(
+      listener.server,
+      (ip) => mqttAdmit(ip) && !blocks.isBlockedLocally(ip),
+      () => broker.stats.connectsRefused++,
+    );
     cleanups.push(async () => {
       const closing = listener.close();
       await broker.close();
@@ -151,6 +233,7 @@ export async function startPlatform(
     });
 
     const authenticate = createAuthenticateHook((token) => accounts.authenticate(token));
+    const recordRequest: RecordAudit = (request, event) => auditRequest(audit, request, event);
     const http = await createHttpServer({
       tls: { cert: tls.cert, key: tls.key, minVersion: config.tls.minVersion },
       bodyLimitBytes: config.http.bodyLimitBytes,
@@ -167,11 +250,16 @@ export async function startPlatform(
         if (!listener.server.listening) throw new Error('MQTT listener is not listening');
         return { storage: 'ok', mqtt: 'ok' };
       },
+      beforeRoutes: (app) => guardHttp(app, guard, recordSoon),
       routes: [
-        (app) => app.register(accountsRoutes, { accounts, authenticate }),
-        (app) => app.register(devicesRoutes, { devices, authenticate }),
+        (app) => app.register(accountsRoutes, { accounts, authenticate, audit: recordRequest }),
+        (app) => app.register(devicesRoutes, { devices, authenticate, audit: recordRequest }),
+        (app) => app.register(auditRoutes, { audit, authenticate }),
+        (app) => app.register(guardRoutes, { guard, devices, authenticate, audit: recordRequest }),
       ],
     });
+    const httpAdmit = createAddressFilter(config.http);
+    filterConnections(http.server, (ip) => httpAdmit(ip) && !blocks.isBlockedLocally(ip), () => {});
     try {
       await http.listen({ host: config.http.host, port: config.http.port });
     } catch (error) {
@@ -182,6 +270,28 @@ export async function startPlatform(
       });
     }
     cleanups.push(() => http.close());
+
+    let adminUrl: string | null = null;
+    if (config.admin.enabled) {
+      const registry = createMetrics({
+        broker: () => ({ ...broker.stats, connections: broker.connectionCount }),
+        telemetry: () => ({ ...telemetry.stats, queued: telemetry.queued }),
+        audit: () => ({ ...audit.stats, size: audit.size }),
+        limits: () => limits.refusals,
+        detections: () => guard.detections,
+      });
+      let admin: AdminServer;
+      try {
+        admin = await startAdminServer({ host: config.admin.host, port: config.admin.port, tls }, registry, log.child({ component: 'admin' }));
+      } catch (error) {
+        throw new CastellanError('ERR_LISTEN_FAILED', {
+          message: `Cannot listen for the admin endpoint on ${formatHostPort(config.admin.host, config.admin.port)} (admin.host, admin.port): ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+          cause: error,
+        });
+      }
+      cleanups.push(() => admin.close());
+      adminUrl = admin.url;
+    }
 
     const httpPort = (http.server.address() as { port: number }).port;
     const mqttPort = listener.address().port;
@@ -209,7 +319,7 @@ export async function startPlatform(
     const runtimeFile = join(dataDir, RUNTIME_FILE);
     writeFileSync(runtimeFile, `${JSON.stringify(runtime, null, 2)}\n`, { mode: 0o600 });
     cleanups.push(() => rmSync(runtimeFile, { force: true }));
-    log.info({ httpUrl, mqttUrl, version: VERSION }, 'castellan is up');
+    log.info({ httpUrl, mqttUrl, adminUrl, version: VERSION }, 'castellan is up');
 
     let closed: Promise<void> | undefined;
     return {
@@ -220,6 +330,9 @@ export async function startPlatform(
       devices,
       broker,
       telemetry,
+      audit,
+      guard,
+      adminUrl,
       http,
       httpUrl,
       mqttUrl,

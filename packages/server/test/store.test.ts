@@ -68,7 +68,7 @@ for (const dialect of await dialectCases()) {
             return JSON.parse(stdout) as string[];
           }),
         );
-        assert.deepEqual(outputs.flat(), ['0001_foundation']);
+        assert.deepEqual(outputs.flat().sort(), ['0001_foundation', '0002_audit', '0003_guard']);
       } finally {
         if (fresh) await dropSchema(fresh);
         rmSync(dir, { recursive: true, force: true });

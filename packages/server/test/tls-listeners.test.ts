@@ -133,10 +133,12 @@ describe('TLS policy on the HTTPS and MQTT listeners', () => {
     assert.ok(first === undefined || first === 0x15, `unexpected first byte ${first}`);
   });
 
-  test('[CHAN-5] only the HTTPS and MQTT-over-TLS ports listen', () => {
+  test('[CHAN-5] only the HTTPS and MQTT-over-TLS ports listen, plus the admin port on loopback', () => {
+    const admin = new URL(tp.platform.adminUrl!);
+    assert.equal(admin.hostname, '127.0.0.1', 'the plain-HTTP admin listener is loopback-only');
     assert.deepEqual(
       listeningPorts(),
-      [tp.platform.httpPort, tp.platform.mqttPort].sort((a, b) => a - b),
+      [tp.platform.httpPort, tp.platform.mqttPort, Number(admin.port)].sort((a, b) => a - b),
     );
   });
 });

@@ -14,7 +14,14 @@ export type Action =
   | 'device.create'
   | 'device.list'
   | 'device.read'
-  | 'telemetry.read';
+  | 'telemetry.read'
+  | 'audit.read'
+  | 'audit.read-all'
+  | 'audit.checkpoint'
+  | 'guard.alerts.read'
+  | 'guard.alerts.read-all'
+  | 'guard.blocks.manage'
+  | 'device.release';
 
 export interface ResourceScope {
   /** The vendor (tenant) that owns the resource. */
@@ -37,6 +44,14 @@ const RULES: Readonly<Record<Action, Rule>> = {
   'device.list': isOwningVendor,
   'device.read': isOwningVendor,
   'telemetry.read': isOwningVendor,
+  // Vendors read their own tenant's entries; administrators read everything, source IPs included.
+  'audit.read': (p, s) => isAdmin(p, s) || isOwningVendor(p, s),
+  'audit.read-all': isAdmin,
+  'audit.checkpoint': isAdmin,
+  'guard.alerts.read': (p, s) => isAdmin(p, s) || isOwningVendor(p, s),
+  'guard.alerts.read-all': isAdmin,
+  'guard.blocks.manage': isAdmin,
+  'device.release': (p, s) => isAdmin(p, s) || isOwningVendor(p, s),
 };
 
 export function can(principal: Principal | undefined, action: Action, scope: ResourceScope = {}): boolean {

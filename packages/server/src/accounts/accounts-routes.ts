@@ -8,6 +8,7 @@ import {
   bearerSecurity,
   principalOf,
   publicErrors,
+  type RecordAudit,
   StrictObject,
   DisplayName,
 } from '../http/index.ts';
@@ -17,6 +18,7 @@ import type { AccountsService, Vendor } from './accounts-service.ts';
 export interface AccountsRoutesOptions {
   accounts: AccountsService;
   authenticate: AuthenticateHook;
+  audit: RecordAudit;
 }
 
 const ResourceId = Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z]{3}_[A-Za-z0-9_-]{22}$' });
@@ -38,7 +40,7 @@ const CredentialView = StrictObject({
 
 const presentVendor = (v: Vendor) => ({ id: v.id, code: v.code, name: v.name, createdAt: v.createdAt });
 
-export async function accountsRoutes(app: FastifyInstance, { accounts, authenticate }: AccountsRoutesOptions) {
+export async function accountsRoutes(app: FastifyInstance, { accounts, authenticate, audit }: AccountsRoutesOptions) {
   app.post(
     '/v1/setup',
     {
@@ -57,7 +59,14 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
     },
     async (request, reply) => {
       const body = request.body as { setupToken: string; adminName: string };
-      const result = await accounts.completeSetup(body.setupToken, body.adminName);
+      let result: Awaited<ReturnType<AccountsService['completeSetup']>>;
+      try {
+        result = await accounts.completeSetup(body.setupToken, body.adminName);
+      } catch (error) {
+        await audit(request, { type: 'setup.complete', result: 'failure' });
+        throw error;
+      }
+      await audit(request, { type: 'setup.complete', target: result.adminId, details: { credentialId: result.credential.id } });
       request.log.info({ adminId: result.adminId }, 'setup completed: first administrator created');
       return reply.status(201).send(result);
     },
@@ -78,6 +87,7 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
     async (request, reply) => {
       assertCan(principalOf(request), 'vendor.create');
       const vendor = await accounts.createVendor((request.body as { name: string }).name);
+      await audit(request, { type: 'vendor.create', tenant: vendor.id, target: vendor.id, details: { code: vendor.code } });
       return reply.status(201).send(presentVendor(vendor));
     },
   );
@@ -116,6 +126,7 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
       assertCan(principalOf(request), 'vendor-credential.create');
       const { vendorId } = request.params as { vendorId: string };
       const credential = await accounts.createVendorCredential(vendorId, (request.body as { label: string }).label);
+      await audit(request, { type: 'vendor-credential.issue', tenant: vendorId, target: credential.id, details: { label: credential.label } });
       request.log.info({ credentialId: credential.id, vendorId }, 'vendor credential issued');
       return reply.status(201).send(credential);
     },

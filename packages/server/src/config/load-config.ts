@@ -92,6 +92,11 @@ function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
     if (leaf.type === 'integer' || leaf.type === 'number') {
       if (!/^-?\d+(\.\d+)?$/.test(raw.trim())) throw invalid(leaf.path, `must be a number (from ${name})`);
       value = Number(raw);
+    } else if (leaf.type === 'array') {
+      value = raw
+        .split(',')
+        .map((part) => part.trim())
+        .filter((part) => part !== '');
     } else if (leaf.type === 'boolean') {
       if (!['true', 'false', '1', '0'].includes(raw)) throw invalid(leaf.path, `must be true or false (from ${name})`);
       value = raw === 'true' || raw === '1';

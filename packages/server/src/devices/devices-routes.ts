@@ -11,6 +11,7 @@ import {
   bearerSecurity,
   DisplayName,
   principalOf,
+  type RecordAudit,
   StrictObject,
 } from '../http/index.ts';
 import type { Device, DevicesService, Product, TelemetryItem } from './devices-service.ts';
@@ -18,6 +19,7 @@ import type { Device, DevicesService, Product, TelemetryItem } from './devices-s
 export interface DevicesRoutesOptions {
   devices: DevicesService;
   authenticate: AuthenticateHook;
+  audit: RecordAudit;
 }
 
 const ProductId = Type.String({ minLength: 1, maxLength: 64, pattern: '^prd_[A-Za-z0-9_-]{22}$' });
@@ -31,7 +33,19 @@ const ProductView = StrictObject({
   name: Type.String(),
   category: Type.String(),
   createdAt: Type.Integer(),
+  reportLimits: StrictObject({
+    perSecond: Type.Union([Type.Integer(), Type.Null()]),
+    perDay: Type.Union([Type.Integer(), Type.Null()]),
+  }),
 });
+
+const ReportLimitsInput = StrictObject(
+  {
+    perSecond: Type.Optional(Type.Integer({ minimum: 1, maximum: 100000 })),
+    perDay: Type.Optional(Type.Integer({ minimum: 1, maximum: 100000000 })),
+  },
+  { description: 'Messages each device may report per second and per day; omitted: platform defaults' },
+);
 
 const DeviceView = StrictObject({
   id: Type.String({ description: '24 hex digits: 01 + vendor code + product code + random + extension' }),
@@ -55,6 +69,7 @@ const presentProduct = (p: Product) => ({
   name: p.name,
   category: p.category,
   createdAt: p.createdAt,
+  reportLimits: { perSecond: p.reportLimits.perSecond, perDay: p.reportLimits.perDay },
 });
 const presentDevice = (d: Device) => ({
   id: d.id,
@@ -85,7 +100,7 @@ function deviceIdFrom(request: FastifyRequest): string {
   return raw;
 }
 
-export async function devicesRoutes(app: FastifyInstance, { devices, authenticate }: DevicesRoutesOptions) {
+export async function devicesRoutes(app: FastifyInstance, { devices, authenticate, audit }: DevicesRoutesOptions) {
   async function ownedProduct(request: FastifyRequest, action: 'product.read' | 'device.create' | 'device.list') {
     const product = await devices.getProduct((request.params as { productId: string }).productId);
     if (!product || !can(principalOf(request), action, { vendorId: product.vendorId })) {
@@ -113,6 +128,7 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
         body: StrictObject({
           name: DisplayName,
           category: Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z0-9][a-z0-9_.-]*$' }),
+          reportLimits: Type.Optional(ReportLimitsInput),
         }),
         response: { 201: ProductView, ...authenticatedErrors },
       },
@@ -120,7 +136,8 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
     async (request, reply) => {
       const principal = principalOf(request);
       if (!can(principal, 'product.create', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
-      const product = await devices.createProduct(principal.id, request.body as { name: string; category: string });
+      const product = await devices.createProduct(principal.id, request.body as { name: string; category: string; reportLimits?: { perSecond?: number; perDay?: number } });
+      await audit(request, { type: 'product.create', target: product.id, details: { code: product.code } });
       return reply.status(201).send(presentProduct(product));
     },
   );
@@ -181,6 +198,11 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
     async (request, reply) => {
       const product = await ownedProduct(request, 'device.create');
       const issued = await devices.createDevices(product.id, (request.body as { count: number }).count);
+      await audit(request, {
+        type: 'device.issue',
+        target: product.id,
+        details: { count: issued.length, first: issued[0]?.id, last: issued.at(-1)?.id },
+      });
       request.log.info({ productId: product.id, count: issued.length }, 'devices issued');
       return reply
         .status(201)

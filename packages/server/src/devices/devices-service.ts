@@ -17,13 +17,22 @@ export interface Product {
   readonly name: string;
   readonly category: string;
   readonly createdAt: number;
+  /** Report-rate limits for each device of the product (RATE-1); null uses the platform default. */
+  readonly reportLimits: ProductReportLimits;
 }
+
+export interface ProductReportLimits {
+  readonly perSecond: number | null;
+  readonly perDay: number | null;
+}
+
+export type DeviceStatus = 'active' | 'disabled' | 'quarantined';
 
 export interface Device {
   readonly id: string;
   readonly vendorId: string;
   readonly productId: string;
-  readonly status: 'active' | 'disabled';
+  readonly status: DeviceStatus;
   readonly createdAt: number;
 }
 
@@ -75,6 +84,7 @@ export class DevicesService {
   readonly #maxBatch: number;
   readonly #now: () => number;
   readonly #drawId: (vendorCode: string, productCode: string) => string;
+  readonly #limitsCache = new Map<string, { limits: ProductReportLimits; until: number }>();
   /** Decrypted when a device ID is unknown, so that both refusals cost the same. */
   readonly #decoy: { id: string; sealed: Buffer; secret: Buffer };
 
@@ -95,7 +105,10 @@ export class DevicesService {
     };
   }
 
-  async createProduct(vendorId: string, input: { name: string; category: string }): Promise<Product> {
+  async createProduct(
+    vendorId: string,
+    input: { name: string; category: string; reportLimits?: Partial<ProductReportLimits> },
+  ): Promise<Product> {
     const vendor = await this.#vendors.getVendor(vendorId);
     if (!vendor) throw new CastellanError('ERR_VENDOR_NOT_FOUND');
     for (let attempt = 0; attempt < CODE_ATTEMPTS; attempt++) {
@@ -106,6 +119,8 @@ export class DevicesService {
         name: input.name,
         category: input.category,
         created_at: this.#now(),
+        messages_per_second: input.reportLimits?.perSecond ?? null,
+        messages_per_day: input.reportLimits?.perDay ?? null,
       };
       const inserted = await this.#db
         .insertInto('products')
@@ -226,6 +241,25 @@ export class DevicesService {
     return row && match ? toDevice(row) : null;
   }
 
+  /** Report-rate limits of a product, cached briefly: they are read on every device message. */
+  async productLimits(productId: string): Promise<ProductReportLimits> {
+    const now = this.#now();
+    const hit = this.#limitsCache.get(productId);
+    if (hit && hit.until > now) return hit.limits;
+    const product = await this.getProduct(productId);
+    const limits = product?.reportLimits ?? { perSecond: null, perDay: null };
+    this.#limitsCache.set(productId, { limits, until: now + 10_000 });
+    return limits;
+  }
+
+  /** Sets a device's status; returns the device as it was, or null when it does not exist. */
+  async setStatus(deviceId: string, status: DeviceStatus): Promise<Device | null> {
+    const device = await this.getDevice(deviceId);
+    if (!device) return null;
+    await this.#db.updateTable('devices').set({ status }).where('id', '=', deviceId).execute();
+    return device;
+  }
+
   /** Queues a telemetry message; settles when it is committed. */
   recordTelemetry(deviceId: string, payload: Buffer, receivedAt: number): Promise<void> {
     return this.#telemetry.append({ deviceId, payload, receivedAt });
@@ -257,6 +291,7 @@ function toProduct(row: Database['products']): Product {
     name: row.name,
     category: row.category,
     createdAt: row.created_at,
+    reportLimits: { perSecond: row.messages_per_second, perDay: row.messages_per_day },
   };
 }
 

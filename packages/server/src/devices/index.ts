@@ -1,6 +1,8 @@
 export { devicesRoutes } from './devices-routes.ts';
 export {
   type Device,
+  type DeviceStatus,
+  type ProductReportLimits,
   DevicesService,
   type DevicesServiceOptions,
   type IssuedDevice,

@@ -38,6 +38,10 @@ export const ERROR_CODES = {
   ERR_AUTH_REQUIRED: { status: 401, expose: true, message: 'Authentication required' },
   ERR_AUTH_INVALID: { status: 401, expose: true, message: 'Invalid credentials' },
   ERR_AUTH_FORBIDDEN: { status: 403, expose: true, message: 'Not allowed' },
+  ERR_RATE_LIMITED: { status: 429, expose: true, message: 'Too many requests; retry later' },
+  ERR_GUARD_IP_BLOCKED: { status: 403, expose: true, message: 'Requests from this address are blocked' },
+  ERR_GUARD_BLOCK_NOT_FOUND: { status: 404, expose: true, message: 'No block for this address' },
+  ERR_DEVICE_NOT_QUARANTINED: { status: 409, expose: true, message: 'Device is not quarantined' },
   ERR_SETUP_TOKEN_INVALID: { status: 401, expose: true, message: 'Setup token is invalid or already used' },
 
   ERR_VENDOR_NOT_FOUND: { status: 404, expose: true, message: 'Vendor not found' },
@@ -55,6 +59,10 @@ export const ERROR_CODES = {
   ERR_DEVICE_ID_INVALID: { status: 400, expose: true, message: 'Device ID is malformed' },
   ERR_DEVICE_NOT_FOUND: { status: 404, expose: true, message: 'Device not found' },
   ERR_DEVICE_ID_EXHAUSTED: { status: 409, expose: true, message: 'Could not allocate a unique device ID' },
+  ERR_AUDIT_NO_CHECKPOINT: { status: 404, expose: true, message: 'No audit checkpoint has been written yet' },
+  ERR_AUDIT_PROOF_UNAVAILABLE: { status: 400, expose: true, message: 'No such proof in this log' },
+  ERR_AUDIT_ENTRY_NOT_FOUND: { status: 404, expose: true, message: 'Audit entry not found' },
+  ERR_AUDIT_UNAVAILABLE: { status: 503, expose: true, message: 'The audit log cannot record right now' },
   ERR_TELEMETRY_NOT_FOUND: { status: 404, expose: true, message: 'No telemetry stored for this device' },
 } as const satisfies Record<string, ErrorCodeSpec>;
 

@@ -1,29 +1,90 @@
 // Binds the broker's hooks to devices: a device authenticates with its own ID and secret, may use only
-// its own `devices/{id}/` topics (CHAN-6), and its telemetry is stored durably before QoS 1 is acked.
+// its own `devices/{id}/` topics (CHAN-6), is held to its product's report-rate limits (RATE-1), and its
+// telemetry is stored durably before QoS 1 is acked. Connects, failures and refusals feed the audit
+// log (AUD-1) and intrusion detection (IDS-1).
 import { isDeviceId, isWithinDeviceNamespace, parseDeviceTopic } from '@castellan/protocol';
 import type { Logger } from 'pino';
+import type { AuditEvent } from '../audit/index.ts';
 import type { DevicesService } from '../devices/devices-service.ts';
 import { checkTelemetryPayload } from '../devices/telemetry-payload.ts';
 import { TelemetryQueueFullError } from '../devices/telemetry-writer.ts';
+import { type GuardService, normaliseIp } from '../guard/index.ts';
 import { type BrokerHooks, PublishRefusedError } from './mqtt/index.ts';
 
 const DEVICE_PUBLISH_CHANNELS = new Set(['telemetry', 'state', 'events']);
 
-export function deviceBrokerHooks(devices: DevicesService, log: Logger): BrokerHooks {
+export interface DeviceBrokerHooksOptions {
+  devices: DevicesService;
+  guard: GuardService;
+  /** Records an audit event without waiting (the connect path stays fast). */
+  audit: (event: AuditEvent) => void;
+  log: Logger;
+}
+
+export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHooksOptions): BrokerHooks {
+  const refuse = (ip: string, deviceId: string | undefined, reason: string) => {
+    const known = deviceId !== undefined && isDeviceId(deviceId);
+    audit({
+      actor: { type: 'device', id: known ? deviceId : 'unknown' },
+      type: 'device.connect',
+      target: known ? deviceId : null,
+      sourceIp: ip,
+      result: 'failure',
+      details: { reason },
+    });
+  };
+
   return {
     async authenticate(request) {
+      const ip = normaliseIp(request.remoteAddress);
+      if (await guard.blocks.isBlocked(ip)) return { ok: false, reason: 'banned' };
+      if (!(await guard.connectAttempt(ip))) {
+        guard.auditSampled(`connect-rate:${ip}`, {
+          actor: { type: 'system', id: 'guard' },
+          type: 'guard.rate-limited',
+          target: ip,
+          sourceIp: ip,
+          result: 'denied',
+          details: { dimension: 'mqtt-connect-ip' },
+        });
+        return { ok: false, reason: 'rate-limited' };
+      }
       // The device ID alone is never a credential (DEV-3): a secret must be presented and match.
       if (!isDeviceId(request.username) || !request.password || request.password.length === 0) {
+        refuse(ip, request.username, 'bad-credentials');
+        await guard.authFailure(ip, null);
         return { ok: false, reason: 'bad-credentials' };
       }
       const device = await devices.authenticateDevice(request.username, request.password);
       if (!device) {
-        // No source IP: logs are not the place for personal data (PRIV-4); the audit log (a later
-        // issue) keeps it encrypted under a short-lived key.
+        // No source IP in the log line: logs are not the place for personal data (PRIV-4); the audit
+        // entry keeps it encrypted under a day key.
         log.info({ deviceId: request.username }, 'mqtt: device authentication failed');
+        refuse(ip, request.username, 'bad-credentials');
+        await guard.authFailure(ip, { kind: 'device', id: request.username });
         return { ok: false, reason: 'bad-credentials' };
       }
-      if (device.status !== 'active') return { ok: false, reason: 'not-authorized' };
+      if (device.status !== 'active') {
+        audit({
+          actor: { type: 'device', id: device.id },
+          tenant: device.vendorId,
+          type: 'device.connect',
+          target: device.id,
+          sourceIp: ip,
+          result: 'denied',
+          details: { reason: device.status },
+        });
+        return { ok: false, reason: device.status === 'quarantined' ? 'banned' : 'not-authorized' };
+      }
+      audit({
+        actor: { type: 'device', id: device.id },
+        tenant: device.vendorId,
+        type: 'device.connect',
+        target: device.id,
+        sourceIp: ip,
+        result: 'success',
+        details: { protocolVersion: request.protocolVersion },
+      });
       return {
         ok: true,
         identity: {
@@ -52,16 +113,38 @@ export function deviceBrokerHooks(devices: DevicesService, log: Logger): BrokerH
     },
 
     async onPublish(identity, message) {
+      const deviceId = identity.principalId;
+      const tenant = identity.attributes.vendorId ?? null;
+      const productId = identity.attributes.productId ?? '';
+      const verdict = await guard.deviceMessage({ id: deviceId, productId, tenant }, await devices.productLimits(productId));
+      if (!verdict.allowed) {
+        throw new PublishRefusedError('rate-limited', 'device report rate exceeded', { disconnect: verdict.disconnect });
+      }
       const parsed = parseDeviceTopic(message.topic);
+      if (parsed?.channel === 'state') await guard.stateChange(deviceId, tenant);
       if (parsed?.channel !== 'telemetry' || parsed.rest.length > 0) return;
       const check = checkTelemetryPayload(message.payload);
       if (!check.ok) throw new PublishRefusedError('payload-invalid', check.reason);
       try {
-        await devices.recordTelemetry(identity.principalId, message.payload, message.receivedAt);
+        await devices.recordTelemetry(deviceId, message.payload, message.receivedAt);
       } catch (error) {
         if (error instanceof TelemetryQueueFullError) throw new PublishRefusedError('quota-exceeded', error.message);
         throw new PublishRefusedError('unavailable', 'telemetry could not be stored');
       }
+    },
+
+    onViolation(violation) {
+      const ip = normaliseIp(violation.remoteAddress);
+      const deviceId = violation.identity?.principalId;
+      guard.auditSampled(`violation:${violation.what}:${deviceId ?? ip}`, {
+        actor: deviceId ? { type: 'device', id: deviceId } : { type: 'system', id: 'unknown' },
+        tenant: violation.identity?.attributes.vendorId ?? null,
+        type: `device.${violation.what}`,
+        target: deviceId ?? null,
+        sourceIp: ip,
+        result: 'denied',
+      });
+      guard.invalidRequest(ip, violation.what).catch((error: unknown) => log.warn({ err: error }, 'guard: signal failed'));
     },
   };
 }

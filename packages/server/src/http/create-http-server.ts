@@ -21,6 +21,8 @@ export interface HttpServerOptions {
   version: string;
   log: Logger;
   readiness: HealthRoutesOptions['readiness'];
+  /** Runs before any route is registered: hooks that must cover every route (the guard). */
+  beforeRoutes?: (app: FastifyInstance) => void;
   /** Registers each subsystem's routes (a Fastify plugin with its options), in order. */
   routes: ReadonlyArray<(app: FastifyInstance) => PromiseLike<unknown>>;
 }
@@ -109,6 +111,7 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
     },
   });
 
+  options.beforeRoutes?.(app as unknown as FastifyInstance);
   await app.register(healthRoutes, { readiness: options.readiness });
   for (const register of options.routes) await register(app as unknown as FastifyInstance);
   return app as unknown as FastifyInstance;

@@ -84,6 +84,72 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
         await db.schema.createIndex('telemetry_device_seq_idx').on('telemetry').columns(['device_id', 'seq']).execute();
       },
     },
+    '0002_audit': {
+      async up(db: AnyDb) {
+        // audit: the entries are the Merkle tree's leaves; seq is the leaf index, assigned by the writer.
+        await db.schema
+          .createTable('audit_entries')
+          .addColumn('seq', 'bigint', (c) => c.primaryKey())
+          .addColumn('time', 'bigint', (c) => c.notNull())
+          .addColumn('actor_type', 'text', (c) => c.notNull())
+          .addColumn('actor_id', 'text', (c) => c.notNull())
+          .addColumn('tenant', 'text')
+          .addColumn('event_type', 'text', (c) => c.notNull())
+          .addColumn('target', 'text')
+          .addColumn('result', 'text', (c) => c.notNull())
+          .addColumn('ip_epoch', 'text')
+          .addColumn('source_ip', t.binary)
+          .addColumn('details', 'text', (c) => c.notNull())
+          .addColumn('leaf_hash', t.binary, (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('audit_entries_time_idx').on('audit_entries').columns(['time']).execute();
+        await db.schema.createIndex('audit_entries_tenant_idx').on('audit_entries').columns(['tenant', 'seq']).execute();
+        await db.schema.createIndex('audit_entries_target_idx').on('audit_entries').columns(['target', 'seq']).execute();
+        // Interior nodes of complete subtrees, for proofs and for localising tampering.
+        await db.schema
+          .createTable('audit_nodes')
+          .addColumn('height', 'integer', (c) => c.notNull())
+          .addColumn('idx', 'bigint', (c) => c.notNull())
+          .addColumn('hash', t.binary, (c) => c.notNull())
+          .addPrimaryKeyConstraint('audit_nodes_pk', ['height', 'idx'])
+          .execute();
+        await db.schema
+          .createTable('audit_checkpoints')
+          .addColumn('tree_size', 'bigint', (c) => c.notNull())
+          .addColumn('time', 'bigint', (c) => c.notNull())
+          .addColumn('body', 'text', (c) => c.notNull())
+          .addPrimaryKeyConstraint('audit_checkpoints_pk', ['tree_size', 'time'])
+          .execute();
+        // One key per day for source IPs; destroyed after the security-retention period (PRIV-4).
+        await db.schema
+          .createTable('audit_ip_keys')
+          .addColumn('epoch', 'text', (c) => c.primaryKey())
+          .addColumn('sealed_key', t.binary)
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('destroyed_at', 'bigint')
+          .execute();
+      },
+    },
+    '0003_guard': {
+      async up(db: AnyDb) {
+        // guard: detections and the response taken.
+        await db.schema
+          .createTable('guard_alerts')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('time', 'bigint', (c) => c.notNull())
+          .addColumn('kind', 'text', (c) => c.notNull())
+          .addColumn('source_ip', 'text')
+          .addColumn('target', 'text', (c) => c.notNull())
+          .addColumn('tenant', 'text')
+          .addColumn('response', 'text', (c) => c.notNull())
+          .addColumn('details', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('guard_alerts_tenant_time_idx').on('guard_alerts').columns(['tenant', 'time']).execute();
+        // devices: a product's report-rate limits (null: the platform defaults).
+        await db.schema.alterTable('products').addColumn('messages_per_second', 'integer').execute();
+        await db.schema.alterTable('products').addColumn('messages_per_day', 'integer').execute();
+      },
+    },
   };
 }
 

@@ -44,6 +44,8 @@ export interface ProductTable {
   name: string;
   category: string;
   created_at: number;
+  messages_per_second: number | null;
+  messages_per_day: number | null;
 }
 
 /** devices: device identities and their encrypted secrets. */
@@ -52,7 +54,7 @@ export interface DeviceTable {
   vendor_id: string;
   product_id: string;
   secret_ciphertext: Uint8Array;
-  status: 'active' | 'disabled';
+  status: 'active' | 'disabled' | 'quarantined';
   created_at: number;
 }
 
@@ -64,7 +66,62 @@ export interface TelemetryTable {
   payload: Uint8Array;
 }
 
+/** audit: the tamper-evident log's entries (Merkle leaves). */
+export interface AuditEntryTable {
+  seq: number;
+  time: number;
+  actor_type: string;
+  actor_id: string;
+  tenant: string | null;
+  event_type: string;
+  target: string | null;
+  result: string;
+  ip_epoch: string | null;
+  source_ip: Uint8Array | null;
+  details: string;
+  leaf_hash: Uint8Array;
+}
+
+/** audit: interior Merkle nodes of complete subtrees. */
+export interface AuditNodeTable {
+  height: number;
+  idx: number;
+  hash: Uint8Array;
+}
+
+/** audit: signed checkpoints (JSON body). */
+export interface AuditCheckpointTable {
+  tree_size: number;
+  time: number;
+  body: string;
+}
+
+/** audit: per-day keys that encrypt source IPs. */
+export interface AuditIpKeyTable {
+  epoch: string;
+  sealed_key: Uint8Array | null;
+  created_at: number;
+  destroyed_at: number | null;
+}
+
+/** guard: detections. */
+export interface GuardAlertTable {
+  id: string;
+  time: number;
+  kind: string;
+  source_ip: string | null;
+  target: string;
+  tenant: string | null;
+  response: string;
+  details: string;
+}
+
 export interface Database {
+  guard_alerts: GuardAlertTable;
+  audit_entries: AuditEntryTable;
+  audit_nodes: AuditNodeTable;
+  audit_checkpoints: AuditCheckpointTable;
+  audit_ip_keys: AuditIpKeyTable;
   admins: AdminTable;
   setup_tokens: SetupTokenTable;
   api_credentials: ApiCredentialTable;

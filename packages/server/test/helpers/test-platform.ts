@@ -56,6 +56,23 @@ export async function startTestPlatform(
       log: { level: 'debug', ...overrides.log },
       http: { host: '127.0.0.1', port: 0, ...overrides.http },
       mqtt: { host: '127.0.0.1', port: 0, connectTimeoutMs: 5000, ...overrides.mqtt },
+      admin: { port: 0, ...overrides.admin },
+      // Generous guard thresholds: every test client shares 127.0.0.1, so one test's failures must not
+      // block the next. Guard tests set their own.
+      guard: {
+        httpPerIpPerMinute: 1_000_000,
+        httpPerCredentialPerMinute: 1_000_000,
+        httpWritesPerCredentialPerMinute: 1_000_000,
+        mqttConnectsPerIpPerMinute: 1_000_000,
+        deviceMessagesPerSecond: 100_000,
+        deviceMessagesPerDay: 100_000_000,
+        productMessagesPerSecond: 10_000_000,
+        authFailuresPerIp: 100_000,
+        authFailuresPerDevice: 100_000,
+        invalidRequestsPerIp: 1_000_000,
+        deviceStateChangesPerMinute: 1_000_000,
+        ...overrides.guard,
+      },
       database:
         dialect === 'postgres' ? { url: POSTGRES_URL, schema, ...overrides.database } : { ...overrides.database },
     },

@@ -23,7 +23,10 @@ export interface ClientIdentity {
 
 export type AuthenticateResult =
   | { readonly ok: true; readonly identity: ClientIdentity }
-  | { readonly ok: false; readonly reason: 'bad-credentials' | 'not-authorized' | 'server-busy' };
+  | {
+      readonly ok: false;
+      readonly reason: 'bad-credentials' | 'not-authorized' | 'banned' | 'rate-limited' | 'server-busy';
+    };
 
 export interface InboundMessage {
   readonly topic: string;
@@ -34,12 +37,23 @@ export interface InboundMessage {
 
 /** Thrown (or rejected) by onPublish to refuse a message with a reason the client can be told. */
 export class PublishRefusedError extends Error {
-  readonly reason: 'quota-exceeded' | 'payload-invalid' | 'unavailable';
-  constructor(reason: PublishRefusedError['reason'], message: string) {
+  readonly reason: 'quota-exceeded' | 'payload-invalid' | 'rate-limited' | 'unavailable';
+  /** End the connection after refusing (e.g. repeated excess over a rate limit). */
+  readonly disconnect: boolean;
+  constructor(reason: PublishRefusedError['reason'], message: string, options: { disconnect?: boolean } = {}) {
     super(message);
     this.name = 'PublishRefusedError';
     this.reason = reason;
+    this.disconnect = options.disconnect ?? false;
   }
+}
+
+/** Something a client did that the broker refused: fed to intrusion detection. */
+export interface Violation {
+  readonly remoteAddress: string;
+  readonly identity: ClientIdentity | undefined;
+  /** e.g. 'publish-denied', 'subscribe-denied', 'protocol-error'. */
+  readonly what: string;
 }
 
 export interface BrokerHooks {
@@ -51,6 +65,8 @@ export interface BrokerHooks {
    * settles when the message is durable (QoS 1 is acknowledged only then).
    */
   onPublish(identity: ClientIdentity, message: InboundMessage): Promise<void> | void;
+  /** Optional observer of refusals (ACL denials, protocol errors). */
+  onViolation?(violation: Violation): void;
 }
 
 export const denyAllHooks: BrokerHooks = {

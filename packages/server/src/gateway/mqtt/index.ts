@@ -7,6 +7,7 @@ export {
   type InboundMessage,
   type ProtocolVersion,
   PublishRefusedError,
+  type Violation,
 } from './broker-hooks.ts';
 export { type BrokerLimits, type BrokerStats, MqttBroker, type MqttBrokerOptions } from './mqtt-broker.ts';
 export {

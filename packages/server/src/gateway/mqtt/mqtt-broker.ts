@@ -90,6 +90,14 @@ export class MqttBroker {
     return this.#connections.size;
   }
 
+  /** Ends a client's live connection in this process (e.g. revoked or quarantined); false when absent. */
+  disconnectClient(clientId: string, reasonCode: number): boolean {
+    const conn = this.#clients.get(clientId);
+    if (!conn) return false;
+    conn.disconnect(reasonCode);
+    return true;
+  }
+
   /** Is a client with this ID connected to this process? */
   isConnected(clientId: string): boolean {
     return this.#clients.has(clientId);

@@ -95,6 +95,10 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
         if (!result.ok) {
           broker.stats.authFailures++;
           if (result.reason === 'server-busy') refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerBusy);
+          else if (result.reason === 'banned') refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.Banned);
+          else if (result.reason === 'rate-limited') {
+            refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ConnectionRateExceeded);
+          }
           else if (result.reason === 'not-authorized')
             refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.NotAuthorized);
           else refuse(conn, ConnackReturnCode.BadUserNameOrPassword, ReasonCode.BadUserNameOrPassword);

@@ -9,6 +9,7 @@ import { checkTopicName } from '../topic-rules.ts';
 const REFUSAL_CODES: Record<PublishRefusedError['reason'], number> = {
   'quota-exceeded': ReasonCode.QuotaExceeded,
   'payload-invalid': ReasonCode.PayloadFormatInvalid,
+  'rate-limited': ReasonCode.MessageRateTooHigh,
   unavailable: ReasonCode.ImplementationSpecificError,
 };
 
@@ -40,6 +41,7 @@ export function handlePublish(conn: MqttConnection, packet: IPublishPacket): voi
   const identity = conn.identity!;
   if (!broker.hooks.authorizePublish(identity, packet.topic)) {
     broker.stats.publishDenied++;
+    broker.hooks.onViolation?.({ remoteAddress: conn.remoteAddress, identity, what: 'publish-denied' });
     if (v5 && packet.qos === 1) {
       conn.write({ cmd: 'puback', messageId: packet.messageId!, reasonCode: ReasonCode.NotAuthorized });
       return;
@@ -78,7 +80,10 @@ export function handlePublish(conn: MqttConnection, packet: IPublishPacket): voi
     const code = error instanceof PublishRefusedError ? REFUSAL_CODES[error.reason] : ReasonCode.UnspecifiedError;
     broker.stats.publishRefused++;
     if (!(error instanceof PublishRefusedError)) broker.log.error({ err: error }, 'mqtt: publish hook failed');
-    if (v5 && packet.qos === 1) {
+    if (error instanceof PublishRefusedError && error.disconnect) {
+      if (v5 && packet.qos === 1) conn.write({ cmd: 'puback', messageId: packet.messageId!, reasonCode: code });
+      conn.disconnect(code);
+    } else if (v5 && packet.qos === 1) {
       conn.write({ cmd: 'puback', messageId: packet.messageId!, reasonCode: code });
     } else if (!v5) {
       // 3.1.1 has no negative acknowledgement: closing is the only honest refusal.

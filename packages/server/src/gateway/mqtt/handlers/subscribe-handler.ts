@@ -30,6 +30,7 @@ export function handleSubscribe(conn: MqttConnection, packet: ISubscribePacket):
     if (isSharedSubscription(sub.topic)) return fail(ReasonCode.SharedSubscriptionsNotSupported);
     if (!broker.hooks.authorizeSubscribe(identity, sub.topic)) {
       broker.stats.subscribeDenied++;
+      broker.hooks.onViolation?.({ remoteAddress: conn.remoteAddress, identity, what: 'subscribe-denied' });
       return fail(ReasonCode.NotAuthorized);
     }
     const exists = broker.subscriptions.has(conn.clientId, sub.topic);

@@ -1,0 +1,1 @@
+export { type AdminServer, createMetrics, isLoopback, type MetricSources, startAdminServer } from './admin-server.ts';
