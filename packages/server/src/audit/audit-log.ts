@@ -373,24 +373,6 @@ export class AuditLog {
     return (await readDbCheckpoints(this.#o.db)).at(-1) ?? null;
   }
 
-  /** MTH over any range the proofs ask for, from stored leaves and interior nodes. */
-  #subtrees(db: Kysely<Database>): SubtreeHash {
-    const cache = new Map<string, Hash>();
-    return subtreeResolver(async (height, index) => {
-      const key = `${height}/${index}`;
-      const hit = cache.get(key);
-      if (hit) return hit;
-      const row =
-        height === 0
-          ? await db.selectFrom('audit_entries').select('leaf_hash as hash').where('seq', '=', index).executeTakeFirst()
-          : await db.selectFrom('audit_nodes').select('hash').where('height', '=', height).where('idx', '=', index).executeTakeFirst();
-      if (!row) throw new RangeError(`subtree ${height}/${index} is not available (pruned or beyond the log)`);
-      const hash = toBuffer(row.hash);
-      cache.set(key, hash);
-      return hash;
-    });
-  }
-
   async inclusionProof(seq: number, treeSize: number): Promise<{ leafHash: Hash; proof: Hash[] }> {
     await this.flush();
     if (treeSize > this.#frontier.size || seq >= treeSize || seq < this.#prunedBefore) {
@@ -398,13 +380,13 @@ export class AuditLog {
     }
     const leaf = await this.#o.db.selectFrom('audit_entries').select('leaf_hash').where('seq', '=', seq).executeTakeFirst();
     if (!leaf) throw new RangeError(`entry ${seq} is not stored`);
-    return { leafHash: toBuffer(leaf.leaf_hash), proof: await inclusionProof(seq, treeSize, this.#subtrees(this.#o.db)) };
+    return { leafHash: toBuffer(leaf.leaf_hash), proof: await inclusionProof(seq, treeSize, storedSubtrees(this.#o.db)) };
   }
 
   async consistencyProof(first: number, second: number): Promise<Hash[]> {
     await this.flush();
     if (second > this.#frontier.size) throw new RangeError(`the log has only ${this.#frontier.size} entries`);
-    return consistencyProof(first, second, this.#subtrees(this.#o.db));
+    return consistencyProof(first, second, storedSubtrees(this.#o.db));
   }
 
   async query(q: AuditQuery): Promise<AuditEntryView[]> {
@@ -492,6 +474,24 @@ export class AuditLog {
     this.#closed = true;
     if (this.#frontier.size > this.#lastCheckpointSize) await this.checkpoint('shutdown');
   }
+}
+
+/** MTH over any range a proof asks for, from stored leaves and interior nodes (cached per resolver). */
+export function storedSubtrees(db: Kysely<Database>): SubtreeHash {
+  const cache = new Map<string, Hash>();
+  return subtreeResolver(async (height, index) => {
+    const key = `${height}/${index}`;
+    const hit = cache.get(key);
+    if (hit) return hit;
+    const row =
+      height === 0
+        ? await db.selectFrom('audit_entries').select('leaf_hash as hash').where('seq', '=', index).executeTakeFirst()
+        : await db.selectFrom('audit_nodes').select('hash').where('height', '=', height).where('idx', '=', index).executeTakeFirst();
+    if (!row) throw new RangeError(`subtree ${height}/${index} is not available (pruned or beyond the log)`);
+    const hash = toBuffer(row.hash);
+    cache.set(key, hash);
+    return hash;
+  });
 }
 
 function sealIp(key: Buffer, epoch: string, ip: string): Buffer {

@@ -185,21 +185,44 @@ export async function verifyAuditLog(options: VerifyOptions): Promise<VerifyResu
     });
   }
 
-  // 3. Classify rows whose content no longer matches their own leaf hash.
+  // 3. Classify rows whose content no longer matches their own leaf hash: content that hashes
+  // correctly one position later was shifted down (an entry before it was deleted and the rest
+  // renumbered), one position earlier shifted up (an entry was inserted), at another mismatched
+  // position reordered; anything else was modified.
   const positions = new Set(mismatched.map((r) => r.seq));
+  const down: number[] = [];
+  const up: number[] = [];
+  const other: Row[] = [];
   for (const row of mismatched) {
-    if (entryLeafHash(row, row.seq + 1).equals(row.stored)) {
-      report({ kind: 'deleted', position: row.seq, detail: `entry at ${row.seq} was moved down: an entry before it was deleted and the rest renumbered` });
-    } else if (entryLeafHash(row, row.seq - 1).equals(row.stored)) {
-      report({ kind: 'inserted', position: row.seq, detail: `entry at ${row.seq} was moved up: an entry was inserted before it` });
-    } else {
-      const home = [...positions].find((p) => p !== row.seq && entryLeafHash(row, p).equals(row.stored));
-      report(
-        home === undefined
-          ? { kind: 'modified', position: row.seq, detail: `entry ${row.seq} was modified after it was written` }
-          : { kind: 'reordered', position: row.seq, detail: `entry at ${row.seq} belongs at ${home}` },
-      );
-    }
+    if (entryLeafHash(row, row.seq + 1).equals(row.stored)) down.push(row.seq);
+    else if (entryLeafHash(row, row.seq - 1).equals(row.stored)) up.push(row.seq);
+    else other.push(row);
+  }
+  if (down.length > 0) {
+    report({
+      kind: 'deleted',
+      position: down[0]!,
+      until: down.at(-1)!,
+      detail: `an entry at ${down[0]} was deleted and ${down.length} later entries renumbered down`,
+    });
+  }
+  const inserted = up.length > 0 ? up[0]! - 1 : undefined;
+  if (inserted !== undefined) {
+    report({
+      kind: 'inserted',
+      position: inserted,
+      until: up.at(-1)!,
+      detail: `an entry was inserted at ${inserted} and ${up.length} later entries renumbered up`,
+    });
+  }
+  for (const row of other) {
+    if (row.seq === inserted) continue;
+    const home = [...positions].find((p) => p !== row.seq && entryLeafHash(row, p).equals(row.stored));
+    report(
+      home === undefined
+        ? { kind: 'modified', position: row.seq, detail: `entry ${row.seq} was modified after it was written` }
+        : { kind: 'reordered', position: row.seq, detail: `entry at ${row.seq} belongs at ${home}` },
+    );
   }
 
   // 4. A root mismatch with every leaf hash intact means leaf hashes were rewritten too: the stored

@@ -14,3 +14,4 @@ export { type Problem, type VerifyResult, verifyAuditLog } from './audit-verifie
 export { type Checkpoint, CheckpointSigner, publicKeyFromRaw, verifyCheckpoint } from './checkpoint-signer.ts';
 export { leafHash, MerkleFrontier, rootOf, verifyConsistency, verifyInclusion } from './merkle-tree.ts';
 export { auditRequest, type RequestEvent, requestEvent } from './audit-request.ts';
+export { exportAudit } from './audit-export.ts';

@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { CONFIG_KEYS, loadConfig, redactConfig } from '../config/index.ts';
 import { CastellanError } from '../errors/index.ts';
 import { VERSION } from '../platform.ts';
+import { auditCommand, auditHelp } from './audit-command.ts';
 import { demoCommand, demoHelp } from './demo-command.ts';
 import { upCommand, upHelp } from './up-command.ts';
 
@@ -13,6 +14,7 @@ Usage: castellan <command> [options]
 Commands:
   up        run the platform (HTTPS API + MQTT over TLS) until stopped
   demo      run the end-to-end demo against a running platform
+  audit     verify the tamper-evident audit log, or export it with proofs
   config    print the effective configuration (secrets redacted); --json for JSON
   help      show help for a command
 
@@ -33,7 +35,7 @@ async function run(argv: string[]): Promise<number> {
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
     const topic = command === 'help' ? rest[0] : undefined;
     process.stdout.write(
-      `${topic === 'up' ? upHelp : topic === 'demo' ? demoHelp : topic === 'config' ? configHelp : mainHelp}\n`,
+      `${topic === 'up' ? upHelp : topic === 'demo' ? demoHelp : topic === 'config' ? configHelp : topic === 'audit' ? auditHelp : mainHelp}\n`,
     );
     return 0;
   }
@@ -73,6 +75,25 @@ async function run(argv: string[]): Promise<number> {
       });
       if (values.help) return print(demoHelp);
       return demoCommand(values);
+    }
+    case 'audit': {
+      const { values, positionals } = parseArgs({
+        args: rest,
+        options: {
+          config: { type: 'string' },
+          'data-dir': { type: 'string' },
+          'public-key': { type: 'string' },
+          from: { type: 'string' },
+          to: { type: 'string' },
+          out: { type: 'string' },
+          json: { type: 'boolean' },
+          help: { type: 'boolean', short: 'h' },
+        },
+        allowPositionals: true,
+        strict: true,
+      });
+      if (values.help) return print(auditHelp);
+      return auditCommand(positionals[0], values);
     }
     case 'config': {
       const { values } = parseArgs({
