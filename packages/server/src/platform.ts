@@ -166,7 +166,9 @@ export async function startPlatform(
         await redis.connect();
       } catch (error) {
         redis.disconnect();
-        throw new CastellanError('ERR_STORE_UNAVAILABLE', { message: `Cannot connect to Redis: ${(error as Error).message}` });
+        throw new CastellanError('ERR_STORE_UNAVAILABLE', {
+          message: `Cannot connect to Redis: ${(error as Error).message}`,
+        });
       }
       const client = redis;
       cleanups.push(async () => {
@@ -179,7 +181,7 @@ export async function startPlatform(
     const brokerLog = log.child({ component: 'mqtt' });
     // The guard needs the broker (to end a quarantined device's connection) and the broker's hooks
     // need the guard: the broker is bound late through this reference.
-    let brokerRef: MqttBroker | undefined;
+    const late: { broker?: MqttBroker } = {};
     const guard = new GuardService(config.guard, {
       db: store.db,
       log: log.child({ component: 'guard' }),
@@ -189,16 +191,16 @@ export async function startPlatform(
       async quarantineDevice(deviceId) {
         const device = await devices.setStatus(deviceId, 'quarantined');
         if (!device) return null;
-        brokerRef?.disconnectClient(deviceId, ReasonCode.Banned);
+        // 0x98 Administrative action: Banned (0x8A) exists only in CONNACK.
+        late.broker?.disconnectClient(deviceId, ReasonCode.AdministrativeAction);
         return { tenant: device.vendorId };
       },
     });
-    const alertIpTimer = setInterval(
-      () => {
-        guard.purgeAlertIps(Date.now() - config.audit.ipRetentionDays * 86_400_000).catch((e: unknown) => log.warn({ err: e }, 'guard: purge failed'));
-      },
-      3_600_000,
-    );
+    const alertIpTimer = setInterval(() => {
+      guard
+        .purgeAlertIps(Date.now() - config.audit.ipRetentionDays * 86_400_000)
+        .catch((e: unknown) => log.warn({ err: e }, 'guard: purge failed'));
+    }, 3_600_000);
     alertIpTimer.unref();
     cleanups.push(() => clearInterval(alertIpTimer));
 
@@ -207,7 +209,7 @@ export async function startPlatform(
       limits: config.mqtt,
       log: brokerLog,
     });
-    brokerRef = broker;
+    late.broker = broker;
     const listener: MqttListener = await startMqttListener(
       broker,
       {
@@ -259,7 +261,11 @@ export async function startPlatform(
       ],
     });
     const httpAdmit = createAddressFilter(config.http);
-    filterConnections(http.server, (ip) => httpAdmit(ip) && !blocks.isBlockedLocally(ip), () => {});
+    filterConnections(
+      http.server,
+      (ip) => httpAdmit(ip) && !blocks.isBlockedLocally(ip),
+      () => {},
+    );
     try {
       await http.listen({ host: config.http.host, port: config.http.port });
     } catch (error) {
@@ -282,7 +288,11 @@ export async function startPlatform(
       });
       let admin: AdminServer;
       try {
-        admin = await startAdminServer({ host: config.admin.host, port: config.admin.port, tls }, registry, log.child({ component: 'admin' }));
+        admin = await startAdminServer(
+          { host: config.admin.host, port: config.admin.port, tls },
+          registry,
+          log.child({ component: 'admin' }),
+        );
       } catch (error) {
         throw new CastellanError('ERR_LISTEN_FAILED', {
           message: `Cannot listen for the admin endpoint on ${formatHostPort(config.admin.host, config.admin.port)} (admin.host, admin.port): ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,

@@ -74,7 +74,12 @@ describe('castellan CLI', () => {
     const secret = randomBytes(16).toString('base64'); // valid base64, wrong size
     const badKey = run(
       ['up', '--data-dir', dir],
-      { CASTELLAN_ROOT_KEY_BASE64: secret, CASTELLAN_HTTP_PORT: '0', CASTELLAN_MQTT_PORT: '0', CASTELLAN_ADMIN_PORT: '0' },
+      {
+        CASTELLAN_ROOT_KEY_BASE64: secret,
+        CASTELLAN_HTTP_PORT: '0',
+        CASTELLAN_MQTT_PORT: '0',
+        CASTELLAN_ADMIN_PORT: '0',
+      },
       dir,
     );
     assert.equal(badKey.status, 78);

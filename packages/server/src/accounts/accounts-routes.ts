@@ -66,7 +66,11 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
         await audit(request, { type: 'setup.complete', result: 'failure' });
         throw error;
       }
-      await audit(request, { type: 'setup.complete', target: result.adminId, details: { credentialId: result.credential.id } });
+      await audit(request, {
+        type: 'setup.complete',
+        target: result.adminId,
+        details: { credentialId: result.credential.id },
+      });
       request.log.info({ adminId: result.adminId }, 'setup completed: first administrator created');
       return reply.status(201).send(result);
     },
@@ -87,7 +91,12 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
     async (request, reply) => {
       assertCan(principalOf(request), 'vendor.create');
       const vendor = await accounts.createVendor((request.body as { name: string }).name);
-      await audit(request, { type: 'vendor.create', tenant: vendor.id, target: vendor.id, details: { code: vendor.code } });
+      await audit(request, {
+        type: 'vendor.create',
+        tenant: vendor.id,
+        target: vendor.id,
+        details: { code: vendor.code },
+      });
       return reply.status(201).send(presentVendor(vendor));
     },
   );
@@ -126,7 +135,12 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
       assertCan(principalOf(request), 'vendor-credential.create');
       const { vendorId } = request.params as { vendorId: string };
       const credential = await accounts.createVendorCredential(vendorId, (request.body as { label: string }).label);
-      await audit(request, { type: 'vendor-credential.issue', tenant: vendorId, target: credential.id, details: { label: credential.label } });
+      await audit(request, {
+        type: 'vendor-credential.issue',
+        tenant: vendorId,
+        target: credential.id,
+        details: { label: credential.label },
+      });
       request.log.info({ credentialId: credential.id, vendorId }, 'vendor credential issued');
       return reply.status(201).send(credential);
     },

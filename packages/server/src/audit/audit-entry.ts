@@ -74,10 +74,12 @@ export function maskDetails(value: unknown, depth = 0): unknown {
   if (Array.isArray(value)) return value.slice(0, 50).map((v) => maskDetails(v, depth + 1));
   if (typeof value === 'object') {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    for (const [k, v] of Object.entries(value as Record<string, unknown>).sort(([a], [b]) =>
+      a < b ? -1 : a > b ? 1 : 0,
+    )) {
       out[k] = SECRET_KEY.test(k) ? '[masked]' : maskDetails(v, depth + 1);
     }
     return out;
   }
-  return String(value);
+  return `[${typeof value}]`;
 }

@@ -29,7 +29,8 @@ export async function exportAudit(options: ExportOptions): Promise<number> {
     JSON.stringify({
       type: 'header',
       format: 'castellan-audit-export/v1',
-      leafFormat: 'SHA-256(0x00 || UTF-8 JSON array: ["castellan-audit-entry/v1", seq, time, actorType, actorId, tenant, eventType, target, result, ipEpoch, sourceIp (base64) | null, details])',
+      leafFormat:
+        'SHA-256(0x00 || UTF-8 JSON array: ["castellan-audit-entry/v1", seq, time, actorType, actorId, tenant, eventType, target, result, ipEpoch, sourceIp (base64) | null, details])',
       publicKey: options.publicKey.toString('base64'),
       checkpoint,
     }),

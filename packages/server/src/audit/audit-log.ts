@@ -89,7 +89,11 @@ export function epochOf(time: number): string {
 }
 
 /** Loads the frontier of the first `size` leaves from stored nodes (and the newest leaf hash). */
-async function loadFrontier(db: Kysely<Database>, size: number, prefix: { size: number; nodes: Hash[] }): Promise<MerkleFrontier> {
+async function loadFrontier(
+  db: Kysely<Database>,
+  size: number,
+  prefix: { size: number; nodes: Hash[] },
+): Promise<MerkleFrontier> {
   const parts = MerkleFrontier.decompose(size);
   const nodes: { height: number; hash: Hash }[] = [];
   for (const { start, height } of parts) {
@@ -107,7 +111,9 @@ async function loadFrontier(db: Kysely<Database>, size: number, prefix: { size: 
       if (row) nodes.push({ height, hash: toBuffer(row.hash) });
       else {
         // A subtree wholly inside a pruned prefix comes from the retention checkpoint.
-        const fromPrefix = MerkleFrontier.decompose(prefix.size).findIndex((p) => p.start === start && p.height === height);
+        const fromPrefix = MerkleFrontier.decompose(prefix.size).findIndex(
+          (p) => p.start === start && p.height === height,
+        );
         if (fromPrefix < 0) throw new Error(`audit node ${height}/${start} is missing`);
         nodes.push({ height, hash: prefix.nodes[fromPrefix]! });
       }
@@ -152,14 +158,20 @@ export class AuditLog {
   static async open(options: AuditLogOptions): Promise<AuditLog> {
     const checkpoints = await readDbCheckpoints(options.db);
     const retention = [...checkpoints].reverse().find((c) => c.kind === 'retention');
-    const pruned = { before: retention?.prunedBefore ?? 0, prefix: (retention?.prefix ?? []).map((h) => Buffer.from(h, 'hex')) };
+    const pruned = {
+      before: retention?.prunedBefore ?? 0,
+      prefix: (retention?.prefix ?? []).map((h) => Buffer.from(h, 'hex')),
+    };
     const size = await currentSize(options.db, checkpoints);
     const frontier = await loadFrontier(options.db, size, { size: pruned.before, nodes: pruned.prefix });
     const log = new AuditLog(options, frontier, pruned, checkpoints.at(-1)?.treeSize ?? 0);
     mkdirSync(join(options.dataDir, 'audit'), { recursive: true, mode: 0o700 });
     if (options.checkpointIntervalMs > 0) {
       const timer = setInterval(() => {
-        if (log.#frontier.size > log.#lastCheckpointSize) log.checkpoint('periodic').catch((e: unknown) => log.#o.log.error({ err: e }, 'audit: periodic checkpoint failed'));
+        if (log.#frontier.size > log.#lastCheckpointSize)
+          log
+            .checkpoint('periodic')
+            .catch((e: unknown) => log.#o.log.error({ err: e }, 'audit: periodic checkpoint failed'));
       }, options.checkpointIntervalMs);
       timer.unref();
       log.#timers.push(timer);
@@ -195,7 +207,9 @@ export class AuditLog {
 
   /** Records without waiting (hot paths such as MQTT connects); failures are logged, never thrown. */
   recordSoon(event: AuditEvent): void {
-    this.record(event).catch((error: unknown) => this.#o.log.warn({ err: error, type: event.type }, 'audit: entry not recorded'));
+    this.record(event).catch((error: unknown) =>
+      this.#o.log.warn({ err: error, type: event.type }, 'audit: entry not recorded'),
+    );
   }
 
   #schedule(): void {
@@ -260,8 +274,16 @@ export class AuditLog {
               leaf_hash: leaf,
             });
           }
-          for (let i = 0; i < rows.length; i += 400) await trx.insertInto('audit_entries').values(rows.slice(i, i + 400)).execute();
-          for (let i = 0; i < nodes.length; i += 1000) await trx.insertInto('audit_nodes').values(nodes.slice(i, i + 1000)).execute();
+          for (let i = 0; i < rows.length; i += 400)
+            await trx
+              .insertInto('audit_entries')
+              .values(rows.slice(i, i + 400))
+              .execute();
+          for (let i = 0; i < nodes.length; i += 1000)
+            await trx
+              .insertInto('audit_nodes')
+              .values(nodes.slice(i, i + 1000))
+              .execute();
           return base;
         });
         this.#frontier = frontier;
@@ -307,7 +329,12 @@ export class AuditLog {
     if (!row && create) {
       await this.#o.db
         .insertInto('audit_ip_keys')
-        .values({ epoch, sealed_key: this.#keyBox.seal(randomBytes(32), `audit-ip:${epoch}`), created_at: this.#now(), destroyed_at: null })
+        .values({
+          epoch,
+          sealed_key: this.#keyBox.seal(randomBytes(32), `audit-ip:${epoch}`),
+          created_at: this.#now(),
+          destroyed_at: null,
+        })
         .onConflict((oc) => oc.column('epoch').doNothing())
         .execute();
       row = await this.#o.db.selectFrom('audit_ip_keys').selectAll().where('epoch', '=', epoch).executeTakeFirst();
@@ -378,9 +405,16 @@ export class AuditLog {
     if (treeSize > this.#frontier.size || seq >= treeSize || seq < this.#prunedBefore) {
       throw new RangeError(`no inclusion proof for entry ${seq} in a tree of ${treeSize}`);
     }
-    const leaf = await this.#o.db.selectFrom('audit_entries').select('leaf_hash').where('seq', '=', seq).executeTakeFirst();
+    const leaf = await this.#o.db
+      .selectFrom('audit_entries')
+      .select('leaf_hash')
+      .where('seq', '=', seq)
+      .executeTakeFirst();
     if (!leaf) throw new RangeError(`entry ${seq} is not stored`);
-    return { leafHash: toBuffer(leaf.leaf_hash), proof: await inclusionProof(seq, treeSize, storedSubtrees(this.#o.db)) };
+    return {
+      leafHash: toBuffer(leaf.leaf_hash),
+      proof: await inclusionProof(seq, treeSize, storedSubtrees(this.#o.db)),
+    };
   }
 
   async consistencyProof(first: number, second: number): Promise<Hash[]> {
@@ -440,7 +474,13 @@ export class AuditLog {
       .executeTakeFirst();
     this.#ipKeys.clear();
     const cutoff = now - this.#o.retentionDays * DAY_MS;
-    const firstKept = await this.#o.db.selectFrom('audit_entries').select('seq').where('time', '>=', cutoff).orderBy('seq').limit(1).executeTakeFirst();
+    const firstKept = await this.#o.db
+      .selectFrom('audit_entries')
+      .select('seq')
+      .where('time', '>=', cutoff)
+      .orderBy('seq')
+      .limit(1)
+      .executeTakeFirst();
     // The newest entry always stays: it anchors the tree for the next writer.
     const keepFrom = Math.min(firstKept ? Number(firstKept.seq) : this.#frontier.size, this.#frontier.size - 1);
     let pruned = 0;
@@ -486,7 +526,12 @@ export function storedSubtrees(db: Kysely<Database>): SubtreeHash {
     const row =
       height === 0
         ? await db.selectFrom('audit_entries').select('leaf_hash as hash').where('seq', '=', index).executeTakeFirst()
-        : await db.selectFrom('audit_nodes').select('hash').where('height', '=', height).where('idx', '=', index).executeTakeFirst();
+        : await db
+            .selectFrom('audit_nodes')
+            .select('hash')
+            .where('height', '=', height)
+            .where('idx', '=', index)
+            .executeTakeFirst();
     if (!row) throw new RangeError(`subtree ${height}/${index} is not available (pruned or beyond the log)`);
     const hash = toBuffer(row.hash);
     cache.set(key, hash);
@@ -513,7 +558,10 @@ function openIp(key: Buffer, epoch: string, sealed: Buffer): string | null {
 }
 
 async function currentSize(db: Kysely<Database>, checkpoints: readonly Checkpoint[]): Promise<number> {
-  const row = await db.selectFrom('audit_entries').select((eb) => eb.fn.max('seq').as('max')).executeTakeFirst();
+  const row = await db
+    .selectFrom('audit_entries')
+    .select((eb) => eb.fn.max('seq').as('max'))
+    .executeTakeFirst();
   const max = row?.max;
   if (max !== null && max !== undefined) return Number(max) + 1;
   return checkpoints.at(-1)?.treeSize ?? 0;

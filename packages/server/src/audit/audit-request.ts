@@ -16,7 +16,11 @@ export function requestEvent(request: FastifyRequest, event: RequestEvent): Audi
     target: event.target ?? null,
     sourceIp: request.ip,
     result: event.result ?? 'success',
-    details: { ...event.details, requestId: request.id, ...(principal ? { credentialId: principal.credentialId } : {}) },
+    details: {
+      ...event.details,
+      requestId: request.id,
+      ...(principal ? { credentialId: principal.credentialId } : {}),
+    },
   };
 }
 

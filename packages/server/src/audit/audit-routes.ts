@@ -4,7 +4,13 @@ import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import { assertCan, can } from '../accounts/index.ts';
 import { CastellanError } from '../errors/index.ts';
-import { type AuthenticateHook, authenticatedErrors, bearerSecurity, principalOf, StrictObject } from '../http/index.ts';
+import {
+  type AuthenticateHook,
+  authenticatedErrors,
+  bearerSecurity,
+  principalOf,
+  StrictObject,
+} from '../http/index.ts';
 import type { AuditLog } from './audit-log.ts';
 import type { Checkpoint } from './checkpoint-signer.ts';
 
@@ -60,7 +66,10 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
           target: Type.Optional(Type.String({ maxLength: 128 })),
           result: Type.Optional(Type.Union([Type.Literal('success'), Type.Literal('failure'), Type.Literal('denied')])),
         }),
-        response: { 200: StrictObject({ items: Type.Array(EntryView), nextAfterSeq: Type.Union([Type.Integer(), Type.Null()]) }), ...authenticatedErrors },
+        response: {
+          200: StrictObject({ items: Type.Array(EntryView), nextAfterSeq: Type.Union([Type.Integer(), Type.Null()]) }),
+          ...authenticatedErrors,
+        },
       },
     },
     async (request) => {
@@ -70,7 +79,11 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
       // Tenant isolation: a vendor's query is always pinned to its own tenant.
       const tenant = all ? (q.tenant as string | undefined) : principal.id;
       assertCan(principal, 'audit.read', { vendorId: tenant ?? principal.id });
-      const items = await audit.query({ ...q, ...(tenant === undefined ? {} : { tenant }), limit: q.limit } as Parameters<AuditLog['query']>[0]);
+      const items = await audit.query({
+        ...q,
+        ...(tenant === undefined ? {} : { tenant }),
+        limit: q.limit,
+      });
       return {
         items: items.map((e) => ({ ...e, sourceIp: all ? e.sourceIp : null })),
         nextAfterSeq: items.length === q.limit ? items.at(-1)!.seq : null,
@@ -84,7 +97,13 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
       schema: {
         summary: 'The Ed25519 key that signs audit checkpoints',
         tags: ['audit'],
-        response: { 200: StrictObject({ algorithm: Type.String(), keyId: Type.String(), publicKey: Type.String({ description: 'base64, raw 32 bytes' }) }) },
+        response: {
+          200: StrictObject({
+            algorithm: Type.String(),
+            keyId: Type.String(),
+            publicKey: Type.String({ description: 'base64, raw 32 bytes' }),
+          }),
+        },
       },
     },
     async () => ({ algorithm: 'Ed25519', keyId: audit.signer.keyId, publicKey: audit.publicKeyRaw.toString('base64') }),
@@ -94,7 +113,12 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
     '/v1/audit/checkpoints/latest',
     {
       onRequest: authenticate,
-      schema: { summary: 'The newest signed checkpoint', tags: ['audit'], security: bearerSecurity, response: { 200: CheckpointView, ...authenticatedErrors } },
+      schema: {
+        summary: 'The newest signed checkpoint',
+        tags: ['audit'],
+        security: bearerSecurity,
+        response: { 200: CheckpointView, ...authenticatedErrors },
+      },
     },
     async (request) => {
       const principal = principalOf(request);
@@ -109,7 +133,12 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
     '/v1/audit/checkpoints',
     {
       onRequest: authenticate,
-      schema: { summary: 'Write a signed checkpoint now (administrators)', tags: ['audit'], security: bearerSecurity, response: { 201: CheckpointView, ...authenticatedErrors } },
+      schema: {
+        summary: 'Write a signed checkpoint now (administrators)',
+        tags: ['audit'],
+        security: bearerSecurity,
+        response: { 201: CheckpointView, ...authenticatedErrors },
+      },
     },
     async (request, reply) => {
       assertCan(principalOf(request), 'audit.checkpoint');
@@ -127,7 +156,12 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
         security: bearerSecurity,
         querystring: StrictObject({ seq: Type.Integer({ minimum: 0 }), treeSize: Type.Integer({ minimum: 1 }) }),
         response: {
-          200: StrictObject({ seq: Type.Integer(), treeSize: Type.Integer(), leafHash: Type.String(), proof: Type.Array(Type.String()) }),
+          200: StrictObject({
+            seq: Type.Integer(),
+            treeSize: Type.Integer(),
+            leafHash: Type.String(),
+            proof: Type.Array(Type.String()),
+          }),
           ...authenticatedErrors,
         },
       },
@@ -143,7 +177,10 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
         const { leafHash, proof } = await audit.inclusionProof(seq, treeSize);
         return { seq, treeSize, leafHash: leafHash.toString('hex'), proof: proof.map((h) => h.toString('hex')) };
       } catch (error) {
-        if (error instanceof RangeError) throw new CastellanError('ERR_AUDIT_PROOF_UNAVAILABLE', { message: `No such proof in this log: ${error.message}` });
+        if (error instanceof RangeError)
+          throw new CastellanError('ERR_AUDIT_PROOF_UNAVAILABLE', {
+            message: `No such proof in this log: ${error.message}`,
+          });
         throw error;
       }
     },
@@ -158,7 +195,11 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
         tags: ['audit'],
         security: bearerSecurity,
         querystring: StrictObject({ first: Type.Integer({ minimum: 1 }), second: Type.Integer({ minimum: 1 }) }),
-        response: { 200: StrictObject({ first: Type.Integer(), second: Type.Integer(), proof: Type.Array(Type.String()) }), ...authenticatedErrors, 400: errorRef },
+        response: {
+          200: StrictObject({ first: Type.Integer(), second: Type.Integer(), proof: Type.Array(Type.String()) }),
+          ...authenticatedErrors,
+          400: errorRef,
+        },
       },
     },
     async (request) => {
@@ -168,7 +209,10 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
       try {
         return { first, second, proof: (await audit.consistencyProof(first, second)).map((h) => h.toString('hex')) };
       } catch (error) {
-        if (error instanceof RangeError) throw new CastellanError('ERR_AUDIT_PROOF_UNAVAILABLE', { message: `No such proof in this log: ${error.message}` });
+        if (error instanceof RangeError)
+          throw new CastellanError('ERR_AUDIT_PROOF_UNAVAILABLE', {
+            message: `No such proof in this log: ${error.message}`,
+          });
         throw error;
       }
     },

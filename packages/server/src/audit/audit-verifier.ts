@@ -62,7 +62,13 @@ function toBuffer(value: Uint8Array | null): Buffer | null {
 async function* readEntries(db: Kysely<Database>): AsyncGenerator<Row> {
   let after = -1;
   for (;;) {
-    const rows = await db.selectFrom('audit_entries').selectAll().where('seq', '>', after).orderBy('seq').limit(5000).execute();
+    const rows = await db
+      .selectFrom('audit_entries')
+      .selectAll()
+      .where('seq', '>', after)
+      .orderBy('seq')
+      .limit(5000)
+      .execute();
     if (rows.length === 0) return;
     for (const r of rows) {
       yield {
@@ -86,27 +92,40 @@ async function* readEntries(db: Kysely<Database>): AsyncGenerator<Row> {
 
 export async function verifyAuditLog(options: VerifyOptions): Promise<VerifyResult> {
   const problems: Problem[] = [];
-  const inRange = (p: number) => (options.from === undefined || p >= options.from) && (options.to === undefined || p < options.to);
+  const inRange = (p: number) =>
+    (options.from === undefined || p >= options.from) && (options.to === undefined || p < options.to);
   const report = (problem: Problem) => {
-    if (problem.position === undefined || inRange(problem.position) || (problem.until !== undefined && inRange(problem.until))) {
+    if (
+      problem.position === undefined ||
+      inRange(problem.position) ||
+      (problem.until !== undefined && inRange(problem.until))
+    ) {
       problems.push(problem);
     }
   };
 
   // 1. Checkpoints: signatures, and agreement between the database and the file outside it.
-  const dbCheckpoints = (await options.db.selectFrom('audit_checkpoints').select('body').orderBy('tree_size').execute()).map(
-    (r) => JSON.parse(r.body) as Checkpoint,
-  );
+  const dbCheckpoints = (
+    await options.db.selectFrom('audit_checkpoints').select('body').orderBy('tree_size').execute()
+  ).map((r) => JSON.parse(r.body) as Checkpoint);
   if (options.fileCorrupt) report({ kind: 'checkpoint-file-corrupt', detail: options.fileCorrupt });
   const trusted = new Map<number, Checkpoint>();
   const check = (c: Checkpoint, where: string) => {
     if (!verifyCheckpoint(c, options.publicKey)) {
-      report({ kind: 'checkpoint-signature', position: c.treeSize, detail: `checkpoint of size ${c.treeSize} in the ${where} is not signed by the audit key` });
+      report({
+        kind: 'checkpoint-signature',
+        position: c.treeSize,
+        detail: `checkpoint of size ${c.treeSize} in the ${where} is not signed by the audit key`,
+      });
       return;
     }
     const seen = trusted.get(c.treeSize);
     if (seen && seen.rootHash !== c.rootHash) {
-      report({ kind: 'checkpoint-conflict', position: c.treeSize, detail: `two signed checkpoints of size ${c.treeSize} disagree on the root` });
+      report({
+        kind: 'checkpoint-conflict',
+        position: c.treeSize,
+        detail: `two signed checkpoints of size ${c.treeSize} disagree on the root`,
+      });
     }
     if (!seen || c.kind === 'retention') trusted.set(c.treeSize, c);
   };
@@ -126,7 +145,10 @@ export async function verifyAuditLog(options: VerifyOptions): Promise<VerifyResu
   const start = retention?.prunedBefore ?? 0;
   const frontier = new MerkleFrontier(
     start,
-    MerkleFrontier.decompose(start).map((p, i) => ({ height: p.height, hash: Buffer.from(retention!.prefix[i]!, 'hex') })),
+    MerkleFrontier.decompose(start).map((p, i) => ({
+      height: p.height,
+      hash: Buffer.from(retention!.prefix[i]!, 'hex'),
+    })),
   );
 
   // 2. Entries, in position order: recompute every leaf, compare with the stored leaf hash.
@@ -161,7 +183,12 @@ export async function verifyAuditLog(options: VerifyOptions): Promise<VerifyResu
     if (row.seq < start) continue;
     entries++;
     if (row.seq > expected) {
-      report({ kind: 'deleted', position: expected, until: row.seq - 1, detail: `entries ${expected}..${row.seq - 1} are missing` });
+      report({
+        kind: 'deleted',
+        position: expected,
+        until: row.seq - 1,
+        detail: `entries ${expected}..${row.seq - 1} are missing`,
+      });
       // Carry on from the stored position so later checkpoints localise further damage.
       while (frontier.size < row.seq) {
         frontier.append(Buffer.alloc(32));
@@ -229,16 +256,28 @@ export async function verifyAuditLog(options: VerifyOptions): Promise<VerifyResu
   // interior nodes written at append time narrow it down to a pair of entries.
   const entryProblems = problems.filter((p) => ['modified', 'deleted', 'inserted', 'reordered'].includes(p.kind));
   for (const problem of problems.filter((p) => p.kind === 'root-mismatch')) {
-    const explained = entryProblems.some((e) => e.position! <= problem.until! && (e.until ?? e.position!) >= problem.position!);
+    const explained = entryProblems.some(
+      (e) => e.position! <= problem.until! && (e.until ?? e.position!) >= problem.position!,
+    );
     if (explained) continue;
     const from = Math.max(problem.position! - start, 0) & ~1;
     for (let i = from; i + 1 < recomputedLeaves.length && start + i <= problem.until!; i += 2) {
       const idx = (start + i) / 2;
       if (!Number.isInteger(idx)) break;
-      const node = await options.db.selectFrom('audit_nodes').select('hash').where('height', '=', 1).where('idx', '=', idx).executeTakeFirst();
+      const node = await options.db
+        .selectFrom('audit_nodes')
+        .select('hash')
+        .where('height', '=', 1)
+        .where('idx', '=', idx)
+        .executeTakeFirst();
       if (node && !nodeHash(recomputedLeaves[i]!, recomputedLeaves[i + 1]!).equals(toBuffer(node.hash)!)) {
         if (!positions.has(start + i) && !positions.has(start + i + 1)) {
-          report({ kind: 'modified', position: start + i, until: start + i + 1, detail: `entry ${start + i} or ${start + i + 1} was modified and its leaf hash rewritten` });
+          report({
+            kind: 'modified',
+            position: start + i,
+            until: start + i + 1,
+            detail: `entry ${start + i} or ${start + i + 1} was modified and its leaf hash rewritten`,
+          });
         }
         break;
       }

@@ -45,7 +45,11 @@ export function rawPublicKey(key: KeyObject): Buffer {
 
 export function publicKeyFromRaw(raw: Buffer): KeyObject {
   // SPKI wrapping of a raw Ed25519 public key (RFC 8410).
-  return createPublicKey({ key: Buffer.concat([Buffer.from('302a300506032b6570032100', 'hex'), raw]), format: 'der', type: 'spki' });
+  return createPublicKey({
+    key: Buffer.concat([Buffer.from('302a300506032b6570032100', 'hex'), raw]),
+    format: 'der',
+    type: 'spki',
+  });
 }
 
 export function keyIdOf(publicKey: KeyObject): string {
@@ -59,7 +63,11 @@ export class CheckpointSigner {
 
   constructor(rootKey: Uint8Array) {
     const seed = Buffer.from(hkdfSync('sha256', rootKey, Buffer.alloc(0), 'castellan/v1/audit-checkpoint-signing', 32));
-    this.#privateKey = createPrivateKey({ key: Buffer.concat([ED25519_PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });
+    this.#privateKey = createPrivateKey({
+      key: Buffer.concat([ED25519_PKCS8_PREFIX, seed]),
+      format: 'der',
+      type: 'pkcs8',
+    });
     this.publicKey = createPublicKey(this.#privateKey);
     this.keyId = keyIdOf(this.publicKey);
   }

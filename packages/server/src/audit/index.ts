@@ -1,4 +1,11 @@
-export { type ActorType, type AuditEvent, type AuditResult, entryLeafHash, maskDetails, type StoredEntry } from './audit-entry.ts';
+export {
+  type ActorType,
+  type AuditEvent,
+  type AuditResult,
+  entryLeafHash,
+  maskDetails,
+  type StoredEntry,
+} from './audit-entry.ts';
 export {
   type AuditEntryView,
   AuditLog,

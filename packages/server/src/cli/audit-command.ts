@@ -47,11 +47,16 @@ export interface AuditCommandOptions {
 
 function position(value: string | undefined, flag: string): number | undefined {
   if (value === undefined) return undefined;
-  if (!/^\d+$/.test(value)) throw new CastellanError('ERR_CONFIG_INVALID', { message: `${flag} must be a non-negative integer` });
+  if (!/^\d+$/.test(value))
+    throw new CastellanError('ERR_CONFIG_INVALID', { message: `${flag} must be a non-negative integer` });
   return Number(value);
 }
 
-export async function auditCommand(sub: string | undefined, options: AuditCommandOptions, out = (l: string) => process.stdout.write(`${l}\n`)): Promise<number> {
+export async function auditCommand(
+  sub: string | undefined,
+  options: AuditCommandOptions,
+  out = (l: string) => process.stdout.write(`${l}\n`),
+): Promise<number> {
   if (sub !== 'verify' && sub !== 'export') {
     process.stderr.write(`castellan: audit needs a subcommand: verify or export\n\n${auditHelp}\n`);
     return 2;
@@ -88,7 +93,9 @@ export async function auditCommand(sub: string | undefined, options: AuditComman
           ...(to === undefined ? {} : { to }),
           write: (line) => writeSync(fd, `${line}\n`),
         });
-        out(`exported ${count} entries with inclusion proofs to the checkpoint of size ${checkpoint.treeSize} → ${resolve(options.out)}`);
+        out(
+          `exported ${count} entries with inclusion proofs to the checkpoint of size ${checkpoint.treeSize} → ${resolve(options.out)}`,
+        );
       } finally {
         closeSync(fd);
       }
@@ -123,7 +130,12 @@ export async function auditCommand(sub: string | undefined, options: AuditComman
       else {
         out(`TAMPERING DETECTED: ${result.problems.length} problem(s)`);
         for (const p of result.problems) {
-          const where = p.position === undefined ? '' : p.until !== undefined && p.until !== p.position ? `positions ${p.position}..${p.until}: ` : `position ${p.position}: `;
+          const where =
+            p.position === undefined
+              ? ''
+              : p.until !== undefined && p.until !== p.position
+                ? `positions ${p.position}..${p.until}: `
+                : `position ${p.position}: `;
           out(`  ${where}${p.kind}: ${p.detail}`);
         }
       }

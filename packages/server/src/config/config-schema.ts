@@ -114,8 +114,17 @@ export const ConfigSchema = Type.Object(
     http: Type.Object(
       {
         host: Type.String({ default: '0.0.0.0', description: 'HTTPS listen address' }),
-        allow: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), { default: [], maxItems: 1000, description: 'CIDR ranges allowed to connect to the HTTPS listener; empty allows all (comma-separated in the environment)' }),
-        deny: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), { default: [], maxItems: 1000, description: 'CIDR ranges refused by the HTTPS listener (checked before allow)' }),
+        allow: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), {
+          default: [],
+          maxItems: 1000,
+          description:
+            'CIDR ranges allowed to connect to the HTTPS listener; empty allows all (comma-separated in the environment)',
+        }),
+        deny: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), {
+          default: [],
+          maxItems: 1000,
+          description: 'CIDR ranges refused by the HTTPS listener (checked before allow)',
+        }),
         port: Type.Integer({
           minimum: 0,
           maximum: 65535,
@@ -144,8 +153,16 @@ export const ConfigSchema = Type.Object(
     mqtt: Type.Object(
       {
         host: Type.String({ default: '0.0.0.0', description: 'MQTT over TLS listen address' }),
-        allow: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), { default: [], maxItems: 1000, description: 'CIDR ranges allowed to connect to the MQTT listener; empty allows all' }),
-        deny: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), { default: [], maxItems: 1000, description: 'CIDR ranges refused by the MQTT listener (checked before allow)' }),
+        allow: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), {
+          default: [],
+          maxItems: 1000,
+          description: 'CIDR ranges allowed to connect to the MQTT listener; empty allows all',
+        }),
+        deny: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), {
+          default: [],
+          maxItems: 1000,
+          description: 'CIDR ranges refused by the MQTT listener (checked before allow)',
+        }),
         port: Type.Integer({
           minimum: 0,
           maximum: 65535,
@@ -211,11 +228,36 @@ export const ConfigSchema = Type.Object(
     ),
     audit: Type.Object(
       {
-        retentionDays: Type.Integer({ minimum: 183, maximum: 36500, default: 400, description: 'Days audit entries are kept; never below 183 (six months of log retention)' }),
-        ipRetentionDays: Type.Integer({ minimum: 1, maximum: 183, default: 30, description: 'Days a source IP in the audit log stays readable; then its day key is destroyed' }),
-        checkpointIntervalSeconds: Type.Integer({ minimum: 0, maximum: 86400, default: 300, description: 'Seconds between periodic signed checkpoints (0: only on demand and at shutdown)' }),
-        batchMaxRows: Type.Integer({ minimum: 1, maximum: 10000, default: 1000, description: 'Most audit entries written in one transaction' }),
-        queueMaxRows: Type.Integer({ minimum: 100, maximum: 1000000, default: 100000, description: 'Audit entries waiting to be written before recording is refused' }),
+        retentionDays: Type.Integer({
+          minimum: 183,
+          maximum: 36500,
+          default: 400,
+          description: 'Days audit entries are kept; never below 183 (six months of log retention)',
+        }),
+        ipRetentionDays: Type.Integer({
+          minimum: 1,
+          maximum: 183,
+          default: 30,
+          description: 'Days a source IP in the audit log stays readable; then its day key is destroyed',
+        }),
+        checkpointIntervalSeconds: Type.Integer({
+          minimum: 0,
+          maximum: 86400,
+          default: 300,
+          description: 'Seconds between periodic signed checkpoints (0: only on demand and at shutdown)',
+        }),
+        batchMaxRows: Type.Integer({
+          minimum: 1,
+          maximum: 10000,
+          default: 1000,
+          description: 'Most audit entries written in one transaction',
+        }),
+        queueMaxRows: Type.Integer({
+          minimum: 100,
+          maximum: 1000000,
+          default: 100000,
+          description: 'Audit entries waiting to be written before recording is refused',
+        }),
         witnessUrl: Type.String({
           default: '',
           pattern: '^(https?://.+)?$',
@@ -229,35 +271,112 @@ export const ConfigSchema = Type.Object(
         url: Type.String({
           default: '',
           pattern: '^(rediss?://.*)?$',
-          description: 'redis:// URL (env REDIS_URL): rate limits and blocks then hold across processes; empty keeps them in memory',
+          description:
+            'redis:// URL (env REDIS_URL): rate limits and blocks then hold across processes; empty keeps them in memory',
         }),
-        keyPrefix: Type.String({ default: 'castellan:', maxLength: 100, description: 'Prefix of every Redis key this platform uses' }),
+        keyPrefix: Type.String({
+          default: 'castellan:',
+          maxLength: 100,
+          description: 'Prefix of every Redis key this platform uses',
+        }),
       },
       strict,
     ),
     guard: Type.Object(
       {
-        httpPerIpPerMinute: Type.Integer({ minimum: 1, maximum: 10000000, default: 600, description: 'HTTPS requests per client IP per minute' }),
-        httpPerCredentialPerMinute: Type.Integer({ minimum: 1, maximum: 10000000, default: 1200, description: 'Authenticated requests per API credential per minute' }),
-        httpWritesPerCredentialPerMinute: Type.Integer({ minimum: 1, maximum: 10000000, default: 120, description: 'Write requests (POST, PUT, PATCH, DELETE) per API credential per minute' }),
-        mqttConnectsPerIpPerMinute: Type.Integer({ minimum: 1, maximum: 10000000, default: 120, description: 'MQTT connection attempts per client IP per minute' }),
-        deviceMessagesPerSecond: Type.Integer({ minimum: 1, maximum: 100000, default: 20, description: 'Default messages per second a device may publish (a product can set its own)' }),
-        deviceMessagesPerDay: Type.Integer({ minimum: 1, maximum: 100000000, default: 200000, description: 'Default messages per day a device may publish (a product can set its own)' }),
-        productMessagesPerSecond: Type.Integer({ minimum: 1, maximum: 10000000, default: 20000, description: 'Messages per second all devices of one product may publish together' }),
-        excessBeforeDisconnect: Type.Integer({ minimum: 1, maximum: 100000, default: 50, description: 'Refused messages in a minute after which a device is disconnected' }),
-        authFailuresPerIp: Type.Integer({ minimum: 1, maximum: 100000, default: 10, description: 'Failed authentications from one IP within authFailureWindowSeconds that trigger a detection' }),
-        authFailuresPerDevice: Type.Integer({ minimum: 1, maximum: 100000, default: 20, description: 'Failed authentications for one device ID within authFailureWindowSeconds that trigger a detection' }),
-        authFailureWindowSeconds: Type.Integer({ minimum: 1, maximum: 86400, default: 300, description: 'Window for counting failed authentications' }),
-        invalidRequestsPerIp: Type.Integer({ minimum: 1, maximum: 1000000, default: 200, description: 'Malformed or refused requests from one IP per minute that trigger a detection' }),
-        deviceStateChangesPerMinute: Type.Integer({ minimum: 1, maximum: 1000000, default: 120, description: 'State messages per minute from one device that count as abnormal' }),
-        ipBlockSeconds: Type.Integer({ minimum: 1, maximum: 604800, default: 900, description: 'How long a detected IP stays blocked' }),
+        httpPerIpPerMinute: Type.Integer({
+          minimum: 1,
+          maximum: 10000000,
+          default: 600,
+          description: 'HTTPS requests per client IP per minute',
+        }),
+        httpPerCredentialPerMinute: Type.Integer({
+          minimum: 1,
+          maximum: 10000000,
+          default: 1200,
+          description: 'Authenticated requests per API credential per minute',
+        }),
+        httpWritesPerCredentialPerMinute: Type.Integer({
+          minimum: 1,
+          maximum: 10000000,
+          default: 120,
+          description: 'Write requests (POST, PUT, PATCH, DELETE) per API credential per minute',
+        }),
+        mqttConnectsPerIpPerMinute: Type.Integer({
+          minimum: 1,
+          maximum: 10000000,
+          default: 120,
+          description: 'MQTT connection attempts per client IP per minute',
+        }),
+        deviceMessagesPerSecond: Type.Integer({
+          minimum: 1,
+          maximum: 100000,
+          default: 20,
+          description: 'Default messages per second a device may publish (a product can set its own)',
+        }),
+        deviceMessagesPerDay: Type.Integer({
+          minimum: 1,
+          maximum: 100000000,
+          default: 200000,
+          description: 'Default messages per day a device may publish (a product can set its own)',
+        }),
+        productMessagesPerSecond: Type.Integer({
+          minimum: 1,
+          maximum: 10000000,
+          default: 20000,
+          description: 'Messages per second all devices of one product may publish together',
+        }),
+        excessBeforeDisconnect: Type.Integer({
+          minimum: 1,
+          maximum: 100000,
+          default: 50,
+          description: 'Refused messages in a minute after which a device is disconnected',
+        }),
+        authFailuresPerIp: Type.Integer({
+          minimum: 1,
+          maximum: 100000,
+          default: 10,
+          description: 'Failed authentications from one IP within authFailureWindowSeconds that trigger a detection',
+        }),
+        authFailuresPerDevice: Type.Integer({
+          minimum: 1,
+          maximum: 100000,
+          default: 20,
+          description:
+            'Failed authentications for one device ID within authFailureWindowSeconds that trigger a detection',
+        }),
+        authFailureWindowSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 86400,
+          default: 300,
+          description: 'Window for counting failed authentications',
+        }),
+        invalidRequestsPerIp: Type.Integer({
+          minimum: 1,
+          maximum: 1000000,
+          default: 200,
+          description: 'Malformed or refused requests from one IP per minute that trigger a detection',
+        }),
+        deviceStateChangesPerMinute: Type.Integer({
+          minimum: 1,
+          maximum: 1000000,
+          default: 120,
+          description: 'State messages per minute from one device that count as abnormal',
+        }),
+        ipBlockSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 604800,
+          default: 900,
+          description: 'How long a detected IP stays blocked',
+        }),
         ipResponse: Type.Union([Type.Literal('block'), Type.Literal('alert')], {
           default: 'block',
           description: 'What a detection from an IP does: block it for ipBlockSeconds, or only raise an alert',
         }),
         deviceResponse: Type.Union([Type.Literal('quarantine'), Type.Literal('alert')], {
           default: 'quarantine',
-          description: 'What a detection about a device does: quarantine it (connect refused until released), or only raise an alert',
+          description:
+            'What a detection about a device does: quarantine it (connect refused until released), or only raise an alert',
         }),
         alertWebhookUrl: Type.String({
           default: '',
@@ -272,9 +391,15 @@ export const ConfigSchema = Type.Object(
         enabled: Type.Boolean({ default: true, description: 'Serve /metrics and /healthz on the admin listener' }),
         host: Type.String({
           default: '127.0.0.1',
-          description: 'Admin listener address; plain HTTP is allowed on loopback only, anything else needs tls certificates',
+          description:
+            'Admin listener address; plain HTTP is allowed on loopback only, anything else needs tls certificates',
         }),
-        port: Type.Integer({ minimum: 0, maximum: 65535, default: 9464, description: 'Admin listener port (0 picks a free port)' }),
+        port: Type.Integer({
+          minimum: 0,
+          maximum: 65535,
+          default: 9464,
+          description: 'Admin listener port (0 picks a free port)',
+        }),
       },
       strict,
     ),

@@ -136,7 +136,10 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
     async (request, reply) => {
       const principal = principalOf(request);
       if (!can(principal, 'product.create', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
-      const product = await devices.createProduct(principal.id, request.body as { name: string; category: string; reportLimits?: { perSecond?: number; perDay?: number } });
+      const product = await devices.createProduct(
+        principal.id,
+        request.body as { name: string; category: string; reportLimits?: { perSecond?: number; perDay?: number } },
+      );
       await audit(request, { type: 'product.create', target: product.id, details: { code: product.code } });
       return reply.status(201).send(presentProduct(product));
     },

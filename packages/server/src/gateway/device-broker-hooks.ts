@@ -116,9 +116,14 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
       const deviceId = identity.principalId;
       const tenant = identity.attributes.vendorId ?? null;
       const productId = identity.attributes.productId ?? '';
-      const verdict = await guard.deviceMessage({ id: deviceId, productId, tenant }, await devices.productLimits(productId));
+      const verdict = await guard.deviceMessage(
+        { id: deviceId, productId, tenant },
+        await devices.productLimits(productId),
+      );
       if (!verdict.allowed) {
-        throw new PublishRefusedError('rate-limited', 'device report rate exceeded', { disconnect: verdict.disconnect });
+        throw new PublishRefusedError('rate-limited', 'device report rate exceeded', {
+          disconnect: verdict.disconnect,
+        });
       }
       const parsed = parseDeviceTopic(message.topic);
       if (parsed?.channel === 'state') await guard.stateChange(deviceId, tenant);
@@ -144,7 +149,9 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
         sourceIp: ip,
         result: 'denied',
       });
-      guard.invalidRequest(ip, violation.what).catch((error: unknown) => log.warn({ err: error }, 'guard: signal failed'));
+      guard
+        .invalidRequest(ip, violation.what)
+        .catch((error: unknown) => log.warn({ err: error }, 'guard: signal failed'));
     },
   };
 }

@@ -1,6 +1,6 @@
 // Listener allow/deny lists (CHAN-5): CIDR ranges checked on every new connection, before TLS.
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
-import type { Server } from 'node:net';
+import type { Server, Socket } from 'node:net';
 
 export interface AddressLists {
   allow: readonly string[];
@@ -42,8 +42,12 @@ export function createAddressFilter(lists: AddressLists): AddressCheck {
  * Refuses connections from disallowed or blocked addresses on a listening server, before any TLS
  * work: the socket is destroyed, so nothing is sent.
  */
-export function filterConnections(server: Server, admit: (ip: string) => boolean, onRefused: (ip: string) => void): void {
-  server.prependListener('connection', (socket: import('node:net').Socket) => {
+export function filterConnections(
+  server: Server,
+  admit: (ip: string) => boolean,
+  onRefused: (ip: string) => void,
+): void {
+  server.prependListener('connection', (socket: Socket) => {
     const ip = normaliseIp(socket.remoteAddress ?? '');
     if (!admit(ip)) {
       onRefused(ip);

@@ -8,7 +8,14 @@ import { assertCan, can } from '../accounts/index.ts';
 import type { AuditEvent } from '../audit/index.ts';
 import type { DevicesService } from '../devices/index.ts';
 import { CastellanError } from '../errors/index.ts';
-import { type AuthenticateHook, authenticatedErrors, bearerSecurity, principalOf, type RecordAudit, StrictObject } from '../http/index.ts';
+import {
+  type AuthenticateHook,
+  authenticatedErrors,
+  bearerSecurity,
+  principalOf,
+  type RecordAudit,
+  StrictObject,
+} from '../http/index.ts';
 import { normaliseIp } from './address-filter.ts';
 import type { GuardService } from './guard-service.ts';
 
@@ -89,7 +96,9 @@ const AlertView = StrictObject({
   id: Type.String(),
   time: Type.Integer(),
   kind: Type.String(),
-  sourceIp: Type.Union([Type.String(), Type.Null()], { description: 'administrators only, during the security-retention period' }),
+  sourceIp: Type.Union([Type.String(), Type.Null()], {
+    description: 'administrators only, during the security-retention period',
+  }),
   target: Type.String(),
   tenant: Type.Union([Type.String(), Type.Null()]),
   response: Type.String(),
@@ -102,7 +111,8 @@ function deviceIdFrom(request: FastifyRequest): string {
     parseDeviceId(raw);
     return raw;
   } catch (error) {
-    if (error instanceof DeviceIdError) throw new CastellanError('ERR_DEVICE_ID_INVALID', { message: `Device ID is malformed: ${error.message}` });
+    if (error instanceof DeviceIdError)
+      throw new CastellanError('ERR_DEVICE_ID_INVALID', { message: `Device ID is malformed: ${error.message}` });
     throw error;
   }
 }
@@ -130,7 +140,11 @@ export async function guardRoutes(app: FastifyInstance, options: GuardRoutesOpti
       const all = can(principal, 'guard.alerts.read-all');
       assertCan(principal, 'guard.alerts.read', { vendorId: all ? undefined : principal.id });
       const { limit, beforeTime } = request.query as { limit: number; beforeTime?: number };
-      const alerts = await guard.listAlerts({ limit, ...(beforeTime ? { beforeTime } : {}), ...(all ? {} : { tenant: principal.id }) });
+      const alerts = await guard.listAlerts({
+        limit,
+        ...(beforeTime ? { beforeTime } : {}),
+        ...(all ? {} : { tenant: principal.id }),
+      });
       return { items: alerts.map((a) => ({ ...a, sourceIp: all ? a.sourceIp : null })) };
     },
   );
@@ -143,7 +157,10 @@ export async function guardRoutes(app: FastifyInstance, options: GuardRoutesOpti
         summary: 'IP addresses blocked by this process (administrators)',
         tags: ['guard'],
         security: bearerSecurity,
-        response: { 200: StrictObject({ items: Type.Array(StrictObject({ ip: Type.String(), until: Type.Integer() })) }), ...authenticatedErrors },
+        response: {
+          200: StrictObject({ items: Type.Array(StrictObject({ ip: Type.String(), until: Type.Integer() })) }),
+          ...authenticatedErrors,
+        },
       },
     },
     async (request) => {
@@ -167,7 +184,8 @@ export async function guardRoutes(app: FastifyInstance, options: GuardRoutesOpti
     async (request, reply) => {
       assertCan(principalOf(request), 'guard.blocks.manage');
       const ip = normaliseIp((request.params as { ip: string }).ip);
-      if (isIP(ip) === 0) throw new CastellanError('ERR_VALIDATION_FAILED', { message: 'params/ip must be an IP address' });
+      if (isIP(ip) === 0)
+        throw new CastellanError('ERR_VALIDATION_FAILED', { message: 'params/ip must be an IP address' });
       if (!(await guard.blocks.unblock(ip))) throw new CastellanError('ERR_GUARD_BLOCK_NOT_FOUND');
       await audit(request, { type: 'guard.unblock', target: ip });
       return reply.status(204).send();
@@ -183,7 +201,11 @@ export async function guardRoutes(app: FastifyInstance, options: GuardRoutesOpti
         tags: ['guard'],
         security: bearerSecurity,
         params: StrictObject({ deviceId: Type.String({ minLength: 1, maxLength: 64 }) }),
-        response: { 200: StrictObject({ id: Type.String(), status: Type.String() }), ...authenticatedErrors, 409: { $ref: 'ErrorResponse#' } },
+        response: {
+          200: StrictObject({ id: Type.String(), status: Type.String() }),
+          ...authenticatedErrors,
+          409: { $ref: 'ErrorResponse#' },
+        },
       },
     },
     async (request) => {

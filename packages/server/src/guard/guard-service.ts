@@ -89,7 +89,12 @@ export class GuardService {
   }
 
   async httpPerCredential(credentialId: string, write: boolean): Promise<LimitOutcome> {
-    const all = await this.#d.limits.consume('http-credential', credentialId, this.config.httpPerCredentialPerMinute, MINUTE);
+    const all = await this.#d.limits.consume(
+      'http-credential',
+      credentialId,
+      this.config.httpPerCredentialPerMinute,
+      MINUTE,
+    );
     if (!all.allowed || !write) return all;
     return this.#d.limits.consume('http-write', credentialId, this.config.httpWritesPerCredentialPerMinute, MINUTE);
   }
@@ -117,7 +122,12 @@ export class GuardService {
     for (const [dimension, key, points, window] of checks) {
       const outcome = await this.#d.limits.consume(dimension, key, points, window);
       if (outcome.allowed) continue;
-      const excess = await this.#d.limits.consume('device-excess', device.id, this.config.excessBeforeDisconnect, MINUTE);
+      const excess = await this.#d.limits.consume(
+        'device-excess',
+        device.id,
+        this.config.excessBeforeDisconnect,
+        MINUTE,
+      );
       this.#sampledAudit(`limit:${dimension}:${key}`, {
         actor: { type: 'device', id: device.id },
         tenant: device.tenant,
@@ -128,7 +138,12 @@ export class GuardService {
       });
       // The first time the excess budget runs out this minute is a message flood.
       if (excess.consumed === this.config.excessBeforeDisconnect + 1) {
-        await this.detect('message-flood', { target: device.id, tenant: device.tenant, ip: null, details: { dimension } });
+        await this.detect('message-flood', {
+          target: device.id,
+          tenant: device.tenant,
+          ip: null,
+          details: { dimension },
+        });
       }
       return { allowed: false, disconnect: !excess.allowed };
     }
@@ -156,10 +171,20 @@ export class GuardService {
     const window = this.config.authFailureWindowSeconds;
     const byIp = await this.#d.limits.consume('ids-auth-ip', ip, this.config.authFailuresPerIp, window);
     if (byIp.consumed === this.config.authFailuresPerIp + 1) {
-      await this.detect('auth-failure-storm', { target: ip, tenant: null, ip, details: { failures: byIp.consumed, windowSeconds: window } });
+      await this.detect('auth-failure-storm', {
+        target: ip,
+        tenant: null,
+        ip,
+        details: { failures: byIp.consumed, windowSeconds: window },
+      });
     }
     if (subject?.kind === 'device') {
-      const byDevice = await this.#d.limits.consume('ids-auth-device', subject.id, this.config.authFailuresPerDevice, window);
+      const byDevice = await this.#d.limits.consume(
+        'ids-auth-device',
+        subject.id,
+        this.config.authFailuresPerDevice,
+        window,
+      );
       if (byDevice.consumed === this.config.authFailuresPerDevice + 1) {
         await this.detect('device-auth-failure-storm', {
           target: subject.id,
@@ -175,7 +200,12 @@ export class GuardService {
   async connectAttempt(ip: string): Promise<boolean> {
     const outcome = await this.mqttConnect(ip);
     if (outcome.consumed === this.config.mqttConnectsPerIpPerMinute + 1) {
-      await this.detect('connection-flood', { target: ip, tenant: null, ip, details: { perMinute: this.config.mqttConnectsPerIpPerMinute } });
+      await this.detect('connection-flood', {
+        target: ip,
+        tenant: null,
+        ip,
+        details: { perMinute: this.config.mqttConnectsPerIpPerMinute },
+      });
     }
     return outcome.allowed;
   }
@@ -190,9 +220,19 @@ export class GuardService {
 
   /** A device reported a state change (shadow/state topic). */
   async stateChange(deviceId: string, tenant: string | null): Promise<void> {
-    const outcome = await this.#d.limits.consume('ids-state', deviceId, this.config.deviceStateChangesPerMinute, MINUTE);
+    const outcome = await this.#d.limits.consume(
+      'ids-state',
+      deviceId,
+      this.config.deviceStateChangesPerMinute,
+      MINUTE,
+    );
     if (outcome.consumed === this.config.deviceStateChangesPerMinute + 1) {
-      await this.detect('state-flapping', { target: deviceId, tenant, ip: null, details: { perMinute: this.config.deviceStateChangesPerMinute } });
+      await this.detect('state-flapping', {
+        target: deviceId,
+        tenant,
+        ip: null,
+        details: { perMinute: this.config.deviceStateChangesPerMinute },
+      });
     }
   }
 

@@ -32,7 +32,13 @@ export class RateLimits {
     if (!limiter) {
       const keyPrefix = `${this.#prefix}rl:${id}`;
       limiter = this.#redis
-        ? new RateLimiterRedis({ storeClient: this.#redis, keyPrefix, points, duration: windowSeconds, useRedisPackage: false })
+        ? new RateLimiterRedis({
+            storeClient: this.#redis,
+            keyPrefix,
+            points,
+            duration: windowSeconds,
+            useRedisPackage: false,
+          })
         : new RateLimiterMemory({ keyPrefix, points, duration: windowSeconds });
       this.#limiters.set(id, limiter);
     }
@@ -40,7 +46,13 @@ export class RateLimits {
   }
 
   /** Consumes `cost` points of `key` in `dimension`; never throws for an exhausted limit. */
-  async consume(dimension: string, key: string, points: number, windowSeconds: number, cost = 1): Promise<LimitOutcome> {
+  async consume(
+    dimension: string,
+    key: string,
+    points: number,
+    windowSeconds: number,
+    cost = 1,
+  ): Promise<LimitOutcome> {
     try {
       const res = await this.#limiter(dimension, points, windowSeconds).consume(key, cost);
       return { allowed: true, retryAfterMs: 0, consumed: res.consumedPoints };

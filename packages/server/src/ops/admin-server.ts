@@ -34,7 +34,8 @@ export function createMetrics(sources: MetricSources): Registry {
     registers: [registry],
     collect() {
       this.reset();
-      for (const [event, value] of Object.entries(sources.broker())) if (event !== 'connections') this.inc({ event }, value);
+      for (const [event, value] of Object.entries(sources.broker()))
+        if (event !== 'connections') this.inc({ event }, value);
     },
   });
   new Counter({
@@ -73,7 +74,8 @@ export function createMetrics(sources: MetricSources): Registry {
     registers: [registry],
     collect() {
       this.reset();
-      for (const [dimension, value] of sources.limits()) if (!dimension.startsWith('ids-')) this.inc({ dimension }, value);
+      for (const [dimension, value] of sources.limits())
+        if (!dimension.startsWith('ids-')) this.inc({ dimension }, value);
     },
   });
   new Counter({
@@ -120,11 +122,15 @@ export async function startAdminServer(
     } else if (req.method === 'GET' && path === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
     } else {
-      res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"code":"ERR_HTTP_NOT_FOUND","message":"Route not found"}}');
+      res
+        .writeHead(404, { 'content-type': 'application/json' })
+        .end('{"error":{"code":"ERR_HTTP_NOT_FOUND","message":"Route not found"}}');
     }
   };
   const plain = isLoopback(options.host);
-  const server = plain ? http.createServer(handler) : https.createServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' }, handler);
+  const server = plain
+    ? http.createServer(handler)
+    : https.createServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' }, handler);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => {

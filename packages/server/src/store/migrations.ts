@@ -103,8 +103,16 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
           .addColumn('leaf_hash', t.binary, (c) => c.notNull())
           .execute();
         await db.schema.createIndex('audit_entries_time_idx').on('audit_entries').columns(['time']).execute();
-        await db.schema.createIndex('audit_entries_tenant_idx').on('audit_entries').columns(['tenant', 'seq']).execute();
-        await db.schema.createIndex('audit_entries_target_idx').on('audit_entries').columns(['target', 'seq']).execute();
+        await db.schema
+          .createIndex('audit_entries_tenant_idx')
+          .on('audit_entries')
+          .columns(['tenant', 'seq'])
+          .execute();
+        await db.schema
+          .createIndex('audit_entries_target_idx')
+          .on('audit_entries')
+          .columns(['target', 'seq'])
+          .execute();
         // Interior nodes of complete subtrees, for proofs and for localising tampering.
         await db.schema
           .createTable('audit_nodes')
@@ -144,7 +152,11 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
           .addColumn('response', 'text', (c) => c.notNull())
           .addColumn('details', 'text', (c) => c.notNull())
           .execute();
-        await db.schema.createIndex('guard_alerts_tenant_time_idx').on('guard_alerts').columns(['tenant', 'time']).execute();
+        await db.schema
+          .createIndex('guard_alerts_tenant_time_idx')
+          .on('guard_alerts')
+          .columns(['tenant', 'time'])
+          .execute();
         // devices: a product's report-rate limits (null: the platform defaults).
         await db.schema.alterTable('products').addColumn('messages_per_second', 'integer').execute();
         await db.schema.alterTable('products').addColumn('messages_per_day', 'integer').execute();

@@ -57,7 +57,12 @@ for (const dialect of await dialectCases()) {
       }
       await audit.checkpoint('on-demand');
       while (audit.size < TOTAL) {
-        await audit.record({ actor: { type: 'system', id: 'test' }, type: 'test.event', target: `t${audit.size}`, result: 'success' });
+        await audit.record({
+          actor: { type: 'system', id: 'test' },
+          type: 'test.event',
+          target: `t${audit.size}`,
+          result: 'success',
+        });
       }
       await golden.platform.close(); // writes the final (shutdown) checkpoint at TOTAL
     });
@@ -84,8 +89,13 @@ for (const dialect of await dialectCases()) {
         result = {
           dataDir,
           env: { CASTELLAN_DATA_DIR: dataDir },
-          exec: async (sql, values = []) => void run((db) => db.prepare(sql.replace(/\$\d+/g, '?')).run(...(values as never[]))),
-          rows: async (sql, values = []) => run((db) => db.prepare(sql.replace(/\$\d+/g, '?')).all(...(values as never[]))) as Record<string, unknown>[],
+          exec: async (sql, values = []) =>
+            void run((db) => db.prepare(sql.replace(/\$\d+/g, '?')).run(...(values as never[]))),
+          rows: async (sql, values = []) =>
+            run((db) => db.prepare(sql.replace(/\$\d+/g, '?')).all(...(values as never[]))) as Record<
+              string,
+              unknown
+            >[],
           close: async () => rmSync(dataDir, { recursive: true, force: true }),
         };
       } else {
@@ -93,7 +103,8 @@ for (const dialect of await dialectCases()) {
         const client = new pg.Client({ connectionString: POSTGRES_URL, options: `-c search_path=${schema}` });
         await client.connect();
         await client.query(`create schema "${schema}"`);
-        for (const table of AUDIT_TABLES) await client.query(`create table "${schema}".${table} as table "${golden.schema}".${table}`);
+        for (const table of AUDIT_TABLES)
+          await client.query(`create table "${schema}".${table} as table "${golden.schema}".${table}`);
         result = {
           dataDir,
           env: { CASTELLAN_DATA_DIR: dataDir, CASTELLAN_DATABASE_URL: POSTGRES_URL, CASTELLAN_DATABASE_SCHEMA: schema },
@@ -125,7 +136,8 @@ for (const dialect of await dialectCases()) {
       return { status: run.status, problems, text: run.stdout };
     }
 
-    const covers = (p: Problem, position: number) => p.position !== undefined && p.position <= position && position <= (p.until ?? p.position);
+    const covers = (p: Problem, position: number) =>
+      p.position !== undefined && p.position <= position && position <= (p.until ?? p.position);
 
     function expectDetected(result: ReturnType<typeof verify>, kind: string, position: number): void {
       assert.equal(result.status, 1, `verify must exit 1:\n${result.text}`);
@@ -173,7 +185,10 @@ for (const dialect of await dialectCases()) {
       const c = await copy();
       const e = await entry(c, 11);
       const forged = { ...e, target: 'someone-else' };
-      await c.exec('update audit_entries set target = $1, leaf_hash = $2 where seq = 11', ['someone-else', entryLeafHash(forged)]);
+      await c.exec('update audit_entries set target = $1, leaf_hash = $2 where seq = 11', [
+        'someone-else',
+        entryLeafHash(forged),
+      ]);
       expectDetected(verify(c), 'modified', 11);
     });
 
@@ -198,7 +213,20 @@ for (const dialect of await dialectCases()) {
       const forged = { ...(await entry(c, 19)), seq: 20, target: 'forged', details: '{}' };
       await c.exec(
         'insert into audit_entries (seq, time, actor_type, actor_id, tenant, event_type, target, result, ip_epoch, source_ip, details, leaf_hash) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)',
-        [20, forged.time, forged.actorType, forged.actorId, forged.tenant, forged.eventType, forged.target, forged.result, forged.ipEpoch, forged.sourceIp, forged.details, entryLeafHash(forged)],
+        [
+          20,
+          forged.time,
+          forged.actorType,
+          forged.actorId,
+          forged.tenant,
+          forged.eventType,
+          forged.target,
+          forged.result,
+          forged.ipEpoch,
+          forged.sourceIp,
+          forged.details,
+          entryLeafHash(forged),
+        ],
       );
       expectDetected(verify(c), 'inserted', 20);
     });
@@ -231,13 +259,22 @@ for (const dialect of await dialectCases()) {
     test('[AUD-2] checkpoints re-signed with another key are rejected', async () => {
       const c = await copy();
       const other = new CheckpointSigner(randomBytes(32));
-      const resign = (cp: Checkpoint) => {
-        const { keyId: _k, signature: _s, ...body } = cp;
-        return other.sign(body);
-      };
+      const resign = (cp: Checkpoint) =>
+        other.sign({
+          treeSize: cp.treeSize,
+          rootHash: cp.rootHash,
+          time: cp.time,
+          kind: cp.kind,
+          prunedBefore: cp.prunedBefore,
+          prefix: cp.prefix,
+        });
       for (const row of await c.rows('select tree_size, time, body from audit_checkpoints')) {
         const body = JSON.stringify(resign(JSON.parse(row.body as string) as Checkpoint));
-        await c.exec('update audit_checkpoints set body = $1 where tree_size = $2 and time = $3', [body, row.tree_size, row.time]);
+        await c.exec('update audit_checkpoints set body = $1 where tree_size = $2 and time = $3', [
+          body,
+          row.tree_size,
+          row.time,
+        ]);
       }
       const file = join(c.dataDir, 'audit', 'checkpoints.jsonl');
       const lines = readFileSync(file, 'utf8').trim().split('\n');

@@ -26,7 +26,9 @@ function resolverFor(leaves: readonly Hash[]) {
   return subtreeResolver(async (height, index) => rootOf(leaves.slice(index * 2 ** height, (index + 1) * 2 ** height)));
 }
 
-const leavesArb = fc.array(fc.uint8Array({ maxLength: 8 }), { minLength: 1, maxLength: 70 }).map((ls) => ls.map((l) => leafHash(l)));
+const leavesArb = fc
+  .array(fc.uint8Array({ maxLength: 8 }), { minLength: 1, maxLength: 70 })
+  .map((ls) => ls.map((l) => leafHash(l)));
 
 describe('Merkle tree (RFC 9162)', () => {
   test('[AUD-2] roots reproduce the RFC 6962 known-answer vectors', (t) => {
@@ -34,7 +36,10 @@ describe('Merkle tree (RFC 9162)', () => {
       t.skip(`known-answer vectors not found at ${vectorsFile}`);
       return;
     }
-    const vectors = JSON.parse(readFileSync(vectorsFile, 'utf8')) as { leaves_hex: string[]; roots_by_size: Record<string, string> };
+    const vectors = JSON.parse(readFileSync(vectorsFile, 'utf8')) as {
+      leaves_hex: string[];
+      roots_by_size: Record<string, string>;
+    };
     const leaves = vectors.leaves_hex.map((hex) => leafHash(Buffer.from(hex, 'hex')));
     for (const [size, root] of Object.entries(vectors.roots_by_size)) {
       assert.equal(rootOf(leaves.slice(0, Number(size))).toString('hex'), root, `root of ${size} leaves`);
@@ -62,7 +67,8 @@ describe('Merkle tree (RFC 9162)', () => {
         assert.ok(!verifyInclusion(index, leaves.length, leafHash(Buffer.from('forged')), proof, root));
         if (leaves.length > 1) {
           const other = (index + 1) % leaves.length;
-          if (!leaves[other]!.equals(leaves[index]!)) assert.ok(!verifyInclusion(other, leaves.length, leaves[index]!, proof, root));
+          if (!leaves[other]!.equals(leaves[index]!))
+            assert.ok(!verifyInclusion(other, leaves.length, leaves[index]!, proof, root));
         }
       }),
       { numRuns: 150 },

@@ -14,6 +14,8 @@ export interface MqttConnectOptions {
   clean?: boolean;
   properties?: IClientOptions['properties'];
   will?: IClientOptions['will'];
+  /** Loopback source address (127.x.y.z) to appear as another client. */
+  localAddress?: string;
 }
 
 export interface ConnectOutcome {
@@ -23,7 +25,10 @@ export interface ConnectOutcome {
   error?: Error;
 }
 
-export function mqttConnect(platform: Platform, options: MqttConnectOptions): Promise<ConnectOutcome> {
+export function mqttConnect(
+  platform: Pick<Platform, 'mqttUrl' | 'caPem'>,
+  options: MqttConnectOptions,
+): Promise<ConnectOutcome> {
   const url = platform.mqttUrl;
   const clientOptions = {
     clientId: options.clientId ?? options.username ?? '',
@@ -38,6 +43,7 @@ export function mqttConnect(platform: Platform, options: MqttConnectOptions): Pr
     rejectUnauthorized: true,
     ...(options.properties ? { properties: options.properties } : {}),
     ...(options.will ? { will: options.will } : {}),
+    ...(options.localAddress ? { localAddress: options.localAddress } : {}),
   } as IClientOptions;
   return new Promise((resolve) => {
     const client = mqtt.connect(url, clientOptions);
@@ -82,6 +88,11 @@ export function publishOutcome(
   qos: 0 | 1 = 1,
 ): Promise<number | 'closed'> {
   return new Promise((resolve) => {
+    // A client that is already disconnected would queue the message forever (no reconnects here).
+    if (!client.connected) {
+      resolve('closed');
+      return;
+    }
     const onClose = () => resolve('closed');
     client.once('close', onClose);
     client.publish(topic, payload, { qos }, (error, packet) => {

@@ -116,10 +116,12 @@ export interface HttpResult<T = unknown> {
 /** A raw HTTPS request pinned to the platform CA; never throws on HTTP error statuses. */
 // biome-ignore lint/suspicious/noExplicitAny: tests read response bodies loosely and assert on them.
 export function request<T = any>(
-  platform: Platform,
+  platform: Pick<Platform, 'httpUrl' | 'caPem'>,
   method: string,
   path: string,
   options: {
+    /** Loopback source address (127.x.y.z) to appear as another client. */
+    localAddress?: string;
     token?: string;
     body?: unknown;
     rawBody?: string | Buffer;
@@ -139,6 +141,8 @@ export function request<T = any>(
       {
         method,
         ca: platform.caPem,
+        agent: false,
+        ...(options.localAddress ? { localAddress: options.localAddress } : {}),
         headers: {
           ...(payload
             ? { 'content-type': options.contentType ?? 'application/json', 'content-length': payload.length }
@@ -216,6 +220,17 @@ export async function provisionTenant(tp: TestPlatform, deviceCount = 2, adminTo
     token: vendorToken,
     body: { name: 'Test Plug', category: 'plug' },
   });
+  if (deviceCount === 0) {
+    return {
+      adminToken: admin,
+      vendorId: vendor.body.id,
+      vendorCode: vendor.body.code,
+      vendorToken,
+      productId: product.body.id,
+      productCode: product.body.code,
+      devices: [],
+    };
+  }
   const devices = await request(p, 'POST', `/v1/products/${product.body.id}/devices`, {
     token: vendorToken,
     body: { count: deviceCount },

@@ -90,11 +90,14 @@ export class MqttBroker {
     return this.#connections.size;
   }
 
-  /** Ends a client's live connection in this process (e.g. revoked or quarantined); false when absent. */
+  /**
+   * Ends a client's live connection in this process (e.g. revoked or quarantined); false when absent.
+   * Messages it already sent are acknowledged (or refused) first, in order, so it knows their fate.
+   */
   disconnectClient(clientId: string, reasonCode: number): boolean {
     const conn = this.#clients.get(clientId);
     if (!conn) return false;
-    conn.disconnect(reasonCode);
+    conn.publishTail = conn.publishTail.then(() => conn.disconnect(reasonCode));
     return true;
   }
 

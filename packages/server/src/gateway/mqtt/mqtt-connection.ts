@@ -196,7 +196,11 @@ export class MqttConnection implements DeliverySink {
   protocolViolation(reasonCode: number, detail: string): void {
     if (this.state === 'closed') return;
     this.broker.stats.protocolErrors++;
-    this.broker.hooks.onViolation?.({ remoteAddress: this.remoteAddress, identity: this.identity, what: 'protocol-error' });
+    this.broker.hooks.onViolation?.({
+      remoteAddress: this.remoteAddress,
+      identity: this.identity,
+      what: 'protocol-error',
+    });
     this.broker.log.debug({ clientId: this.clientId || undefined, reasonCode, detail }, 'mqtt: protocol violation');
     this.disconnect(reasonCode);
   }

@@ -32,6 +32,7 @@ export const ReasonCode = {
   PacketTooLarge: 0x95,
   MessageRateTooHigh: 0x96,
   QuotaExceeded: 0x97,
+  AdministrativeAction: 0x98,
   PayloadFormatInvalid: 0x99,
   RetainNotSupported: 0x9a,
   QoSNotSupported: 0x9b,

@@ -98,8 +98,7 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
           else if (result.reason === 'banned') refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.Banned);
           else if (result.reason === 'rate-limited') {
             refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ConnectionRateExceeded);
-          }
-          else if (result.reason === 'not-authorized')
+          } else if (result.reason === 'not-authorized')
             refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.NotAuthorized);
           else refuse(conn, ConnackReturnCode.BadUserNameOrPassword, ReasonCode.BadUserNameOrPassword);
           return;

@@ -9,7 +9,8 @@ import { checkTopicName } from '../topic-rules.ts';
 const REFUSAL_CODES: Record<PublishRefusedError['reason'], number> = {
   'quota-exceeded': ReasonCode.QuotaExceeded,
   'payload-invalid': ReasonCode.PayloadFormatInvalid,
-  'rate-limited': ReasonCode.MessageRateTooHigh,
+  // PUBACK has no "message rate too high" (0x96 is a DISCONNECT code): over-rate is a quota refusal.
+  'rate-limited': ReasonCode.QuotaExceeded,
   unavailable: ReasonCode.ImplementationSpecificError,
 };
 
@@ -82,7 +83,7 @@ export function handlePublish(conn: MqttConnection, packet: IPublishPacket): voi
     if (!(error instanceof PublishRefusedError)) broker.log.error({ err: error }, 'mqtt: publish hook failed');
     if (error instanceof PublishRefusedError && error.disconnect) {
       if (v5 && packet.qos === 1) conn.write({ cmd: 'puback', messageId: packet.messageId!, reasonCode: code });
-      conn.disconnect(code);
+      conn.disconnect(error.reason === 'rate-limited' ? ReasonCode.MessageRateTooHigh : code);
     } else if (v5 && packet.qos === 1) {
       conn.write({ cmd: 'puback', messageId: packet.messageId!, reasonCode: code });
     } else if (!v5) {
