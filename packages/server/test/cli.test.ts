@@ -105,7 +105,7 @@ describe('castellan CLI', () => {
     assert.match(result.stdout, /demo failed: no running platform found/);
   });
 
-  test('[DEV-3] [SESS-5] `up` then `demo` (twice) complete; SIGTERM stops gracefully; no secret reaches the logs', async () => {
+  test('[DEV-3] [SESS-5] [AUD-2] `up` then `demo` (twice) complete and verify the audit log; SIGTERM stops gracefully; no secret reaches the logs', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'castellan-cli-'));
     dirs.push(dir);
     const up = spawn(process.execPath, [bin, 'up', '--data-dir', join(dir, 'data')], {
@@ -138,6 +138,11 @@ describe('castellan CLI', () => {
     assert.match(demo.stdout, /✔ setup token used: first administrator created/);
     assert.match(demo.stdout, /✔ connection with the device ID alone refused: MQTT_CONNACK_134/);
     assert.match(demo.stdout, /✔ vendor read every device's latest telemetry over HTTPS: matches what was sent/);
+    assert.match(
+      demo.stdout,
+      /✔ audit checkpoints verified with the published key: \d+ entries appended during the demo/,
+    );
+    assert.match(demo.stdout, /✔ audit log verified entry by entry: \d+ entries, \d+ checkpoints, no tampering/);
     assert.match(demo.stdout, /Demo completed\.$/m);
 
     const again = spawnSync(

@@ -6,7 +6,20 @@ import { randomInt } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { DeviceClient, DeviceConnectError } from '@castellan/device';
+import type { KeyObject } from 'node:crypto';
+import {
+  type Checkpoint,
+  publicKeyFromRaw,
+  readFileCheckpoints,
+  type VerifyResult,
+  verifyAuditLog,
+  verifyCheckpoint,
+  verifyConsistency,
+  verifyInclusion,
+} from '../audit/index.ts';
+import { loadConfig } from '../config/index.ts';
 import { RUNTIME_FILE, type RuntimeInfo } from '../platform.ts';
+import { openStore } from '../store/index.ts';
 import { ApiClient, ApiError } from './api-client.ts';
 
 export const demoHelp = `Usage: castellan demo [options]
@@ -105,6 +118,8 @@ export async function demoCommand(
       log('administrator credential found', options['admin-token'] ? '--admin-token' : adminTokenFile);
     }
     api.token = adminToken;
+    // A signed checkpoint before the story: at the end the log must prove it only grew since.
+    const baseline = await api.request<Checkpoint>('POST', '/v1/audit/checkpoints');
 
     // 2. Vendor and its API credential.
     const suffix = randomInt(1_000_000).toString().padStart(6, '0');
@@ -176,6 +191,58 @@ export async function demoCommand(
     }
     log("vendor read every device's latest telemetry over HTTPS", 'matches what was sent');
 
+    // 7. The audit log, checked the way an outside auditor would: signatures with the published key,
+    // append-only since the baseline (consistency proof), the vendor's creation included (inclusion
+    // proof); then every entry recomputed against every checkpoint from the local data directory.
+    const key = await api.request<{ publicKey: string }>('GET', '/v1/audit/public-key');
+    const publicKey = publicKeyFromRaw(Buffer.from(key.publicKey, 'base64'));
+    const final = await api.request<Checkpoint>('POST', '/v1/audit/checkpoints');
+    if (!verifyCheckpoint(baseline, publicKey) || !verifyCheckpoint(final, publicKey)) {
+      throw new Error('an audit checkpoint does not carry a valid signature');
+    }
+    const consistency = await api.request<{ proof: string[] }>(
+      'GET',
+      `/v1/audit/proofs/consistency?first=${baseline.treeSize}&second=${final.treeSize}`,
+    );
+    const hex = (h: string) => Buffer.from(h, 'hex');
+    if (
+      !verifyConsistency(
+        baseline.treeSize,
+        final.treeSize,
+        hex(baseline.rootHash),
+        hex(final.rootHash),
+        consistency.proof.map(hex),
+      )
+    ) {
+      throw new Error('the audit log is not an extension of its earlier checkpoint');
+    }
+    const created = await api.request<{ items: { seq: number }[] }>(
+      'GET',
+      `/v1/audit/entries?type=vendor.create&target=${vendor.id}&limit=1`,
+    );
+    const seq = created.items[0]?.seq;
+    if (seq === undefined) throw new Error('the vendor creation is missing from the audit log');
+    const inclusion = await api.request<{ leafHash: string; proof: string[] }>(
+      'GET',
+      `/v1/audit/proofs/inclusion?seq=${seq}&treeSize=${final.treeSize}`,
+    );
+    if (!verifyInclusion(seq, final.treeSize, hex(inclusion.leafHash), inclusion.proof.map(hex), hex(final.rootHash))) {
+      throw new Error('the inclusion proof of the vendor creation does not verify');
+    }
+    log(
+      'audit checkpoints verified with the published key',
+      `${final.treeSize - baseline.treeSize} entries appended during the demo; consistency and inclusion proofs hold`,
+    );
+    const local = await verifyLocally(dataDir, publicKey);
+    if (local === null) log('full audit verification skipped', 'no local database for this platform');
+    else if (!local.ok)
+      throw new Error(`audit verification found ${local.problems.length} problem(s): ${local.problems[0]?.detail}`);
+    else
+      log(
+        'audit log verified entry by entry',
+        `${local.entries} entries, ${local.checkpointsVerified} checkpoints, no tampering`,
+      );
+
     if (options.json) out(JSON.stringify({ ok: true, steps }, null, 2));
     else out('Demo completed.');
     return 0;
@@ -187,5 +254,23 @@ export async function demoCommand(
     return 1;
   } finally {
     await Promise.all(clients.map((c) => c.close()));
+  }
+}
+
+/** Full verification against the platform's own store, when this folder's configuration reaches it. */
+async function verifyLocally(dataDir: string, publicKey: KeyObject): Promise<VerifyResult | null> {
+  const config = loadConfig({ overrides: { dataDir } });
+  if (!config.database.url && !existsSync(join(dataDir, config.database.sqliteFile))) return null;
+  const store = await openStore({
+    url: config.database.url,
+    dataDir,
+    sqliteFile: config.database.sqliteFile,
+    poolMax: 1,
+    ...(config.database.schema ? { schema: config.database.schema } : {}),
+  });
+  try {
+    return await verifyAuditLog({ db: store.db, publicKey, fileCheckpoints: readFileCheckpoints(dataDir) });
+  } finally {
+    await store.close();
   }
 }

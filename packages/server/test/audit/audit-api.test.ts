@@ -12,7 +12,13 @@ import {
 } from '../../src/audit/index.ts';
 import { dialectCases } from '../helpers/dialects.ts';
 import { connectDevice, endClient, mqttConnect } from '../helpers/mqtt-clients.ts';
-import { provisionTenant, request, startTestPlatform, type Tenant, type TestPlatform } from '../helpers/test-platform.ts';
+import {
+  provisionTenant,
+  request,
+  startTestPlatform,
+  type Tenant,
+  type TestPlatform,
+} from '../helpers/test-platform.ts';
 
 for (const dialect of await dialectCases()) {
   describe(`audit log through the platform on ${dialect.name}`, { skip: dialect.skip }, () => {
@@ -49,13 +55,19 @@ for (const dialect of await dialectCases()) {
       const find = (type: string, result = 'success') => all.find((e) => e.type === type && e.result === result);
       assert.ok(find('setup.complete'));
       const vendor = find('vendor.create')!;
-      assert.deepEqual([vendor.actor.type, vendor.tenant, vendor.target, vendor.sourceIp], ['admin', a.vendorId, a.vendorId, '127.0.0.1']);
+      assert.deepEqual(
+        [vendor.actor.type, vendor.tenant, vendor.target, vendor.sourceIp],
+        ['admin', a.vendorId, a.vendorId, '127.0.0.1'],
+      );
       assert.ok(find('vendor-credential.issue'));
       const product = all.find((e) => e.type === 'product.create' && e.tenant === a.vendorId)!;
       assert.deepEqual([product.actor, product.target], [{ type: 'vendor', id: a.vendorId }, a.productId]);
       assert.ok(all.some((e) => e.type === 'device.issue' && e.target === a.productId && e.details.count === 2));
       const connect = all.find((e) => e.type === 'device.connect' && e.result === 'success')!;
-      assert.deepEqual([connect.actor, connect.tenant, connect.target], [{ type: 'device', id: a.devices[0]!.id }, a.vendorId, a.devices[0]!.id]);
+      assert.deepEqual(
+        [connect.actor, connect.tenant, connect.target],
+        [{ type: 'device', id: a.devices[0]!.id }, a.vendorId, a.devices[0]!.id],
+      );
       const failed = all.find((e) => e.type === 'device.connect' && e.result === 'failure')!;
       assert.equal(failed.target, a.devices[1]!.id);
       assert.equal(failed.details.reason, 'bad-credentials');
@@ -65,8 +77,16 @@ for (const dialect of await dialectCases()) {
 
     test('[AUD-1] no secret, token or password is stored, and source IPs are stored encrypted', async () => {
       const rows = await tp.query<Record<string, unknown>>('select * from audit_entries');
-      const dump = JSON.stringify(rows, (_k, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('latin1') : v));
-      const secrets = [a.adminToken, a.vendorToken, b.vendorToken, ...a.devices.map((d) => d.secret), ...b.devices.map((d) => d.secret)];
+      const dump = JSON.stringify(rows, (_k, v: unknown) =>
+        v instanceof Uint8Array ? Buffer.from(v).toString('latin1') : v,
+      );
+      const secrets = [
+        a.adminToken,
+        a.vendorToken,
+        b.vendorToken,
+        ...a.devices.map((d) => d.secret),
+        ...b.devices.map((d) => d.secret),
+      ];
       for (const secret of secrets) {
         for (const form of [secret, Buffer.from(secret).toString('base64'), Buffer.from(secret).toString('hex')]) {
           assert.equal(dump.includes(form), false, 'a secret was found in the audit table');
@@ -84,7 +104,10 @@ for (const dialect of await dialectCases()) {
         assert.equal(e.sourceIp, null);
       }
       const sneaky = await entries(b.vendorToken, `&tenant=${a.vendorId}`);
-      assert.ok(sneaky.every((e) => e.tenant === b.vendorId), "asking for another tenant's entries returns only one's own");
+      assert.ok(
+        sneaky.every((e) => e.tenant === b.vendorId),
+        "asking for another tenant's entries returns only one's own",
+      );
       const filtered = await entries(a.adminToken, `&type=device.connect&result=failure`);
       assert.ok(filtered.length >= 1 && filtered.every((e) => e.type === 'device.connect' && e.result === 'failure'));
     });
@@ -92,21 +115,44 @@ for (const dialect of await dialectCases()) {
     test('[AUD-2] an outside auditor verifies checkpoints, inclusion and consistency with the public key alone', async () => {
       const key = await request(tp.platform, 'GET', '/v1/audit/public-key');
       const publicKey = publicKeyFromRaw(Buffer.from(key.body.publicKey as string, 'base64'));
-      const first = (await request(tp.platform, 'POST', '/v1/audit/checkpoints', { token: a.adminToken })).body as Checkpoint;
+      const first = (await request(tp.platform, 'POST', '/v1/audit/checkpoints', { token: a.adminToken }))
+        .body as Checkpoint;
       assert.ok(verifyCheckpoint(first, publicKey));
-      await request(tp.platform, 'POST', '/v1/products', { token: a.vendorToken, body: { name: 'Later', category: 'plug' } });
-      const second = (await request(tp.platform, 'POST', '/v1/audit/checkpoints', { token: a.adminToken })).body as Checkpoint;
+      await request(tp.platform, 'POST', '/v1/products', {
+        token: a.vendorToken,
+        body: { name: 'Later', category: 'plug' },
+      });
+      const second = (await request(tp.platform, 'POST', '/v1/audit/checkpoints', { token: a.adminToken }))
+        .body as Checkpoint;
       assert.ok(verifyCheckpoint(second, publicKey));
       assert.ok(second.treeSize > first.treeSize);
       const latest = await request(tp.platform, 'GET', '/v1/audit/checkpoints/latest', { token: a.adminToken });
       assert.deepEqual(latest.body, second);
 
-      const consistency = await request(tp.platform, 'GET', `/v1/audit/proofs/consistency?first=${first.treeSize}&second=${second.treeSize}`, { token: a.adminToken });
+      const consistency = await request(
+        tp.platform,
+        'GET',
+        `/v1/audit/proofs/consistency?first=${first.treeSize}&second=${second.treeSize}`,
+        { token: a.adminToken },
+      );
       const proof = (consistency.body.proof as string[]).map((h) => Buffer.from(h, 'hex'));
-      assert.ok(verifyConsistency(first.treeSize, second.treeSize, Buffer.from(first.rootHash, 'hex'), Buffer.from(second.rootHash, 'hex'), proof));
+      assert.ok(
+        verifyConsistency(
+          first.treeSize,
+          second.treeSize,
+          Buffer.from(first.rootHash, 'hex'),
+          Buffer.from(second.rootHash, 'hex'),
+          proof,
+        ),
+      );
 
       const vendorEntry = (await entries(a.adminToken, '&type=vendor.create'))[0]!;
-      const inclusion = await request(tp.platform, 'GET', `/v1/audit/proofs/inclusion?seq=${vendorEntry.seq}&treeSize=${second.treeSize}`, { token: a.adminToken });
+      const inclusion = await request(
+        tp.platform,
+        'GET',
+        `/v1/audit/proofs/inclusion?seq=${vendorEntry.seq}&treeSize=${second.treeSize}`,
+        { token: a.adminToken },
+      );
       assert.ok(
         verifyInclusion(
           vendorEntry.seq,
@@ -116,7 +162,12 @@ for (const dialect of await dialectCases()) {
           Buffer.from(second.rootHash, 'hex'),
         ),
       );
-      const beyond = await request(tp.platform, 'GET', `/v1/audit/proofs/inclusion?seq=0&treeSize=${second.treeSize + 1000}`, { token: a.adminToken });
+      const beyond = await request(
+        tp.platform,
+        'GET',
+        `/v1/audit/proofs/inclusion?seq=0&treeSize=${second.treeSize + 1000}`,
+        { token: a.adminToken },
+      );
       assert.equal(beyond.status, 400);
       assert.equal(beyond.body.error.code, 'ERR_AUDIT_PROOF_UNAVAILABLE');
     });
@@ -124,7 +175,12 @@ for (const dialect of await dialectCases()) {
     test("[AUD-1] a vendor cannot get a proof for another tenant's entry, nor write checkpoints", async () => {
       const vendorEntry = (await entries(a.adminToken, '&type=vendor.create'))[0]!;
       const size = tp.platform.audit.size;
-      const res = await request(tp.platform, 'GET', `/v1/audit/proofs/inclusion?seq=${vendorEntry.seq}&treeSize=${size}`, { token: b.vendorToken });
+      const res = await request(
+        tp.platform,
+        'GET',
+        `/v1/audit/proofs/inclusion?seq=${vendorEntry.seq}&treeSize=${size}`,
+        { token: b.vendorToken },
+      );
       assert.equal(res.status, 404);
       assert.equal(res.body.error.code, 'ERR_AUDIT_ENTRY_NOT_FOUND');
       const write = await request(tp.platform, 'POST', '/v1/audit/checkpoints', { token: b.vendorToken });

@@ -25,7 +25,13 @@ for (const dialect of await dialectCases()) {
     before(async () => {
       dataDir = mkdtempSync(join(tmpdir(), 'castellan-retention-'));
       schema = dialect.name === 'postgres' ? uniqueSchema() : undefined;
-      store = await openStore({ url: dialect.name === 'postgres' ? POSTGRES_URL : '', dataDir, sqliteFile: 'r.db', poolMax: 2, ...(schema ? { schema } : {}) });
+      store = await openStore({
+        url: dialect.name === 'postgres' ? POSTGRES_URL : '',
+        dataDir,
+        sqliteFile: 'r.db',
+        poolMax: 2,
+        ...(schema ? { schema } : {}),
+      });
       await migrateToLatest(store.db, store.dialect);
     });
     after(async () => {
@@ -53,7 +59,13 @@ for (const dialect of await dialectCases()) {
     test('[AUD-2] [PRIV-4] old entries are pruned with a signed record of the removal; old IPs become unreadable; the log still verifies', async () => {
       const audit = await open();
       const record = (n: number) =>
-        audit.record({ actor: { type: 'system', id: 'test' }, type: 'test.event', target: `t${n}`, sourceIp: '192.0.2.10', result: 'success' });
+        audit.record({
+          actor: { type: 'system', id: 'test' },
+          type: 'test.event',
+          target: `t${n}`,
+          sourceIp: '192.0.2.10',
+          result: 'success',
+        });
       for (let i = 0; i < 13; i++) await record(i); // day 0: will pass retention
       await audit.checkpoint('periodic');
       clock += 190 * DAY;
@@ -66,10 +78,20 @@ for (const dialect of await dialectCases()) {
       await audit.close();
 
       const remaining = await audit.query({ limit: 100 });
-      assert.deepEqual(remaining.map((e) => e.seq), Array.from({ length: 10 }, (_, i) => 13 + i));
-      assert.deepEqual(remaining.map((e) => e.sourceIp), [...Array(7).fill(null), ...Array(3).fill('192.0.2.10')]);
+      assert.deepEqual(
+        remaining.map((e) => e.seq),
+        Array.from({ length: 10 }, (_, i) => 13 + i),
+      );
+      assert.deepEqual(
+        remaining.map((e) => e.sourceIp),
+        [...Array(7).fill(null), ...Array(3).fill('192.0.2.10')],
+      );
 
-      const result = await verifyAuditLog({ db: store.db, publicKey: audit.signer.publicKey, fileCheckpoints: readFileCheckpoints(dataDir) });
+      const result = await verifyAuditLog({
+        db: store.db,
+        publicKey: audit.signer.publicKey,
+        fileCheckpoints: readFileCheckpoints(dataDir),
+      });
       assert.deepEqual(result.problems, []);
       assert.equal(result.entries, 10);
       assert.equal(result.treeSize, 23);
@@ -79,12 +101,20 @@ for (const dialect of await dialectCases()) {
       assert.equal(again.size, 23);
       await again.record({ actor: { type: 'system', id: 'test' }, type: 'test.event', result: 'success' });
       await again.close();
-      const after = await verifyAuditLog({ db: store.db, publicKey: again.signer.publicKey, fileCheckpoints: readFileCheckpoints(dataDir) });
+      const after = await verifyAuditLog({
+        db: store.db,
+        publicKey: again.signer.publicKey,
+        fileCheckpoints: readFileCheckpoints(dataDir),
+      });
       assert.deepEqual(after.problems, []);
       assert.equal(after.treeSize, 24);
       // Deleting a retained entry is still caught after a prune.
       await store.db.deleteFrom('audit_entries').where('seq', '=', 15).execute();
-      const tampered = await verifyAuditLog({ db: store.db, publicKey: again.signer.publicKey, fileCheckpoints: readFileCheckpoints(dataDir) });
+      const tampered = await verifyAuditLog({
+        db: store.db,
+        publicKey: again.signer.publicKey,
+        fileCheckpoints: readFileCheckpoints(dataDir),
+      });
       assert.ok(tampered.problems.some((p) => p.kind === 'deleted' && p.position === 15));
     });
   });
