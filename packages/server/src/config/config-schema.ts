@@ -363,6 +363,12 @@ export const ConfigSchema = Type.Object(
           default: 120,
           description: 'State messages per minute from one device that count as abnormal',
         }),
+        takeoversPerHour: Type.Integer({
+          minimum: 1,
+          maximum: 100000,
+          default: 6,
+          description: 'Session takeovers of one device per hour that suggest a shared or cloned credential',
+        }),
         ipBlockSeconds: Type.Integer({
           minimum: 1,
           maximum: 604800,

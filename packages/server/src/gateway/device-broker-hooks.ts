@@ -138,6 +138,15 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
       }
     },
 
+    onTakeover(identity, addresses) {
+      guard
+        .sessionTakeover(identity.principalId, identity.attributes.vendorId ?? null, {
+          previous: normaliseIp(addresses.previous),
+          next: normaliseIp(addresses.next),
+        })
+        .catch((error: unknown) => log.warn({ err: error }, 'guard: signal failed'));
+    },
+
     onViolation(violation) {
       const ip = normaliseIp(violation.remoteAddress);
       const deviceId = violation.identity?.principalId;

@@ -192,6 +192,34 @@ export async function guardRoutes(app: FastifyInstance, options: GuardRoutesOpti
     },
   );
 
+  app.get(
+    '/v1/devices/:deviceId/risk',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: "A device's risk score (0–100) from its recent detections and status",
+        tags: ['guard'],
+        security: bearerSecurity,
+        params: StrictObject({ deviceId: Type.String({ minLength: 1, maxLength: 64 }) }),
+        response: {
+          200: StrictObject({
+            deviceId: Type.String(),
+            score: Type.Integer({ minimum: 0, maximum: 100 }),
+            factors: Type.Array(StrictObject({ kind: Type.String(), count: Type.Integer(), weight: Type.Integer() })),
+          }),
+          ...authenticatedErrors,
+        },
+      },
+    },
+    async (request) => {
+      const device = await devices.getDevice(deviceIdFrom(request));
+      if (!device || !can(principalOf(request), 'guard.alerts.read', { vendorId: device.vendorId })) {
+        throw new CastellanError('ERR_DEVICE_NOT_FOUND');
+      }
+      return { deviceId: device.id, ...(await guard.deviceRisk(device.id, device.status)) };
+    },
+  );
+
   app.post(
     '/v1/devices/:deviceId/release',
     {

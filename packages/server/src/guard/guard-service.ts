@@ -24,6 +24,7 @@ export interface GuardConfig {
   authFailureWindowSeconds: number;
   invalidRequestsPerIp: number;
   deviceStateChangesPerMinute: number;
+  takeoversPerHour: number;
   ipBlockSeconds: number;
   ipResponse: 'block' | 'alert';
   deviceResponse: 'quarantine' | 'alert';
@@ -36,7 +37,8 @@ export type DetectionKind =
   | 'connection-flood'
   | 'message-flood'
   | 'invalid-request-burst'
-  | 'state-flapping';
+  | 'state-flapping'
+  | 'credential-shared';
 
 export interface Alert {
   id: string;
@@ -62,6 +64,13 @@ export interface GuardDependencies {
 }
 
 const MINUTE = 60;
+/** How much one detection about a device adds to its risk (capped at three of a kind). */
+const RISK_WEIGHTS: Readonly<Record<string, number>> = {
+  'credential-shared': 40,
+  'device-auth-failure-storm': 25,
+  'message-flood': 20,
+  'state-flapping': 15,
+};
 const DAY = 86_400;
 
 export class GuardService {
@@ -236,6 +245,42 @@ export class GuardService {
     }
   }
 
+  /**
+   * A device's client ID was taken over by a new connection. Now and then is a reconnect; often, from
+   * changing addresses, is two devices sharing one credential (a clone) fighting for the session.
+   */
+  async sessionTakeover(deviceId: string, tenant: string | null, addresses: { previous: string; next: string }): Promise<void> {
+    const outcome = await this.#d.limits.consume('ids-takeover', deviceId, this.config.takeoversPerHour, 3600);
+    if (outcome.consumed === this.config.takeoversPerHour + 1) {
+      await this.detect('credential-shared', {
+        target: deviceId,
+        tenant,
+        ip: addresses.next,
+        details: { takeoversPerHour: outcome.consumed, previousAddressDiffers: addresses.previous !== addresses.next },
+      });
+    }
+  }
+
+  /**
+   * Device risk (IDS-2, behaviour and credential hygiene; posture joins with the devices issue): a
+   * 0–100 score from the device's recent detections, each weighted by what it suggests.
+   */
+  async deviceRisk(deviceId: string, status: string): Promise<{ score: number; factors: { kind: string; count: number; weight: number }[] }> {
+    const since = this.#now() - 7 * 86_400_000;
+    const rows = await this.#d.db
+      .selectFrom('guard_alerts')
+      .select(['kind'])
+      .where('target', '=', deviceId)
+      .where('time', '>=', since)
+      .execute();
+    const counts = new Map<string, number>();
+    for (const r of rows) counts.set(r.kind, (counts.get(r.kind) ?? 0) + 1);
+    const factors = [...counts].map(([kind, count]) => ({ kind, count, weight: RISK_WEIGHTS[kind] ?? 10 }));
+    if (status === 'quarantined') factors.push({ kind: 'quarantined', count: 1, weight: 20 });
+    const score = Math.min(100, factors.reduce((sum, f) => sum + f.weight * Math.min(f.count, 3), 0));
+    return { score, factors };
+  }
+
   // ---- detections --------------------------------------------------------------------------------
 
   /** Records a detection: alert row, audit entry, webhook, metrics, and the configured response. */
@@ -243,7 +288,8 @@ export class GuardService {
     kind: DetectionKind,
     about: { target: string; tenant: string | null; ip: string | null; details: Record<string, unknown> },
   ): Promise<Alert> {
-    const aboutDevice = kind === 'message-flood' || kind === 'state-flapping' || kind === 'device-auth-failure-storm';
+    const aboutDevice =
+      kind === 'message-flood' || kind === 'state-flapping' || kind === 'device-auth-failure-storm' || kind === 'credential-shared';
     let response: Alert['response'] = 'alert-only';
     let tenant = about.tenant;
     if (aboutDevice && this.config.deviceResponse === 'quarantine') {

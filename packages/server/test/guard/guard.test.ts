@@ -256,6 +256,39 @@ describe('guard', () => {
     client.end(true);
   });
 
+  test('[IDS-2] a credential used by two clients at once (session tug-of-war) raises the device risk and quarantines it', async () => {
+    const tp = await platform({ takeoversPerHour: 3 });
+    const a = await provisionTenant(tp, 2);
+    const b = await provisionTenant(tp, 1, a.adminToken);
+    const d = a.devices[0]!;
+    const before = await request(tp.platform, 'GET', `/v1/devices/${d.id}/risk`, { token: a.vendorToken });
+    assert.deepEqual(before.body, { deviceId: d.id, score: 0, factors: [] });
+    const clients = [];
+    for (let i = 0; i < 5; i++) {
+      const outcome = await mqttConnect(tp.platform, {
+        username: d.id,
+        password: d.secret,
+        localAddress: i % 2 === 0 ? '127.0.0.12' : '127.0.0.13',
+      });
+      if (outcome.client) clients.push(outcome.client);
+    }
+    await eventually(
+      () => (tp.platform.guard.detections.get('credential-shared') ?? 0) === 1,
+      'the shared credential is detected',
+    );
+    const risk = await request(tp.platform, 'GET', `/v1/devices/${d.id}/risk`, { token: a.vendorToken });
+    assert.ok(risk.body.score >= 40, `risk ${risk.body.score}`);
+    assert.deepEqual(risk.body.factors.map((f: { kind: string }) => f.kind).sort(), [
+      'credential-shared',
+      'quarantined',
+    ]);
+    const calm = await request(tp.platform, 'GET', `/v1/devices/${a.devices[1]!.id}/risk`, { token: a.vendorToken });
+    assert.equal(calm.body.score, 0, 'other devices are unaffected');
+    const foreign = await request(tp.platform, 'GET', `/v1/devices/${d.id}/risk`, { token: b.vendorToken });
+    assert.equal(foreign.status, 404);
+    for (const c of clients) c.end(true);
+  });
+
   test('[CHAN-5] listener deny and allow lists refuse addresses before TLS', async () => {
     const tp = await platform({}, { mqtt: { deny: ['127.0.0.2/32'] }, http: { allow: ['127.0.0.1/32', '127.0.0.3'] } });
     const tenant = await provisionTenant(tp, 1);

@@ -67,6 +67,8 @@ export interface BrokerHooks {
   onPublish(identity: ClientIdentity, message: InboundMessage): Promise<void> | void;
   /** Optional observer of refusals (ACL denials, protocol errors). */
   onViolation?(violation: Violation): void;
+  /** Optional observer of a client ID taken over by a new connection (conflicting clients). */
+  onTakeover?(identity: ClientIdentity, remoteAddresses: { previous: string; next: string }): void;
 }
 
 export const denyAllHooks: BrokerHooks = {

@@ -118,6 +118,7 @@ export class MqttBroker {
   ): { session: Session; present: boolean } {
     const previous = this.#clients.get(clientId);
     if (previous && previous !== conn) {
+      this.hooks.onTakeover?.(identity, { previous: previous.remoteAddress, next: conn.remoteAddress });
       previous.takenOver = true;
       previous.disconnect(ReasonCode.SessionTakenOver);
     }
