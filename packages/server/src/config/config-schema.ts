@@ -363,6 +363,12 @@ export const ConfigSchema = Type.Object(
           default: 120,
           description: 'State messages per minute from one device that count as abnormal',
         }),
+        resourceThresholdPercent: Type.Integer({
+          minimum: 1,
+          maximum: 100,
+          default: 95,
+          description: 'A device resource report (CPU, memory, storage) at or above this percentage raises an alert',
+        }),
         takeoversPerHour: Type.Integer({
           minimum: 1,
           maximum: 100000,

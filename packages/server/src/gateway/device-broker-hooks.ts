@@ -21,6 +21,26 @@ export interface DeviceBrokerHooksOptions {
   log: Logger;
 }
 
+const RESOURCES = ['cpuPercent', 'memoryPercent', 'storagePercent'] as const;
+
+/** `{"type":"resources","cpuPercent":…,"memoryPercent":…,"storagePercent":…}` on the events topic. */
+function resourceUsage(payload: Buffer): Record<string, number> | null {
+  if (payload.length > 4096) return null;
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString('utf8'));
+  } catch {
+    return null;
+  }
+  if (typeof value !== 'object' || value === null || (value as { type?: unknown }).type !== 'resources') return null;
+  const usage: Record<string, number> = {};
+  for (const key of RESOURCES) {
+    const v = (value as Record<string, unknown>)[key];
+    if (typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= 100) usage[key.replace('Percent', '')] = v;
+  }
+  return usage;
+}
+
 export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHooksOptions): BrokerHooks {
   const refuse = (ip: string, deviceId: string | undefined, reason: string) => {
     const known = deviceId !== undefined && isDeviceId(deviceId);
@@ -127,6 +147,10 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
       }
       const parsed = parseDeviceTopic(message.topic);
       if (parsed?.channel === 'state') await guard.stateChange(deviceId, tenant);
+      if (parsed?.channel === 'events') {
+        const usage = resourceUsage(message.payload);
+        if (usage) await guard.resourceReport(deviceId, tenant, usage);
+      }
       if (parsed?.channel !== 'telemetry' || parsed.rest.length > 0) return;
       const check = checkTelemetryPayload(message.payload);
       if (!check.ok) throw new PublishRefusedError('payload-invalid', check.reason);

@@ -25,6 +25,7 @@ export interface GuardConfig {
   invalidRequestsPerIp: number;
   deviceStateChangesPerMinute: number;
   takeoversPerHour: number;
+  resourceThresholdPercent: number;
   ipBlockSeconds: number;
   ipResponse: 'block' | 'alert';
   deviceResponse: 'quarantine' | 'alert';
@@ -38,7 +39,8 @@ export type DetectionKind =
   | 'message-flood'
   | 'invalid-request-burst'
   | 'state-flapping'
-  | 'credential-shared';
+  | 'credential-shared'
+  | 'resource-exhaustion';
 
 export interface Alert {
   id: string;
@@ -246,10 +248,33 @@ export class GuardService {
   }
 
   /**
+   * A device reported its resource use (the events topic, type "resources"). Exhaustion is alerted,
+   * at most once an hour per device and resource; it is not the device's fault, so no quarantine.
+   */
+  async resourceReport(deviceId: string, tenant: string | null, usage: Record<string, number>): Promise<void> {
+    for (const [resource, percent] of Object.entries(usage)) {
+      if (percent < this.config.resourceThresholdPercent) continue;
+      const outcome = await this.#d.limits.consume('ids-resource', `${deviceId}:${resource}`, 1, 3600);
+      if (outcome.consumed === 1) {
+        await this.detect('resource-exhaustion', {
+          target: deviceId,
+          tenant,
+          ip: null,
+          details: { resource, percent, thresholdPercent: this.config.resourceThresholdPercent },
+        });
+      }
+    }
+  }
+
+  /**
    * A device's client ID was taken over by a new connection. Now and then is a reconnect; often, from
    * changing addresses, is two devices sharing one credential (a clone) fighting for the session.
    */
-  async sessionTakeover(deviceId: string, tenant: string | null, addresses: { previous: string; next: string }): Promise<void> {
+  async sessionTakeover(
+    deviceId: string,
+    tenant: string | null,
+    addresses: { previous: string; next: string },
+  ): Promise<void> {
     const outcome = await this.#d.limits.consume('ids-takeover', deviceId, this.config.takeoversPerHour, 3600);
     if (outcome.consumed === this.config.takeoversPerHour + 1) {
       await this.detect('credential-shared', {
@@ -265,7 +290,10 @@ export class GuardService {
    * Device risk (IDS-2, behaviour and credential hygiene; posture joins with the devices issue): a
    * 0–100 score from the device's recent detections, each weighted by what it suggests.
    */
-  async deviceRisk(deviceId: string, status: string): Promise<{ score: number; factors: { kind: string; count: number; weight: number }[] }> {
+  async deviceRisk(
+    deviceId: string,
+    status: string,
+  ): Promise<{ score: number; factors: { kind: string; count: number; weight: number }[] }> {
     const since = this.#now() - 7 * 86_400_000;
     const rows = await this.#d.db
       .selectFrom('guard_alerts')
@@ -277,7 +305,10 @@ export class GuardService {
     for (const r of rows) counts.set(r.kind, (counts.get(r.kind) ?? 0) + 1);
     const factors = [...counts].map(([kind, count]) => ({ kind, count, weight: RISK_WEIGHTS[kind] ?? 10 }));
     if (status === 'quarantined') factors.push({ kind: 'quarantined', count: 1, weight: 20 });
-    const score = Math.min(100, factors.reduce((sum, f) => sum + f.weight * Math.min(f.count, 3), 0));
+    const score = Math.min(
+      100,
+      factors.reduce((sum, f) => sum + f.weight * Math.min(f.count, 3), 0),
+    );
     return { score, factors };
   }
 
@@ -289,10 +320,15 @@ export class GuardService {
     about: { target: string; tenant: string | null; ip: string | null; details: Record<string, unknown> },
   ): Promise<Alert> {
     const aboutDevice =
-      kind === 'message-flood' || kind === 'state-flapping' || kind === 'device-auth-failure-storm' || kind === 'credential-shared';
+      kind === 'message-flood' ||
+      kind === 'state-flapping' ||
+      kind === 'device-auth-failure-storm' ||
+      kind === 'credential-shared';
     let response: Alert['response'] = 'alert-only';
     let tenant = about.tenant;
-    if (aboutDevice && this.config.deviceResponse === 'quarantine') {
+    if (kind === 'resource-exhaustion') {
+      // Reported by the device itself: worth an alert, not a punishment.
+    } else if (aboutDevice && this.config.deviceResponse === 'quarantine') {
       const quarantined = await this.#d.quarantineDevice(about.target);
       if (quarantined) {
         response = 'device-quarantined';

@@ -289,6 +289,112 @@ describe('guard', () => {
     for (const c of clients) c.end(true);
   });
 
+  test('[IDS-1] a connection flood from one IP is refused (CONNACK 0x9F), detected and blocked', async () => {
+    const tp = await platform({ mqttConnectsPerIpPerMinute: 3 });
+    const tenant = await provisionTenant(tp, 1);
+    const d = tenant.devices[0]!;
+    for (let i = 0; i < 3; i++) {
+      const ok = await mqttConnect(tp.platform, { username: d.id, password: d.secret, localAddress: '127.0.0.14' });
+      assert.ok(ok.client, `connect ${i} is within the rate`);
+      await endClient(ok.client);
+    }
+    const flood = await mqttConnect(tp.platform, { username: d.id, password: d.secret, localAddress: '127.0.0.14' });
+    assert.equal(flood.refusedWith, 0x9f);
+    await eventually(() => tp.platform.guard.blocks.isBlockedLocally('127.0.0.14'), 'the flooding IP is blocked');
+    const alerts = await tp.platform.guard.listAlerts({ limit: 5 });
+    assert.deepEqual(
+      [alerts[0]!.kind, alerts[0]!.sourceIp, alerts[0]!.response],
+      ['connection-flood', '127.0.0.14', 'ip-blocked'],
+    );
+    const other = await connectDevice(tp.platform, d);
+    await endClient(other);
+  });
+
+  test('[IDS-1] failed logins against one device from many IPs quarantine the device', async () => {
+    const tp = await platform({ authFailuresPerDevice: 2 });
+    const tenant = await provisionTenant(tp, 1);
+    const d = tenant.devices[0]!;
+    for (const [i, ip] of ['127.0.0.15', '127.0.0.16', '127.0.0.17'].entries()) {
+      const outcome = await mqttConnect(tp.platform, {
+        username: d.id,
+        password: `guess-${i}-${'y'.repeat(40)}`,
+        localAddress: ip,
+      });
+      assert.equal(outcome.refusedWith, 0x86);
+    }
+    await eventually(
+      () => (tp.platform.guard.detections.get('device-auth-failure-storm') ?? 0) === 1,
+      'the storm is detected',
+    );
+    const owner = await mqttConnect(tp.platform, { username: d.id, password: d.secret });
+    assert.equal(owner.refusedWith, 0x8a, 'quarantined: even the right secret is refused until released');
+    const device = await request(tp.platform, 'GET', `/v1/devices/${d.id}`, { token: tenant.vendorToken });
+    assert.equal(device.body.status, 'quarantined');
+  });
+
+  test('[AUD-3] a device reporting resource exhaustion raises an alert without being punished', async () => {
+    const tp = await platform({ resourceThresholdPercent: 90 });
+    const tenant = await provisionTenant(tp, 1);
+    const d = tenant.devices[0]!;
+    const client = await connectDevice(tp.platform, d);
+    assert.equal(
+      await publishOutcome(
+        client,
+        `devices/${d.id}/events`,
+        '{"type":"resources","cpuPercent":40,"memoryPercent":97}',
+        1,
+      ),
+      0,
+    );
+    await eventually(() => (tp.platform.guard.detections.get('resource-exhaustion') ?? 0) === 1, 'exhaustion alerted');
+    const [alert] = await tp.platform.guard.listAlerts({ limit: 1 });
+    assert.deepEqual(
+      [alert!.target, alert!.response, alert!.details.resource, alert!.tenant],
+      [d.id, 'alert-only', 'memory', tenant.vendorId],
+    );
+    assert.equal(await publishOutcome(client, `devices/${d.id}/telemetry`, '{"still":"connected"}', 1), 0);
+    await endClient(client);
+  });
+
+  test('[AUD-2] [IDS-1] checkpoints go to the witness and alerts to the alert webhook', async () => {
+    const received: { path: string; body: Record<string, unknown> }[] = [];
+    const { createServer } = await import('node:http');
+    const server = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        received.push({ path: req.url ?? '', body: JSON.parse(body) as Record<string, unknown> });
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const tp = await platform(
+        { deviceStateChangesPerMinute: 1, deviceResponse: 'alert', alertWebhookUrl: `http://127.0.0.1:${port}/alerts` },
+        { audit: { witnessUrl: `http://127.0.0.1:${port}/witness`, checkpointIntervalSeconds: 0 } },
+      );
+      const tenant = await provisionTenant(tp, 1);
+      const checkpoint = await request(tp.platform, 'POST', '/v1/audit/checkpoints', { token: tenant.adminToken });
+      const d = tenant.devices[0]!;
+      const client = await connectDevice(tp.platform, d);
+      for (let i = 0; i < 3; i++) await publishOutcome(client, `devices/${d.id}/state`, '{"on":true}', 1);
+      await eventually(
+        () => received.some((r) => r.path === '/alerts') && received.some((r) => r.path === '/witness'),
+        'both webhooks called',
+      );
+      const witnessed = received.find((r) => r.path === '/witness')!.body;
+      assert.deepEqual(witnessed.checkpoint, checkpoint.body);
+      assert.equal(typeof witnessed.publicKey, 'string');
+      const alert = received.find((r) => r.path === '/alerts')!.body.alert as { kind: string; target: string };
+      assert.deepEqual([alert.kind, alert.target], ['state-flapping', d.id]);
+      await endClient(client);
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+
   test('[CHAN-5] listener deny and allow lists refuse addresses before TLS', async () => {
     const tp = await platform({}, { mqtt: { deny: ['127.0.0.2/32'] }, http: { allow: ['127.0.0.1/32', '127.0.0.3'] } });
     const tenant = await provisionTenant(tp, 1);
