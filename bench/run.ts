@@ -5,19 +5,20 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { stopAllBenchChildren } from './lib/bench-child.ts';
 import { backgroundCpuPct, type MachineInfo, machineInfo } from './lib/machine-info.ts';
 import { markdownTable } from './lib/markdown-table.ts';
 import type { CaseResult, Measure, MeasureContext } from './lib/measure.ts';
-import { stopAllPlatformProcesses } from './lib/platform-process.ts';
+import { auditMeasure } from './measures/audit.ts';
 import { telemetryMeasure } from './measures/telemetry.ts';
 
-const MEASURES: readonly Measure[] = [telemetryMeasure];
+const MEASURES: readonly Measure[] = [telemetryMeasure, auditMeasure];
 
 const DEFAULT_POSTGRES_URL = 'postgres://postgres@127.0.0.1:5432/test';
 const RESULTS_FILE = fileURLToPath(new URL('./results/latest.json', import.meta.url));
-/** Last line of defence against a hang nobody foresaw; every wait inside is bounded already. */
 /** Background CPU (100 = one core) above which the run is flagged as noisy. */
 const BUSY_WARNING_PCT = 20;
+/** Last line of defence against a hang nobody foresaw; every wait inside is bounded already. */
 const WATCHDOG_MS = { quick: 120_000, full: 900_000 };
 
 const USAGE = `Usage: npm run bench [-- options]
@@ -82,7 +83,7 @@ async function main(): Promise<number> {
 
   const watchdog = setTimeout(() => {
     process.stderr.write(`bench: no result after ${WATCHDOG_MS[mode] / 1000} s; stopping\n`);
-    void stopAllPlatformProcesses(10_000).finally(() => process.exit(1));
+    void stopAllBenchChildren(10_000).finally(() => process.exit(1));
   }, WATCHDOG_MS[mode]);
   watchdog.unref();
 
@@ -136,7 +137,7 @@ async function main(): Promise<number> {
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
     process.stderr.write(`bench: ${signal}, stopping\n`);
-    void stopAllPlatformProcesses(10_000).finally(() => process.exit(130));
+    void stopAllBenchChildren(10_000).finally(() => process.exit(130));
   });
 }
 

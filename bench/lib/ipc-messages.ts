@@ -1,4 +1,5 @@
-// The messages exchanged over the IPC channel between the bench runner and bench/server-process.ts.
+// The messages exchanged over the IPC channel between the bench runner and its child processes:
+// bench/server-process.ts (the platform under test) and bench/audit-process.ts (the audit log).
 
 export interface ServerStartOptions {
   /** Fresh temporary directory owned by the runner (removed by it too). */
@@ -42,5 +43,74 @@ export type ServerMessage =
       databaseVersion: string;
     }
   | { type: 'sample'; sample: ServerSample }
+  | { type: 'failed'; message: string }
+  | { type: 'stopped' };
+
+// ---- bench/audit-process.ts ----
+
+export interface AuditRunOptions {
+  /** Fresh temporary directory owned by the runner (removed by it too): SQLite file, checkpoint file. */
+  dataDir: string;
+  /** postgres://… for PostgreSQL, '' for the embedded SQLite file. */
+  databaseUrl: string;
+  /** PostgreSQL schema to create and drop ('' for SQLite). */
+  schema: string;
+  /** Entries to append, then verify. */
+  entries: number;
+  /** record() promises kept outstanding. */
+  window: number;
+  batchMaxRows: number;
+  queueMaxRows: number;
+}
+
+export interface AuditRunResult {
+  dialect: 'sqlite' | 'postgres';
+  databaseVersion: string;
+  /** Entries whose record() resolved. */
+  appended: number;
+  /** record() calls that rejected (batch failure, queue full): the case fails. */
+  recordFailures: number;
+  firstRecordError: string | null;
+  appendSeconds: number;
+  /** AuditLog.stats over the append phase. */
+  batches: number;
+  failedBatches: number;
+  refused: number;
+  /** Entries that carried a source IP (sealed with the day key). */
+  withSourceIp: number;
+  /** Mean stored details JSON, bytes. */
+  detailsBytes: number;
+  /** This process, user + system, over the append phase. */
+  appendCpuMicros: number;
+  /** Busy CPU of the whole machine over the append phase, ms summed over the cores. */
+  appendMachineBusyMs: number;
+  /** Event-loop delay during the appends (monitorEventLoopDelay, ms). */
+  loopDelayP99Ms: number;
+  loopDelayMaxMs: number;
+  checkpointSeconds: number;
+  closeSeconds: number;
+  verifySeconds: number;
+  verifyCpuMicros: number;
+  verifyOk: boolean;
+  verifyEntries: number;
+  verifyTreeSize: number;
+  checkpointsVerified: number;
+  unattested: number;
+  /** The verifier's problems, as "kind at position: detail" (first few). */
+  problems: string[];
+  /** Database bytes after the run: SQLite page_count × page_size, PostgreSQL audit tables with indexes. */
+  databaseBytes: number | null;
+  /** Resident set just before and just after verification (the verifier keeps state per entry). */
+  rssBeforeVerifyMiB: number;
+  rssAfterVerifyMiB: number;
+  /** Peak resident set of this process over the whole run (appends and verification). */
+  maxRssMiB: number;
+}
+
+export type AuditRunnerMessage = { type: 'start'; options: AuditRunOptions } | { type: 'stop' };
+
+export type AuditChildMessage =
+  | { type: 'progress'; line: string }
+  | { type: 'result'; result: AuditRunResult }
   | { type: 'failed'; message: string }
   | { type: 'stopped' };

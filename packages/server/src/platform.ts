@@ -15,6 +15,7 @@ import {
   deviceBrokerHooks,
   formatHostPort,
   MqttBroker,
+  AEAD_CIPHERS,
   type MqttListener,
   ReasonCode,
   startMqttListener,
@@ -188,6 +189,7 @@ export async function startPlatform(
       limits,
       blocks,
       record: recordSoon,
+      tenantOfDevice: async (deviceId) => (await devices.getDevice(deviceId))?.vendorId ?? null,
       async quarantineDevice(deviceId) {
         const device = await devices.setStatus(deviceId, 'quarantined');
         if (!device) return null;
@@ -252,7 +254,14 @@ export async function startPlatform(
         if (!listener.server.listening) throw new Error('MQTT listener is not listening');
         return { storage: 'ok', mqtt: 'ok' };
       },
-      beforeRoutes: (app) => guardHttp(app, guard, recordSoon),
+      beforeRoutes: (app) => {
+        guardHttp(app, guard, recordSoon);
+        app.addHook('preHandler', async (request) => {
+          if (request.method !== 'GET' && request.method !== 'HEAD' && !audit.accepting) {
+            throw new CastellanError('ERR_AUDIT_UNAVAILABLE');
+          }
+        });
+      },
       routes: [
         (app) => app.register(accountsRoutes, { accounts, authenticate, audit: recordRequest }),
         (app) => app.register(devicesRoutes, { devices, authenticate, audit: recordRequest }),
@@ -289,7 +298,11 @@ export async function startPlatform(
       let admin: AdminServer;
       try {
         admin = await startAdminServer(
-          { host: config.admin.host, port: config.admin.port, tls },
+          {
+            host: config.admin.host,
+            port: config.admin.port,
+            tls: { cert: tls.cert, key: tls.key, minVersion: config.tls.minVersion, ciphers: AEAD_CIPHERS },
+          },
           registry,
           log.child({ component: 'admin' }),
         );

@@ -62,7 +62,9 @@ export function entryLeafHash(entry: StoredEntry, seq = entry.seq): Buffer {
   return leafHash(leafBytes(entry, seq));
 }
 
-const SECRET_KEY = /pass(word)?|secret|token|authorization|cookie|api[-_]?key|private|credential|signature/i;
+// Keys whose values are secrets: matched at the end of the name, so `setupToken` and `clientSecret`
+// are masked while identifiers such as `credentialId` or `tokenCount` are kept.
+const SECRET_KEY = /(pass(word|wd)?|secret|token|authorization|cookie|api[-_]?key|private[-_]?key|signature|seed)$/i;
 const MAX_STRING = 256;
 const MAX_DEPTH = 4;
 

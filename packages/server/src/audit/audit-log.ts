@@ -188,6 +188,14 @@ export class AuditLog {
     return this.#frontier.size;
   }
 
+  /**
+   * Whether new work can count on being audited: write operations are refused up front while the
+   * queue is nearly full, rather than done and then reported as failed.
+   */
+  get accepting(): boolean {
+    return !this.#closed && this.#queue.length < this.#o.queueMaxRows * 0.9;
+  }
+
   get publicKeyRaw(): Buffer {
     return this.signer.publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
   }
@@ -481,8 +489,11 @@ export class AuditLog {
       .orderBy('seq')
       .limit(1)
       .executeTakeFirst();
-    // The newest entry always stays: it anchors the tree for the next writer.
-    const keepFrom = Math.min(firstKept ? Number(firstKept.seq) : this.#frontier.size, this.#frontier.size - 1);
+    // The newest entry always stays: it anchors the tree for the next writer. The boundary is even so
+    // that the first kept leaf's sibling (a leaf; leaves live only in audit_entries) is kept too and
+    // every kept entry still has an inclusion proof.
+    let keepFrom = Math.min(firstKept ? Number(firstKept.seq) : this.#frontier.size, this.#frontier.size - 1);
+    keepFrom -= keepFrom % 2;
     let pruned = 0;
     if (keepFrom > this.#prunedBefore) {
       const prefix = await loadFrontier(this.#o.db, keepFrom, { size: this.#prunedBefore, nodes: this.#prefix });

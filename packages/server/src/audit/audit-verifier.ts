@@ -18,7 +18,8 @@ export type ProblemKind =
   | 'checkpoint-signature'
   | 'checkpoint-missing'
   | 'checkpoint-conflict'
-  | 'checkpoint-file-corrupt';
+  | 'checkpoint-file-corrupt'
+  | 'checkpoint-file-missing';
 
 export interface Problem {
   kind: ProblemKind;
@@ -45,6 +46,8 @@ export interface VerifyOptions {
   /** Checkpoints from the file outside the database (null when the file is absent). */
   fileCheckpoints: Checkpoint[] | null;
   fileCorrupt?: string;
+  /** The checkpoint file must exist whenever the database has checkpoints (true where the log was written). */
+  requireFile?: boolean;
   /** Report problems only within [from, to). The whole log is still hashed. */
   from?: number;
   to?: number;
@@ -109,6 +112,12 @@ export async function verifyAuditLog(options: VerifyOptions): Promise<VerifyResu
     await options.db.selectFrom('audit_checkpoints').select('body').orderBy('tree_size').execute()
   ).map((r) => JSON.parse(r.body) as Checkpoint);
   if (options.fileCorrupt) report({ kind: 'checkpoint-file-corrupt', detail: options.fileCorrupt });
+  if (options.requireFile && options.fileCheckpoints === null && !options.fileCorrupt && dbCheckpoints.length > 0) {
+    report({
+      kind: 'checkpoint-file-missing',
+      detail: 'the database has signed checkpoints but the checkpoint file outside it is gone',
+    });
+  }
   const trusted = new Map<number, Checkpoint>();
   const check = (c: Checkpoint, where: string) => {
     if (!verifyCheckpoint(c, options.publicKey)) {

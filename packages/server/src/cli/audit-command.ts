@@ -1,7 +1,7 @@
 // `castellan audit verify|export`: checks the whole log against its signed checkpoints (exit 1 on any
 // tampering, with positions) and exports entries with proofs for an outside auditor.
-import { closeSync, openSync, writeSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { closeSync, existsSync, openSync, writeSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import {
   type Checkpoint,
   CheckpointSigner,
@@ -33,6 +33,8 @@ Options:
   --from <n> --to <n>   only report / export positions in [from, to)
   --out <file>          export: output file (required)
   --json                verify: print the result as JSON
+  --no-checkpoint-file  verify: this machine has no copy of the checkpoint file (an auditor elsewhere);
+                        without this flag a missing file is reported as tampering
   -h, --help            show this help`;
 
 export interface AuditCommandOptions {
@@ -43,6 +45,7 @@ export interface AuditCommandOptions {
   to?: string;
   out?: string;
   json?: boolean;
+  'no-checkpoint-file'?: boolean;
 }
 
 function position(value: string | undefined, flag: string): number | undefined {
@@ -68,9 +71,14 @@ export async function auditCommand(
   const dataDir = resolve(config.dataDir);
   const publicKey = options['public-key']
     ? publicKeyFromRaw(Buffer.from(options['public-key'], 'base64'))
-    : new CheckpointSigner(loadRootKey({ ...config, dataDir }).key).publicKey;
+    : new CheckpointSigner(loadRootKey({ ...config, dataDir }, { create: false }).key).publicKey;
   const from = position(options.from, '--from');
   const to = position(options.to, '--to');
+  if (!config.database.url && !existsSync(join(dataDir, config.database.sqliteFile))) {
+    throw new CastellanError('ERR_CONFIG_INVALID', {
+      message: `No database at ${join(dataDir, config.database.sqliteFile)}: point --data-dir at the platform's data directory`,
+    });
+  }
   const store: Store = await openStore({
     url: config.database.url,
     dataDir,
@@ -80,7 +88,10 @@ export async function auditCommand(
   });
   try {
     if (sub === 'export') {
-      if (!options.out) throw new CastellanError('ERR_CONFIG_INVALID', { message: 'audit export needs --out <file>' });
+      if (!options.out) {
+        process.stderr.write('castellan: audit export needs --out <file>\n');
+        return 2;
+      }
       const checkpoint = (await readDbCheckpoints(store.db)).filter((c) => verifyCheckpoint(c, publicKey)).at(-1);
       if (!checkpoint) throw new CastellanError('ERR_AUDIT_NO_CHECKPOINT');
       const fd = openSync(resolve(options.out), 'w', 0o600);
@@ -114,6 +125,7 @@ export async function auditCommand(
       publicKey,
       fileCheckpoints,
       ...(fileCorrupt ? { fileCorrupt } : {}),
+      requireFile: !options['no-checkpoint-file'],
       ...(from === undefined ? {} : { from }),
       ...(to === undefined ? {} : { to }),
     });

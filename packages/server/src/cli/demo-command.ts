@@ -269,7 +269,12 @@ async function verifyLocally(dataDir: string, publicKey: KeyObject): Promise<Ver
     ...(config.database.schema ? { schema: config.database.schema } : {}),
   });
   try {
-    return await verifyAuditLog({ db: store.db, publicKey, fileCheckpoints: readFileCheckpoints(dataDir) });
+    return await verifyAuditLog({
+      db: store.db,
+      publicKey,
+      fileCheckpoints: readFileCheckpoints(dataDir),
+      requireFile: true,
+    });
   } finally {
     await store.close();
   }

@@ -87,6 +87,7 @@ async function run(argv: string[]): Promise<number> {
           to: { type: 'string' },
           out: { type: 'string' },
           json: { type: 'boolean' },
+          'no-checkpoint-file': { type: 'boolean' },
           help: { type: 'boolean', short: 'h' },
         },
         allowPositionals: true,

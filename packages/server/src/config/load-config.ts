@@ -1,6 +1,7 @@
 // Configuration: defaults < file < environment < explicit overrides; validated synchronously against
 // the schema, errors name the dotted key, then the result is deep-frozen.
 import { existsSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import type { TSchema } from 'typebox';
 import { Value } from 'typebox/value';
@@ -136,6 +137,14 @@ function emptySkeleton(): Record<string, unknown> {
   return out;
 }
 
+function isCidr(value: string): boolean {
+  const [address, bits, extra] = value.split('/');
+  const family = isIP(address ?? '');
+  if (family === 0 || extra !== undefined) return false;
+  if (bits === undefined) return true;
+  return /^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128);
+}
+
 function literalsAt(path: string): string[] | null {
   let node = ConfigSchema as unknown as {
     properties?: Record<string, unknown>;
@@ -193,6 +202,14 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<CastellanC
     if (SECRET_CONFIG_KEYS.has(path)) throw invalid(path, 'is invalid');
     const allowed = literalsAt(path);
     throw invalid(path, allowed ? `must be one of: ${allowed.join(', ')}` : first.message);
+  }
+  for (const listener of ['http', 'mqtt'] as const) {
+    for (const list of ['allow', 'deny'] as const) {
+      const entries = (withDefaults[listener] as Record<string, string[]>)[list]!;
+      entries.forEach((entry, i) => {
+        if (!isCidr(entry)) throw invalid(`${listener}.${list}[${i}]`, `is not an IP address or CIDR range: ${entry}`);
+      });
+    }
   }
   return deepFreeze(withDefaults as CastellanConfig);
 }

@@ -60,6 +60,8 @@ export interface GuardDependencies {
   limits: RateLimits;
   blocks: IpBlocks;
   record(event: AuditEvent): void;
+  /** The vendor owning a device, so its alerts reach that tenant (devices subsystem). */
+  tenantOfDevice(deviceId: string): Promise<string | null>;
   /** Quarantines a device (devices subsystem) and ends its live connection (gateway). */
   quarantineDevice(deviceId: string): Promise<{ tenant: string | null } | null>;
   now?: () => number;
@@ -319,13 +321,15 @@ export class GuardService {
     kind: DetectionKind,
     about: { target: string; tenant: string | null; ip: string | null; details: Record<string, unknown> },
   ): Promise<Alert> {
-    const aboutDevice =
-      kind === 'message-flood' ||
-      kind === 'state-flapping' ||
-      kind === 'device-auth-failure-storm' ||
-      kind === 'credential-shared';
+    // Only detections that need the device's own secret may quarantine it. Failed logins against a
+    // device ID are anyone's doing (IDs are not secret): quarantining on them would hand attackers a
+    // switch to turn devices off, so they alert, and the guessing IP is blocked instead.
+    const aboutDevice = kind === 'message-flood' || kind === 'state-flapping' || kind === 'credential-shared';
     let response: Alert['response'] = 'alert-only';
     let tenant = about.tenant;
+    if (tenant === null && (aboutDevice || kind === 'device-auth-failure-storm' || kind === 'resource-exhaustion')) {
+      tenant = await this.#d.tenantOfDevice(about.target);
+    }
     if (kind === 'resource-exhaustion') {
       // Reported by the device itself: worth an alert, not a punishment.
     } else if (aboutDevice && this.config.deviceResponse === 'quarantine') {

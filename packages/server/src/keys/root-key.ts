@@ -31,7 +31,8 @@ function decodeKey(text: string, what: string): Buffer {
   return key;
 }
 
-export function loadRootKey(config: RootKeyConfig): LoadedRootKey {
+/** Loads the root key; `create: false` (read-only tools) never generates one. */
+export function loadRootKey(config: RootKeyConfig, options: { create?: boolean } = {}): LoadedRootKey {
   if (config.rootKey.base64) {
     return { key: decodeKey(config.rootKey.base64, 'rootKey.base64'), source: 'config' };
   }
@@ -44,6 +45,11 @@ export function loadRootKey(config: RootKeyConfig): LoadedRootKey {
   const file = resolve(config.rootKey.file || join(config.dataDir, 'root.key'));
   if (existsSync(file)) {
     return { key: decodeKey(readFileSync(file, 'utf8'), `root key file ${file}`), source: 'file', file };
+  }
+  if (options.create === false) {
+    throw new CastellanError('ERR_KEY_ROOT_INVALID', {
+      message: `No root key at ${file}: point --data-dir at the platform's data directory, or pass --public-key`,
+    });
   }
   if (config.rootKey.file || config.environment === 'production') {
     throw new CastellanError('ERR_KEY_ROOT_INVALID', {

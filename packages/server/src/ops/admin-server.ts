@@ -102,7 +102,11 @@ export function isLoopback(host: string): boolean {
 }
 
 export async function startAdminServer(
-  options: { host: string; port: number; tls: { cert: string; key: string } },
+  options: {
+    host: string;
+    port: number;
+    tls: { cert: string; key: string; minVersion: 'TLSv1.2' | 'TLSv1.3'; ciphers: string };
+  },
   registry: Registry,
   log: Logger,
 ): Promise<AdminServer> {
@@ -130,7 +134,16 @@ export async function startAdminServer(
   const plain = isLoopback(options.host);
   const server = plain
     ? http.createServer(handler)
-    : https.createServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' }, handler);
+    : https.createServer(
+        {
+          cert: options.tls.cert,
+          key: options.tls.key,
+          minVersion: options.tls.minVersion,
+          ciphers: options.tls.ciphers,
+          honorCipherOrder: true,
+        },
+        handler,
+      );
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => {

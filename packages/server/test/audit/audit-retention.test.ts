@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
-import { AuditLog, readFileCheckpoints, verifyAuditLog } from '../../src/audit/index.ts';
+import { AuditLog, readFileCheckpoints, verifyAuditLog, verifyInclusion } from '../../src/audit/index.ts';
 import { migrateToLatest, openStore, type Store } from '../../src/store/index.ts';
 import { dialectCases, dropSchema, POSTGRES_URL, uniqueSchema } from '../helpers/dialects.ts';
 
@@ -73,19 +73,29 @@ for (const dialect of await dialectCases()) {
       clock += 40 * DAY; // day 230: day 0 is past 200 days, day 190 past 30 days
       for (let i = 20; i < 23; i++) await record(i);
       const { pruned, ipKeysDestroyed } = await audit.applyRetention();
-      assert.equal(pruned, 13);
+      // The boundary is rounded down to an even position (entry 12 stays) so every kept entry keeps its
+      // inclusion proof: the first kept leaf's sibling is a leaf, and leaves live only with their entries.
+      assert.equal(pruned, 12);
       assert.equal(ipKeysDestroyed, 2);
       await audit.close();
 
       const remaining = await audit.query({ limit: 100 });
       assert.deepEqual(
         remaining.map((e) => e.seq),
-        Array.from({ length: 10 }, (_, i) => 13 + i),
+        Array.from({ length: 11 }, (_, i) => 12 + i),
       );
       assert.deepEqual(
         remaining.map((e) => e.sourceIp),
-        [...Array(7).fill(null), ...Array(3).fill('192.0.2.10')],
+        [...Array(8).fill(null), ...Array(3).fill('192.0.2.10')],
       );
+      const latest = (await audit.latestCheckpoint())!;
+      for (const seq of [12, 13, 22]) {
+        const { leafHash, proof } = await audit.inclusionProof(seq, latest.treeSize);
+        assert.ok(
+          verifyInclusion(seq, latest.treeSize, leafHash, proof, Buffer.from(latest.rootHash, 'hex')),
+          `entry ${seq}`,
+        );
+      }
 
       const result = await verifyAuditLog({
         db: store.db,
@@ -93,7 +103,7 @@ for (const dialect of await dialectCases()) {
         fileCheckpoints: readFileCheckpoints(dataDir),
       });
       assert.deepEqual(result.problems, []);
-      assert.equal(result.entries, 10);
+      assert.equal(result.entries, 11);
       assert.equal(result.treeSize, 23);
 
       // A fresh writer continues the same tree after the prune (the frontier survives in stored nodes).
