@@ -2,8 +2,8 @@
 // leaf and interior nodes, sealed source IPs), and how long verifyAuditLog takes over the whole log. Both
 // run in a child process (bench/audit-process.ts) with a fresh SQLite file or PostgreSQL schema per case;
 // this process only starts it, shows its progress and turns its result into metrics.
-import type { AuditChildMessage, AuditRunnerMessage, AuditRunResult } from '../lib/ipc-messages.ts';
 import { BenchChild } from '../lib/bench-child.ts';
+import type { AuditChildMessage, AuditRunnerMessage, AuditRunResult } from '../lib/ipc-messages.ts';
 import type { CaseResult, Column, Measure, MeasureContext } from '../lib/measure.ts';
 
 type Backend = 'sqlite' | 'postgres';

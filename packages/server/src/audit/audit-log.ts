@@ -129,6 +129,7 @@ export class AuditLog {
   readonly #now: () => number;
   readonly #keyBox: SecretBox;
   readonly #ipKeys = new Map<string, Buffer | null>();
+  readonly #ipKeyLookups = new Map<string, Promise<Buffer | null>>();
   #frontier: MerkleFrontier;
   #prunedBefore: number;
   #prefix: Hash[];
@@ -247,7 +248,12 @@ export class AuditLog {
   }
 
   async #drain(): Promise<void> {
+    let first = true;
     while (this.#queue.length > 0) {
+      // node:sqlite runs a whole batch without yielding: give the event loop (MQTT, HTTPS) a turn
+      // between batches so a long queue never stalls the platform for its whole length.
+      if (!first) await new Promise<void>((resolve) => setImmediate(resolve));
+      first = false;
       const batch = this.#queue.splice(0, this.#o.batchMaxRows);
       try {
         const stored = await Promise.all(batch.map((p) => this.#storedForm(p)));
@@ -333,6 +339,15 @@ export class AuditLog {
   async #ipKey(epoch: string, create: boolean): Promise<Buffer | null> {
     const cached = this.#ipKeys.get(epoch);
     if (cached !== undefined) return cached;
+    // The first entries of a new day arrive together: one lookup serves them all.
+    const pending = this.#ipKeyLookups.get(epoch);
+    if (pending) return pending;
+    const lookup = this.#loadIpKey(epoch, create).finally(() => this.#ipKeyLookups.delete(epoch));
+    this.#ipKeyLookups.set(epoch, lookup);
+    return lookup;
+  }
+
+  async #loadIpKey(epoch: string, create: boolean): Promise<Buffer | null> {
     let row = await this.#o.db.selectFrom('audit_ip_keys').selectAll().where('epoch', '=', epoch).executeTakeFirst();
     if (!row && create) {
       await this.#o.db

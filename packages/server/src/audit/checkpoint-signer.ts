@@ -52,8 +52,15 @@ export function publicKeyFromRaw(raw: Buffer): KeyObject {
   });
 }
 
+const keyIds = new WeakMap<KeyObject, string>();
+
 export function keyIdOf(publicKey: KeyObject): string {
-  return createHash('sha256').update(rawPublicKey(publicKey)).digest('hex').slice(0, 16);
+  let id = keyIds.get(publicKey);
+  if (id === undefined) {
+    id = createHash('sha256').update(rawPublicKey(publicKey)).digest('hex').slice(0, 16);
+    keyIds.set(publicKey, id);
+  }
+  return id;
 }
 
 export class CheckpointSigner {

@@ -249,7 +249,7 @@ export const ConfigSchema = Type.Object(
         batchMaxRows: Type.Integer({
           minimum: 1,
           maximum: 10000,
-          default: 1000,
+          default: 250,
           description: 'Most audit entries written in one transaction',
         }),
         queueMaxRows: Type.Integer({

@@ -82,7 +82,11 @@ export class TelemetryWriter {
   }
 
   async #drain(): Promise<void> {
+    let first = true;
     while (this.#queue.length > 0) {
+      // Yield between batches: node:sqlite writes synchronously, and the broker must keep reading.
+      if (!first) await new Promise<void>((resolve) => setImmediate(resolve));
+      first = false;
       const batch = this.#queue.splice(0, this.#options.batchMaxRows);
       try {
         await this.#options.db

@@ -36,7 +36,12 @@ for (const dialect of await dialectCases()) {
       await endClient(ok);
       await mqttConnect(tp.platform, { username: a.devices[1]!.id, password: b.devices[0]!.secret });
       await request(tp.platform, 'GET', '/v1/products', { token: 'cas_vnd_not-a-real-token-at-all-000000000000' });
-      await tp.platform.audit.flush();
+      // The failure is recorded in the response hook, after the client already has its 401.
+      for (let i = 0; i < 100; i++) {
+        await tp.platform.audit.flush();
+        if ((await tp.platform.audit.query({ type: 'api.auth-failure', limit: 1 })).length > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
     });
     after(() => tp?.close());
 
