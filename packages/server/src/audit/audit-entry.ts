@@ -1,6 +1,8 @@
 // What an audit entry is, and the exact bytes its Merkle leaf covers. The leaf covers the STORED form
 // (the encrypted source IP, the masked details), so shredding a key later leaves every entry
 // verifiable while the personal data becomes unreadable (PRIV-4, KEY-6).
+import { asBufferOrNull } from '../lib/bytes.ts';
+import type { AuditEntryTable } from '../store/index.ts';
 import { leafHash } from './merkle-tree.ts';
 
 export type ActorType = 'admin' | 'vendor' | 'user' | 'device' | 'system';
@@ -36,6 +38,23 @@ export interface StoredEntry {
 }
 
 const LEAF_PREFIX = 'castellan-audit-entry/v1';
+
+/** An audit_entries row in its stored form (what the leaf covers). */
+export function storedEntryOf(row: Omit<AuditEntryTable, 'leaf_hash'>): StoredEntry {
+  return {
+    seq: Number(row.seq),
+    time: Number(row.time),
+    actorType: row.actor_type,
+    actorId: row.actor_id,
+    tenant: row.tenant,
+    eventType: row.event_type,
+    target: row.target,
+    result: row.result,
+    ipEpoch: row.ip_epoch,
+    sourceIp: asBufferOrNull(row.source_ip),
+    details: row.details,
+  };
+}
 
 /** The canonical leaf bytes: a JSON array in fixed field order (deterministic for strings/numbers/null). */
 export function leafBytes(entry: StoredEntry, seq = entry.seq): Buffer {

@@ -2,9 +2,11 @@
 // so an outside auditor can check each entry with the public key alone (JSON Lines).
 import type { Kysely } from 'kysely';
 import type { Database } from '../store/index.ts';
+import { storedEntryOf } from './audit-entry.ts';
 import { storedSubtrees } from './audit-log.ts';
 import type { Checkpoint } from './checkpoint-signer.ts';
 import { inclusionProof } from './merkle-tree.ts';
+import { asBufferOrNull } from '../lib/bytes.ts';
 
 export interface ExportOptions {
   db: Kysely<Database>;
@@ -13,11 +15,6 @@ export interface ExportOptions {
   from?: number;
   to?: number;
   write(line: string): void;
-}
-
-function toBuffer(value: Uint8Array | null): Buffer | null {
-  if (value === null) return null;
-  return Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
 }
 
 /** Writes a header line and one line per entry in [from, to) ∩ the checkpoint; returns the count. */
@@ -49,25 +46,14 @@ export async function exportAudit(options: ExportOptions): Promise<number> {
       .execute();
     if (rows.length === 0) break;
     for (const r of rows) {
-      const seq = Number(r.seq);
+      const stored = storedEntryOf(r);
+      const seq = stored.seq;
       const proof = await inclusionProof(seq, checkpoint.treeSize, subtrees);
       options.write(
         JSON.stringify({
           type: 'entry',
-          entry: {
-            seq,
-            time: r.time,
-            actorType: r.actor_type,
-            actorId: r.actor_id,
-            tenant: r.tenant,
-            eventType: r.event_type,
-            target: r.target,
-            result: r.result,
-            ipEpoch: r.ip_epoch,
-            sourceIp: toBuffer(r.source_ip)?.toString('base64') ?? null,
-            details: r.details,
-          },
-          leafHash: toBuffer(r.leaf_hash)!.toString('hex'),
+          entry: { ...stored, sourceIp: stored.sourceIp?.toString('base64') ?? null },
+          leafHash: asBufferOrNull(r.leaf_hash)!.toString('hex'),
           treeSize: checkpoint.treeSize,
           proof: proof.map((h) => h.toString('hex')),
         }),

@@ -19,6 +19,7 @@ import {
   type SubtreeHash,
   subtreeResolver,
 } from './merkle-tree.ts';
+import { asBuffer } from '../lib/bytes.ts';
 
 export const CHECKPOINT_FILE = join('audit', 'checkpoints.jsonl');
 const DAY_MS = 86_400_000;
@@ -80,10 +81,6 @@ export class AuditQueueFullError extends Error {
   }
 }
 
-function toBuffer(value: Uint8Array): Buffer {
-  return Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
-}
-
 export function epochOf(time: number): string {
   return new Date(time).toISOString().slice(0, 10);
 }
@@ -100,7 +97,7 @@ async function loadFrontier(
     if (height === 0) {
       const row = await db.selectFrom('audit_entries').select('leaf_hash').where('seq', '=', start).executeTakeFirst();
       if (!row) throw new Error(`audit leaf ${start} is missing`);
-      nodes.push({ height, hash: toBuffer(row.leaf_hash) });
+      nodes.push({ height, hash: asBuffer(row.leaf_hash) });
     } else {
       const row = await db
         .selectFrom('audit_nodes')
@@ -108,7 +105,7 @@ async function loadFrontier(
         .where('height', '=', height)
         .where('idx', '=', start / 2 ** height)
         .executeTakeFirst();
-      if (row) nodes.push({ height, hash: toBuffer(row.hash) });
+      if (row) nodes.push({ height, hash: asBuffer(row.hash) });
       else {
         // A subtree wholly inside a pruned prefix comes from the retention checkpoint.
         const fromPrefix = MerkleFrontier.decompose(prefix.size).findIndex(
@@ -435,7 +432,7 @@ export class AuditLog {
       .executeTakeFirst();
     if (!leaf) throw new RangeError(`entry ${seq} is not stored`);
     return {
-      leafHash: toBuffer(leaf.leaf_hash),
+      leafHash: asBuffer(leaf.leaf_hash),
       proof: await inclusionProof(seq, treeSize, storedSubtrees(this.#o.db)),
     };
   }
@@ -463,7 +460,7 @@ export class AuditLog {
       let sourceIp: string | null = null;
       if (row.source_ip && row.ip_epoch) {
         const key = await this.#ipKey(row.ip_epoch, false);
-        if (key) sourceIp = openIp(key, row.ip_epoch, toBuffer(row.source_ip));
+        if (key) sourceIp = openIp(key, row.ip_epoch, asBuffer(row.source_ip));
       }
       out.push({
         seq: Number(row.seq),
@@ -559,7 +556,7 @@ export function storedSubtrees(db: Kysely<Database>): SubtreeHash {
             .where('idx', '=', index)
             .executeTakeFirst();
     if (!row) throw new RangeError(`subtree ${height}/${index} is not available (pruned or beyond the log)`);
-    const hash = toBuffer(row.hash);
+    const hash = asBuffer(row.hash);
     cache.set(key, hash);
     return hash;
   });

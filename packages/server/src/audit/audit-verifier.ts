@@ -4,9 +4,10 @@
 import type { KeyObject } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { Database } from '../store/index.ts';
-import { entryLeafHash, type StoredEntry } from './audit-entry.ts';
+import { entryLeafHash, type StoredEntry, storedEntryOf } from './audit-entry.ts';
 import { type Checkpoint, verifyCheckpoint } from './checkpoint-signer.ts';
 import { type Hash, MerkleFrontier, nodeHash } from './merkle-tree.ts';
+import { asBufferOrNull } from '../lib/bytes.ts';
 
 export type ProblemKind =
   | 'modified'
@@ -57,11 +58,6 @@ interface Row extends StoredEntry {
   stored: Buffer;
 }
 
-function toBuffer(value: Uint8Array | null): Buffer | null {
-  if (value === null) return null;
-  return Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
-}
-
 async function* readEntries(db: Kysely<Database>): AsyncGenerator<Row> {
   let after = -1;
   for (;;) {
@@ -74,20 +70,7 @@ async function* readEntries(db: Kysely<Database>): AsyncGenerator<Row> {
       .execute();
     if (rows.length === 0) return;
     for (const r of rows) {
-      yield {
-        seq: Number(r.seq),
-        time: r.time,
-        actorType: r.actor_type,
-        actorId: r.actor_id,
-        tenant: r.tenant,
-        eventType: r.event_type,
-        target: r.target,
-        result: r.result,
-        ipEpoch: r.ip_epoch,
-        sourceIp: toBuffer(r.source_ip),
-        details: r.details,
-        stored: toBuffer(r.leaf_hash)!,
-      };
+      yield { ...storedEntryOf(r), stored: asBufferOrNull(r.leaf_hash)! };
     }
     after = Number(rows.at(-1)!.seq);
   }
@@ -303,7 +286,7 @@ export async function verifyAuditLog(options: VerifyOptions): Promise<VerifyResu
         .where('height', '=', 1)
         .where('idx', '=', idx)
         .executeTakeFirst();
-      if (node && !nodeHash(recomputedLeaves.at(i), recomputedLeaves.at(i + 1)).equals(toBuffer(node.hash)!)) {
+      if (node && !nodeHash(recomputedLeaves.at(i), recomputedLeaves.at(i + 1)).equals(asBufferOrNull(node.hash)!)) {
         if (!positions.has(start + i) && !positions.has(start + i + 1)) {
           report({
             kind: 'modified',

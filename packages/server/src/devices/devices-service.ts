@@ -9,6 +9,7 @@ import type { SecretBox } from '../keys/index.ts';
 import { constantTimeEqual, newId } from '../lib/random-ids.ts';
 import type { Database } from '../store/index.ts';
 import type { TelemetryWriter } from './telemetry-writer.ts';
+import { asBuffer } from '../lib/bytes.ts';
 
 export interface Product {
   readonly id: string;
@@ -71,10 +72,6 @@ const CODE_ATTEMPTS = 16;
 const ID_ROUNDS = 8;
 
 const secretAad = (deviceId: string) => `device-secret:${deviceId}`;
-
-function toBuffer(value: Uint8Array): Buffer {
-  return Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
-}
 
 export class DevicesService {
   readonly #db: Kysely<Database>;
@@ -230,7 +227,7 @@ export class DevicesService {
       .select(['id', 'vendor_id', 'product_id', 'status', 'created_at', 'secret_ciphertext'])
       .where('id', '=', deviceId)
       .executeTakeFirst();
-    const sealed = row ? toBuffer(row.secret_ciphertext) : this.#decoy.sealed;
+    const sealed = row ? asBuffer(row.secret_ciphertext) : this.#decoy.sealed;
     let expected: Buffer;
     try {
       expected = this.#secrets.open(sealed, secretAad(row ? row.id : this.#decoy.id));
@@ -278,7 +275,7 @@ export class DevicesService {
       seq: Number(row.seq),
       deviceId: row.device_id,
       receivedAt: row.received_at,
-      payload: JSON.parse(toBuffer(row.payload).toString('utf8')) as unknown,
+      payload: JSON.parse(asBuffer(row.payload).toString('utf8')) as unknown,
     }));
   }
 }
