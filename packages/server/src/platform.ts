@@ -30,10 +30,10 @@ import {
   RateLimits,
 } from './guard/index.ts';
 import { createAuthenticateHook, createHttpServer, type RecordAudit } from './http/index.ts';
-import { loadRootKey, loadTlsMaterial, SecretBox } from './keys/index.ts';
+import { KeyService, loadRootKey, loadTlsMaterial } from './keys/index.ts';
 import { createLogger, type Logger } from './logging/index.ts';
 import { type AdminServer, createMetrics, startAdminServer } from './ops/index.ts';
-import { migrateToLatest, openStore, type Store } from './store/index.ts';
+import { type KeyStoreDatabase, migrateToLatest, openStore, type Store } from './store/index.ts';
 
 export const VERSION: string = (
   JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -65,6 +65,7 @@ export interface Platform {
   readonly broker: MqttBroker;
   readonly telemetry: TelemetryWriter;
   readonly audit: AuditLog;
+  readonly keys: KeyService;
   readonly guard: GuardService;
   /** Metrics and liveness (`/metrics`, `/healthz`); null when admin.enabled is false. */
   readonly adminUrl: string | null;
@@ -127,23 +128,6 @@ export async function startPlatform(
     const applied = await migrateToLatest(store.db, store.dialect);
     log.info({ store: store.location, dialect: store.dialect, migrationsApplied: applied }, 'storage ready');
 
-    const accounts = new AccountsService({ db: store.db, dataDir });
-    const telemetry = new TelemetryWriter({
-      db: store.db,
-      log: log.child({ component: 'telemetry' }),
-      batchMaxRows: config.telemetry.batchMaxRows,
-      flushIntervalMs: config.telemetry.flushIntervalMs,
-      queueMaxRows: config.telemetry.queueMaxRows,
-    });
-    cleanups.push(() => telemetry.close());
-    const devices = new DevicesService({
-      db: store.db,
-      secrets: new SecretBox(rootKey.key, 'device-secret'),
-      vendors: accounts,
-      telemetry,
-      maxBatch: config.devices.maxBatch,
-    });
-
     const audit = await AuditLog.open({
       db: store.db,
       dialect: store.dialect,
@@ -159,6 +143,58 @@ export async function startPlatform(
     });
     cleanups.push(() => audit.close());
     const recordSoon = (event: AuditEvent) => audit.recordSoon(event);
+
+    // The key store lives apart from the data (its own SQLite file or PostgreSQL schema), so a backup
+    // of the data carries no key material (KEY-6).
+    const keyStoreUrl = config.keys.storeUrl || config.database.url;
+    const keyStore = await openStore<KeyStoreDatabase>({
+      url: keyStoreUrl,
+      dataDir,
+      sqliteFile: config.keys.storeSqliteFile,
+      poolMax: 4,
+      ...(/^postgres/.test(keyStoreUrl)
+        ? {
+            schema:
+              config.keys.storeSchema || (config.database.schema ? `${config.database.schema}_keys` : 'castellan_keys'),
+          }
+        : {}),
+    });
+    cleanups.push(() => keyStore.close());
+    await migrateToLatest(keyStore.db, keyStore.dialect, 'keys');
+    const keys = new KeyService({
+      db: keyStore.db,
+      rootKey: rootKey.key,
+      audit: (event) =>
+        audit.record({
+          actor: { type: 'system', id: 'keys' },
+          tenant: event.key.tenant === 'platform' ? null : event.key.tenant,
+          type: `key.${event.operation}`,
+          target: event.key.id,
+          result: 'success',
+          details: {
+            version: event.key.version,
+            state: event.key.state,
+            previousState: event.previousState,
+            suite: event.key.suite,
+          },
+        }),
+    });
+    const accounts = new AccountsService({ db: store.db, dataDir });
+    const telemetry = new TelemetryWriter({
+      db: store.db,
+      log: log.child({ component: 'telemetry' }),
+      batchMaxRows: config.telemetry.batchMaxRows,
+      flushIntervalMs: config.telemetry.flushIntervalMs,
+      queueMaxRows: config.telemetry.queueMaxRows,
+    });
+    cleanups.push(() => telemetry.close());
+    const devices = new DevicesService({
+      db: store.db,
+      secrets: keys,
+      vendors: accounts,
+      telemetry,
+      maxBatch: config.devices.maxBatch,
+    });
 
     let redis: Redis | undefined;
     if (config.redis.url) {
@@ -354,6 +390,7 @@ export async function startPlatform(
       broker,
       telemetry,
       audit,
+      keys,
       guard,
       adminUrl,
       http,

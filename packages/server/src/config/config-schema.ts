@@ -415,6 +415,26 @@ export const ConfigSchema = Type.Object(
       },
       strict,
     ),
+    keys: Type.Object(
+      {
+        storeUrl: Type.String({
+          default: '',
+          description:
+            'Key store database, kept apart from the data so data backups carry no key material; empty follows database.url (SQLite: its own file; PostgreSQL: its own schema)',
+        }),
+        storeSqliteFile: Type.String({
+          minLength: 1,
+          default: 'keystore.db',
+          description: 'SQLite key store file inside dataDir',
+        }),
+        storeSchema: Type.String({
+          default: '',
+          pattern: '^([a-z_][a-z0-9_]{0,62})?$',
+          description: 'PostgreSQL schema of the key store; empty: <database.schema>_keys, or castellan_keys',
+        }),
+      },
+      strict,
+    ),
     devices: Type.Object(
       {
         maxBatch: Type.Integer({
@@ -433,7 +453,12 @@ export const ConfigSchema = Type.Object(
 export type CastellanConfig = Static<typeof ConfigSchema>;
 
 /** Keys whose values are secrets: never printed, never logged. */
-export const SECRET_CONFIG_KEYS: ReadonlySet<string> = new Set(['rootKey.base64', 'database.url', 'redis.url']);
+export const SECRET_CONFIG_KEYS: ReadonlySet<string> = new Set([
+  'rootKey.base64',
+  'database.url',
+  'redis.url',
+  'keys.storeUrl',
+]);
 
 /** Environment variables that are not CASTELLAN_-prefixed but conventional. */
 export const ENV_ALIASES: Readonly<Record<string, string>> = {
@@ -446,6 +471,10 @@ export const SECRET_KEY_RULES: Readonly<Record<string, { pattern: RegExp; rule: 
   'database.url': {
     pattern: /^$|^sqlite:|^postgres(ql)?:\/\//,
     rule: 'must be empty (embedded SQLite), sqlite:<file>, or start with postgres:// or postgresql://',
+  },
+  'keys.storeUrl': {
+    pattern: /^$|^sqlite:|^postgres(ql)?:\/\//,
+    rule: 'must be empty (follow database.url), sqlite:<file>, or start with postgres:// or postgresql://',
   },
   'redis.url': { pattern: /^$|^rediss?:\/\//, rule: 'must be empty or start with redis:// or rediss://' },
   'rootKey.base64': { pattern: /^$|^[A-Za-z0-9+/]{43}=$/, rule: 'must be 32 bytes, base64-encoded (44 characters)' },

@@ -5,7 +5,6 @@ import { randomBytes } from 'node:crypto';
 import { generateCode, generateDeviceId } from '@castellan/protocol';
 import type { Kysely } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
-import type { SecretBox } from '../keys/index.ts';
 import { constantTimeEqual, newId } from '../lib/random-ids.ts';
 import type { Database } from '../store/index.ts';
 import type { TelemetryWriter } from './telemetry-writer.ts';
@@ -57,7 +56,8 @@ export interface VendorDirectory {
 
 export interface DevicesServiceOptions {
   db: Kysely<Database>;
-  secrets: SecretBox;
+  /** Field encryption under the tenant's key (the keys subsystem's envelope API). */
+  secrets: FieldCipher;
   vendors: VendorDirectory;
   telemetry: TelemetryWriter;
   maxBatch: number;
@@ -71,11 +71,23 @@ const DEVICE_SECRET_BYTES = 32;
 const CODE_ATTEMPTS = 16;
 const ID_ROUNDS = 8;
 
-const secretAad = (deviceId: string) => `device-secret:${deviceId}`;
+/** Associated data binding a secret to its row and column (a ciphertext moved elsewhere fails). */
+const secretAad = (deviceId: string) => `devices.secret_ciphertext:${deviceId}`;
+
+/** What the devices subsystem needs from the keys subsystem. */
+export interface FieldCipher {
+  /** Prepares the tenant's key outside of any data-store transaction. */
+  ensureKey(tenant: string): Promise<void>;
+  encrypt(tenant: string, plaintext: Uint8Array, context: string): Promise<Buffer>;
+  decrypt(tenant: string, sealed: Uint8Array, context: string): Promise<Buffer>;
+}
+
+/** The platform's own tenant in the key hierarchy (used for the timing decoy). */
+const PLATFORM_TENANT = 'platform';
 
 export class DevicesService {
   readonly #db: Kysely<Database>;
-  readonly #secrets: SecretBox;
+  readonly #secrets: FieldCipher;
   readonly #vendors: VendorDirectory;
   readonly #telemetry: TelemetryWriter;
   readonly #maxBatch: number;
@@ -83,7 +95,7 @@ export class DevicesService {
   readonly #drawId: (vendorCode: string, productCode: string) => string;
   readonly #limitsCache = new Map<string, { limits: ProductReportLimits; until: number }>();
   /** Decrypted when a device ID is unknown, so that both refusals cost the same. */
-  readonly #decoy: { id: string; sealed: Buffer; secret: Buffer };
+  #decoy: Promise<{ id: string; sealed: Buffer }> | undefined;
 
   constructor(options: DevicesServiceOptions) {
     this.#db = options.db;
@@ -93,13 +105,6 @@ export class DevicesService {
     this.#maxBatch = options.maxBatch;
     this.#now = options.now ?? Date.now;
     this.#drawId = options.generateDeviceId ?? generateDeviceId;
-    const decoySecret = Buffer.from(randomBytes(DEVICE_SECRET_BYTES).toString('base64url'));
-    const decoyId = generateDeviceId('000000', '000000');
-    this.#decoy = {
-      id: decoyId,
-      secret: decoySecret,
-      sealed: this.#secrets.seal(decoySecret, secretAad(decoyId)),
-    };
   }
 
   async createProduct(
@@ -163,6 +168,7 @@ export class DevicesService {
     const vendor = await this.#vendors.getVendor(product.vendorId);
     if (!vendor) throw new CastellanError('ERR_VENDOR_NOT_FOUND');
     const now = this.#now();
+    await this.#secrets.ensureKey(product.vendorId);
     return this.#db.transaction().execute(async (trx) => {
       const issued: IssuedDevice[] = [];
       let missing = count;
@@ -173,14 +179,20 @@ export class DevicesService {
           const id = this.#drawId(vendor.code, product.code);
           if (!batch.has(id)) batch.set(id, randomBytes(DEVICE_SECRET_BYTES).toString('base64url'));
         }
-        const rows = [...batch].map(([id, secret]) => ({
-          id,
-          vendor_id: product.vendorId,
-          product_id: product.id,
-          secret_ciphertext: this.#secrets.seal(Buffer.from(secret, 'utf8'), secretAad(id)),
-          status: 'active' as const,
-          created_at: now,
-        }));
+        const rows = await Promise.all(
+          [...batch].map(async ([id, secret]) => ({
+            id,
+            vendor_id: product.vendorId,
+            product_id: product.id,
+            secret_ciphertext: await this.#secrets.encrypt(
+              product.vendorId,
+              Buffer.from(secret, 'utf8'),
+              secretAad(id),
+            ),
+            status: 'active' as const,
+            created_at: now,
+          })),
+        );
         // Chunked to stay under SQLite's and PostgreSQL's bound-parameter limits.
         for (let i = 0; i < rows.length; i += 500) {
           const written = await trx
@@ -227,15 +239,33 @@ export class DevicesService {
       .select(['id', 'vendor_id', 'product_id', 'status', 'created_at', 'secret_ciphertext'])
       .where('id', '=', deviceId)
       .executeTakeFirst();
-    const sealed = row ? asBuffer(row.secret_ciphertext) : this.#decoy.sealed;
     let expected: Buffer;
     try {
-      expected = this.#secrets.open(sealed, secretAad(row ? row.id : this.#decoy.id));
+      if (row) {
+        expected = await this.#secrets.decrypt(row.vendor_id, asBuffer(row.secret_ciphertext), secretAad(row.id));
+      } else {
+        const decoy = await this.#decoySecret();
+        expected = await this.#secrets.decrypt(PLATFORM_TENANT, decoy.sealed, secretAad(decoy.id));
+      }
     } catch {
+      // Includes a destroyed or suspended key: such a device cannot authenticate.
       return null;
     }
     const match = constantTimeEqual(expected, presented);
     return row && match ? toDevice(row) : null;
+  }
+
+  /** A sealed secret of no device: an unknown ID costs the same key work as a known one. */
+  #decoySecret(): Promise<{ id: string; sealed: Buffer }> {
+    this.#decoy ??= (async () => {
+      const id = generateDeviceId('000000', '000000');
+      const secret = Buffer.from(randomBytes(DEVICE_SECRET_BYTES).toString('base64url'));
+      return { id, sealed: await this.#secrets.encrypt(PLATFORM_TENANT, secret, secretAad(id)) };
+    })();
+    this.#decoy.catch(() => {
+      this.#decoy = undefined;
+    });
+    return this.#decoy;
   }
 
   /** Report-rate limits of a product, cached briefly: they are read on every device message. */

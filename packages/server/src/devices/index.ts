@@ -5,6 +5,7 @@ export {
   type ProductReportLimits,
   DevicesService,
   type DevicesServiceOptions,
+  type FieldCipher,
   type IssuedDevice,
   type Product,
   type TelemetryItem,

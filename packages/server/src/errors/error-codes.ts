@@ -18,6 +18,18 @@ export const ERROR_CODES = {
   ERR_LISTEN_FAILED: { status: 500, expose: false, message: 'A listener could not be started' },
   ERR_KEY_ROOT_INVALID: { status: 500, expose: false, message: 'Root key is invalid' },
   ERR_KEY_DECRYPT_FAILED: { status: 500, expose: false, message: 'Decryption failed' },
+  ERR_KEY_NOT_FOUND: { status: 404, expose: true, message: 'Key not found' },
+  ERR_KEY_TRANSITION_INVALID: {
+    status: 409,
+    expose: true,
+    message: 'This key operation is not allowed in the key’s state',
+  },
+  ERR_KEY_NOT_USABLE: { status: 409, expose: true, message: 'The key is not usable in its current state' },
+  ERR_KEY_DESTROYED: {
+    status: 410,
+    expose: true,
+    message: 'The key protecting this data was destroyed; the data is unreadable',
+  },
 
   ERR_HTTP_NOT_FOUND: { status: 404, expose: true, message: 'Route not found' },
   ERR_HTTP_MALFORMED_JSON: { status: 400, expose: true, message: 'Request body is not valid JSON' },

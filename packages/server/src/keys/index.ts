@@ -1,3 +1,13 @@
 export { generateDevPki, loadTlsMaterial, type TlsConfig, type TlsMaterial } from './dev-pki.ts';
 export { type LoadedRootKey, loadRootKey, ROOT_KEY_BYTES, type RootKeyConfig } from './root-key.ts';
+export {
+  canDecrypt,
+  canEncrypt,
+  KEY_OPERATIONS,
+  KEY_STATES,
+  type KeyOperation,
+  type KeyState,
+  nextState,
+} from './key-lifecycle.ts';
+export { type KeyAuditEvent, KeyService, type KeyServiceOptions, type KeyVersion } from './key-service.ts';
 export { SecretBox } from './secret-box.ts';

@@ -10,8 +10,8 @@ import type { Database } from './schema.ts';
 
 export type DialectName = 'sqlite' | 'postgres';
 
-export interface Store {
-  readonly db: Kysely<Database>;
+export interface Store<DB = Database> {
+  readonly db: Kysely<DB>;
   readonly dialect: DialectName;
   /** Human-readable location without credentials (for logs). */
   readonly location: string;
@@ -40,18 +40,18 @@ function describePostgres(url: string): string {
   }
 }
 
-export async function openStore(options: OpenStoreOptions): Promise<Store> {
-  if (options.url === '' || options.url.startsWith('sqlite:')) return openSqlite(options);
+export async function openStore<DB = Database>(options: OpenStoreOptions): Promise<Store<DB>> {
+  if (options.url === '' || options.url.startsWith('sqlite:')) return openSqlite<DB>(options);
   if (!/^postgres(ql)?:\/\//.test(options.url)) {
     throw new CastellanError('ERR_CONFIG_INVALID', {
       message:
         'Invalid configuration: database.url must start with postgres:// or postgresql://, or be empty for SQLite',
     });
   }
-  return openPostgres(options);
+  return openPostgres<DB>(options);
 }
 
-function openSqlite(options: OpenStoreOptions): Store {
+function openSqlite<DB>(options: OpenStoreOptions): Store<DB> {
   const dir = resolve(options.dataDir);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const file = options.url.startsWith('sqlite:') ? options.url.slice('sqlite:'.length) : join(dir, options.sqliteFile);
@@ -66,7 +66,7 @@ function openSqlite(options: OpenStoreOptions): Store {
   raw.exec('PRAGMA synchronous = FULL');
   raw.exec('PRAGMA foreign_keys = ON');
   const adapter = new NodeSqliteDatabase(raw);
-  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: adapter }) });
+  const db = new Kysely<DB>({ dialect: new SqliteDialect({ database: adapter }) });
   return {
     db,
     dialect: 'sqlite',
@@ -80,7 +80,7 @@ function openSqlite(options: OpenStoreOptions): Store {
   };
 }
 
-async function openPostgres(options: OpenStoreOptions): Promise<Store> {
+async function openPostgres<DB>(options: OpenStoreOptions): Promise<Store<DB>> {
   const schema = options.schema ?? '';
   const types = {
     getTypeParser(oid: number, format?: string) {
@@ -118,7 +118,7 @@ async function openPostgres(options: OpenStoreOptions): Promise<Store> {
       cause: error,
     });
   }
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
   return {
     db,
     dialect: 'postgres',

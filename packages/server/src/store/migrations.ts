@@ -17,6 +17,32 @@ function columnTypes(dialect: DialectName): ColumnTypes {
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- migrations run before the typed schema exists.
 type AnyDb = Kysely<any>;
 
+/** The key store's own migrations: it lives apart from the data (its own file or schema, own backups). */
+function keyStoreMigrationsFor(dialect: DialectName): Record<string, Migration> {
+  const t = columnTypes(dialect);
+  return {
+    '0001_key_versions': {
+      async up(db: AnyDb) {
+        await db.schema
+          .createTable('key_versions')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('key_name', 'text', (c) => c.notNull())
+          .addColumn('tenant', 'text', (c) => c.notNull())
+          .addColumn('version', 'integer', (c) => c.notNull())
+          .addColumn('suite', 'text', (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          // The key material wrapped under the root key; NULL once destroyed (crypto-shredding).
+          .addColumn('wrapped_material', t.binary)
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('state_changed_at', 'bigint', (c) => c.notNull())
+          .addUniqueConstraint('key_versions_name_version_unique', ['key_name', 'version'])
+          .execute();
+        await db.schema.createIndex('key_versions_tenant_idx').on('key_versions').columns(['tenant']).execute();
+      },
+    },
+  };
+}
+
 function migrationsFor(dialect: DialectName): Record<string, Migration> {
   const t = columnTypes(dialect);
   return {
@@ -175,8 +201,12 @@ const MIGRATIONS_TABLE = 'castellan_migrations';
  * serialised by a transaction-scoped advisory lock (PostgreSQL) or the write lock (SQLite), so several
  * processes starting at once apply each migration exactly once.
  */
-export async function migrateToLatest(db: AnyDb, dialect: DialectName): Promise<string[]> {
-  const migrations = migrationsFor(dialect);
+export async function migrateToLatest(
+  db: AnyDb,
+  dialect: DialectName,
+  set: 'data' | 'keys' = 'data',
+): Promise<string[]> {
+  const migrations = set === 'keys' ? keyStoreMigrationsFor(dialect) : migrationsFor(dialect);
   let current = '(setup)';
   const apply = async (trx: AnyDb): Promise<string[]> => {
     await trx.schema

@@ -130,3 +130,20 @@ export interface Database {
   devices: DeviceTable;
   telemetry: TelemetryTable;
 }
+
+/** keys (key store, kept apart from the data): versions of tenant key-encryption keys. */
+export interface KeyVersionTable {
+  id: string;
+  key_name: string;
+  tenant: string;
+  version: number;
+  suite: string;
+  state: string;
+  wrapped_material: Uint8Array | null;
+  created_at: number;
+  state_changed_at: number;
+}
+
+export interface KeyStoreDatabase {
+  key_versions: KeyVersionTable;
+}

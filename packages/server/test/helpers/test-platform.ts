@@ -100,7 +100,10 @@ export async function startTestPlatform(
     },
     async close() {
       await platform.close();
-      if (schema) await dropSchema(schema);
+      if (schema) {
+        await dropSchema(schema);
+        await dropSchema(`${schema}_keys`);
+      }
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
