@@ -89,7 +89,7 @@ export class KeyService {
   constructor(options: KeyServiceOptions) {
     this.#db = options.db;
     this.#rootBox = new SecretBox(options.rootKey, 'key-store-wrap');
-    this.#audit = options.audit;
+    this.#audit = (event) => options.audit(event);
     this.#now = options.now ?? Date.now;
   }
 

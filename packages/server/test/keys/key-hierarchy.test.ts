@@ -1,0 +1,253 @@
+// The key hierarchy (KEY-1), lifecycle (KEY-2), encrypted fields (KEY-3) and crypto-shredding (KEY-6),
+// on both databases, through a real platform.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import fc from 'fast-check';
+import pg from 'pg';
+import { CastellanError } from '../../src/errors/index.ts';
+import { KEY_OPERATIONS, KEY_STATES, KeyService, type KeyState, nextState } from '../../src/keys/index.ts';
+import { dialectCases, dropSchema, POSTGRES_URL, uniqueSchema } from '../helpers/dialects.ts';
+import { provisionTenant, startTestPlatform, type Tenant, type TestPlatform } from '../helpers/test-platform.ts';
+
+const ALLOWED: Record<string, Record<string, KeyState>> = {
+  'pre-active': { activate: 'active', compromise: 'compromised', destroy: 'destroyed' },
+  active: { suspend: 'suspended', deactivate: 'deactivated', compromise: 'compromised', destroy: 'destroyed' },
+  suspended: { activate: 'active', deactivate: 'deactivated', compromise: 'compromised', destroy: 'destroyed' },
+  deactivated: { compromise: 'compromised', destroy: 'destroyed' },
+  compromised: { destroy: 'destroyed' },
+  destroyed: {},
+};
+
+const code = (fn: () => unknown) => {
+  try {
+    fn();
+  } catch (error) {
+    return (error as CastellanError).code;
+  }
+  return 'ok';
+};
+
+describe('key lifecycle rules', () => {
+  test('[KEY-2] every transition is allowed exactly where the lifecycle table says, and refused clearly elsewhere', () => {
+    for (const state of KEY_STATES) {
+      for (const op of KEY_OPERATIONS) {
+        const expected = ALLOWED[state]![op];
+        if (expected) assert.equal(nextState(state, op), expected, `${op} from ${state}`);
+        else {
+          assert.throws(
+            () => nextState(state, op),
+            (e: unknown) =>
+              e instanceof CastellanError &&
+              e.code === 'ERR_KEY_TRANSITION_INVALID' &&
+              e.message === `Cannot ${op} a key that is ${state}`,
+          );
+        }
+      }
+    }
+  });
+
+  test('[KEY-2] property: under any sequence of operations a destroyed key stays destroyed', () => {
+    fc.assert(
+      fc.property(fc.array(fc.constantFrom(...KEY_OPERATIONS), { maxLength: 12 }), (ops) => {
+        let state = 'pre-active' as KeyState;
+        for (const op of ops) {
+          const previous: KeyState = state;
+          if (code(() => (state = nextState(state, op))) !== 'ok') state = previous;
+          if (previous === 'destroyed') assert.equal(state, 'destroyed');
+        }
+      }),
+    );
+  });
+});
+
+for (const dialect of await dialectCases()) {
+  describe(`key hierarchy on ${dialect.name}`, { skip: dialect.skip }, () => {
+    let tp: TestPlatform;
+    let x: Tenant;
+    let y: Tenant;
+
+    before(async () => {
+      tp = await startTestPlatform(dialect.name);
+      x = await provisionTenant(tp, 2);
+      y = await provisionTenant(tp, 2, x.adminToken);
+    });
+    after(() => tp?.close());
+
+    const keys = () => tp.platform.keys;
+
+    test('[KEY-1] envelope round trip; a ciphertext moved to another row, column or tenant fails', async () => {
+      const sealed = await keys().encrypt(x.vendorId, Buffer.from('lock code 4711'), 'locks.code:lock-1');
+      assert.equal((await keys().decrypt(x.vendorId, sealed, 'locks.code:lock-1')).toString(), 'lock code 4711');
+      for (const [tenant, context] of [
+        [x.vendorId, 'locks.code:lock-2'],
+        [x.vendorId, 'locks.owner:lock-1'],
+        [y.vendorId, 'locks.code:lock-1'],
+      ] as const) {
+        await assert.rejects(keys().decrypt(tenant, sealed, context), { code: 'ERR_KEY_DECRYPT_FAILED' });
+      }
+      const [version] = await keys().list({ tenant: x.vendorId });
+      assert.equal(KeyService.keyVersionOf(sealed), version!.id);
+      assert.equal(version!.state, 'active');
+    });
+
+    test('[KEY-2] rotation: old data stays readable, new data goes to the new version, the old one only decrypts', async () => {
+      const tenant = `rotation-${dialect.name}`;
+      const before = await keys().encrypt(tenant, Buffer.from('before'), 'ctx');
+      const rotated = await keys().rotate(tenant);
+      const afterRotation = await keys().encrypt(tenant, Buffer.from('after'), 'ctx');
+      assert.notEqual(KeyService.keyVersionOf(before), KeyService.keyVersionOf(afterRotation));
+      assert.equal(KeyService.keyVersionOf(afterRotation), rotated.id);
+      assert.equal((await keys().decrypt(tenant, before, 'ctx')).toString(), 'before');
+      assert.equal((await keys().decrypt(tenant, afterRotation, 'ctx')).toString(), 'after');
+      const versions = await keys().list({ tenant });
+      assert.deepEqual(
+        versions.map((v) => [v.version, v.state]),
+        [
+          [1, 'deactivated'],
+          [2, 'active'],
+        ],
+      );
+      await tp.platform.audit.flush();
+      const audited = await tp.platform.audit.query({ type: 'key.rotate', target: rotated.id, limit: 5 });
+      assert.equal(audited.length, 1, 'the rotation is audited');
+    });
+
+    test('[KEY-2] illegal transitions on stored keys are refused and change nothing; every change is audited', async () => {
+      const tenant = `lifecycle-${dialect.name}`;
+      const created = await keys().create(tenant);
+      await assert.rejects(keys().transition(created.id, 'suspend'), {
+        code: 'ERR_KEY_TRANSITION_INVALID',
+        message: 'Cannot suspend a key that is pre-active',
+      });
+      assert.equal((await keys().get(created.id)).state, 'pre-active');
+      await keys().transition(created.id, 'activate');
+      const sealed = await keys().encrypt(tenant, Buffer.from('v'), 'c');
+      await keys().transition(created.id, 'suspend');
+      await assert.rejects(keys().encrypt(tenant, Buffer.from('v'), 'c'), { code: 'ERR_KEY_NOT_USABLE' });
+      await assert.rejects(keys().decrypt(tenant, sealed, 'c'), { code: 'ERR_KEY_NOT_USABLE' });
+      await keys().transition(created.id, 'activate');
+      assert.equal((await keys().decrypt(tenant, sealed, 'c')).toString(), 'v');
+      await keys().transition(created.id, 'destroy');
+      await assert.rejects(keys().transition(created.id, 'activate'), {
+        code: 'ERR_KEY_TRANSITION_INVALID',
+        message: 'Cannot activate a key that is destroyed',
+      });
+      await assert.rejects(keys().decrypt(tenant, sealed, 'c'), { code: 'ERR_KEY_DESTROYED' });
+      await tp.platform.audit.flush();
+      const ops = (await tp.platform.audit.query({ target: created.id, limit: 20 })).map((e) => e.type);
+      assert.deepEqual(ops, ['key.create', 'key.activate', 'key.suspend', 'key.activate', 'key.destroy']);
+    });
+
+    test('[KEY-3] device secrets are found in neither the database files nor a dump (UTF-8, hex, base64)', async () => {
+      const secrets = [...x.devices, ...y.devices].map((d) => d.secret);
+      const forms = (s: string) => [s, Buffer.from(s).toString('hex'), Buffer.from(s).toString('base64')];
+      let haystack: string;
+      if (dialect.name === 'sqlite') {
+        haystack = ['castellan.db', 'castellan.db-wal', 'keystore.db', 'keystore.db-wal']
+          .map((f) => join(tp.dataDir, f))
+          .filter((f) => existsSync(f))
+          .map((f) => readFileSync(f).toString('latin1'))
+          .join('\n');
+        assert.ok(haystack.length > 0);
+      } else {
+        haystack = ['', '_keys']
+          .map((suffix) =>
+            execFileSync('pg_dump', ['-h', '127.0.0.1', '-U', 'postgres', '-n', `${tp.schema}${suffix}`, 'test'], {
+              encoding: 'utf8',
+            }),
+          )
+          .join('\n');
+        assert.match(haystack, /CREATE TABLE/);
+      }
+      for (const secret of secrets)
+        for (const form of forms(secret))
+          assert.equal(haystack.includes(form), false, 'a device secret is stored readably');
+    });
+
+    test('[KEY-6] a data backup taken before a tenant key is destroyed stays unreadable for that tenant after a restore', async () => {
+      const fresh = await startTestPlatform(dialect.name);
+      try {
+        const a = await provisionTenant(fresh, 1);
+        const b = await provisionTenant(fresh, 1, a.adminToken);
+        // Backup of the data store only (the key store is backed up separately).
+        const backupDir = mkdtempSync(join(tmpdir(), 'castellan-backup-'));
+        let backupSchema: string | undefined;
+        if (dialect.name === 'sqlite') {
+          await fresh.platform.close();
+          cpSync(join(fresh.dataDir, 'castellan.db'), join(backupDir, 'castellan.db'));
+        } else {
+          backupSchema = uniqueSchema();
+          const client = new pg.Client({ connectionString: POSTGRES_URL });
+          await client.connect();
+          await client.query(`create schema "${backupSchema}"`);
+          for (const table of ['vendors', 'products', 'devices', 'telemetry']) {
+            await client.query(`create table "${backupSchema}".${table} as table "${fresh.schema}".${table}`);
+          }
+          await client.end();
+        }
+        // Tenant A's key is destroyed in the live key store (after the backup was taken).
+        const live = dialect.name === 'sqlite' ? await startTestPlatformAt(fresh.dataDir) : fresh;
+        for (const v of await live.platform.keys.list({ tenant: a.vendorId }))
+          await live.platform.keys.transition(v.id, 'destroy');
+        // Restore: the backed-up data with today's key store.
+        const deviceA = a.devices[0]!;
+        const deviceB = b.devices[0]!;
+        let rows: { id: string; vendor_id: string; secret_ciphertext: Uint8Array }[];
+        if (dialect.name === 'sqlite') {
+          const { DatabaseSync } = await import('node:sqlite');
+          const db = new DatabaseSync(join(backupDir, 'castellan.db'), { readOnly: true });
+          rows = db.prepare('select id, vendor_id, secret_ciphertext from devices').all() as typeof rows;
+          db.close();
+        } else {
+          const client = new pg.Client({ connectionString: POSTGRES_URL });
+          await client.connect();
+          rows = (await client.query(`select id, vendor_id, secret_ciphertext from "${backupSchema}".devices`))
+            .rows as typeof rows;
+          await client.end();
+          await dropSchema(backupSchema!);
+        }
+        const rowA = rows.find((r) => r.id === deviceA.id)!;
+        const rowB = rows.find((r) => r.id === deviceB.id)!;
+        await assert.rejects(
+          live.platform.keys.decrypt(rowA.vendor_id, rowA.secret_ciphertext, `devices.secret_ciphertext:${deviceA.id}`),
+          { code: 'ERR_KEY_DESTROYED', message: 'The key protecting this data was destroyed; the data is unreadable' },
+        );
+        const plainB = await live.platform.keys.decrypt(
+          rowB.vendor_id,
+          rowB.secret_ciphertext,
+          `devices.secret_ciphertext:${deviceB.id}`,
+        );
+        assert.equal(plainB.toString(), deviceB.secret, "the other tenant's data still decrypts");
+        assert.equal(await live.platform.devices.authenticateDevice(deviceA.id, Buffer.from(deviceA.secret)), null);
+        assert.ok(await live.platform.devices.authenticateDevice(deviceB.id, Buffer.from(deviceB.secret)));
+        if (live !== fresh) await live.platform.close();
+        rmSync(backupDir, { recursive: true, force: true });
+      } finally {
+        await fresh.close();
+      }
+    });
+  });
+}
+
+/** Restarts a SQLite platform on an existing data directory. */
+async function startTestPlatformAt(dataDir: string): Promise<TestPlatform> {
+  const { loadConfig } = await import('../../src/config/index.ts');
+  const { startPlatform } = await import('../../src/platform.ts');
+  const config = loadConfig({
+    env: {},
+    cwd: dataDir,
+    overrides: {
+      dataDir,
+      http: { host: '127.0.0.1', port: 0 },
+      mqtt: { host: '127.0.0.1', port: 0 },
+      admin: { enabled: false },
+      log: { level: 'silent' },
+    },
+  });
+  const platform = await startPlatform(config, { notice: () => {} });
+  return { platform } as TestPlatform;
+}
