@@ -179,7 +179,7 @@ export async function startPlatform(
           },
         }),
     });
-    const accounts = new AccountsService({ db: store.db, dataDir });
+    const accounts = new AccountsService({ db: store.db, dataDir, cipher: keys });
     const telemetry = new TelemetryWriter({
       db: store.db,
       log: log.child({ component: 'telemetry' }),

@@ -148,7 +148,12 @@ for (const dialect of await dialectCases()) {
     });
 
     test('[DEV-1] a colliding device ID is detected by the store and drawn again; the batch stays whole', async () => {
-      const accounts = new AccountsService({ db: store.db, dataDir });
+      // No administrator is created here: the accounts cipher is never called.
+      const accounts = new AccountsService({
+        db: store.db,
+        dataDir,
+        cipher: { encrypt: () => Promise.reject(new Error('unused')) },
+      });
       const vendor = await accounts.createVendor('Collision Test');
       const telemetry = new TelemetryWriter({
         db: store.db,

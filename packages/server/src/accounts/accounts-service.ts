@@ -50,15 +50,19 @@ export interface AccountsServiceOptions {
   db: Kysely<Database>;
   dataDir: string;
   now?: () => number;
+  /** Encrypts personal fields under the platform's key (the keys subsystem). */
+  cipher: { encrypt(tenant: string, plaintext: Uint8Array, context: string): Promise<Buffer> };
 }
 
 export class AccountsService {
   readonly #db: Kysely<Database>;
   readonly #dataDir: string;
   readonly #now: () => number;
+  readonly #cipher: AccountsServiceOptions['cipher'];
 
   constructor(options: AccountsServiceOptions) {
     this.#db = options.db;
+    this.#cipher = options.cipher;
     this.#dataDir = options.dataDir;
     this.#now = options.now ?? Date.now;
   }
@@ -107,6 +111,12 @@ export class AccountsService {
     adminName: string,
   ): Promise<{ adminId: string; credential: IssuedCredential }> {
     const now = this.#now();
+    const adminId = newId('adm');
+    // A person's name is personal data (PRIV-1): stored only encrypted, bound to its row. Encrypted
+    // before the transaction: the key service may write the audit log.
+    const sealedName = (
+      await this.#cipher.encrypt('platform', Buffer.from(adminName, 'utf8'), `admins.name:${adminId}`)
+    ).toString('base64');
     const result = await this.#db.transaction().execute(async (trx) => {
       // Single use: only the UPDATE that flips used_at from NULL wins, even under concurrency.
       const used = await trx
@@ -116,8 +126,7 @@ export class AccountsService {
         .where('used_at', 'is', null)
         .executeTakeFirst();
       if (Number(used.numUpdatedRows) !== 1) return null;
-      const adminId = newId('adm');
-      await trx.insertInto('admins').values({ id: adminId, name: adminName, created_at: now }).execute();
+      await trx.insertInto('admins').values({ id: adminId, name: sealedName, created_at: now }).execute();
       const credential = await this.#insertCredential(trx, 'admin', adminId, 'setup');
       return { adminId, credential };
     });

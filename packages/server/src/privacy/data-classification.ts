@@ -1,0 +1,118 @@
+// Data classification (PRIV-1): every stored column has a sensitivity level, and the level drives its
+// handling. A test compares this registry with the real schema on both databases, so a column cannot
+// be added without being classified.
+//
+//   public        may be shown to anyone allowed to see the row
+//   internal      identifiers and operational values; never personal, never secret
+//   confidential  tenant business data (telemetry, device data, audit details)
+//   personal      personal data: encrypted or pseudonymised, shredded with the person's key (PRIV-4/5)
+//   secret        credentials and key material: encrypted or hashed, never returned, never logged
+
+export type Sensitivity = 'public' | 'internal' | 'confidential' | 'personal' | 'secret';
+
+export interface ColumnClass {
+  level: Sensitivity;
+  /** How the column is protected at rest. */
+  protection: 'none' | 'hashed' | 'encrypted' | 'wrapped-by-root-key' | 'masked' | 'merkle-covered';
+  /** Days it is kept, when a retention rule applies. */
+  retention?: string;
+}
+
+const c = (level: Sensitivity, protection: ColumnClass['protection'] = 'none', retention?: string): ColumnClass => ({
+  level,
+  protection,
+  ...(retention ? { retention } : {}),
+});
+
+export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string, ColumnClass>>>> = {
+  admins: { id: c('internal'), name: c('personal', 'encrypted'), created_at: c('internal') },
+  setup_tokens: {
+    id: c('internal'),
+    token_hash: c('secret', 'hashed'),
+    created_at: c('internal'),
+    used_at: c('internal'),
+  },
+  api_credentials: {
+    id: c('internal'),
+    kind: c('internal'),
+    principal_id: c('internal'),
+    token_hash: c('secret', 'hashed'),
+    label: c('internal'),
+    created_at: c('internal'),
+    revoked_at: c('internal'),
+  },
+  vendors: { id: c('internal'), code: c('public'), name: c('public'), created_at: c('internal') },
+  products: {
+    id: c('internal'),
+    vendor_id: c('internal'),
+    code: c('public'),
+    name: c('public'),
+    category: c('public'),
+    created_at: c('internal'),
+    messages_per_second: c('internal'),
+    messages_per_day: c('internal'),
+  },
+  devices: {
+    id: c('internal'),
+    vendor_id: c('internal'),
+    product_id: c('internal'),
+    secret_ciphertext: c('secret', 'encrypted'),
+    status: c('internal'),
+    created_at: c('internal'),
+  },
+  telemetry: { seq: c('internal'), device_id: c('internal'), received_at: c('internal'), payload: c('confidential') },
+  audit_entries: {
+    seq: c('internal', 'merkle-covered'),
+    time: c('internal', 'merkle-covered', 'audit.retentionDays'),
+    actor_type: c('internal', 'merkle-covered'),
+    actor_id: c('internal', 'merkle-covered'),
+    tenant: c('internal', 'merkle-covered'),
+    event_type: c('internal', 'merkle-covered'),
+    target: c('internal', 'merkle-covered'),
+    result: c('internal', 'merkle-covered'),
+    ip_epoch: c('internal', 'merkle-covered'),
+    source_ip: c('personal', 'encrypted', 'audit.ipRetentionDays (day key destroyed)'),
+    details: c('confidential', 'masked'),
+    leaf_hash: c('internal'),
+  },
+  audit_nodes: { height: c('internal'), idx: c('internal'), hash: c('internal') },
+  audit_checkpoints: { tree_size: c('internal'), time: c('internal'), body: c('public') },
+  audit_ip_keys: {
+    epoch: c('internal'),
+    sealed_key: c('secret', 'wrapped-by-root-key', 'audit.ipRetentionDays'),
+    created_at: c('internal'),
+    destroyed_at: c('internal'),
+  },
+  guard_alerts: {
+    id: c('internal'),
+    time: c('internal'),
+    kind: c('internal'),
+    source_ip: c('personal', 'none', 'audit.ipRetentionDays (set to NULL)'),
+    target: c('internal'),
+    tenant: c('internal'),
+    response: c('internal'),
+    details: c('confidential'),
+  },
+  castellan_migrations: { name: c('internal'), applied_at: c('internal') },
+};
+
+/** The key store's tables (a separate database). */
+export const KEY_STORE_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string, ColumnClass>>>> = {
+  key_versions: {
+    id: c('internal'),
+    key_name: c('internal'),
+    tenant: c('internal'),
+    version: c('internal'),
+    suite: c('internal'),
+    state: c('internal'),
+    wrapped_material: c('secret', 'wrapped-by-root-key'),
+    created_at: c('internal'),
+    state_changed_at: c('internal'),
+  },
+  castellan_migrations: { name: c('internal'), applied_at: c('internal') },
+};
+
+export function classify(table: string, column: string, store: 'data' | 'keys' = 'data'): ColumnClass | undefined {
+  const registry = store === 'keys' ? KEY_STORE_CLASSIFICATION : DATA_CLASSIFICATION;
+  return registry[table]?.[column];
+}
