@@ -30,7 +30,7 @@ import {
   RateLimits,
 } from './guard/index.ts';
 import { createAuthenticateHook, createHttpServer, type RecordAudit } from './http/index.ts';
-import { KeyService, loadRootKey, loadTlsMaterial } from './keys/index.ts';
+import { KeyService, keyRoutes, loadRootKey, loadTlsMaterial } from './keys/index.ts';
 import { createLogger, type Logger } from './logging/index.ts';
 import { type AdminServer, createMetrics, startAdminServer } from './ops/index.ts';
 import { type KeyStoreDatabase, migrateToLatest, openStore, type Store } from './store/index.ts';
@@ -303,6 +303,7 @@ export async function startPlatform(
         (app) => app.register(devicesRoutes, { devices, authenticate, audit: recordRequest }),
         (app) => app.register(auditRoutes, { audit, authenticate }),
         (app) => app.register(guardRoutes, { guard, devices, authenticate, audit: recordRequest }),
+        (app) => app.register(keyRoutes, { keys, authenticate }),
       ],
     });
     const httpAdmit = createAddressFilter(config.http);

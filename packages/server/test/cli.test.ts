@@ -160,6 +160,27 @@ describe('castellan CLI', () => {
     assert.equal(summary.ok, true);
     assert.equal(summary.steps[1].step, 'administrator credential found');
 
+    const keysRun = (...args: string[]) =>
+      spawnSync(process.execPath, [bin, 'keys', ...args, '--data-dir', join(dir, 'data')], {
+        cwd: dir,
+        env: baseEnv,
+        encoding: 'utf8',
+        timeout: 30_000,
+      });
+    const listed = keysRun('list', '--json');
+    assert.equal(listed.status, 0, listed.stderr);
+    const keyList = JSON.parse(listed.stdout) as { id: string; tenant: string; state: string }[];
+    const vendorKey = keyList.find((k) => k.tenant.startsWith('vnd_'))!;
+    assert.equal(vendorKey.state, 'active');
+    assert.equal(listed.stdout.includes('material'), false);
+    const rotated = keysRun('rotate', '--tenant', vendorKey.tenant, '--json');
+    assert.equal(rotated.status, 0, rotated.stderr);
+    assert.equal((JSON.parse(rotated.stdout) as { state: string }).state, 'active');
+    const refused = keysRun('activate', '--key', vendorKey.id);
+    assert.equal(refused.status, 1);
+    assert.match(refused.stderr, /Cannot activate a key that is deactivated/);
+    assert.equal(keysRun('rotate').status, 2, 'usage error without --tenant');
+
     const adminToken = readFileSync(join(dir, 'data', 'demo-admin.token'), 'utf8').trim();
     up.kill('SIGTERM');
     const code = await new Promise<number | null>((r) => up.once('exit', (c) => r(c)));

@@ -21,7 +21,8 @@ export type Action =
   | 'guard.alerts.read'
   | 'guard.alerts.read-all'
   | 'guard.blocks.manage'
-  | 'device.release';
+  | 'device.release'
+  | 'keys.manage';
 
 export interface ResourceScope {
   /** The vendor (tenant) that owns the resource. */
@@ -52,6 +53,8 @@ const RULES: Readonly<Record<Action, Rule>> = {
   'guard.alerts.read-all': isAdmin,
   'guard.blocks.manage': isAdmin,
   'device.release': (p, s) => isAdmin(p, s) || isOwningVendor(p, s),
+  // Key lifecycle is platform security staff's work (the accounts issue narrows it to a role).
+  'keys.manage': isAdmin,
 };
 
 export function can(principal: Principal | undefined, action: Action, scope: ResourceScope = {}): boolean {

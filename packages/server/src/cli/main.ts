@@ -5,6 +5,7 @@ import { CastellanError } from '../errors/index.ts';
 import { VERSION } from '../platform.ts';
 import { auditCommand, auditHelp } from './audit-command.ts';
 import { demoCommand, demoHelp } from './demo-command.ts';
+import { keysCommand, keysHelp } from './keys-command.ts';
 import { upCommand, upHelp } from './up-command.ts';
 
 const mainHelp = `Castellan ${VERSION}: a security-first cloud platform for smart-home devices.
@@ -15,6 +16,7 @@ Commands:
   up        run the platform (HTTPS API + MQTT over TLS) until stopped
   demo      run the end-to-end demo against a running platform
   audit     verify the tamper-evident audit log, or export it with proofs
+  keys      list keys and move them through their lifecycle (rotate, suspend, destroy…)
   config    print the effective configuration (secrets redacted); --json for JSON
   help      show help for a command
 
@@ -35,7 +37,7 @@ async function run(argv: string[]): Promise<number> {
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
     const topic = command === 'help' ? rest[0] : undefined;
     process.stdout.write(
-      `${topic === 'up' ? upHelp : topic === 'demo' ? demoHelp : topic === 'config' ? configHelp : topic === 'audit' ? auditHelp : mainHelp}\n`,
+      `${topic === 'up' ? upHelp : topic === 'demo' ? demoHelp : topic === 'config' ? configHelp : topic === 'audit' ? auditHelp : topic === 'keys' ? keysHelp : mainHelp}\n`,
     );
     return 0;
   }
@@ -95,6 +97,30 @@ async function run(argv: string[]): Promise<number> {
       });
       if (values.help) return print(auditHelp);
       return auditCommand(positionals[0], values);
+    }
+    case 'keys': {
+      const { values, positionals } = parseArgs({
+        args: rest,
+        options: {
+          'data-dir': { type: 'string' },
+          url: { type: 'string' },
+          ca: { type: 'string' },
+          'token-file': { type: 'string' },
+          tenant: { type: 'string' },
+          key: { type: 'string' },
+          json: { type: 'boolean' },
+          help: { type: 'boolean', short: 'h' },
+        },
+        allowPositionals: true,
+        strict: true,
+      });
+      if (values.help) return print(keysHelp);
+      try {
+        return await keysCommand(positionals[0], values);
+      } catch (error) {
+        process.stderr.write(`castellan: ${(error as Error).message}\n`);
+        return 1;
+      }
     }
     case 'config': {
       const { values } = parseArgs({

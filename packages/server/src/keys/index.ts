@@ -10,4 +10,5 @@ export {
   nextState,
 } from './key-lifecycle.ts';
 export { type KeyAuditEvent, KeyService, type KeyServiceOptions, type KeyVersion } from './key-service.ts';
+export { keyRoutes } from './key-routes.ts';
 export { SecretBox } from './secret-box.ts';

@@ -11,7 +11,13 @@ import pg from 'pg';
 import { CastellanError } from '../../src/errors/index.ts';
 import { KEY_OPERATIONS, KEY_STATES, KeyService, type KeyState, nextState } from '../../src/keys/index.ts';
 import { dialectCases, dropSchema, POSTGRES_URL, uniqueSchema } from '../helpers/dialects.ts';
-import { provisionTenant, startTestPlatform, type Tenant, type TestPlatform } from '../helpers/test-platform.ts';
+import {
+  provisionTenant,
+  request,
+  startTestPlatform,
+  type Tenant,
+  type TestPlatform,
+} from '../helpers/test-platform.ts';
 
 const ALLOWED: Record<string, Record<string, KeyState>> = {
   'pre-active': { activate: 'active', compromise: 'compromised', destroy: 'destroyed' },
@@ -140,6 +146,33 @@ for (const dialect of await dialectCases()) {
       await tp.platform.audit.flush();
       const ops = (await tp.platform.audit.query({ target: created.id, limit: 20 })).map((e) => e.type);
       assert.deepEqual(ops, ['key.create', 'key.activate', 'key.suspend', 'key.activate', 'key.destroy']);
+    });
+
+    test('[KEY-2] key operations are for administrators only, and never show key material', async () => {
+      const denied = await request(tp.platform, 'GET', '/v1/keys', { token: x.vendorToken });
+      assert.equal(denied.status, 403);
+      const list = await request(tp.platform, 'GET', `/v1/keys?tenant=${x.vendorId}`, { token: x.adminToken });
+      assert.equal(list.status, 200);
+      assert.ok(list.body.items.length >= 1);
+      assert.doesNotMatch(list.text, /material|wrapped/);
+      const created = await request(tp.platform, 'POST', '/v1/keys', {
+        token: x.adminToken,
+        body: { tenant: `api-${dialect.name}` },
+      });
+      assert.equal(created.body.state, 'pre-active');
+      const bad = await request(tp.platform, 'POST', `/v1/keys/${created.body.id}/explode`, { token: x.adminToken });
+      assert.equal(bad.status, 400);
+      const illegal = await request(tp.platform, 'POST', `/v1/keys/${created.body.id}/suspend`, {
+        token: x.adminToken,
+      });
+      assert.equal(illegal.status, 409);
+      assert.equal(illegal.body.error.code, 'ERR_KEY_TRANSITION_INVALID');
+      const destroyed = await request(tp.platform, 'POST', `/v1/keys/${created.body.id}/destroy`, {
+        token: x.adminToken,
+      });
+      assert.equal(destroyed.body.state, 'destroyed');
+      const missing = await request(tp.platform, 'POST', '/v1/keys/kv_missing/destroy', { token: x.adminToken });
+      assert.equal(missing.status, 404);
     });
 
     test('[KEY-3] device secrets are found in neither the database files nor a dump (UTF-8, hex, base64)', async () => {
