@@ -18,3 +18,14 @@ export {
   parseDeviceTopic,
   TOPIC_ROOT,
 } from './topics.ts';
+export {
+  type CryptoSuite,
+  CryptoSuiteError,
+  intlSuite,
+  SM2_DEFAULT_USER_ID,
+  type SigningKeyPair,
+  SUITE_NAMES,
+  type SuiteName,
+  smSuite,
+  suite,
+} from './crypto-suites.ts';
