@@ -164,6 +164,7 @@ export async function startPlatform(
     const keys = new KeyService({
       db: keyStore.db,
       rootKey: rootKey.key,
+      defaultSuite: config.keys.defaultSuite,
       audit: (event) =>
         audit.record({
           actor: { type: 'system', id: 'keys' },

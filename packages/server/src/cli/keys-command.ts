@@ -10,8 +10,8 @@ export const keysHelp = `Usage: castellan keys <command> [options]
 
 Commands:
   list                     key versions (never their material); --tenant to filter
-  create --tenant <t>      a new pre-active version of a tenant's key
-  rotate --tenant <t>      a new active version; the previous one only decrypts from now on
+  create --tenant <t> [--suite intl|sm]   a new pre-active version of a tenant's key
+  rotate --tenant <t> [--suite intl|sm]   a new active version; the previous one only decrypts from now on
   activate|suspend|deactivate|compromise|destroy --key <id>
                            move a key version through its lifecycle (destroy makes its data unreadable)
 
@@ -30,6 +30,7 @@ export interface KeysOptions {
   'token-file'?: string;
   tenant?: string;
   key?: string;
+  suite?: string;
   json?: boolean;
 }
 

@@ -108,6 +108,7 @@ async function run(argv: string[]): Promise<number> {
           'token-file': { type: 'string' },
           tenant: { type: 'string' },
           key: { type: 'string' },
+          suite: { type: 'string' },
           json: { type: 'boolean' },
           help: { type: 'boolean', short: 'h' },
         },

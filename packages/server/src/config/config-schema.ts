@@ -422,6 +422,11 @@ export const ConfigSchema = Type.Object(
           description:
             'Key store database, kept apart from the data so data backups carry no key material; empty follows database.url (SQLite: its own file; PostgreSQL: its own schema)',
         }),
+        defaultSuite: Type.Union([Type.Literal('intl'), Type.Literal('sm')], {
+          default: 'intl',
+          description:
+            "Crypto suite of a tenant's first key: intl (AES-256-GCM, SHA-256, Ed25519) or sm (SM4-GCM, SM3, SM2); a rotation can change it per tenant",
+        }),
         storeSqliteFile: Type.String({
           minLength: 1,
           default: 'keystore.db',

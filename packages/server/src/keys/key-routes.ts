@@ -1,5 +1,6 @@
 // Key lifecycle operations for administrators (KEY-2): list, create, rotate and move a key version
 // through its states. Every operation is audited by the key service itself.
+import type { SuiteName } from '@castellan/protocol';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import { assertCan } from '../accounts/index.ts';
@@ -28,6 +29,11 @@ const KeyView = StrictObject({
   stateChangedAt: Type.Integer(),
 });
 const Tenant = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_:-]+$' });
+const Suite = Type.Optional(
+  Type.Union([Type.Literal('intl'), Type.Literal('sm')], {
+    description: "crypto suite; default: the tenant's current one",
+  }),
+);
 const errors = { ...authenticatedErrors, 409: { $ref: 'ErrorResponse#' } };
 const present = (k: KeyVersion) => ({ ...k });
 
@@ -59,13 +65,14 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         summary: 'Create a new (pre-active) key version for a tenant',
         tags: ['keys'],
         security: bearerSecurity,
-        body: StrictObject({ tenant: Tenant }),
+        body: StrictObject({ tenant: Tenant, suite: Suite }),
         response: { 201: KeyView, ...errors },
       },
     },
     async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
-      return reply.status(201).send(present(await keys.create((request.body as { tenant: string }).tenant)));
+      const { tenant, suite } = request.body as { tenant: string; suite?: SuiteName };
+      return reply.status(201).send(present(await keys.create(tenant, suite)));
     },
   );
 
@@ -77,13 +84,14 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         summary: "Rotate a tenant's key: a new active version; the previous one decrypts only",
         tags: ['keys'],
         security: bearerSecurity,
-        body: StrictObject({ tenant: Tenant }),
+        body: StrictObject({ tenant: Tenant, suite: Suite }),
         response: { 201: KeyView, ...errors },
       },
     },
     async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
-      return reply.status(201).send(present(await keys.rotate((request.body as { tenant: string }).tenant)));
+      const { tenant, suite } = request.body as { tenant: string; suite?: SuiteName };
+      return reply.status(201).send(present(await keys.rotate(tenant, suite)));
     },
   );
 

@@ -14,7 +14,8 @@
 // The DEK is wrapped with AES-256-GCM under the KEK, with associated data "dek:<id>:<context>"; the
 // value is encrypted with AES-256-GCM under the DEK with the caller's context as associated data, so a
 // ciphertext moved to another row or column fails to decrypt.
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
+import { CryptoSuiteError, type SuiteName, suite as cryptoSuite } from '@castellan/protocol';
 import type { Kysely } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
 import { newId } from '../lib/random-ids.ts';
@@ -23,15 +24,15 @@ import { canDecrypt, canEncrypt, type KeyOperation, type KeyState, nextState } f
 import { SecretBox } from './secret-box.ts';
 
 const FORMAT = 0x02;
-const SUITE_INTL = 0x01;
-const WRAPPED_DEK_BYTES = 12 + 32 + 16;
+const SUITE_IDS: Readonly<Record<SuiteName, number>> = { intl: 0x01, sm: 0x02 };
+const SUITE_BY_ID: Readonly<Record<number, SuiteName>> = { 0x01: 'intl', 0x02: 'sm' };
 const CACHE_MS = 30_000;
 
 export interface KeyVersion {
   id: string;
   tenant: string;
   version: number;
-  suite: 'intl';
+  suite: SuiteName;
   state: KeyState;
   createdAt: number;
   stateChangedAt: number;
@@ -49,6 +50,8 @@ export interface KeyServiceOptions {
   /** Every lifecycle operation is audited; the promise settles once it is recorded. */
   audit(event: KeyAuditEvent): Promise<unknown>;
   now?: () => number;
+  /** The crypto suite of a tenant's first key (config keys.defaultSuite). */
+  defaultSuite?: SuiteName;
 }
 
 interface Cached {
@@ -57,21 +60,18 @@ interface Cached {
   until: number;
 }
 
-function gcmSeal(key: Buffer, plaintext: Uint8Array, aad: string): Buffer {
-  const nonce = randomBytes(12);
-  const cipher = createCipheriv('aes-256-gcm', key, nonce);
-  cipher.setAAD(Buffer.from(aad, 'utf8'));
-  return Buffer.concat([nonce, cipher.update(plaintext), cipher.final(), cipher.getAuthTag()]);
+function seal(suite: SuiteName, key: Buffer, plaintext: Uint8Array, aad: string): Buffer {
+  return cryptoSuite(suite).seal(key, plaintext, Buffer.from(aad, 'utf8'));
 }
 
-function gcmOpen(key: Buffer, sealed: Buffer, aad: string): Buffer {
-  const decipher = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, 12));
-  decipher.setAAD(Buffer.from(aad, 'utf8'));
-  decipher.setAuthTag(sealed.subarray(sealed.length - 16));
+function open(suite: SuiteName, key: Buffer, sealed: Buffer, aad: string): Buffer {
   try {
-    return Buffer.concat([decipher.update(sealed.subarray(12, sealed.length - 16)), decipher.final()]);
+    return cryptoSuite(suite).open(key, sealed, Buffer.from(aad, 'utf8'));
   } catch (error) {
-    throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'authentication failed', cause: error });
+    if (error instanceof CryptoSuiteError) {
+      throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: error.message, cause: error });
+    }
+    throw error;
   }
 }
 
@@ -85,8 +85,10 @@ export class KeyService {
   readonly #byId = new Map<string, Cached>();
   readonly #activeByTenant = new Map<string, { id: string; until: number }>();
   readonly #creating = new Map<string, Promise<KeyVersion>>();
+  readonly #defaultSuite: SuiteName;
 
   constructor(options: KeyServiceOptions) {
+    this.#defaultSuite = options.defaultSuite ?? 'intl';
     this.#db = options.db;
     this.#rootBox = new SecretBox(options.rootKey, 'key-store-wrap');
     this.#audit = (event) => options.audit(event);
@@ -98,7 +100,7 @@ export class KeyService {
       id: row.id,
       tenant: row.tenant,
       version: Number(row.version),
-      suite: 'intl',
+      suite: row.suite as SuiteName,
       state: row.state as KeyState,
       createdAt: Number(row.created_at),
       stateChangedAt: Number(row.state_changed_at),
@@ -134,7 +136,8 @@ export class KeyService {
   }
 
   /** Creates a new version of a tenant's KEK in state pre-active (KEY-2 create). */
-  async create(tenant: string): Promise<KeyVersion> {
+  async create(tenant: string, suite?: SuiteName): Promise<KeyVersion> {
+    const chosen = suite ?? (await this.#currentSuite(tenant));
     const latest = await this.#db
       .selectFrom('key_versions')
       .select((eb) => eb.fn.max('version').as('v'))
@@ -147,9 +150,9 @@ export class KeyService {
       key_name: tenantKeyName(tenant),
       tenant,
       version: Number(latest?.v ?? 0) + 1,
-      suite: 'intl',
+      suite: chosen,
       state: 'pre-active',
-      wrapped_material: this.#rootBox.seal(randomBytes(32), `kek:${id}`),
+      wrapped_material: this.#rootBox.seal(randomBytes(cryptoSuite(chosen).keyBytes), `kek:${id}`),
       created_at: now,
       state_changed_at: now,
     };
@@ -187,13 +190,25 @@ export class KeyService {
   }
 
   /** New active version; the previous active version can only decrypt from now on (KEY-2 rotate). */
-  async rotate(tenant: string): Promise<KeyVersion> {
+  async rotate(tenant: string, suite?: SuiteName): Promise<KeyVersion> {
     const previous = await this.#activeVersion(tenant);
-    const created = await this.create(tenant);
+    const created = await this.create(tenant, suite);
     const active = await this.transition(created.id, 'activate');
     if (previous) await this.transition(previous.id, 'deactivate');
     await this.#audit({ operation: 'rotate', key: active, previousState: null });
     return active;
+  }
+
+  /** The suite of the tenant's newest key, or the default for a tenant without keys. */
+  async #currentSuite(tenant: string): Promise<SuiteName> {
+    const row = await this.#db
+      .selectFrom('key_versions')
+      .select('suite')
+      .where('key_name', '=', tenantKeyName(tenant))
+      .orderBy('version', 'desc')
+      .limit(1)
+      .executeTakeFirst();
+    return (row?.suite as SuiteName | undefined) ?? this.#defaultSuite;
   }
 
   async #activeVersion(tenant: string): Promise<KeyVersion | null> {
@@ -254,34 +269,38 @@ export class KeyService {
   /** Envelope encryption under the tenant's active KEK; `context` binds the value to its row and column. */
   async encrypt(tenant: string, plaintext: Uint8Array, context: string): Promise<Buffer> {
     const kek = await this.#encryptionKey(tenant);
-    const dek = randomBytes(32);
+    const suite = kek.version.suite;
+    const dek = randomBytes(cryptoSuite(suite).keyBytes);
     const id = Buffer.from(kek.version.id, 'utf8');
-    const wrapped = gcmSeal(kek.material!, dek, `dek:${kek.version.id}:${context}`);
-    const body = gcmSeal(dek, plaintext, context);
-    return Buffer.concat([Buffer.of(FORMAT, SUITE_INTL, id.length), id, wrapped, body]);
+    const wrapped = seal(suite, kek.material!, dek, `dek:${kek.version.id}:${context}`);
+    const body = seal(suite, dek, plaintext, context);
+    return Buffer.concat([Buffer.of(FORMAT, SUITE_IDS[suite], id.length), id, wrapped, body]);
   }
 
   /** Reverses encrypt. ERR_KEY_DESTROYED when the protecting key was destroyed. */
   async decrypt(tenant: string, sealed: Uint8Array, context: string): Promise<Buffer> {
     const box = Buffer.isBuffer(sealed) ? sealed : Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
-    if (box.length < 3 || box[0] !== FORMAT || box[1] !== SUITE_INTL) {
-      throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'not a version-2 envelope' });
-    }
+    const suite = box.length >= 3 && box[0] === FORMAT ? SUITE_BY_ID[box[1]!] : undefined;
+    if (!suite) throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'not a version-2 envelope' });
     const idEnd = 3 + box[2]!;
     const id = box.subarray(3, idEnd).toString('utf8');
-    if (box.length < idEnd + WRAPPED_DEK_BYTES + 28)
+    const wrappedBytes = 12 + cryptoSuite(suite).keyBytes + 16;
+    if (box.length < idEnd + wrappedBytes + 28) {
       throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'truncated envelope' });
+    }
     const kek = await this.#load(id);
-    if (!kek || kek.version.tenant !== tenant)
+    if (!kek || kek.version.tenant !== tenant) {
       throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'key of another tenant' });
+    }
     if (kek.version.state === 'destroyed' || !kek.material) throw new CastellanError('ERR_KEY_DESTROYED');
+    if (kek.version.suite !== suite) throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'suite mismatch' });
     if (!canDecrypt(kek.version.state)) {
       throw new CastellanError('ERR_KEY_NOT_USABLE', {
         message: `The key protecting this data is ${kek.version.state}`,
       });
     }
-    const dek = gcmOpen(kek.material, box.subarray(idEnd, idEnd + WRAPPED_DEK_BYTES), `dek:${id}:${context}`);
-    return gcmOpen(dek, box.subarray(idEnd + WRAPPED_DEK_BYTES), context);
+    const dek = open(suite, kek.material, box.subarray(idEnd, idEnd + wrappedBytes), `dek:${id}:${context}`);
+    return open(suite, dek, box.subarray(idEnd + wrappedBytes), context);
   }
 
   /** The key version a ciphertext was sealed under (for re-wrapping after a rotation). */

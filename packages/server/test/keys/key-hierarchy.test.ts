@@ -148,6 +148,42 @@ for (const dialect of await dialectCases()) {
       assert.deepEqual(ops, ['key.create', 'key.activate', 'key.suspend', 'key.activate', 'key.destroy']);
     });
 
+    test('[KEY-4] suites per tenant: SM4-GCM envelopes under an sm key; a rotation to intl keeps old data readable', async () => {
+      const tenant = `suite-${dialect.name}`;
+      const sm = await keys().rotate(tenant, 'sm');
+      assert.equal(sm.suite, 'sm');
+      const underSm = await keys().encrypt(tenant, Buffer.from('国密 data'), 'ctx');
+      assert.equal(underSm[1], 0x02, 'suite byte: sm');
+      assert.equal(
+        underSm.length,
+        3 + sm.id.length + (12 + 16 + 16) + 12 + Buffer.byteLength('国密 data') + 16,
+        'a 16-byte SM4 data key',
+      );
+      const intl = await keys().rotate(tenant, 'intl');
+      const underIntl = await keys().encrypt(tenant, Buffer.from('aes data'), 'ctx');
+      assert.equal(underIntl[1], 0x01, 'suite byte: intl');
+      assert.equal((await keys().decrypt(tenant, underSm, 'ctx')).toString(), '国密 data');
+      assert.equal((await keys().decrypt(tenant, underIntl, 'ctx')).toString(), 'aes data');
+      assert.equal((await keys().list({ tenant })).at(-1)!.id, intl.id);
+      const forged = Buffer.from(underSm);
+      forged[1] = 0x01; // claim the other suite
+      await assert.rejects(keys().decrypt(tenant, forged, 'ctx'), { code: 'ERR_KEY_DECRYPT_FAILED' });
+    });
+
+    test('[KEY-4] a platform whose default suite is sm keeps device secrets under SM4 and devices still authenticate', async () => {
+      const smPlatform = await startTestPlatform(dialect.name, { keys: { defaultSuite: 'sm' } });
+      try {
+        const t = await provisionTenant(smPlatform, 1);
+        const [version] = await smPlatform.platform.keys.list({ tenant: t.vendorId });
+        assert.equal(version!.suite, 'sm');
+        assert.ok(
+          await smPlatform.platform.devices.authenticateDevice(t.devices[0]!.id, Buffer.from(t.devices[0]!.secret)),
+        );
+      } finally {
+        await smPlatform.close();
+      }
+    });
+
     test('[KEY-2] key operations are for administrators only, and never show key material', async () => {
       const denied = await request(tp.platform, 'GET', '/v1/keys', { token: x.vendorToken });
       assert.equal(denied.status, 403);
