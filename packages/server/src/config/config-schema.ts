@@ -104,6 +104,21 @@ export const ConfigSchema = Type.Object(
           description:
             'File holding the 32-byte root key as base64 text; required in production (or rootKey.base64); in development empty uses dataDir/root.key, generated if missing',
         }),
+        pkcs11Module: Type.String({
+          default: '',
+          description:
+            'PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so): the root key is sealed by a key inside this token',
+        }),
+        pkcs11Token: Type.String({ default: 'castellan', description: 'Label of the PKCS#11 token' }),
+        pkcs11Pin: Type.String({ default: '', description: 'User PIN of the token; secret, never printed' }),
+        pkcs11KeyLabel: Type.String({
+          default: 'castellan-root-kek',
+          description: 'Label of the AES key in the token (generated there, non-extractable, on first start)',
+        }),
+        pkcs11SealedFile: Type.String({
+          default: '',
+          description: 'File holding the root key sealed by the token; empty: dataDir/root.key.hsm',
+        }),
         base64: Type.String({
           default: '',
           description: 'The root key itself, base64 (env CASTELLAN_ROOT_KEY_BASE64); secret, never printed',
@@ -460,6 +475,7 @@ export type CastellanConfig = Static<typeof ConfigSchema>;
 /** Keys whose values are secrets: never printed, never logged. */
 export const SECRET_CONFIG_KEYS: ReadonlySet<string> = new Set([
   'rootKey.base64',
+  'rootKey.pkcs11Pin',
   'database.url',
   'redis.url',
   'keys.storeUrl',

@@ -5,18 +5,27 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { CastellanError } from '../errors/index.ts';
+import { loadRootKeyFromHsm } from './pkcs11-root-key.ts';
 
 export const ROOT_KEY_BYTES = 32;
 
 export interface RootKeyConfig {
   environment: 'development' | 'production';
   dataDir: string;
-  rootKey: { file: string; base64: string };
+  rootKey: {
+    file: string;
+    base64: string;
+    pkcs11Module?: string;
+    pkcs11Token?: string;
+    pkcs11Pin?: string;
+    pkcs11KeyLabel?: string;
+    pkcs11SealedFile?: string;
+  };
 }
 
 export interface LoadedRootKey {
   key: Buffer;
-  source: 'config' | 'file' | 'generated';
+  source: 'config' | 'file' | 'generated' | 'hsm';
   file?: string;
 }
 
@@ -33,6 +42,22 @@ function decodeKey(text: string, what: string): Buffer {
 
 /** Loads the root key; `create: false` (read-only tools) never generates one. */
 export function loadRootKey(config: RootKeyConfig, options: { create?: boolean } = {}): LoadedRootKey {
+  const hsm = config.rootKey;
+  if (hsm.pkcs11Module) {
+    const sealedFile = resolve(hsm.pkcs11SealedFile || join(config.dataDir, 'root.key.hsm'));
+    if (options.create === false && !existsSync(sealedFile)) {
+      throw new CastellanError('ERR_KEY_ROOT_INVALID', { message: `No sealed root key at ${sealedFile}` });
+    }
+    mkdirSync(dirname(sealedFile), { recursive: true, mode: 0o700 });
+    const key = loadRootKeyFromHsm({
+      module: hsm.pkcs11Module,
+      tokenLabel: hsm.pkcs11Token ?? 'castellan',
+      pin: hsm.pkcs11Pin ?? '',
+      keyLabel: hsm.pkcs11KeyLabel ?? 'castellan-root-kek',
+      sealedFile,
+    });
+    return { key, source: 'hsm', file: sealedFile };
+  }
   if (config.rootKey.base64) {
     return { key: decodeKey(config.rootKey.base64, 'rootKey.base64'), source: 'config' };
   }
