@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import type * as Pkcs11 from 'pkcs11js';
 import { CastellanError } from '../errors/index.ts';
 
 export interface Pkcs11RootKeyOptions {
@@ -23,7 +24,7 @@ const fail = (message: string, cause?: unknown) =>
     ...(cause === undefined ? {} : { cause }),
   });
 
-type Pkcs11Module = typeof import('pkcs11js');
+type Pkcs11Module = typeof Pkcs11;
 
 function loadPkcs11(): Pkcs11Module {
   try {
