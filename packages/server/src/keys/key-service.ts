@@ -14,7 +14,7 @@
 // The DEK is wrapped with AES-256-GCM under the KEK, with associated data "dek:<id>:<context>"; the
 // value is encrypted with AES-256-GCM under the DEK with the caller's context as associated data, so a
 // ciphertext moved to another row or column fails to decrypt.
-import { randomBytes } from 'node:crypto';
+import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { CryptoSuiteError, type SuiteName, suite as cryptoSuite } from '@castellan/protocol';
 import type { Kysely } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
@@ -86,9 +86,12 @@ export class KeyService {
   readonly #activeByTenant = new Map<string, { id: string; until: number }>();
   readonly #creating = new Map<string, Promise<KeyVersion>>();
   readonly #defaultSuite: SuiteName;
+  readonly #rootKey: Uint8Array;
+  readonly #indexKeys = new Map<string, Buffer>();
 
   constructor(options: KeyServiceOptions) {
     this.#defaultSuite = options.defaultSuite ?? 'intl';
+    this.#rootKey = options.rootKey;
     this.#db = options.db;
     this.#rootBox = new SecretBox(options.rootKey, 'key-store-wrap');
     this.#audit = (event) => options.audit(event);
@@ -301,6 +304,22 @@ export class KeyService {
     }
     const dek = open(suite, kek.material, box.subarray(idEnd, idEnd + wrappedBytes), `dek:${id}:${context}`);
     return open(suite, dek, box.subarray(idEnd + wrappedBytes), context);
+  }
+
+  /**
+   * A keyed blind index (KEY-3): equality look-ups on an encrypted field (find a user by e-mail)
+   * without storing the value. HMAC under a per-tenant, per-purpose key derived from the root key, so
+   * it survives key rotation; normalise the value (trim, lower-case e-mail) before calling.
+   */
+  blindIndex(tenant: string, purpose: string, value: string): Buffer {
+    let key = this.#indexKeys.get(`${tenant}\u0000${purpose}`);
+    if (!key) {
+      key = Buffer.from(
+        hkdfSync('sha256', this.#rootKey, Buffer.alloc(0), `castellan/v1/blind-index/${tenant}/${purpose}`, 32),
+      );
+      this.#indexKeys.set(`${tenant}\u0000${purpose}`, key);
+    }
+    return createHmac('sha256', key).update(value, 'utf8').digest();
   }
 
   /** The key version a ciphertext was sealed under (for re-wrapping after a rotation). */

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
+import { sql } from 'kysely';
 import pg from 'pg';
 import { CastellanError } from '../../src/errors/index.ts';
 import { KEY_OPERATIONS, KEY_STATES, KeyService, type KeyState, nextState } from '../../src/keys/index.ts';
@@ -235,6 +236,70 @@ for (const dialect of await dialectCases()) {
       for (const secret of secrets)
         for (const form of forms(secret))
           assert.equal(haystack.includes(form), false, 'a device secret is stored readably');
+    });
+
+    test('[KEY-3] e-mail and phone fields: stored encrypted with a blind index, found by equality, never readable in the store', async () => {
+      // A test table standing in for the accounts issue's users: ciphertexts plus a blind index.
+      const table = `kt_people_${dialect.name}`;
+      const people = [
+        { id: 'p1', email: 'alice.smith@example.org', phone: '+86 138 0013 8000' },
+        { id: 'p2', email: 'bob.jones@example.org', phone: '+49 30 1234567' },
+      ];
+      const k = keys();
+      const rows = await Promise.all(
+        people.map(async (p) => ({
+          id: p.id,
+          email_ct: (await k.encrypt(x.vendorId, Buffer.from(p.email), `${table}.email:${p.id}`)).toString('base64'),
+          email_idx: k.blindIndex(x.vendorId, 'email', p.email.trim().toLowerCase()).toString('hex'),
+          phone_ct: (await k.encrypt(x.vendorId, Buffer.from(p.phone), `${table}.phone:${p.id}`)).toString('base64'),
+        })),
+      );
+      const store = tp.platform.store.db;
+      await sql`create table ${sql.table(table)} (id text primary key, email_ct text, email_idx text, phone_ct text)`.execute(
+        store,
+      );
+      for (const r of rows)
+        await sql`insert into ${sql.table(table)} values (${r.id}, ${r.email_ct}, ${r.email_idx}, ${r.phone_ct})`.execute(
+          store,
+        );
+      // Look-up by e-mail through the index only.
+      const wanted = k.blindIndex(x.vendorId, 'email', ' Bob.Jones@Example.org '.trim().toLowerCase()).toString('hex');
+      const found = await sql<{
+        id: string;
+        phone_ct: string;
+      }>`select id, phone_ct from ${sql.table(table)} where email_idx = ${wanted}`.execute(store);
+      assert.deepEqual(
+        found.rows.map((r) => r.id),
+        ['p2'],
+      );
+      const phone = await k.decrypt(x.vendorId, Buffer.from(found.rows[0]!.phone_ct, 'base64'), `${table}.phone:p2`);
+      assert.equal(phone.toString(), '+49 30 1234567');
+      // Another tenant's index of the same value differs (no cross-tenant correlation).
+      assert.notDeepEqual(
+        k.blindIndex(y.vendorId, 'email', 'bob.jones@example.org'),
+        k.blindIndex(x.vendorId, 'email', 'bob.jones@example.org'),
+      );
+      // Neither the database files nor a dump contain the values, in any encoding.
+      let haystack: string;
+      if (dialect.name === 'sqlite') {
+        haystack = ['castellan.db', 'castellan.db-wal']
+          .map((f) => join(tp.dataDir, f))
+          .filter((f) => existsSync(f))
+          .map((f) => readFileSync(f).toString('latin1'))
+          .join('\n');
+      } else {
+        haystack = execFileSync('pg_dump', ['-h', '127.0.0.1', '-U', 'postgres', '-n', tp.schema!, 'test'], {
+          encoding: 'utf8',
+        });
+        assert.match(haystack, new RegExp(table));
+      }
+      for (const p of people) {
+        for (const value of [p.email, p.phone]) {
+          for (const form of [value, Buffer.from(value).toString('hex'), Buffer.from(value).toString('base64')]) {
+            assert.equal(haystack.includes(form), false, 'a personal value is stored readably');
+          }
+        }
+      }
     });
 
     test('[KEY-6] a data backup taken before a tenant key is destroyed stays unreadable for that tenant after a restore', async () => {
