@@ -168,16 +168,19 @@ export async function startPlatform(
       audit: (event) =>
         audit.record({
           actor: { type: 'system', id: 'keys' },
-          tenant: event.key.tenant === 'platform' ? null : event.key.tenant,
+          tenant: 'key' in event && event.key.tenant !== 'platform' ? event.key.tenant : null,
           type: `key.${event.operation}`,
-          target: event.key.id,
+          target: 'key' in event ? event.key.id : event.target,
           result: 'success',
-          details: {
-            version: event.key.version,
-            state: event.key.state,
-            previousState: event.previousState,
-            suite: event.key.suite,
-          },
+          details:
+            'key' in event
+              ? {
+                  version: event.key.version,
+                  state: event.key.state,
+                  previousState: event.previousState,
+                  suite: event.key.suite,
+                }
+              : event.details,
         }),
     });
     const accounts = new AccountsService({ db: store.db, dataDir, cipher: keys });

@@ -9,6 +9,13 @@ export {
   type KeyState,
   nextState,
 } from './key-lifecycle.ts';
-export { type KeyAuditEvent, KeyService, type KeyServiceOptions, type KeyVersion } from './key-service.ts';
+export {
+  type BackupKeyEscrow,
+  type KeyAuditEvent,
+  KeyService,
+  type KeyServiceOptions,
+  type KeyStoreBackup,
+  type KeyVersion,
+} from './key-service.ts';
 export { keyRoutes } from './key-routes.ts';
 export { SecretBox } from './secret-box.ts';

@@ -14,8 +14,16 @@
 // The DEK is wrapped with AES-256-GCM under the KEK, with associated data "dek:<id>:<context>"; the
 // value is encrypted with AES-256-GCM under the DEK with the caller's context as associated data, so a
 // ciphertext moved to another row or column fails to decrypt.
-import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
-import { CryptoSuiteError, type SuiteName, suite as cryptoSuite } from '@castellan/protocol';
+import {
+  createHmac,
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  hkdfSync,
+  randomBytes,
+} from 'node:crypto';
+import { CryptoSuiteError, intlSuite, type SuiteName, suite as cryptoSuite } from '@castellan/protocol';
 import type { Kysely } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
 import { newId } from '../lib/random-ids.ts';
@@ -38,10 +46,40 @@ export interface KeyVersion {
   stateChangedAt: number;
 }
 
-export interface KeyAuditEvent {
-  operation: 'create' | 'rotate' | KeyOperation;
-  key: KeyVersion;
-  previousState: KeyState | null;
+export type KeyAuditEvent =
+  | { operation: 'create' | 'rotate' | KeyOperation; key: KeyVersion; previousState: KeyState | null }
+  | {
+      operation: 'backup' | 'restore' | 'backup-key.rotate' | 'backup-key.destroy' | 'backup-key.escrow';
+      target: string;
+      details: Record<string, unknown>;
+    };
+
+/** A key-store backup: key material sealed under a backup key that the backup does not contain. */
+export interface KeyStoreBackup {
+  format: 'castellan-key-backup/v1';
+  backupKeyId: string;
+  createdAt: number;
+  keys: {
+    id: string;
+    keyName: string;
+    tenant: string;
+    version: number;
+    suite: string;
+    state: string;
+    createdAt: number;
+    stateChangedAt: number;
+    /** Base64 AES-256-GCM of the material under the backup key; null for a destroyed version. */
+    sealed: string | null;
+  }[];
+}
+
+/** A backup key sealed to a recipient's P-256 public key (ECDH + HKDF-SHA-256 + AES-256-GCM). */
+export interface BackupKeyEscrow {
+  format: 'castellan-backup-key-escrow/v1';
+  backupKeyId: string;
+  /** Base64 DER SPKI of the ephemeral P-256 key. */
+  ephemeralPublicKey: string;
+  sealed: string;
 }
 
 export interface KeyServiceOptions {
@@ -76,6 +114,9 @@ function open(suite: SuiteName, key: Buffer, sealed: Buffer, aad: string): Buffe
 }
 
 const tenantKeyName = (tenant: string) => `tenant:${tenant}`;
+
+const escrowKey = (shared: Buffer, backupKeyId: string) =>
+  Buffer.from(hkdfSync('sha256', shared, Buffer.alloc(0), `castellan/v1/backup-key-escrow:${backupKeyId}`, 32));
 
 export class KeyService {
   readonly #db: Kysely<KeyStoreDatabase>;
@@ -304,6 +345,216 @@ export class KeyService {
     }
     const dek = open(suite, kek.material, box.subarray(idEnd, idEnd + wrappedBytes), `dek:${id}:${context}`);
     return open(suite, dek, box.subarray(idEnd + wrappedBytes), context);
+  }
+
+  // ---- backups (KEY-2 backup/restore, KEY-6 destruction reaching backups) -------------------------
+
+  async #activeBackupKey(): Promise<{ id: string; material: Buffer }> {
+    const row = await this.#db.selectFrom('backup_keys').selectAll().where('state', '=', 'active').executeTakeFirst();
+    if (row?.wrapped_material)
+      return { id: row.id, material: this.#rootBox.open(row.wrapped_material, `backup-key:${row.id}`) };
+    return this.#newBackupKey();
+  }
+
+  async #newBackupKey(): Promise<{ id: string; material: Buffer }> {
+    const id = newId('bk');
+    const material = randomBytes(32);
+    const now = this.#now();
+    await this.#db
+      .insertInto('backup_keys')
+      .values({
+        id,
+        state: 'active',
+        wrapped_material: this.#rootBox.seal(material, `backup-key:${id}`),
+        created_at: now,
+        state_changed_at: now,
+      })
+      .execute();
+    return { id, material };
+  }
+
+  async #backupKey(id: string): Promise<Buffer> {
+    const row = await this.#db.selectFrom('backup_keys').selectAll().where('id', '=', id).executeTakeFirst();
+    if (!row) throw new CastellanError('ERR_KEY_NOT_FOUND', { message: `Backup key ${id} is not in this key store` });
+    if (!row.wrapped_material)
+      throw new CastellanError('ERR_KEY_DESTROYED', {
+        message: `Backup key ${id} was destroyed: backups sealed by it are unreadable`,
+      });
+    return this.#rootBox.open(row.wrapped_material, `backup-key:${id}`);
+  }
+
+  /** Exports every key version sealed under the active backup key (never under the root key). */
+  async backup(): Promise<KeyStoreBackup> {
+    const backupKey = await this.#activeBackupKey();
+    const rows = await this.#db.selectFrom('key_versions').selectAll().orderBy('tenant').orderBy('version').execute();
+    const backup: KeyStoreBackup = {
+      format: 'castellan-key-backup/v1',
+      backupKeyId: backupKey.id,
+      createdAt: this.#now(),
+      keys: rows.map((r) => ({
+        id: r.id,
+        keyName: r.key_name,
+        tenant: r.tenant,
+        version: Number(r.version),
+        suite: r.suite,
+        state: r.state,
+        createdAt: Number(r.created_at),
+        stateChangedAt: Number(r.state_changed_at),
+        sealed: r.wrapped_material
+          ? intlSuite
+              .seal(
+                backupKey.material,
+                this.#rootBox.open(r.wrapped_material, `kek:${r.id}`),
+                Buffer.from(`backup:${backupKey.id}:${r.id}`),
+              )
+              .toString('base64')
+          : null,
+      })),
+    };
+    await this.#audit({ operation: 'backup', target: backupKey.id, details: { keys: rows.length } });
+    return backup;
+  }
+
+  /** A new active backup key; the previous one is retired (it still opens older backups until destroyed). */
+  async rotateBackupKey(): Promise<string> {
+    const now = this.#now();
+    await this.#db
+      .updateTable('backup_keys')
+      .set({ state: 'retired', state_changed_at: now })
+      .where('state', '=', 'active')
+      .execute();
+    const { id } = await this.#newBackupKey();
+    await this.#audit({ operation: 'backup-key.rotate', target: id, details: {} });
+    return id;
+  }
+
+  /** Destroys a backup key: every key-store backup sealed by it becomes unreadable. */
+  async destroyBackupKey(id: string): Promise<void> {
+    const result = await this.#db
+      .updateTable('backup_keys')
+      .set({ state: 'destroyed', wrapped_material: null, state_changed_at: this.#now() })
+      .where('id', '=', id)
+      .where('state', '!=', 'destroyed')
+      .executeTakeFirst();
+    if (Number(result.numUpdatedRows) !== 1)
+      throw new CastellanError('ERR_KEY_NOT_FOUND', { message: `No live backup key ${id}` });
+    await this.#audit({ operation: 'backup-key.destroy', target: id, details: {} });
+  }
+
+  /** Seals a backup key to a recipient's P-256 public key, for disaster recovery outside this store. */
+  async escrowBackupKey(id: string, recipientPublicKeyPem: string): Promise<BackupKeyEscrow> {
+    const material = await this.#backupKey(id);
+    const recipient = createPublicKey(recipientPublicKeyPem);
+    const ephemeral = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const wrapKey = escrowKey(diffieHellman({ privateKey: ephemeral.privateKey, publicKey: recipient }), id);
+    await this.#audit({ operation: 'backup-key.escrow', target: id, details: {} });
+    return {
+      format: 'castellan-backup-key-escrow/v1',
+      backupKeyId: id,
+      ephemeralPublicKey: ephemeral.publicKey.export({ format: 'der', type: 'spki' }).toString('base64'),
+      sealed: intlSuite.seal(wrapKey, material, Buffer.from(`escrow:${id}`)).toString('base64'),
+    };
+  }
+
+  /**
+   * Restores key versions missing from this store. A version this store knows as destroyed is never
+   * brought back. The backup key comes from this store, or from an escrow and its private key.
+   */
+  async restore(
+    backup: KeyStoreBackup,
+    escrow?: { escrow: BackupKeyEscrow; privateKeyPem: string },
+  ): Promise<{ restored: number; skipped: number }> {
+    if (backup.format !== 'castellan-key-backup/v1')
+      throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { message: 'Not a key-store backup' });
+    let material: Buffer;
+    if (escrow) {
+      if (escrow.escrow.backupKeyId !== backup.backupKeyId) {
+        throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { message: 'The escrow is for another backup key' });
+      }
+      const shared = diffieHellman({
+        privateKey: createPrivateKey(escrow.privateKeyPem),
+        publicKey: createPublicKey({
+          key: Buffer.from(escrow.escrow.ephemeralPublicKey, 'base64'),
+          format: 'der',
+          type: 'spki',
+        }),
+      });
+      material = open(
+        'intl',
+        escrowKey(shared, backup.backupKeyId),
+        Buffer.from(escrow.escrow.sealed, 'base64'),
+        `escrow:${backup.backupKeyId}`,
+      );
+      const known = await this.#db
+        .selectFrom('backup_keys')
+        .select('state')
+        .where('id', '=', backup.backupKeyId)
+        .executeTakeFirst();
+      if (known?.state === 'destroyed') {
+        throw new CastellanError('ERR_KEY_DESTROYED', {
+          message: `Backup key ${backup.backupKeyId} was destroyed: its backups stay unreadable`,
+        });
+      }
+      if (!known) {
+        const now = this.#now();
+        await this.#db
+          .insertInto('backup_keys')
+          .values({
+            id: backup.backupKeyId,
+            state: 'retired',
+            wrapped_material: this.#rootBox.seal(material, `backup-key:${backup.backupKeyId}`),
+            created_at: now,
+            state_changed_at: now,
+          })
+          .execute();
+      }
+    } else {
+      material = await this.#backupKey(backup.backupKeyId);
+    }
+    let restored = 0;
+    let skipped = 0;
+    for (const k of backup.keys) {
+      const existing = await this.#db.selectFrom('key_versions').select('id').where('id', '=', k.id).executeTakeFirst();
+      if (existing) {
+        skipped++;
+        continue;
+      }
+      const plain = k.sealed
+        ? open('intl', material, Buffer.from(k.sealed, 'base64'), `backup:${backup.backupKeyId}:${k.id}`)
+        : null;
+      await this.#db
+        .insertInto('key_versions')
+        .values({
+          id: k.id,
+          key_name: k.keyName,
+          tenant: k.tenant,
+          version: k.version,
+          suite: k.suite,
+          state: k.state,
+          wrapped_material: plain ? this.#rootBox.seal(plain, `kek:${k.id}`) : null,
+          created_at: k.createdAt,
+          state_changed_at: k.stateChangedAt,
+        })
+        .execute();
+      restored++;
+    }
+    this.#activeByTenant.clear();
+    await this.#audit({ operation: 'restore', target: backup.backupKeyId, details: { restored, skipped } });
+    return { restored, skipped };
+  }
+
+  async listBackupKeys(): Promise<{ id: string; state: string; createdAt: number; stateChangedAt: number }[]> {
+    const rows = await this.#db
+      .selectFrom('backup_keys')
+      .select(['id', 'state', 'created_at', 'state_changed_at'])
+      .orderBy('created_at')
+      .execute();
+    return rows.map((r) => ({
+      id: r.id,
+      state: r.state,
+      createdAt: Number(r.created_at),
+      stateChangedAt: Number(r.state_changed_at),
+    }));
   }
 
   /**

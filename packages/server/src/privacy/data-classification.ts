@@ -109,6 +109,13 @@ export const KEY_STORE_CLASSIFICATION: Readonly<Record<string, Readonly<Record<s
     created_at: c('internal'),
     state_changed_at: c('internal'),
   },
+  backup_keys: {
+    id: c('internal'),
+    state: c('internal'),
+    wrapped_material: c('secret', 'wrapped-by-root-key'),
+    created_at: c('internal'),
+    state_changed_at: c('internal'),
+  },
   castellan_migrations: { name: c('internal'), applied_at: c('internal') },
 };
 

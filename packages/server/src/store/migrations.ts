@@ -40,6 +40,19 @@ function keyStoreMigrationsFor(dialect: DialectName): Record<string, Migration> 
         await db.schema.createIndex('key_versions_tenant_idx').on('key_versions').columns(['tenant']).execute();
       },
     },
+    '0002_backup_keys': {
+      async up(db: AnyDb) {
+        // Keys that seal key-store backups; destroying one makes every backup sealed by it unreadable.
+        await db.schema
+          .createTable('backup_keys')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('wrapped_material', t.binary)
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('state_changed_at', 'bigint', (c) => c.notNull())
+          .execute();
+      },
+    },
   };
 }
 

@@ -144,6 +144,16 @@ export interface KeyVersionTable {
   state_changed_at: number;
 }
 
+/** keys: keys that seal key-store backups (active, retired, destroyed). */
+export interface BackupKeyTable {
+  id: string;
+  state: string;
+  wrapped_material: Uint8Array | null;
+  created_at: number;
+  state_changed_at: number;
+}
+
 export interface KeyStoreDatabase {
   key_versions: KeyVersionTable;
+  backup_keys: BackupKeyTable;
 }

@@ -2,6 +2,7 @@
 // on both databases, through a real platform.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -300,6 +301,70 @@ for (const dialect of await dialectCases()) {
           }
         }
       }
+    });
+
+    test('[KEY-2] [KEY-6] key-store backups: sealed by a backup key they do not contain, restorable through an escrow, shredded by destroying the backup key', async () => {
+      const tenant = `backup-${dialect.name}`;
+      const sealed = await keys().encrypt(tenant, Buffer.from('kept across disasters'), 'ctx');
+      const gone = `gone-${dialect.name}`;
+      const goneKey = (await keys().rotate(gone)).id;
+      await keys().transition(goneKey, 'destroy');
+      const backup = await keys().backup();
+      assert.equal(
+        backup.keys.find((k) => k.id === goneKey)!.sealed,
+        null,
+        'a destroyed version is backed up without material',
+      );
+      const recipient = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+      const escrow = await keys().escrowBackupKey(
+        backup.backupKeyId,
+        recipient.publicKey.export({ format: 'pem', type: 'spki' }).toString(),
+      );
+
+      // Disaster: a fresh instance with an empty key store.
+      const fresh = await startTestPlatform(dialect.name);
+      try {
+        await assert.rejects(
+          fresh.platform.keys.restore(backup),
+          { code: 'ERR_KEY_NOT_FOUND' },
+          'the backup alone is not enough',
+        );
+        const privateKeyPem = recipient.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
+        const result = await fresh.platform.keys.restore(backup, { escrow, privateKeyPem });
+        assert.equal(result.restored, backup.keys.length);
+        assert.equal((await fresh.platform.keys.decrypt(tenant, sealed, 'ctx')).toString(), 'kept across disasters');
+        assert.equal((await fresh.platform.keys.get(goneKey)).state, 'destroyed', 'a destroyed key is not resurrected');
+        const other = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
+          .privateKey.export({ format: 'pem', type: 'pkcs8' })
+          .toString();
+        await assert.rejects(fresh.platform.keys.restore(backup, { escrow, privateKeyPem: other }), {
+          code: 'ERR_KEY_DECRYPT_FAILED',
+        });
+      } finally {
+        await fresh.close();
+      }
+
+      // Rotating the backup key and destroying the old one makes the old backup unreadable here.
+      await keys().rotateBackupKey();
+      await keys().destroyBackupKey(backup.backupKeyId);
+      await assert.rejects(keys().restore(backup), { code: 'ERR_KEY_DESTROYED' });
+      await assert.rejects(
+        keys().restore(backup, {
+          escrow,
+          privateKeyPem: recipient.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
+        }),
+        { code: 'ERR_KEY_DESTROYED' },
+        'not even through an escrow, in the store that knows it was destroyed',
+      );
+      const states = (await keys().listBackupKeys()).map((k) => [k.id === backup.backupKeyId ? 'old' : 'new', k.state]);
+      assert.deepEqual(states.sort(), [
+        ['new', 'active'],
+        ['old', 'destroyed'],
+      ]);
+      await tp.platform.audit.flush();
+      const types = (await tp.platform.audit.query({ actorId: 'keys', limit: 1000 })).map((e) => e.type);
+      for (const t of ['key.backup', 'key.backup-key.escrow', 'key.backup-key.rotate', 'key.backup-key.destroy'])
+        assert.ok(types.includes(t), t);
     });
 
     test('[KEY-6] a data backup taken before a tenant key is destroyed stays unreadable for that tenant after a restore', async () => {
