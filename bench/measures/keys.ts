@@ -12,7 +12,12 @@ import { join } from 'node:path';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { type SuiteName, suite as cryptoSuite } from '@castellan/protocol';
 import { KeyService } from '../../packages/server/src/keys/key-service.ts';
-import { type KeyStoreDatabase, migrateToLatest, openStore, type Store } from '../../packages/server/src/store/index.ts';
+import {
+  type KeyStoreDatabase,
+  migrateToLatest,
+  openStore,
+  type Store,
+} from '../../packages/server/src/store/index.ts';
 import type { CaseResult, Column, Measure, MeasureContext, MetricValue } from '../lib/measure.ts';
 
 type Path = 'envelope' | 'primitive';
@@ -48,6 +53,8 @@ const PATH_NAMES: Record<Path, string> = { envelope: 'KeyService', primitive: 'p
 
 /** The event loop gets a turn this often (timers, signals, IPC of the runner). */
 const SLICE_MS = 50;
+/** A case whose process got less CPU than this (100 = one core) was sharing its core: flagged. */
+const BUSY_CPU_PCT = 90;
 /** The clock is read about this often inside a slice: every op for 1 MiB, every ~60 ops for 32 B. */
 const CLOCK_CHECK_US = 200;
 
@@ -62,6 +69,8 @@ const COLUMNS: readonly Column[] = [
   { key: 'decMiBPerSec', label: 'decrypt MiB/s', digits: 1 },
   { key: 'encVsPrimitive', label: 'encrypt × primitive', digits: 2 },
   { key: 'decVsPrimitive', label: 'decrypt × primitive', digits: 2 },
+  { key: 'cpuPct', label: 'process CPU %' },
+  { key: 'gcPct', label: 'GC %' },
 ];
 
 const round2 = (x: number | null): number | null =>
@@ -86,10 +95,12 @@ interface Timing {
   seconds: number;
   /** Rate of each window, for the spread. */
   windowRates: number[];
-  /** process.cpuUsage() over the measurement, in cores (100 = one), wall time including the yields. */
-  cpuPct: number;
-  /** Share of the measured time V8 spent in garbage collection (pauses on the main thread). */
-  gcPct: number;
+  /** process.cpuUsage() (user + system) over the measurement, µs. */
+  cpuMicros: number;
+  /** Wall time of the measurement, the turns given to the event loop included, ms. */
+  wallMs: number;
+  /** Time V8 spent in garbage collection pauses on the main thread during the measurement, ms. */
+  gcMs: number;
 }
 
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -143,8 +154,9 @@ async function time(batch: Batch, plan: Plan): Promise<Timing> {
     ops,
     seconds: busyMs / 1000,
     windowRates,
-    cpuPct: (100 * (cpu.user + cpu.system)) / (wallMs * 1000),
-    gcPct: (100 * gcMs) / busyMs,
+    cpuMicros: cpu.user + cpu.system,
+    wallMs,
+    gcMs,
   };
 }
 
@@ -310,11 +322,15 @@ async function runCase(context: MeasureContext, plan: Plan, subject: Subject): P
     const dec = await time(prepared.decrypt, plan);
     prepared.check();
     const mib = subject.size.bytes / 2 ** 20;
+    const cpuPct = (100 * (enc.cpuMicros + dec.cpuMicros)) / ((enc.wallMs + dec.wallMs) * 1000);
     const encRate = enc.ops / enc.seconds;
     const decRate = dec.ops / dec.seconds;
     context.progress(
       `keys: ${base.case}: encrypt ${fmt(encRate)} ops/s, decrypt ${fmt(decRate)} ops/s` +
-        (subject.size.bytes >= 2 ** 20 ? ` (${(encRate * mib).toFixed(0)} / ${(decRate * mib).toFixed(0)} MiB/s)` : ''),
+        (subject.size.bytes >= 2 ** 20
+          ? ` (${(encRate * mib).toFixed(0)} / ${(decRate * mib).toFixed(0)} MiB/s)`
+          : '') +
+        (cpuPct < BUSY_CPU_PCT ? `; WARNING: only ${cpuPct.toFixed(0)} % of a core, the machine is busy` : ''),
     );
     return {
       ...base,
@@ -331,6 +347,9 @@ async function runCase(context: MeasureContext, plan: Plan, subject: Subject): P
         // Filled in by run() once the primitive of the same suite and size is measured.
         encVsPrimitive: null,
         decVsPrimitive: null,
+        // In cores (100 = one): well below 100 means other work on the machine took the core.
+        cpuPct: round2(cpuPct),
+        gcPct: round2((100 * (enc.gcMs + dec.gcMs)) / (1000 * (enc.seconds + dec.seconds))),
       },
       details: {
         suite: subject.suite,
@@ -340,13 +359,13 @@ async function runCase(context: MeasureContext, plan: Plan, subject: Subject): P
         encryptOps: enc.ops,
         encryptSeconds: round2(enc.seconds),
         encryptWindowSpreadPct: round2(spreadPct(enc)),
-        encryptCpuPct: round2(enc.cpuPct),
-        encryptGcPct: round2(enc.gcPct),
+        encryptCpuPct: round2((100 * enc.cpuMicros) / (enc.wallMs * 1000)),
+        encryptGcPct: round2((100 * enc.gcMs) / (enc.seconds * 1000)),
         decryptOps: dec.ops,
         decryptSeconds: round2(dec.seconds),
         decryptWindowSpreadPct: round2(spreadPct(dec)),
-        decryptCpuPct: round2(dec.cpuPct),
-        decryptGcPct: round2(dec.gcPct),
+        decryptCpuPct: round2((100 * dec.cpuMicros) / (dec.wallMs * 1000)),
+        decryptGcPct: round2((100 * dec.gcMs) / (dec.seconds * 1000)),
       },
     };
   } catch (error) {

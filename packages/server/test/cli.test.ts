@@ -2,8 +2,8 @@
 // and `up` + `demo` end to end in separate processes, then a graceful SIGTERM.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -180,6 +180,42 @@ describe('castellan CLI', () => {
     assert.equal(refused.status, 1);
     assert.match(refused.stderr, /Cannot activate a key that is deactivated/);
     assert.equal(keysRun('rotate').status, 2, 'usage error without --tenant');
+    const backupFile = join(dir, 'keys-backup.json');
+    const backedUp = keysRun('backup', '--out', backupFile);
+    assert.equal(backedUp.status, 0, backedUp.stderr);
+    assert.equal(statSync(backupFile).mode & 0o777, 0o600);
+    const backupKeyId = (JSON.parse(backedUp.stdout) as { backupKeyId: string }).backupKeyId;
+    const recipient = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    writeFileSync(join(dir, 'recipient.pem'), recipient.publicKey.export({ format: 'pem', type: 'spki' }));
+    const escrowed = keysRun(
+      'backup-key-escrow',
+      '--key',
+      backupKeyId,
+      '--recipient',
+      join(dir, 'recipient.pem'),
+      '--out',
+      join(dir, 'escrow.json'),
+    );
+    assert.equal(escrowed.status, 0, escrowed.stderr);
+    writeFileSync(join(dir, 'not-a-key.pem'), 'hello');
+    const badRecipient = keysRun(
+      'backup-key-escrow',
+      '--key',
+      backupKeyId,
+      '--recipient',
+      join(dir, 'not-a-key.pem'),
+      '--out',
+      join(dir, 'x.json'),
+    );
+    assert.equal(badRecipient.status, 1);
+    assert.match(badRecipient.stderr, /recipientPublicKeyPem is not a P-256 public key/);
+    const restoredRun = keysRun('restore', '--in', backupFile, '--json');
+    assert.equal(restoredRun.status, 0, restoredRun.stderr);
+    assert.equal(
+      (JSON.parse(restoredRun.stdout) as { restored: number }).restored,
+      0,
+      'nothing missing: nothing restored',
+    );
 
     const adminToken = readFileSync(join(dir, 'data', 'demo-admin.token'), 'utf8').trim();
     up.kill('SIGTERM');

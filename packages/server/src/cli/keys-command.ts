@@ -1,6 +1,6 @@
 // `castellan keys …`: the key lifecycle (KEY-2) through the running platform's administrator API, so
 // every operation is authorised and audited in one place.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { RUNTIME_FILE, type RuntimeInfo } from '../platform.ts';
 import { ApiClient } from './api-client.ts';
@@ -14,6 +14,14 @@ Commands:
   rotate --tenant <t> [--suite intl|sm]   a new active version; the previous one only decrypts from now on
   activate|suspend|deactivate|compromise|destroy --key <id>
                            move a key version through its lifecycle (destroy makes its data unreadable)
+  backup --out <file>      back up the key store, sealed by the active backup key (not included)
+  restore --in <file> [--escrow <file> --private-key <pem-file>]
+                           restore key versions missing from the store (destroyed ones stay destroyed)
+  backup-keys              list backup keys
+  backup-key-rotate        a new active backup key; the old one is retired
+  backup-key-destroy --key <id>          every backup sealed by it becomes unreadable
+  backup-key-escrow --key <id> --recipient <public-pem-file> --out <file>
+                           seal a backup key to a recipient P-256 key for disaster recovery
 
 Options:
   --data-dir <dir>         the running platform's data directory (default ./data)
@@ -31,6 +39,11 @@ export interface KeysOptions {
   tenant?: string;
   key?: string;
   suite?: string;
+  out?: string;
+  in?: string;
+  escrow?: string;
+  'private-key'?: string;
+  recipient?: string;
   json?: boolean;
 }
 
@@ -44,6 +57,14 @@ interface KeyView {
 }
 
 const OPERATIONS = new Set(['activate', 'suspend', 'deactivate', 'compromise', 'destroy']);
+const BACKUP_COMMANDS = new Set([
+  'backup',
+  'restore',
+  'backup-keys',
+  'backup-key-rotate',
+  'backup-key-destroy',
+  'backup-key-escrow',
+]);
 
 export async function keysCommand(
   sub: string | undefined,
@@ -54,8 +75,17 @@ export async function keysCommand(
     process.stderr.write(`castellan: ${message}\n\n${keysHelp}\n`);
     return 2;
   };
-  if (!sub || !(sub === 'list' || sub === 'create' || sub === 'rotate' || OPERATIONS.has(sub)))
+  if (
+    !sub ||
+    !(sub === 'list' || sub === 'create' || sub === 'rotate' || OPERATIONS.has(sub) || BACKUP_COMMANDS.has(sub))
+  ) {
     return usage(`unknown keys command '${sub ?? ''}'`);
+  }
+  if ((sub === 'backup' || sub === 'backup-key-escrow') && !options.out) return usage(`keys ${sub} needs --out`);
+  if (sub === 'restore' && !options.in) return usage('keys restore needs --in');
+  if ((sub === 'backup-key-destroy' || sub === 'backup-key-escrow') && !options.key)
+    return usage(`keys ${sub} needs --key`);
+  if (sub === 'backup-key-escrow' && !options.recipient) return usage('keys backup-key-escrow needs --recipient');
   if ((sub === 'create' || sub === 'rotate') && !options.tenant) return usage(`keys ${sub} needs --tenant`);
   if (OPERATIONS.has(sub) && !options.key) return usage(`keys ${sub} needs --key`);
   const dataDir = resolve(options['data-dir'] ?? 'data');
@@ -70,6 +100,7 @@ export async function keysCommand(
   if (!existsSync(caFile)) throw new Error(`CA certificate ${caFile} not found; pass --ca`);
   if (!existsSync(tokenFile)) throw new Error(`administrator credential ${tokenFile} not found; pass --token-file`);
   const api = new ApiClient(url, readFileSync(caFile, 'utf8'), readFileSync(tokenFile, 'utf8').trim());
+  if (BACKUP_COMMANDS.has(sub)) return backupCommand(api, sub, options, out);
   let result: KeyView | KeyView[];
   if (sub === 'list') {
     result = (
@@ -93,5 +124,43 @@ export async function keysCommand(
       );
     }
   }
+  return 0;
+}
+
+async function backupCommand(
+  api: ApiClient,
+  sub: string,
+  options: KeysOptions,
+  out: (line: string) => void,
+): Promise<number> {
+  const write = (file: string, value: unknown) =>
+    writeFileSync(resolve(file), `${JSON.stringify(value, null, 2)}\n`, { mode: 0o600 });
+  const read = (file: string): unknown => JSON.parse(readFileSync(resolve(file), 'utf8'));
+  let result: unknown;
+  if (sub === 'backup') {
+    const backup = await api.request<{ backupKeyId: string; keys: unknown[] }>('POST', '/v1/keys/backups');
+    write(options.out!, backup);
+    result = { file: resolve(options.out!), backupKeyId: backup.backupKeyId, keys: backup.keys.length };
+  } else if (sub === 'restore') {
+    result = await api.request('POST', '/v1/keys/restore', {
+      backup: read(options.in!),
+      ...(options.escrow ? { escrow: read(options.escrow) } : {}),
+      ...(options['private-key'] ? { privateKeyPem: readFileSync(resolve(options['private-key']), 'utf8') } : {}),
+    });
+  } else if (sub === 'backup-keys') {
+    result = (await api.request<{ items: unknown[] }>('GET', '/v1/keys/backup-keys')).items;
+  } else if (sub === 'backup-key-rotate') {
+    result = await api.request('POST', '/v1/keys/backup-keys/rotate');
+  } else if (sub === 'backup-key-destroy') {
+    await api.request('POST', `/v1/keys/backup-keys/${encodeURIComponent(options.key!)}/destroy`);
+    result = { id: options.key, state: 'destroyed' };
+  } else {
+    const escrow = await api.request('POST', `/v1/keys/backup-keys/${encodeURIComponent(options.key!)}/escrow`, {
+      recipientPublicKeyPem: readFileSync(resolve(options.recipient!), 'utf8'),
+    });
+    write(options.out!, escrow);
+    result = { file: resolve(options.out!), backupKeyId: options.key };
+  }
+  out(JSON.stringify(result, null, options.json ? 2 : undefined));
   return 0;
 }

@@ -12,7 +12,7 @@ import {
   StrictObject,
 } from '../http/index.ts';
 import { KEY_OPERATIONS, type KeyOperation } from './key-lifecycle.ts';
-import type { KeyService, KeyVersion } from './key-service.ts';
+import type { BackupKeyEscrow, KeyService, KeyStoreBackup, KeyVersion } from './key-service.ts';
 
 export interface KeyRoutesOptions {
   keys: KeyService;
@@ -92,6 +92,146 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
       assertCan(principalOf(request), 'keys.manage');
       const { tenant, suite } = request.body as { tenant: string; suite?: SuiteName };
       return reply.status(201).send(present(await keys.rotate(tenant, suite)));
+    },
+  );
+
+  const adminOnly = { onRequest: authenticate };
+  const Json = Type.Object({}, { additionalProperties: true });
+
+  app.post(
+    '/v1/keys/backups',
+    {
+      ...adminOnly,
+      schema: {
+        summary: 'Back up the key store, sealed by the active backup key (which the backup does not contain)',
+        tags: ['keys'],
+        security: bearerSecurity,
+        response: { 201: Json, ...errors },
+      },
+    },
+    async (request, reply) => {
+      assertCan(principalOf(request), 'keys.manage');
+      return reply.status(201).send(await keys.backup());
+    },
+  );
+
+  app.post(
+    '/v1/keys/restore',
+    {
+      ...adminOnly,
+      schema: {
+        summary: 'Restore key versions missing from this store; destroyed ones are never brought back',
+        tags: ['keys'],
+        security: bearerSecurity,
+        body: StrictObject({
+          backup: Json,
+          escrow: Type.Optional(Json),
+          privateKeyPem: Type.Optional(
+            Type.String({ maxLength: 10000, description: 'the escrow recipient key; never stored or logged' }),
+          ),
+        }),
+        response: { 200: StrictObject({ restored: Type.Integer(), skipped: Type.Integer() }), ...errors },
+      },
+    },
+    async (request) => {
+      assertCan(principalOf(request), 'keys.manage');
+      const body = request.body as { backup: KeyStoreBackup; escrow?: BackupKeyEscrow; privateKeyPem?: string };
+      return keys.restore(
+        body.backup,
+        body.escrow && body.privateKeyPem ? { escrow: body.escrow, privateKeyPem: body.privateKeyPem } : undefined,
+      );
+    },
+  );
+
+  app.get(
+    '/v1/keys/backup-keys',
+    {
+      ...adminOnly,
+      schema: {
+        summary: 'Backup keys and their states',
+        tags: ['keys'],
+        security: bearerSecurity,
+        response: {
+          200: StrictObject({
+            items: Type.Array(
+              StrictObject({
+                id: Type.String(),
+                state: Type.String(),
+                createdAt: Type.Integer(),
+                stateChangedAt: Type.Integer(),
+              }),
+            ),
+          }),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      assertCan(principalOf(request), 'keys.manage');
+      return { items: await keys.listBackupKeys() };
+    },
+  );
+
+  app.post(
+    '/v1/keys/backup-keys/rotate',
+    {
+      ...adminOnly,
+      schema: {
+        summary: 'A new active backup key; the old one is retired',
+        tags: ['keys'],
+        security: bearerSecurity,
+        response: { 201: StrictObject({ id: Type.String() }), ...errors },
+      },
+    },
+    async (request, reply) => {
+      assertCan(principalOf(request), 'keys.manage');
+      return reply.status(201).send({ id: await keys.rotateBackupKey() });
+    },
+  );
+
+  app.post(
+    '/v1/keys/backup-keys/:backupKeyId/destroy',
+    {
+      ...adminOnly,
+      schema: {
+        summary: 'Destroy a backup key: every backup sealed by it becomes unreadable',
+        tags: ['keys'],
+        security: bearerSecurity,
+        params: StrictObject({ backupKeyId: Type.String({ minLength: 1, maxLength: 64 }) }),
+        response: { 204: Type.Null(), ...errors },
+      },
+    },
+    async (request, reply) => {
+      assertCan(principalOf(request), 'keys.manage');
+      await keys.destroyBackupKey((request.params as { backupKeyId: string }).backupKeyId);
+      return reply.status(204).send();
+    },
+  );
+
+  app.post(
+    '/v1/keys/backup-keys/:backupKeyId/escrow',
+    {
+      ...adminOnly,
+      schema: {
+        summary: 'Seal a backup key to a recipient P-256 public key (PEM) for disaster recovery',
+        tags: ['keys'],
+        security: bearerSecurity,
+        params: StrictObject({ backupKeyId: Type.String({ minLength: 1, maxLength: 64 }) }),
+        body: StrictObject({ recipientPublicKeyPem: Type.String({ minLength: 1, maxLength: 10000 }) }),
+        response: { 201: Json, ...errors },
+      },
+    },
+    async (request, reply) => {
+      assertCan(principalOf(request), 'keys.manage');
+      const { backupKeyId } = request.params as { backupKeyId: string };
+      return reply
+        .status(201)
+        .send(
+          await keys.escrowBackupKey(
+            backupKeyId,
+            (request.body as { recipientPublicKeyPem: string }).recipientPublicKeyPem,
+          ),
+        );
     },
   );
 

@@ -21,6 +21,7 @@ import {
   diffieHellman,
   generateKeyPairSync,
   hkdfSync,
+  type KeyObject,
   randomBytes,
 } from 'node:crypto';
 import { CryptoSuiteError, intlSuite, type SuiteName, suite as cryptoSuite } from '@castellan/protocol';
@@ -114,6 +115,19 @@ function open(suite: SuiteName, key: Buffer, sealed: Buffer, aad: string): Buffe
 }
 
 const tenantKeyName = (tenant: string) => `tenant:${tenant}`;
+
+/** Parses a key and insists on P-256; anything else is the caller's input error. */
+function p256(parse: () => KeyObject, message: string): KeyObject {
+  let key: KeyObject;
+  try {
+    key = parse();
+  } catch {
+    throw new CastellanError('ERR_VALIDATION_FAILED', { message });
+  }
+  if (key.asymmetricKeyDetails?.namedCurve !== 'prime256v1')
+    throw new CastellanError('ERR_VALIDATION_FAILED', { message });
+  return key;
+}
 
 const escrowKey = (shared: Buffer, backupKeyId: string) =>
   Buffer.from(hkdfSync('sha256', shared, Buffer.alloc(0), `castellan/v1/backup-key-escrow:${backupKeyId}`, 32));
@@ -444,7 +458,10 @@ export class KeyService {
   /** Seals a backup key to a recipient's P-256 public key, for disaster recovery outside this store. */
   async escrowBackupKey(id: string, recipientPublicKeyPem: string): Promise<BackupKeyEscrow> {
     const material = await this.#backupKey(id);
-    const recipient = createPublicKey(recipientPublicKeyPem);
+    const recipient = p256(
+      () => createPublicKey(recipientPublicKeyPem),
+      'recipientPublicKeyPem is not a P-256 public key (PEM)',
+    );
     const ephemeral = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
     const wrapKey = escrowKey(diffieHellman({ privateKey: ephemeral.privateKey, publicKey: recipient }), id);
     await this.#audit({ operation: 'backup-key.escrow', target: id, details: {} });
@@ -472,7 +489,10 @@ export class KeyService {
         throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { message: 'The escrow is for another backup key' });
       }
       const shared = diffieHellman({
-        privateKey: createPrivateKey(escrow.privateKeyPem),
+        privateKey: p256(
+          () => createPrivateKey(escrow.privateKeyPem),
+          'privateKeyPem is not a P-256 private key (PEM)',
+        ),
         publicKey: createPublicKey({
           key: Buffer.from(escrow.escrow.ephemeralPublicKey, 'base64'),
           format: 'der',
