@@ -161,10 +161,20 @@ export async function startPlatform(
     });
     cleanups.push(() => keyStore.close());
     await migrateToLatest(keyStore.db, keyStore.dialect, 'keys');
+    // Objects built later that earlier ones call back into (bound once they exist).
+    const late: { broker?: MqttBroker; devices?: DevicesService } = {};
     const keys = new KeyService({
       db: keyStore.db,
       rootKey: rootKey.key,
       defaultSuite: config.keys.defaultSuite,
+      // Background re-wrap (KEY-2): values move to the new version so the old one can be destroyed.
+      onRotated: (tenant) =>
+        setImmediate(() => {
+          late.devices?.rewrapSecrets(tenant).then(
+            (moved) => log.info({ tenant, moved }, 'keys: device secrets re-wrapped after rotation'),
+            (error: unknown) => log.error({ err: error, tenant }, 'keys: re-wrap failed'),
+          );
+        }),
       audit: (event) =>
         audit.record({
           actor: { type: 'system', id: 'keys' },
@@ -199,6 +209,7 @@ export async function startPlatform(
       telemetry,
       maxBatch: config.devices.maxBatch,
     });
+    late.devices = devices;
 
     let redis: Redis | undefined;
     if (config.redis.url) {
@@ -222,7 +233,6 @@ export async function startPlatform(
     const brokerLog = log.child({ component: 'mqtt' });
     // The guard needs the broker (to end a quarantined device's connection) and the broker's hooks
     // need the guard: the broker is bound late through this reference.
-    const late: { broker?: MqttBroker } = {};
     const guard = new GuardService(config.guard, {
       db: store.db,
       log: log.child({ component: 'guard' }),

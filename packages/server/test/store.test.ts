@@ -166,6 +166,7 @@ for (const dialect of await dialectCases()) {
       // A field cipher double: the keys subsystem's hierarchy is tested on its own.
       const secrets = {
         ensureKey: async () => {},
+        rewrap: async () => null,
         encrypt: async (_tenant: string, plaintext: Uint8Array, context: string) => box.seal(plaintext, context),
         decrypt: async (_tenant: string, sealed: Uint8Array, context: string) => box.open(sealed, context),
       };

@@ -76,6 +76,8 @@ const secretAad = (deviceId: string) => `devices.secret_ciphertext:${deviceId}`;
 
 /** What the devices subsystem needs from the keys subsystem. */
 export interface FieldCipher {
+  /** Re-encrypts under the tenant's current key version; null when already current. */
+  rewrap(tenant: string, sealed: Uint8Array, context: string): Promise<Buffer | null>;
   /** Prepares the tenant's key outside of any data-store transaction. */
   ensureKey(tenant: string): Promise<void>;
   encrypt(tenant: string, plaintext: Uint8Array, context: string): Promise<Buffer>;
@@ -253,6 +255,40 @@ export class DevicesService {
     }
     const match = constantTimeEqual(expected, presented);
     return row && match ? toDevice(row) : null;
+  }
+
+  /**
+   * Re-wraps a vendor's device secrets under its current key version (after a rotation), a page at a
+   * time, one short write per device so devices keep authenticating throughout. Returns how many moved.
+   */
+  async rewrapSecrets(vendorId: string): Promise<number> {
+    let moved = 0;
+    let after = '';
+    for (;;) {
+      const rows = await this.#db
+        .selectFrom('devices')
+        .select(['id', 'secret_ciphertext'])
+        .where('vendor_id', '=', vendorId)
+        .where('id', '>', after)
+        .orderBy('id')
+        .limit(200)
+        .execute();
+      if (rows.length === 0) return moved;
+      for (const row of rows) {
+        const current = asBuffer(row.secret_ciphertext);
+        const rewrapped = await this.#secrets.rewrap(vendorId, current, secretAad(row.id));
+        if (!rewrapped) continue;
+        // Only if unchanged meanwhile (a concurrent rotation of the credential wins).
+        const result = await this.#db
+          .updateTable('devices')
+          .set({ secret_ciphertext: rewrapped })
+          .where('id', '=', row.id)
+          .where('secret_ciphertext', '=', current)
+          .executeTakeFirst();
+        moved += Number(result.numUpdatedRows);
+      }
+      after = rows.at(-1)!.id;
+    }
   }
 
   /** A sealed secret of no device: an unknown ID costs the same key work as a known one. */

@@ -91,6 +91,8 @@ export interface KeyServiceOptions {
   now?: () => number;
   /** The crypto suite of a tenant's first key (config keys.defaultSuite). */
   defaultSuite?: SuiteName;
+  /** Called after a rotation, so data owners re-wrap their values under the new version. */
+  onRotated?(tenant: string): void;
 }
 
 interface Cached {
@@ -142,11 +144,13 @@ export class KeyService {
   readonly #creating = new Map<string, Promise<KeyVersion>>();
   readonly #defaultSuite: SuiteName;
   readonly #rootKey: Uint8Array;
+  readonly #onRotated: ((tenant: string) => void) | undefined;
   readonly #indexKeys = new Map<string, Buffer>();
 
   constructor(options: KeyServiceOptions) {
     this.#defaultSuite = options.defaultSuite ?? 'intl';
     this.#rootKey = options.rootKey;
+    this.#onRotated = options.onRotated;
     this.#db = options.db;
     this.#rootBox = new SecretBox(options.rootKey, 'key-store-wrap');
     this.#audit = (event) => options.audit(event);
@@ -254,6 +258,7 @@ export class KeyService {
     const active = await this.transition(created.id, 'activate');
     if (previous) await this.transition(previous.id, 'deactivate');
     await this.#audit({ operation: 'rotate', key: active, previousState: null });
+    this.#onRotated?.(tenant);
     return active;
   }
 
@@ -591,6 +596,16 @@ export class KeyService {
       this.#indexKeys.set(`${tenant}\u0000${purpose}`, key);
     }
     return createHmac('sha256', key).update(value, 'utf8').digest();
+  }
+
+  /**
+   * Re-encrypts a value under the tenant's active key version if it was sealed under an older one
+   * (background re-wrap after a rotation); null when it is already current.
+   */
+  async rewrap(tenant: string, sealed: Uint8Array, context: string): Promise<Buffer | null> {
+    const active = await this.#activeVersion(tenant);
+    if (!active || KeyService.keyVersionOf(sealed) === active.id) return null;
+    return this.encrypt(tenant, await this.decrypt(tenant, sealed, context), context);
   }
 
   /** The key version a ciphertext was sealed under (for re-wrapping after a rotation). */

@@ -124,6 +124,25 @@ for (const dialect of await dialectCases()) {
       assert.equal(audited.length, 1, 'the rotation is audited');
     });
 
+    test('[KEY-2] after a rotation device secrets are re-wrapped in the background, so the old version can be destroyed', async () => {
+      const t = await provisionTenant(tp, 3, x.adminToken);
+      const before = (await keys().list({ tenant: t.vendorId }))[0]!;
+      const rotated = await keys().rotate(t.vendorId);
+      const versions = async () =>
+        (
+          await tp.query<{ secret_ciphertext: Uint8Array }>(
+            'select secret_ciphertext from devices where vendor_id = $1',
+            [t.vendorId],
+          )
+        ).map((r) => KeyService.keyVersionOf(Buffer.from(r.secret_ciphertext)));
+      for (let i = 0; i < 100 && (await versions()).some((v) => v !== rotated.id); i++)
+        await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(await versions(), [rotated.id, rotated.id, rotated.id]);
+      await keys().transition(before.id, 'destroy');
+      for (const d of t.devices)
+        assert.ok(await tp.platform.devices.authenticateDevice(d.id, Buffer.from(d.secret)), 'still authenticates');
+    });
+
     test('[KEY-2] illegal transitions on stored keys are refused and change nothing; every change is audited', async () => {
       const tenant = `lifecycle-${dialect.name}`;
       const created = await keys().create(tenant);
