@@ -150,7 +150,8 @@ export class KeyService {
   constructor(options: KeyServiceOptions) {
     this.#defaultSuite = options.defaultSuite ?? 'intl';
     this.#rootKey = options.rootKey;
-    this.#onRotated = options.onRotated;
+    const onRotated = options.onRotated;
+    this.#onRotated = onRotated ? (tenant) => onRotated.call(options, tenant) : undefined;
     this.#db = options.db;
     this.#rootBox = new SecretBox(options.rootKey, 'key-store-wrap');
     this.#audit = (event) => options.audit(event);
