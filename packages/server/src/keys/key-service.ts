@@ -92,7 +92,7 @@ export interface KeyServiceOptions {
   /** The crypto suite of a tenant's first key (config keys.defaultSuite). */
   defaultSuite?: SuiteName;
   /** Called after a rotation, so data owners re-wrap their values under the new version. */
-  onRotated?(tenant: string): void;
+  onRotated?: (tenant: string) => void;
 }
 
 interface Cached {
@@ -151,7 +151,7 @@ export class KeyService {
     this.#defaultSuite = options.defaultSuite ?? 'intl';
     this.#rootKey = options.rootKey;
     const onRotated = options.onRotated;
-    this.#onRotated = onRotated ? (tenant) => onRotated.call(options, tenant) : undefined;
+    this.#onRotated = onRotated;
     this.#db = options.db;
     this.#rootBox = new SecretBox(options.rootKey, 'key-store-wrap');
     this.#audit = (event) => options.audit(event);
