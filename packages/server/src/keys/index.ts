@@ -11,11 +11,13 @@ export {
 } from './key-lifecycle.ts';
 export {
   type BackupKeyEscrow,
+  type DistributedKey,
   type KeyAuditEvent,
   KeyService,
   type KeyServiceOptions,
   type KeyStoreBackup,
   type KeyVersion,
+  openDistributedKey,
 } from './key-service.ts';
 export { keyRoutes } from './key-routes.ts';
 export { SecretBox } from './secret-box.ts';

@@ -236,6 +236,28 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
   );
 
   app.post(
+    '/v1/keys/:keyId/distribute',
+    {
+      ...adminOnly,
+      schema: {
+        summary: "Export a key version's material sealed to a recipient P-256 public key (PEM)",
+        tags: ['keys'],
+        security: bearerSecurity,
+        params: StrictObject({ keyId: Type.String({ minLength: 1, maxLength: 64 }) }),
+        body: StrictObject({ recipientPublicKeyPem: Type.String({ minLength: 1, maxLength: 10000 }) }),
+        response: { 201: Json, ...errors },
+      },
+    },
+    async (request, reply) => {
+      assertCan(principalOf(request), 'keys.manage');
+      const { keyId } = request.params as { keyId: string };
+      return reply
+        .status(201)
+        .send(await keys.distribute(keyId, (request.body as { recipientPublicKeyPem: string }).recipientPublicKeyPem));
+    },
+  );
+
+  app.post(
     '/v1/keys/:keyId/:operation',
     {
       onRequest: authenticate,

@@ -50,7 +50,7 @@ export interface KeyVersion {
 export type KeyAuditEvent =
   | { operation: 'create' | 'rotate' | KeyOperation; key: KeyVersion; previousState: KeyState | null }
   | {
-      operation: 'backup' | 'restore' | 'backup-key.rotate' | 'backup-key.destroy' | 'backup-key.escrow';
+      operation: 'backup' | 'restore' | 'distribute' | 'backup-key.rotate' | 'backup-key.destroy' | 'backup-key.escrow';
       target: string;
       details: Record<string, unknown>;
     };
@@ -72,6 +72,17 @@ export interface KeyStoreBackup {
     /** Base64 AES-256-GCM of the material under the backup key; null for a destroyed version. */
     sealed: string | null;
   }[];
+}
+
+/** A key version sealed to a recipient's P-256 public key. */
+export interface DistributedKey {
+  format: 'castellan-key-distribution/v1';
+  keyId: string;
+  tenant: string;
+  version: number;
+  suite: SuiteName;
+  ephemeralPublicKey: string;
+  sealed: string;
 }
 
 /** A backup key sealed to a recipient's P-256 public key (ECDH + HKDF-SHA-256 + AES-256-GCM). */
@@ -129,6 +140,27 @@ function p256(parse: () => KeyObject, message: string): KeyObject {
   if (key.asymmetricKeyDetails?.namedCurve !== 'prime256v1')
     throw new CastellanError('ERR_VALIDATION_FAILED', { message });
   return key;
+}
+
+const distributionKey = (shared: Buffer, keyId: string) =>
+  Buffer.from(hkdfSync('sha256', shared, Buffer.alloc(0), `castellan/v1/key-distribution:${keyId}`, 32));
+
+/** The recipient's side of `KeyService.distribute`. */
+export function openDistributedKey(distributed: DistributedKey, privateKeyPem: string): Buffer {
+  const shared = diffieHellman({
+    privateKey: p256(() => createPrivateKey(privateKeyPem), 'privateKeyPem is not a P-256 private key (PEM)'),
+    publicKey: createPublicKey({
+      key: Buffer.from(distributed.ephemeralPublicKey, 'base64'),
+      format: 'der',
+      type: 'spki',
+    }),
+  });
+  return open(
+    'intl',
+    distributionKey(shared, distributed.keyId),
+    Buffer.from(distributed.sealed, 'base64'),
+    `distribute:${distributed.keyId}`,
+  );
 }
 
 const escrowKey = (shared: Buffer, backupKeyId: string) =>
@@ -459,6 +491,37 @@ export class KeyService {
     if (Number(result.numUpdatedRows) !== 1)
       throw new CastellanError('ERR_KEY_NOT_FOUND', { message: `No live backup key ${id}` });
     await this.#audit({ operation: 'backup-key.destroy', target: id, details: {} });
+  }
+
+  /**
+   * Distribution (KEY-2): a tenant key version's material sealed to a recipient's P-256 public key
+   * (ECDH with an ephemeral key, HKDF-SHA-256, AES-256-GCM), e.g. for a gateway or an HSM import. The
+   * recipient opens it with `openDistributedKey`. Destroyed versions cannot be distributed.
+   */
+  async distribute(id: string, recipientPublicKeyPem: string): Promise<DistributedKey> {
+    const cached = await this.#load(id);
+    if (!cached) throw new CastellanError('ERR_KEY_NOT_FOUND');
+    if (!cached.material) throw new CastellanError('ERR_KEY_DESTROYED');
+    const recipient = p256(
+      () => createPublicKey(recipientPublicKeyPem),
+      'recipientPublicKeyPem is not a P-256 public key (PEM)',
+    );
+    const ephemeral = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const wrapKey = distributionKey(diffieHellman({ privateKey: ephemeral.privateKey, publicKey: recipient }), id);
+    await this.#audit({
+      operation: 'distribute',
+      target: id,
+      details: { tenant: cached.version.tenant, version: cached.version.version },
+    });
+    return {
+      format: 'castellan-key-distribution/v1',
+      keyId: id,
+      tenant: cached.version.tenant,
+      version: cached.version.version,
+      suite: cached.version.suite,
+      ephemeralPublicKey: ephemeral.publicKey.export({ format: 'der', type: 'spki' }).toString('base64'),
+      sealed: seal('intl', wrapKey, cached.material, `distribute:${id}`).toString('base64'),
+    };
   }
 
   /** Seals a backup key to a recipient's P-256 public key, for disaster recovery outside this store. */

@@ -11,7 +11,14 @@ import fc from 'fast-check';
 import { sql } from 'kysely';
 import pg from 'pg';
 import { CastellanError } from '../../src/errors/index.ts';
-import { KEY_OPERATIONS, KEY_STATES, KeyService, type KeyState, nextState } from '../../src/keys/index.ts';
+import {
+  KEY_OPERATIONS,
+  KEY_STATES,
+  KeyService,
+  type KeyState,
+  nextState,
+  openDistributedKey,
+} from '../../src/keys/index.ts';
 import { dialectCases, dropSchema, POSTGRES_URL, uniqueSchema } from '../helpers/dialects.ts';
 import {
   provisionTenant,
@@ -384,6 +391,66 @@ for (const dialect of await dialectCases()) {
       const types = (await tp.platform.audit.query({ actorId: 'keys', limit: 1000 })).map((e) => e.type);
       for (const t of ['key.backup', 'key.backup-key.escrow', 'key.backup-key.rotate', 'key.backup-key.destroy'])
         assert.ok(types.includes(t), t);
+    });
+
+    test('[KEY-2] distribution: a key version sealed to a recipient key opens only with that key; destroyed versions are refused', async () => {
+      const tenant = `dist-${dialect.name}`;
+      const first = await keys().rotate(tenant);
+      const pair = () => generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+      const pem = (k: ReturnType<typeof pair>) => ({
+        publicPem: k.publicKey.export({ format: 'pem', type: 'spki' }).toString(),
+        privatePem: k.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
+      });
+      const alice = pem(pair());
+      const bob = pem(pair());
+      const toAlice = await request(tp.platform, 'POST', `/v1/keys/${first.id}/distribute`, {
+        token: x.adminToken,
+        body: { recipientPublicKeyPem: alice.publicPem },
+      });
+      assert.equal(toAlice.status, 201);
+      assert.equal(toAlice.body.format, 'castellan-key-distribution/v1');
+      assert.equal(toAlice.body.version, first.version);
+      const toBob = await keys().distribute(first.id, bob.publicPem);
+      const material = openDistributedKey(toAlice.body, alice.privatePem);
+      assert.equal(material.length, 32);
+      assert.deepEqual(openDistributedKey(toBob, bob.privatePem), material, 'both recipients hold the same version');
+      assert.notEqual(toBob.sealed, toAlice.body.sealed, 'each distribution uses a fresh ephemeral key');
+      assert.throws(() => openDistributedKey(toAlice.body, bob.privatePem), { code: 'ERR_KEY_DECRYPT_FAILED' });
+      assert.throws(() => openDistributedKey({ ...toAlice.body, keyId: 'kv_other' }, alice.privatePem), {
+        code: 'ERR_KEY_DECRYPT_FAILED',
+      });
+      const second = await keys().rotate(tenant);
+      assert.notDeepEqual(
+        openDistributedKey(await keys().distribute(second.id, alice.publicPem), alice.privatePem),
+        material,
+        'another version is other material',
+      );
+
+      const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 })
+        .publicKey.export({ format: 'pem', type: 'spki' })
+        .toString();
+      for (const recipientPublicKeyPem of ['not a key', rsa]) {
+        const bad = await request(tp.platform, 'POST', `/v1/keys/${first.id}/distribute`, {
+          token: x.adminToken,
+          body: { recipientPublicKeyPem },
+        });
+        assert.equal(bad.status, 400);
+        assert.equal(bad.body.error.code, 'ERR_VALIDATION_FAILED');
+      }
+      const denied = await request(tp.platform, 'POST', `/v1/keys/${first.id}/distribute`, {
+        token: x.vendorToken,
+        body: { recipientPublicKeyPem: alice.publicPem },
+      });
+      assert.equal(denied.status, 403);
+      assert.doesNotMatch(denied.text, /sealed/);
+      await keys().transition(first.id, 'destroy');
+      await assert.rejects(keys().distribute(first.id, alice.publicPem), { code: 'ERR_KEY_DESTROYED' });
+      await assert.rejects(keys().distribute('kv_missing', alice.publicPem), { code: 'ERR_KEY_NOT_FOUND' });
+      await tp.platform.audit.flush();
+      const audited = (await tp.platform.audit.query({ actorId: 'keys', limit: 1000 })).filter(
+        (e) => e.type === 'key.distribute',
+      );
+      assert.ok(audited.length >= 3, 'every distribution is audited');
     });
 
     test('[KEY-6] a data backup taken before a tenant key is destroyed stays unreadable for that tenant after a restore', async () => {
