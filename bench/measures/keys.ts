@@ -172,11 +172,11 @@ interface Subject {
 
 function plaintextPool(size: Size): { values: Buffer[]; contexts: string[] } {
   const values = Array.from({ length: size.pool }, () => randomBytes(size.bytes));
-  // Contexts shaped like the platform's own, which bind a value to its row and column
-  // (e.g. `devices.secret_ciphertext:<device id>`).
+  // Contexts shaped like the platform's own, which bind a value to its row and column: for a device
+  // secret `devices.secret_ciphertext:<device id>`, with a 24-character protocol device ID.
   const contexts = values.map((_, i) =>
     size.bytes <= 64
-      ? `devices.secret_ciphertext:01${randomBytes(9).toString('hex')}`
+      ? `devices.secret_ciphertext:01${randomBytes(11).toString('hex')}`
       : `bench.blob:${i}:${randomBytes(8).toString('hex')}`,
   );
   return { values, contexts };

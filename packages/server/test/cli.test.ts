@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { openDistributedKey } from '../src/keys/index.ts';
 
 const bin = resolve(import.meta.dirname, '../bin/castellan.js');
 // A clean environment: no CASTELLAN_* or DATABASE_URL leaks in from the developer's shell.
@@ -180,6 +181,12 @@ describe('castellan CLI', () => {
     assert.equal(refused.status, 1);
     assert.match(refused.stderr, /Cannot activate a key that is deactivated/);
     assert.equal(keysRun('rotate').status, 2, 'usage error without --tenant');
+    const smRun = keysRun('rotate', '--tenant', 'cli-sm', '--suite', 'sm', '--json');
+    assert.equal(smRun.status, 0, smRun.stderr);
+    assert.equal((JSON.parse(smRun.stdout) as { suite: string }).suite, 'sm', '--suite reaches the API');
+    const badSuite = keysRun('rotate', '--tenant', 'cli-sm', '--suite', 'des');
+    assert.equal(badSuite.status, 2);
+    assert.match(badSuite.stderr, /--suite must be intl or sm, not 'des'/);
     const backupFile = join(dir, 'keys-backup.json');
     const backedUp = keysRun('backup', '--out', backupFile);
     assert.equal(backedUp.status, 0, backedUp.stderr);
@@ -209,6 +216,24 @@ describe('castellan CLI', () => {
     );
     assert.equal(badRecipient.status, 1);
     assert.match(badRecipient.stderr, /recipientPublicKeyPem is not a P-256 public key/);
+    const distributed = keysRun(
+      'distribute',
+      '--key',
+      (JSON.parse(smRun.stdout) as { id: string }).id,
+      '--recipient',
+      join(dir, 'recipient.pem'),
+      '--out',
+      join(dir, 'distributed.json'),
+    );
+    assert.equal(distributed.status, 0, distributed.stderr);
+    const sealedKey = JSON.parse(readFileSync(join(dir, 'distributed.json'), 'utf8'));
+    assert.equal(sealedKey.suite, 'sm');
+    assert.equal(
+      openDistributedKey(sealedKey, recipient.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString()).length,
+      16,
+      'an SM4 key',
+    );
+    assert.equal(keysRun('distribute', '--key', 'kv_x', '--out', join(dir, 'y.json')).status, 2, 'needs --recipient');
     const restoredRun = keysRun('restore', '--in', backupFile, '--json');
     assert.equal(restoredRun.status, 0, restoredRun.stderr);
     assert.equal(

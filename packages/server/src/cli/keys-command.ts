@@ -22,6 +22,8 @@ Commands:
   backup-key-destroy --key <id>          every backup sealed by it becomes unreadable
   backup-key-escrow --key <id> --recipient <public-pem-file> --out <file>
                            seal a backup key to a recipient P-256 key for disaster recovery
+  distribute --key <id> --recipient <public-pem-file> --out <file>
+                           seal a key version to a recipient P-256 key (e.g. a gateway or an HSM)
 
 Options:
   --data-dir <dir>         the running platform's data directory (default ./data)
@@ -64,6 +66,7 @@ const BACKUP_COMMANDS = new Set([
   'backup-key-rotate',
   'backup-key-destroy',
   'backup-key-escrow',
+  'distribute',
 ]);
 
 export async function keysCommand(
@@ -81,11 +84,13 @@ export async function keysCommand(
   ) {
     return usage(`unknown keys command '${sub ?? ''}'`);
   }
-  if ((sub === 'backup' || sub === 'backup-key-escrow') && !options.out) return usage(`keys ${sub} needs --out`);
+  const sealsToRecipient = sub === 'backup-key-escrow' || sub === 'distribute';
+  if ((sub === 'backup' || sealsToRecipient) && !options.out) return usage(`keys ${sub} needs --out`);
   if (sub === 'restore' && !options.in) return usage('keys restore needs --in');
-  if ((sub === 'backup-key-destroy' || sub === 'backup-key-escrow') && !options.key)
-    return usage(`keys ${sub} needs --key`);
-  if (sub === 'backup-key-escrow' && !options.recipient) return usage('keys backup-key-escrow needs --recipient');
+  if ((sub === 'backup-key-destroy' || sealsToRecipient) && !options.key) return usage(`keys ${sub} needs --key`);
+  if (sealsToRecipient && !options.recipient) return usage(`keys ${sub} needs --recipient`);
+  if (options.suite !== undefined && options.suite !== 'intl' && options.suite !== 'sm')
+    return usage(`--suite must be intl or sm, not '${options.suite}'`);
   if ((sub === 'create' || sub === 'rotate') && !options.tenant) return usage(`keys ${sub} needs --tenant`);
   if (OPERATIONS.has(sub) && !options.key) return usage(`keys ${sub} needs --key`);
   const dataDir = resolve(options['data-dir'] ?? 'data');
@@ -112,6 +117,7 @@ export async function keysCommand(
   } else if (sub === 'create' || sub === 'rotate') {
     result = await api.request<KeyView>('POST', sub === 'create' ? '/v1/keys' : '/v1/keys/rotate', {
       tenant: options.tenant,
+      ...(options.suite ? { suite: options.suite } : {}),
     });
   } else {
     result = await api.request<KeyView>('POST', `/v1/keys/${encodeURIComponent(options.key!)}/${sub}`);
@@ -154,6 +160,12 @@ async function backupCommand(
   } else if (sub === 'backup-key-destroy') {
     await api.request('POST', `/v1/keys/backup-keys/${encodeURIComponent(options.key!)}/destroy`);
     result = { id: options.key, state: 'destroyed' };
+  } else if (sub === 'distribute') {
+    const distributed = await api.request('POST', `/v1/keys/${encodeURIComponent(options.key!)}/distribute`, {
+      recipientPublicKeyPem: readFileSync(resolve(options.recipient!), 'utf8'),
+    });
+    write(options.out!, distributed);
+    result = { file: resolve(options.out!), keyId: options.key };
   } else {
     const escrow = await api.request('POST', `/v1/keys/backup-keys/${encodeURIComponent(options.key!)}/escrow`, {
       recipientPublicKeyPem: readFileSync(resolve(options.recipient!), 'utf8'),
