@@ -1,4 +1,4 @@
-// Envelope encryption as every subsystem uses it: KeyService.encrypt / decrypt (a fresh data key per
+// Envelope encryption as the platform uses it: KeyService.encrypt / decrypt (a fresh data key per
 // value, wrapped under the tenant's KEK, the value sealed under the data key), per crypto suite, for small
 // fields (32-byte values, e.g. device secrets) and 1 MiB blobs; and the bare AEAD of the same suite
 // (suite(name).seal / open from @castellan/protocol) with one fixed key, so that the cost of the envelope
@@ -55,7 +55,7 @@ const PATH_NAMES: Record<Path, string> = { envelope: 'KeyService', primitive: 'p
 const SLICE_MS = 50;
 /** A case whose process got less CPU than this (100 = one core) was sharing its core: flagged. */
 const BUSY_CPU_PCT = 90;
-/** The clock is read about this often inside a slice: every op for 1 MiB, every ~60 ops for 32 B. */
+/** The clock is read about this often inside a slice: every op for 1 MiB, every 15-70 for 32 B. */
 const CLOCK_CHECK_US = 200;
 
 const COLUMNS: readonly Column[] = [

@@ -13,6 +13,7 @@ export {
   type BackupKeyEscrow,
   type DistributedKey,
   type KeyAuditEvent,
+  type KeyScope,
   KeyService,
   type KeyServiceOptions,
   type KeyStoreBackup,

@@ -22,6 +22,7 @@ export interface KeyRoutesOptions {
 const KeyView = StrictObject({
   id: Type.String(),
   tenant: Type.String(),
+  user: Type.Union([Type.String(), Type.Null()]),
   version: Type.Integer(),
   suite: Type.String(),
   state: Type.String(),
@@ -29,6 +30,14 @@ const KeyView = StrictObject({
   stateChangedAt: Type.Integer(),
 });
 const Tenant = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_:-]+$' });
+const User = Type.Optional(
+  Type.String({
+    minLength: 1,
+    maxLength: 64,
+    pattern: '^[A-Za-z0-9_:-]+$',
+    description: "a per-user key of the tenant (personal data); default: the tenant's own key",
+  }),
+);
 const Suite = Type.Optional(
   Type.Union([Type.Literal('intl'), Type.Literal('sm')], {
     description: "crypto suite; default: the tenant's current one",
@@ -65,14 +74,14 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         summary: 'Create a new (pre-active) key version for a tenant',
         tags: ['keys'],
         security: bearerSecurity,
-        body: StrictObject({ tenant: Tenant, suite: Suite }),
+        body: StrictObject({ tenant: Tenant, suite: Suite, user: User }),
         response: { 201: KeyView, ...errors },
       },
     },
     async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
-      const { tenant, suite } = request.body as { tenant: string; suite?: SuiteName };
-      return reply.status(201).send(present(await keys.create(tenant, suite)));
+      const { tenant, suite, user } = request.body as { tenant: string; suite?: SuiteName; user?: string };
+      return reply.status(201).send(present(await keys.create(tenant, suite, { user })));
     },
   );
 
@@ -84,14 +93,33 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         summary: "Rotate a tenant's key: a new active version; the previous one decrypts only",
         tags: ['keys'],
         security: bearerSecurity,
-        body: StrictObject({ tenant: Tenant, suite: Suite }),
+        body: StrictObject({ tenant: Tenant, suite: Suite, user: User }),
         response: { 201: KeyView, ...errors },
       },
     },
     async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
-      const { tenant, suite } = request.body as { tenant: string; suite?: SuiteName };
-      return reply.status(201).send(present(await keys.rotate(tenant, suite)));
+      const { tenant, suite, user } = request.body as { tenant: string; suite?: SuiteName; user?: string };
+      return reply.status(201).send(present(await keys.rotate(tenant, suite, { user })));
+    },
+  );
+
+  app.post(
+    '/v1/keys/shred',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: "Crypto-shred: destroy every version of a user's key, or of a tenant's key and all its users' keys",
+        tags: ['keys'],
+        security: bearerSecurity,
+        body: StrictObject({ tenant: Tenant, user: User }),
+        response: { 200: StrictObject({ items: Type.Array(KeyView) }), ...errors },
+      },
+    },
+    async (request) => {
+      assertCan(principalOf(request), 'keys.manage');
+      const { tenant, user } = request.body as { tenant: string; user?: string };
+      return { items: (await keys.shred(tenant, { user })).map(present) };
     },
   );
 

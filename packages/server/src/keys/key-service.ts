@@ -40,6 +40,8 @@ const CACHE_MS = 30_000;
 export interface KeyVersion {
   id: string;
   tenant: string;
+  /** Set for a per-user key (personal data of one user of the tenant), null for the tenant's own key. */
+  user: string | null;
   version: number;
   suite: SuiteName;
   state: KeyState;
@@ -128,6 +130,23 @@ function open(suite: SuiteName, key: Buffer, sealed: Buffer, aad: string): Buffe
 }
 
 const tenantKeyName = (tenant: string) => `tenant:${tenant}`;
+const USER_ID = /^[A-Za-z0-9_:-]{1,64}$/;
+
+/** `tenant:<tenant>` for a tenant's key, `user:<tenant>/<user>` for one of its users' keys ('/' is in neither ID). */
+function keyNameOf(tenant: string, user: string | undefined): string {
+  if (user === undefined) return tenantKeyName(tenant);
+  if (!USER_ID.test(user)) {
+    throw new CastellanError('ERR_VALIDATION_FAILED', {
+      message: 'user must be 1-64 characters of A-Z a-z 0-9 _ : -',
+    });
+  }
+  return `user:${tenant}/${user}`;
+}
+
+/** Whose key: the tenant's own (`user` absent) or a per-user key for personal data (KEY-1, KEY-6). */
+export interface KeyScope {
+  user?: string;
+}
 
 /** Parses a key and insists on P-256; anything else is the caller's input error. */
 function p256(parse: () => KeyObject, message: string): KeyObject {
@@ -194,6 +213,7 @@ export class KeyService {
     return {
       id: row.id,
       tenant: row.tenant,
+      user: row.key_name.startsWith('user:') ? row.key_name.slice(row.key_name.indexOf('/') + 1) : null,
       version: Number(row.version),
       suite: row.suite as SuiteName,
       state: row.state as KeyState,
@@ -213,9 +233,9 @@ export class KeyService {
     return cached;
   }
 
-  #forget(id: string, tenant: string): void {
+  #forget(id: string, keyName: string): void {
     this.#byId.delete(id);
-    this.#activeByTenant.delete(tenant);
+    this.#activeByTenant.delete(keyName);
   }
 
   async list(filter: { tenant?: string } = {}): Promise<KeyVersion[]> {
@@ -231,18 +251,24 @@ export class KeyService {
   }
 
   /** Creates a new version of a tenant's KEK in state pre-active (KEY-2 create). */
-  async create(tenant: string, suite?: SuiteName): Promise<KeyVersion> {
-    const chosen = suite ?? (await this.#currentSuite(tenant));
+  async create(tenant: string, suite?: SuiteName, scope: KeyScope = {}): Promise<KeyVersion> {
+    const keyName = keyNameOf(tenant, scope.user);
+    // A user's first key follows the tenant's suite.
+    const chosen =
+      suite ??
+      (await this.#currentSuite(keyName)) ??
+      (await this.#currentSuite(tenantKeyName(tenant))) ??
+      this.#defaultSuite;
     const latest = await this.#db
       .selectFrom('key_versions')
       .select((eb) => eb.fn.max('version').as('v'))
-      .where('key_name', '=', tenantKeyName(tenant))
+      .where('key_name', '=', keyName)
       .executeTakeFirst();
     const id = newId('kv');
     const now = this.#now();
     const row = {
       id,
-      key_name: tenantKeyName(tenant),
+      key_name: keyName,
       tenant,
       version: Number(latest?.v ?? 0) + 1,
       suite: chosen,
@@ -278,69 +304,95 @@ export class KeyService {
         message: `The key changed state meanwhile; retry the ${operation}`,
       });
     }
-    this.#forget(id, current.tenant);
+    this.#forget(id, keyNameOf(current.tenant, current.user ?? undefined));
     const updated = { ...current, state, stateChangedAt: now };
     await this.#audit({ operation, key: updated, previousState: current.state });
     return updated;
   }
 
   /** New active version; the previous active version can only decrypt from now on (KEY-2 rotate). */
-  async rotate(tenant: string, suite?: SuiteName): Promise<KeyVersion> {
-    const previous = await this.#activeVersion(tenant);
-    const created = await this.create(tenant, suite);
+  async rotate(tenant: string, suite?: SuiteName, scope: KeyScope = {}): Promise<KeyVersion> {
+    const previous = await this.#activeVersion(keyNameOf(tenant, scope.user));
+    const created = await this.create(tenant, suite, scope);
     const active = await this.transition(created.id, 'activate');
     if (previous) await this.transition(previous.id, 'deactivate');
     await this.#audit({ operation: 'rotate', key: active, previousState: null });
-    this.#onRotated?.(tenant);
+    if (scope.user === undefined) this.#onRotated?.(tenant);
     return active;
   }
 
-  /** The suite of the tenant's newest key, or the default for a tenant without keys. */
-  async #currentSuite(tenant: string): Promise<SuiteName> {
+  /**
+   * Crypto-shredding in one call (KEY-6): destroys every live version of a user's key, or, without a
+   * user, of the tenant's key and all its users' keys. Returns the destroyed versions.
+   */
+  async shred(tenant: string, scope: KeyScope = {}): Promise<KeyVersion[]> {
+    let query = this.#db.selectFrom('key_versions').select('id').where('tenant', '=', tenant);
+    query =
+      scope.user === undefined
+        ? query.where((eb) =>
+            eb.or([eb('key_name', '=', tenantKeyName(tenant)), eb('key_name', 'like', `user:${tenant}/%`)]),
+          )
+        : query.where('key_name', '=', keyNameOf(tenant, scope.user));
+    const rows = await query.where('state', '!=', 'destroyed').orderBy('version').execute();
+    const destroyed: KeyVersion[] = [];
+    for (const { id } of rows) destroyed.push(await this.transition(id, 'destroy'));
+    return destroyed;
+  }
+
+  /** The suite of the newest version of a key, or null for a key without versions. */
+  async #currentSuite(keyName: string): Promise<SuiteName | null> {
     const row = await this.#db
       .selectFrom('key_versions')
       .select('suite')
-      .where('key_name', '=', tenantKeyName(tenant))
+      .where('key_name', '=', keyName)
       .orderBy('version', 'desc')
       .limit(1)
       .executeTakeFirst();
-    return (row?.suite as SuiteName | undefined) ?? this.#defaultSuite;
+    return (row?.suite as SuiteName | undefined) ?? null;
   }
 
-  async #activeVersion(tenant: string): Promise<KeyVersion | null> {
-    const cached = this.#activeByTenant.get(tenant);
+  async #activeVersion(keyName: string): Promise<KeyVersion | null> {
+    const cached = this.#activeByTenant.get(keyName);
     if (cached && cached.until > this.#now()) return (await this.#load(cached.id))?.version ?? null;
     const row = await this.#db
       .selectFrom('key_versions')
       .selectAll()
-      .where('key_name', '=', tenantKeyName(tenant))
+      .where('key_name', '=', keyName)
       .where('state', '=', 'active')
       .orderBy('version', 'desc')
       .limit(1)
       .executeTakeFirst();
     if (!row) return null;
-    this.#activeByTenant.set(tenant, { id: row.id, until: this.#now() + CACHE_MS });
+    this.#activeByTenant.set(keyName, { id: row.id, until: this.#now() + CACHE_MS });
     return this.#view(row);
   }
 
-  /** The tenant's active KEK, created and activated on first use. */
-  async #encryptionKey(tenant: string): Promise<Cached> {
-    let active = await this.#activeVersion(tenant);
+  /** The active KEK of a tenant (or of one of its users), created and activated on first use. */
+  async #encryptionKey(tenant: string, scope: KeyScope = {}): Promise<Cached> {
+    const keyName = keyNameOf(tenant, scope.user);
+    let active = await this.#activeVersion(keyName);
     if (!active) {
       const anyVersion = await this.#db
         .selectFrom('key_versions')
         .select('id')
-        .where('key_name', '=', tenantKeyName(tenant))
+        .where('key_name', '=', keyName)
         .limit(1)
         .executeTakeFirst();
-      // A tenant whose keys exist but none is active (suspended, destroyed…) gets no silent new key.
-      if (anyVersion) throw new CastellanError('ERR_KEY_NOT_USABLE', { message: `No active key for tenant ${tenant}` });
-      let pending = this.#creating.get(tenant);
+      // A key whose versions exist but none is active (suspended, destroyed…) gets no silent new one.
+      if (anyVersion) {
+        throw new CastellanError('ERR_KEY_NOT_USABLE', {
+          message:
+            scope.user === undefined
+              ? `No active key for tenant ${tenant}`
+              : `No active key for user ${scope.user} of tenant ${tenant}`,
+        });
+      }
+      let pending = this.#creating.get(keyName);
       if (!pending) {
-        pending = this.create(tenant)
+        pending = this.create(tenant, undefined, scope)
           .then((v) => this.transition(v.id, 'activate'))
-          .finally(() => this.#creating.delete(tenant));
-        this.#creating.set(tenant, pending);
+          .finally(() => this.#creating.delete(keyName));
+        this.#creating.set(keyName, pending);
       }
       active = await pending;
     }
@@ -358,13 +410,13 @@ export class KeyService {
    * data-store transaction that encrypts: creating a key writes the audit log, which must not wait
    * for a transaction that itself waits for the key.
    */
-  async ensureKey(tenant: string): Promise<void> {
-    await this.#encryptionKey(tenant);
+  async ensureKey(tenant: string, scope: KeyScope = {}): Promise<void> {
+    await this.#encryptionKey(tenant, scope);
   }
 
   /** Envelope encryption under the tenant's active KEK; `context` binds the value to its row and column. */
-  async encrypt(tenant: string, plaintext: Uint8Array, context: string): Promise<Buffer> {
-    const kek = await this.#encryptionKey(tenant);
+  async encrypt(tenant: string, plaintext: Uint8Array, context: string, scope: KeyScope = {}): Promise<Buffer> {
+    const kek = await this.#encryptionKey(tenant, scope);
     const suite = kek.version.suite;
     const dek = randomBytes(cryptoSuite(suite).keyBytes);
     const id = Buffer.from(kek.version.id, 'utf8');
@@ -374,7 +426,7 @@ export class KeyService {
   }
 
   /** Reverses encrypt. ERR_KEY_DESTROYED when the protecting key was destroyed. */
-  async decrypt(tenant: string, sealed: Uint8Array, context: string): Promise<Buffer> {
+  async decrypt(tenant: string, sealed: Uint8Array, context: string, scope: KeyScope = {}): Promise<Buffer> {
     const box = Buffer.isBuffer(sealed) ? sealed : Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
     const suite = box.length >= 3 && box[0] === FORMAT ? SUITE_BY_ID[box[1]!] : undefined;
     if (!suite) throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'not a version-2 envelope' });
@@ -385,8 +437,8 @@ export class KeyService {
       throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'truncated envelope' });
     }
     const kek = await this.#load(id);
-    if (!kek || kek.version.tenant !== tenant) {
-      throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'key of another tenant' });
+    if (!kek || kek.version.tenant !== tenant || kek.version.user !== (scope.user ?? null)) {
+      throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'key of another tenant or user' });
     }
     if (kek.version.state === 'destroyed' || !kek.material) throw new CastellanError('ERR_KEY_DESTROYED');
     if (kek.version.suite !== suite) throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'suite mismatch' });
@@ -667,7 +719,7 @@ export class KeyService {
    * (background re-wrap after a rotation); null when it is already current.
    */
   async rewrap(tenant: string, sealed: Uint8Array, context: string): Promise<Buffer | null> {
-    const active = await this.#activeVersion(tenant);
+    const active = await this.#activeVersion(tenantKeyName(tenant));
     if (!active || KeyService.keyVersionOf(sealed) === active.id) return null;
     return this.encrypt(tenant, await this.decrypt(tenant, sealed, context), context);
   }

@@ -453,6 +453,100 @@ for (const dialect of await dialectCases()) {
       assert.ok(audited.length >= 3, 'every distribution is audited');
     });
 
+    test("[KEY-1] [KEY-6] per-user keys: a data backup taken before a user's key is shredded yields key-destroyed for that user only", async () => {
+      const tenant = `users-${dialect.name}`;
+      const table = `kt_users_${dialect.name}`;
+      const k = keys();
+      const users = [
+        { id: 'u1', email: 'carol.white@example.org' },
+        { id: 'u2', email: 'dave.brown@example.org' },
+      ];
+      const store = tp.platform.store.db;
+      await sql`create table ${sql.table(table)} (id text primary key, email_ct text)`.execute(store);
+      for (const u of users) {
+        const ct = await k.encrypt(tenant, Buffer.from(u.email), `${table}.email:${u.id}`, { user: u.id });
+        await sql`insert into ${sql.table(table)} values (${u.id}, ${ct.toString('base64')})`.execute(store);
+      }
+      const tenantValue = await k.encrypt(tenant, Buffer.from('tenant-wide setting'), 'settings:1');
+      const listed = await k.list({ tenant });
+      assert.deepEqual(listed.map((v) => v.user).sort(), [null, 'u1', 'u2'], 'one key per user beside the tenant key');
+      const u2Ct = (
+        await sql<{ email_ct: string }>`select email_ct from ${sql.table(table)} where id = 'u2'`.execute(store)
+      ).rows[0]!.email_ct;
+      for (const scope of [{}, { user: 'u1' }]) {
+        await assert.rejects(k.decrypt(tenant, Buffer.from(u2Ct, 'base64'), `${table}.email:u2`, scope), {
+          code: 'ERR_KEY_DECRYPT_FAILED',
+        });
+      }
+
+      // A data-store backup, taken before the shredding.
+      const backupDir = mkdtempSync(join(tmpdir(), 'castellan-user-backup-'));
+      let backupRows: { id: string; email_ct: string }[];
+      if (dialect.name === 'sqlite') {
+        const file = join(backupDir, 'backup.db');
+        await sql`vacuum into ${file}`.execute(store);
+        const { DatabaseSync } = await import('node:sqlite');
+        const db = new DatabaseSync(file, { readOnly: true });
+        backupRows = db.prepare(`select id, email_ct from ${table}`).all() as typeof backupRows;
+        db.close();
+      } else {
+        const dump = execFileSync(
+          'pg_dump',
+          ['-h', '127.0.0.1', '-U', 'postgres', '-t', `"${tp.schema}".${table}`, '--data-only', '--inserts', 'test'],
+          { encoding: 'utf8' },
+        );
+        backupRows = [...dump.matchAll(/VALUES \('(u\d)', '([^']+)'\)/g)].map((m) => ({ id: m[1]!, email_ct: m[2]! }));
+      }
+      rmSync(backupDir, { recursive: true, force: true });
+      assert.equal(backupRows.length, 2);
+
+      const shredded = await request(tp.platform, 'POST', '/v1/keys/shred', {
+        token: x.adminToken,
+        body: { tenant, user: 'u1' },
+      });
+      assert.equal(shredded.status, 200);
+      assert.deepEqual(
+        shredded.body.items.map((v: { user: string; state: string }) => [v.user, v.state]),
+        [['u1', 'destroyed']],
+      );
+      const byId = new Map(backupRows.map((r) => [r.id, Buffer.from(r.email_ct, 'base64')]));
+      await assert.rejects(k.decrypt(tenant, byId.get('u1')!, `${table}.email:u1`, { user: 'u1' }), {
+        code: 'ERR_KEY_DESTROYED',
+        message: 'The key protecting this data was destroyed; the data is unreadable',
+      });
+      assert.equal(
+        (await k.decrypt(tenant, byId.get('u2')!, `${table}.email:u2`, { user: 'u2' })).toString(),
+        users[1]!.email,
+        "another user's data in the same backup still decrypts",
+      );
+      assert.equal((await k.decrypt(tenant, tenantValue, 'settings:1')).toString(), 'tenant-wide setting');
+      await assert.rejects(k.encrypt(tenant, Buffer.from('x'), 'c', { user: 'u1' }), {
+        code: 'ERR_KEY_NOT_USABLE',
+        message: 'No active key for user u1 of tenant ' + tenant,
+      });
+      await assert.rejects(k.encrypt(tenant, Buffer.from('x'), 'c', { user: 'a/b' }), {
+        code: 'ERR_VALIDATION_FAILED',
+      });
+      const denied = await request(tp.platform, 'POST', '/v1/keys/shred', {
+        token: x.vendorToken,
+        body: { tenant, user: 'u2' },
+      });
+      assert.equal(denied.status, 403);
+      assert.equal(
+        (await k.decrypt(tenant, byId.get('u2')!, `${table}.email:u2`, { user: 'u2' })).toString(),
+        users[1]!.email,
+        'a refused shred destroyed nothing',
+      );
+
+      // Shredding the tenant takes its own key and every remaining user key.
+      const all = await k.shred(tenant);
+      assert.deepEqual(all.map((v) => v.user).sort(), [null, 'u2']);
+      await assert.rejects(k.decrypt(tenant, byId.get('u2')!, `${table}.email:u2`, { user: 'u2' }), {
+        code: 'ERR_KEY_DESTROYED',
+      });
+      assert.deepEqual(await k.shred(tenant), [], 'nothing left to shred');
+    });
+
     test('[KEY-6] a data backup taken before a tenant key is destroyed stays unreadable for that tenant after a restore', async () => {
       const fresh = await startTestPlatform(dialect.name);
       try {
