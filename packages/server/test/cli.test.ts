@@ -184,6 +184,17 @@ describe('castellan CLI', () => {
     const smRun = keysRun('rotate', '--tenant', 'cli-sm', '--suite', 'sm', '--json');
     assert.equal(smRun.status, 0, smRun.stderr);
     assert.equal((JSON.parse(smRun.stdout) as { suite: string }).suite, 'sm', '--suite reaches the API');
+    const userKey = keysRun('rotate', '--tenant', 'cli-sm', '--user', 'u1', '--json');
+    assert.equal(userKey.status, 0, userKey.stderr);
+    assert.deepEqual(
+      [(JSON.parse(userKey.stdout) as { user: string; suite: string }).user, JSON.parse(userKey.stdout).suite],
+      ['u1', 'sm'],
+      "a user's key follows the tenant's suite",
+    );
+    const shredded = keysRun('shred', '--tenant', 'cli-sm', '--user', 'u1');
+    assert.equal(shredded.status, 0, shredded.stderr);
+    assert.match(shredded.stdout, /tenant cli-sm {2}user u1 {2}v1 {2}sm {2}destroyed/);
+    assert.equal(keysRun('shred').status, 2, 'shred needs --tenant');
     const badSuite = keysRun('rotate', '--tenant', 'cli-sm', '--suite', 'des');
     assert.equal(badSuite.status, 2);
     assert.match(badSuite.stderr, /--suite must be intl or sm, not 'des'/);

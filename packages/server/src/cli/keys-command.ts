@@ -10,8 +10,13 @@ export const keysHelp = `Usage: castellan keys <command> [options]
 
 Commands:
   list                     key versions (never their material); --tenant to filter
-  create --tenant <t> [--suite intl|sm]   a new pre-active version of a tenant's key
-  rotate --tenant <t> [--suite intl|sm]   a new active version; the previous one only decrypts from now on
+  create --tenant <t> [--suite intl|sm] [--user <u>]
+                           a new pre-active version of a tenant's key (or of one user's key)
+  rotate --tenant <t> [--suite intl|sm] [--user <u>]
+                           a new active version; the previous one only decrypts from now on
+  shred --tenant <t> [--user <u>]
+                           crypto-shred: destroy every version of the user's key, or of the tenant's
+                           key and all its users' keys
   activate|suspend|deactivate|compromise|destroy --key <id>
                            move a key version through its lifecycle (destroy makes its data unreadable)
   backup --out <file>      back up the key store, sealed by the active backup key (not included)
@@ -41,6 +46,7 @@ export interface KeysOptions {
   tenant?: string;
   key?: string;
   suite?: string;
+  user?: string;
   out?: string;
   in?: string;
   escrow?: string;
@@ -52,6 +58,7 @@ export interface KeysOptions {
 interface KeyView {
   id: string;
   tenant: string;
+  user: string | null;
   version: number;
   state: string;
   suite: string;
@@ -80,7 +87,14 @@ export async function keysCommand(
   };
   if (
     !sub ||
-    !(sub === 'list' || sub === 'create' || sub === 'rotate' || OPERATIONS.has(sub) || BACKUP_COMMANDS.has(sub))
+    !(
+      sub === 'list' ||
+      sub === 'create' ||
+      sub === 'rotate' ||
+      sub === 'shred' ||
+      OPERATIONS.has(sub) ||
+      BACKUP_COMMANDS.has(sub)
+    )
   ) {
     return usage(`unknown keys command '${sub ?? ''}'`);
   }
@@ -91,7 +105,8 @@ export async function keysCommand(
   if (sealsToRecipient && !options.recipient) return usage(`keys ${sub} needs --recipient`);
   if (options.suite !== undefined && options.suite !== 'intl' && options.suite !== 'sm')
     return usage(`--suite must be intl or sm, not '${options.suite}'`);
-  if ((sub === 'create' || sub === 'rotate') && !options.tenant) return usage(`keys ${sub} needs --tenant`);
+  if ((sub === 'create' || sub === 'rotate' || sub === 'shred') && !options.tenant)
+    return usage(`keys ${sub} needs --tenant`);
   if (OPERATIONS.has(sub) && !options.key) return usage(`keys ${sub} needs --key`);
   const dataDir = resolve(options['data-dir'] ?? 'data');
   const runtimePath = join(dataDir, RUNTIME_FILE);
@@ -114,10 +129,18 @@ export async function keysCommand(
         `/v1/keys${options.tenant ? `?tenant=${encodeURIComponent(options.tenant)}` : ''}`,
       )
     ).items;
+  } else if (sub === 'shred') {
+    result = (
+      await api.request<{ items: KeyView[] }>('POST', '/v1/keys/shred', {
+        tenant: options.tenant,
+        ...(options.user ? { user: options.user } : {}),
+      })
+    ).items;
   } else if (sub === 'create' || sub === 'rotate') {
     result = await api.request<KeyView>('POST', sub === 'create' ? '/v1/keys' : '/v1/keys/rotate', {
       tenant: options.tenant,
       ...(options.suite ? { suite: options.suite } : {}),
+      ...(options.user ? { user: options.user } : {}),
     });
   } else {
     result = await api.request<KeyView>('POST', `/v1/keys/${encodeURIComponent(options.key!)}/${sub}`);
@@ -126,7 +149,7 @@ export async function keysCommand(
   else {
     for (const k of Array.isArray(result) ? result : [result]) {
       out(
-        `${k.id}  tenant ${k.tenant}  v${k.version}  ${k.suite}  ${k.state}  (since ${new Date(k.stateChangedAt).toISOString()})`,
+        `${k.id}  tenant ${k.tenant}${k.user ? `  user ${k.user}` : ''}  v${k.version}  ${k.suite}  ${k.state}  (since ${new Date(k.stateChangedAt).toISOString()})`,
       );
     }
   }

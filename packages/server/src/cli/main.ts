@@ -109,6 +109,7 @@ async function run(argv: string[]): Promise<number> {
           tenant: { type: 'string' },
           key: { type: 'string' },
           suite: { type: 'string' },
+          user: { type: 'string' },
           out: { type: 'string' },
           in: { type: 'string' },
           escrow: { type: 'string' },
