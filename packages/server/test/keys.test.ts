@@ -30,7 +30,7 @@ describe('root key', () => {
     assert.deepEqual(second.key, first.key);
   });
 
-  test('production refuses to generate a root key', () => {
+  test('[KEY-5] production refuses to generate a root key: it must come from configuration or an HSM', () => {
     assert.throws(
       () => loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: '' } }),
       (e: unknown) =>
@@ -40,7 +40,7 @@ describe('root key', () => {
     );
   });
 
-  test('a root key of the wrong size is refused without echoing it', () => {
+  test('[KEY-5] a root key of the wrong size is refused without echoing it', () => {
     const bad = randomBytes(16).toString('base64');
     assert.throws(
       () => loadRootKey({ environment: 'production', dataDir: tempDir(), rootKey: { file: '', base64: bad } }),
