@@ -177,20 +177,25 @@ export async function startPlatform(
         }),
       audit: (event) =>
         audit.record({
-          actor: { type: 'system', id: 'keys' },
+          // The administrator behind an API call; the platform itself for first-use keys.
+          actor: event.actor ? { type: event.actor.type, id: event.actor.id } : { type: 'system', id: 'keys' },
           tenant: 'key' in event && event.key.tenant !== 'platform' ? event.key.tenant : null,
           type: `key.${event.operation}`,
           target: 'key' in event ? event.key.id : event.target,
+          ...(event.actor ? { sourceIp: event.actor.sourceIp } : {}),
           result: 'success',
-          details:
-            'key' in event
+          details: {
+            ...('key' in event
               ? {
                   version: event.key.version,
                   state: event.key.state,
                   previousState: event.previousState,
                   suite: event.key.suite,
+                  ...(event.key.user ? { user: event.key.user } : {}),
                 }
-              : event.details,
+              : event.details),
+            ...(event.actor ? { requestId: event.actor.requestId, credentialId: event.actor.credentialId } : {}),
+          },
         }),
     });
     const accounts = new AccountsService({ db: store.db, dataDir, cipher: keys });

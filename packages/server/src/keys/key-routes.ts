@@ -1,7 +1,7 @@
 // Key lifecycle operations for administrators (KEY-2): list, create, rotate and move a key version
 // through its states. Every operation is audited by the key service itself.
 import type { SuiteName } from '@castellan/protocol';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { assertCan } from '../accounts/index.ts';
 import {
@@ -47,6 +47,21 @@ const errors = { ...authenticatedErrors, 409: { $ref: 'ErrorResponse#' } };
 const present = (k: KeyVersion) => ({ ...k });
 
 export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: KeyRoutesOptions) {
+  // Key audit entries name the administrator, credential, source IP and request behind the operation.
+  const asCaller =
+    (handler: (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>) =>
+    (request: FastifyRequest, reply: FastifyReply) => {
+      const p = request.principal;
+      if (!p) return handler(request, reply);
+      const actor = {
+        type: p.kind,
+        id: p.id,
+        credentialId: p.credentialId,
+        sourceIp: request.ip,
+        requestId: request.id,
+      };
+      return keys.as(actor, () => handler(request, reply));
+    };
   app.get(
     '/v1/keys',
     {
@@ -59,11 +74,11 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 200: StrictObject({ items: Type.Array(KeyView) }), ...errors },
       },
     },
-    async (request) => {
+    asCaller(async (request) => {
       assertCan(principalOf(request), 'keys.manage');
       const { tenant } = request.query as { tenant?: string };
       return { items: (await keys.list(tenant === undefined ? {} : { tenant })).map(present) };
-    },
+    }),
   );
 
   app.post(
@@ -78,11 +93,11 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 201: KeyView, ...errors },
       },
     },
-    async (request, reply) => {
+    asCaller(async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
       const { tenant, suite, user } = request.body as { tenant: string; suite?: SuiteName; user?: string };
       return reply.status(201).send(present(await keys.create(tenant, suite, { user })));
-    },
+    }),
   );
 
   app.post(
@@ -97,11 +112,11 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 201: KeyView, ...errors },
       },
     },
-    async (request, reply) => {
+    asCaller(async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
       const { tenant, suite, user } = request.body as { tenant: string; suite?: SuiteName; user?: string };
       return reply.status(201).send(present(await keys.rotate(tenant, suite, { user })));
-    },
+    }),
   );
 
   app.post(
@@ -116,11 +131,11 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 200: StrictObject({ items: Type.Array(KeyView) }), ...errors },
       },
     },
-    async (request) => {
+    asCaller(async (request) => {
       assertCan(principalOf(request), 'keys.manage');
       const { tenant, user } = request.body as { tenant: string; user?: string };
       return { items: (await keys.shred(tenant, { user })).map(present) };
-    },
+    }),
   );
 
   const adminOnly = { onRequest: authenticate };
@@ -137,10 +152,10 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 201: Json, ...errors },
       },
     },
-    async (request, reply) => {
+    asCaller(async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
       return reply.status(201).send(await keys.backup());
-    },
+    }),
   );
 
   app.post(
@@ -161,14 +176,14 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 200: StrictObject({ restored: Type.Integer(), skipped: Type.Integer() }), ...errors },
       },
     },
-    async (request) => {
+    asCaller(async (request) => {
       assertCan(principalOf(request), 'keys.manage');
       const body = request.body as { backup: KeyStoreBackup; escrow?: BackupKeyEscrow; privateKeyPem?: string };
       return keys.restore(
         body.backup,
         body.escrow && body.privateKeyPem ? { escrow: body.escrow, privateKeyPem: body.privateKeyPem } : undefined,
       );
-    },
+    }),
   );
 
   app.get(
@@ -194,10 +209,10 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         },
       },
     },
-    async (request) => {
+    asCaller(async (request) => {
       assertCan(principalOf(request), 'keys.manage');
       return { items: await keys.listBackupKeys() };
-    },
+    }),
   );
 
   app.post(
@@ -211,10 +226,10 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 201: StrictObject({ id: Type.String() }), ...errors },
       },
     },
-    async (request, reply) => {
+    asCaller(async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
       return reply.status(201).send({ id: await keys.rotateBackupKey() });
-    },
+    }),
   );
 
   app.post(
@@ -229,11 +244,11 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 204: Type.Null(), ...errors },
       },
     },
-    async (request, reply) => {
+    asCaller(async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
       await keys.destroyBackupKey((request.params as { backupKeyId: string }).backupKeyId);
       return reply.status(204).send();
-    },
+    }),
   );
 
   app.post(
@@ -249,7 +264,7 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 201: Json, ...errors },
       },
     },
-    async (request, reply) => {
+    asCaller(async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
       const { backupKeyId } = request.params as { backupKeyId: string };
       return reply
@@ -260,7 +275,7 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
             (request.body as { recipientPublicKeyPem: string }).recipientPublicKeyPem,
           ),
         );
-    },
+    }),
   );
 
   app.post(
@@ -276,13 +291,13 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 201: Json, ...errors },
       },
     },
-    async (request, reply) => {
+    asCaller(async (request, reply) => {
       assertCan(principalOf(request), 'keys.manage');
       const { keyId } = request.params as { keyId: string };
       return reply
         .status(201)
         .send(await keys.distribute(keyId, (request.body as { recipientPublicKeyPem: string }).recipientPublicKeyPem));
-    },
+    }),
   );
 
   app.post(
@@ -300,10 +315,10 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
         response: { 200: KeyView, ...errors },
       },
     },
-    async (request) => {
+    asCaller(async (request) => {
       assertCan(principalOf(request), 'keys.manage');
       const { keyId, operation } = request.params as { keyId: string; operation: KeyOperation };
       return present(await keys.transition(keyId, operation));
-    },
+    }),
   );
 }

@@ -24,6 +24,7 @@ import {
   type KeyObject,
   randomBytes,
 } from 'node:crypto';
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { CryptoSuiteError, intlSuite, type SuiteName, suite as cryptoSuite } from '@castellan/protocol';
 import type { Kysely } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
@@ -49,13 +50,23 @@ export interface KeyVersion {
   stateChangedAt: number;
 }
 
-export type KeyAuditEvent =
+/** Who asked for a key operation (the administrator behind an API call); absent for the platform itself. */
+export interface KeyActor {
+  type: 'admin' | 'vendor';
+  id: string;
+  credentialId: string;
+  sourceIp: string;
+  requestId: string;
+}
+
+export type KeyAuditEvent = (
   | { operation: 'create' | 'rotate' | KeyOperation; key: KeyVersion; previousState: KeyState | null }
   | {
       operation: 'backup' | 'restore' | 'distribute' | 'backup-key.rotate' | 'backup-key.destroy' | 'backup-key.escrow';
       target: string;
       details: Record<string, unknown>;
-    };
+    }
+) & { actor?: KeyActor | undefined };
 
 /** A key-store backup: key material sealed under a backup key that the backup does not contain. */
 export interface KeyStoreBackup {
@@ -197,6 +208,7 @@ export class KeyService {
   readonly #rootKey: Uint8Array;
   readonly #onRotated: ((tenant: string) => void) | undefined;
   readonly #indexKeys = new Map<string, Buffer>();
+  readonly #actor = new AsyncLocalStorage<KeyActor>();
 
   constructor(options: KeyServiceOptions) {
     this.#defaultSuite = options.defaultSuite ?? 'intl';
@@ -205,8 +217,13 @@ export class KeyService {
     this.#onRotated = onRotated;
     this.#db = options.db;
     this.#rootBox = new SecretBox(options.rootKey, 'key-store-wrap');
-    this.#audit = (event) => options.audit(event);
+    this.#audit = (event) => options.audit({ ...event, actor: this.#actor.getStore() });
     this.#now = options.now ?? Date.now;
+  }
+
+  /** Runs `fn` on behalf of `actor`: the audit entries of the key operations inside name it. */
+  as<T>(actor: KeyActor, fn: () => Promise<T>): Promise<T> {
+    return this.#actor.run(actor, fn);
   }
 
   #view(row: KeyStoreDatabase['key_versions']): KeyVersion {

@@ -447,10 +447,16 @@ for (const dialect of await dialectCases()) {
       await assert.rejects(keys().distribute(first.id, alice.publicPem), { code: 'ERR_KEY_DESTROYED' });
       await assert.rejects(keys().distribute('kv_missing', alice.publicPem), { code: 'ERR_KEY_NOT_FOUND' });
       await tp.platform.audit.flush();
-      const audited = (await tp.platform.audit.query({ actorId: 'keys', limit: 1000 })).filter(
-        (e) => e.type === 'key.distribute',
+      const audited = await tp.platform.audit.query({ type: 'key.distribute', target: first.id, limit: 10 });
+      assert.deepEqual(
+        audited.map((e) => e.actor.type),
+        ['admin', 'system'],
+        'every distribution is audited, naming the administrator behind an API call',
       );
-      assert.ok(audited.length >= 3, 'every distribution is audited');
+      assert.ok(audited[0]!.sourceIp, 'with the source IP');
+      assert.equal(typeof audited[0]!.details.requestId, 'string');
+      assert.equal(typeof audited[0]!.details.credentialId, 'string');
+      assert.deepEqual(audited[1]!.actor, { type: 'system', id: 'keys' });
     });
 
     test("[KEY-1] [KEY-6] per-user keys: a data backup taken before a user's key is shredded yields key-destroyed for that user only", async () => {
