@@ -81,43 +81,38 @@ export async function keyRoutes(app: FastifyInstance, { keys, authenticate }: Ke
     }),
   );
 
-  app.post(
-    '/v1/keys',
-    {
-      onRequest: authenticate,
-      schema: {
-        summary: 'Create a new (pre-active) key version for a tenant',
-        tags: ['keys'],
-        security: bearerSecurity,
-        body: StrictObject({ tenant: Tenant, suite: Suite, user: User }),
-        response: { 201: KeyView, ...errors },
+  // create and rotate take the same body and answer the same view.
+  for (const [url, summary, run] of [
+    [
+      '/v1/keys',
+      'Create a new (pre-active) key version for a tenant',
+      (tenant: string, suite: SuiteName | undefined, user: string | undefined) => keys.create(tenant, suite, { user }),
+    ],
+    [
+      '/v1/keys/rotate',
+      "Rotate a tenant's key: a new active version; the previous one decrypts only",
+      (tenant: string, suite: SuiteName | undefined, user: string | undefined) => keys.rotate(tenant, suite, { user }),
+    ],
+  ] as const) {
+    app.post(
+      url,
+      {
+        onRequest: authenticate,
+        schema: {
+          summary,
+          tags: ['keys'],
+          security: bearerSecurity,
+          body: StrictObject({ tenant: Tenant, suite: Suite, user: User }),
+          response: { 201: KeyView, ...errors },
+        },
       },
-    },
-    asCaller(async (request, reply) => {
-      assertCan(principalOf(request), 'keys.manage');
-      const { tenant, suite, user } = request.body as { tenant: string; suite?: SuiteName; user?: string };
-      return reply.status(201).send(present(await keys.create(tenant, suite, { user })));
-    }),
-  );
-
-  app.post(
-    '/v1/keys/rotate',
-    {
-      onRequest: authenticate,
-      schema: {
-        summary: "Rotate a tenant's key: a new active version; the previous one decrypts only",
-        tags: ['keys'],
-        security: bearerSecurity,
-        body: StrictObject({ tenant: Tenant, suite: Suite, user: User }),
-        response: { 201: KeyView, ...errors },
-      },
-    },
-    asCaller(async (request, reply) => {
-      assertCan(principalOf(request), 'keys.manage');
-      const { tenant, suite, user } = request.body as { tenant: string; suite?: SuiteName; user?: string };
-      return reply.status(201).send(present(await keys.rotate(tenant, suite, { user })));
-    }),
-  );
+      asCaller(async (request, reply) => {
+        assertCan(principalOf(request), 'keys.manage');
+        const { tenant, suite, user } = request.body as { tenant: string; suite?: SuiteName; user?: string };
+        return reply.status(201).send(present(await run(tenant, suite, user)));
+      }),
+    );
+  }
 
   app.post(
     '/v1/keys/shred',

@@ -172,29 +172,67 @@ function p256(parse: () => KeyObject, message: string): KeyObject {
   return key;
 }
 
-const distributionKey = (shared: Buffer, keyId: string) =>
-  Buffer.from(hkdfSync('sha256', shared, Buffer.alloc(0), `castellan/v1/key-distribution:${keyId}`, 32));
+/**
+ * Seals `plaintext` to a recipient's P-256 public key: ECDH with a fresh ephemeral key, HKDF-SHA-256
+ * (empty salt, `info`), AES-256-GCM with `aad`. Used for key distribution and backup-key escrow.
+ */
+function sealToRecipient(
+  recipientPublicKeyPem: string,
+  info: string,
+  plaintext: Buffer,
+  aad: string,
+): { ephemeralPublicKey: string; sealed: string } {
+  const recipient = p256(
+    () => createPublicKey(recipientPublicKeyPem),
+    'recipientPublicKeyPem is not a P-256 public key (PEM)',
+  );
+  const ephemeral = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const shared = diffieHellman({ privateKey: ephemeral.privateKey, publicKey: recipient });
+  return {
+    ephemeralPublicKey: ephemeral.publicKey.export({ format: 'der', type: 'spki' }).toString('base64'),
+    sealed: seal('intl', Buffer.from(hkdfSync('sha256', shared, Buffer.alloc(0), info, 32)), plaintext, aad).toString(
+      'base64',
+    ),
+  };
+}
+
+/** The recipient's side of `sealToRecipient`; anything malformed or tampered is ERR_KEY_DECRYPT_FAILED. */
+function openAsRecipient(
+  privateKeyPem: string,
+  info: string,
+  sealedTo: { ephemeralPublicKey: string; sealed: string },
+  aad: string,
+): Buffer {
+  const privateKey = p256(() => createPrivateKey(privateKeyPem), 'privateKeyPem is not a P-256 private key (PEM)');
+  let shared: Buffer;
+  try {
+    shared = diffieHellman({
+      privateKey,
+      publicKey: createPublicKey({
+        key: Buffer.from(sealedTo.ephemeralPublicKey, 'base64'),
+        format: 'der',
+        type: 'spki',
+      }),
+    });
+  } catch (error) {
+    throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'bad ephemeral public key', cause: error });
+  }
+  const key = Buffer.from(hkdfSync('sha256', shared, Buffer.alloc(0), info, 32));
+  return open('intl', key, Buffer.from(sealedTo.sealed, 'base64'), aad);
+}
+
+const distributionInfo = (keyId: string) => `castellan/v1/key-distribution:${keyId}`;
+const escrowInfo = (backupKeyId: string) => `castellan/v1/backup-key-escrow:${backupKeyId}`;
 
 /** The recipient's side of `KeyService.distribute`. */
 export function openDistributedKey(distributed: DistributedKey, privateKeyPem: string): Buffer {
-  const shared = diffieHellman({
-    privateKey: p256(() => createPrivateKey(privateKeyPem), 'privateKeyPem is not a P-256 private key (PEM)'),
-    publicKey: createPublicKey({
-      key: Buffer.from(distributed.ephemeralPublicKey, 'base64'),
-      format: 'der',
-      type: 'spki',
-    }),
-  });
-  return open(
-    'intl',
-    distributionKey(shared, distributed.keyId),
-    Buffer.from(distributed.sealed, 'base64'),
+  return openAsRecipient(
+    privateKeyPem,
+    distributionInfo(distributed.keyId),
+    distributed,
     `distribute:${distributed.keyId}`,
   );
 }
-
-const escrowKey = (shared: Buffer, backupKeyId: string) =>
-  Buffer.from(hkdfSync('sha256', shared, Buffer.alloc(0), `castellan/v1/backup-key-escrow:${backupKeyId}`, 32));
 
 export class KeyService {
   readonly #db: Kysely<KeyStoreDatabase>;
@@ -571,12 +609,7 @@ export class KeyService {
     const cached = await this.#load(id);
     if (!cached) throw new CastellanError('ERR_KEY_NOT_FOUND');
     if (!cached.material) throw new CastellanError('ERR_KEY_DESTROYED');
-    const recipient = p256(
-      () => createPublicKey(recipientPublicKeyPem),
-      'recipientPublicKeyPem is not a P-256 public key (PEM)',
-    );
-    const ephemeral = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-    const wrapKey = distributionKey(diffieHellman({ privateKey: ephemeral.privateKey, publicKey: recipient }), id);
+    const sealedTo = sealToRecipient(recipientPublicKeyPem, distributionInfo(id), cached.material, `distribute:${id}`);
     await this.#audit({
       operation: 'distribute',
       target: id,
@@ -588,27 +621,16 @@ export class KeyService {
       tenant: cached.version.tenant,
       version: cached.version.version,
       suite: cached.version.suite,
-      ephemeralPublicKey: ephemeral.publicKey.export({ format: 'der', type: 'spki' }).toString('base64'),
-      sealed: seal('intl', wrapKey, cached.material, `distribute:${id}`).toString('base64'),
+      ...sealedTo,
     };
   }
 
   /** Seals a backup key to a recipient's P-256 public key, for disaster recovery outside this store. */
   async escrowBackupKey(id: string, recipientPublicKeyPem: string): Promise<BackupKeyEscrow> {
     const material = await this.#backupKey(id);
-    const recipient = p256(
-      () => createPublicKey(recipientPublicKeyPem),
-      'recipientPublicKeyPem is not a P-256 public key (PEM)',
-    );
-    const ephemeral = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-    const wrapKey = escrowKey(diffieHellman({ privateKey: ephemeral.privateKey, publicKey: recipient }), id);
+    const sealedTo = sealToRecipient(recipientPublicKeyPem, escrowInfo(id), material, `escrow:${id}`);
     await this.#audit({ operation: 'backup-key.escrow', target: id, details: {} });
-    return {
-      format: 'castellan-backup-key-escrow/v1',
-      backupKeyId: id,
-      ephemeralPublicKey: ephemeral.publicKey.export({ format: 'der', type: 'spki' }).toString('base64'),
-      sealed: intlSuite.seal(wrapKey, material, Buffer.from(`escrow:${id}`)).toString('base64'),
-    };
+    return { format: 'castellan-backup-key-escrow/v1', backupKeyId: id, ...sealedTo };
   }
 
   /**
@@ -626,21 +648,10 @@ export class KeyService {
       if (escrow.escrow.backupKeyId !== backup.backupKeyId) {
         throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { message: 'The escrow is for another backup key' });
       }
-      const shared = diffieHellman({
-        privateKey: p256(
-          () => createPrivateKey(escrow.privateKeyPem),
-          'privateKeyPem is not a P-256 private key (PEM)',
-        ),
-        publicKey: createPublicKey({
-          key: Buffer.from(escrow.escrow.ephemeralPublicKey, 'base64'),
-          format: 'der',
-          type: 'spki',
-        }),
-      });
-      material = open(
-        'intl',
-        escrowKey(shared, backup.backupKeyId),
-        Buffer.from(escrow.escrow.sealed, 'base64'),
+      material = openAsRecipient(
+        escrow.privateKeyPem,
+        escrowInfo(backup.backupKeyId),
+        escrow.escrow,
         `escrow:${backup.backupKeyId}`,
       );
       const known = await this.#db

@@ -419,6 +419,11 @@ for (const dialect of await dialectCases()) {
       assert.throws(() => openDistributedKey({ ...toAlice.body, keyId: 'kv_other' }, alice.privatePem), {
         code: 'ERR_KEY_DECRYPT_FAILED',
       });
+      assert.throws(
+        () => openDistributedKey({ ...toAlice.body, ephemeralPublicKey: 'AAAA' }, alice.privatePem),
+        { code: 'ERR_KEY_DECRYPT_FAILED' },
+        'a malformed file is a clear error, not a crash',
+      );
       const second = await keys().rotate(tenant);
       assert.notDeepEqual(
         openDistributedKey(await keys().distribute(second.id, alice.publicPem), alice.privatePem),
