@@ -1,6 +1,6 @@
 // Devices routes for vendors: products, device identities (secrets shown once), telemetry.
 // Object-level authorisation: a resource of another tenant answers exactly like a missing one.
-import { DeviceIdError, parseDeviceId } from '@castellan/protocol';
+import { DeviceIdError, parseDeviceId, type SuiteName } from '@castellan/protocol';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { can } from '../accounts/index.ts';
@@ -37,6 +37,9 @@ const ProductView = StrictObject({
     perSecond: Type.Union([Type.Integer(), Type.Null()]),
     perDay: Type.Union([Type.Integer(), Type.Null()]),
   }),
+  cryptoSuite: Type.Union([Type.Literal('intl'), Type.Literal('sm'), Type.Null()], {
+    description: "the product's own crypto suite for device secrets; null: the vendor's",
+  }),
 });
 
 const ReportLimitsInput = StrictObject(
@@ -70,6 +73,7 @@ const presentProduct = (p: Product) => ({
   category: p.category,
   createdAt: p.createdAt,
   reportLimits: { perSecond: p.reportLimits.perSecond, perDay: p.reportLimits.perDay },
+  cryptoSuite: p.cryptoSuite,
 });
 const presentDevice = (d: Device) => ({
   id: d.id,
@@ -129,6 +133,12 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
           name: DisplayName,
           category: Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z0-9][a-z0-9_.-]*$' }),
           reportLimits: Type.Optional(ReportLimitsInput),
+          cryptoSuite: Type.Optional(
+            Type.Union([Type.Literal('intl'), Type.Literal('sm')], {
+              description:
+                "device secrets of this product under its own key in this suite (KEY-4); default: the vendor's",
+            }),
+          ),
         }),
         response: { 201: ProductView, ...authenticatedErrors },
       },
@@ -138,9 +148,18 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
       if (!can(principal, 'product.create', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
       const product = await devices.createProduct(
         principal.id,
-        request.body as { name: string; category: string; reportLimits?: { perSecond?: number; perDay?: number } },
+        request.body as {
+          name: string;
+          category: string;
+          reportLimits?: { perSecond?: number; perDay?: number };
+          cryptoSuite?: SuiteName;
+        },
       );
-      await audit(request, { type: 'product.create', target: product.id, details: { code: product.code } });
+      await audit(request, {
+        type: 'product.create',
+        target: product.id,
+        details: { code: product.code, cryptoSuite: product.cryptoSuite },
+      });
       return reply.status(201).send(presentProduct(product));
     },
   );

@@ -2,7 +2,7 @@
 // The devices issue grows products (schemas, security levels), authentication modes, binding and the
 // rest on top of these tables.
 import { randomBytes } from 'node:crypto';
-import { generateCode, generateDeviceId } from '@castellan/protocol';
+import { generateCode, generateDeviceId, type SuiteName } from '@castellan/protocol';
 import type { Kysely } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
 import { constantTimeEqual, newId } from '../lib/random-ids.ts';
@@ -19,6 +19,8 @@ export interface Product {
   readonly createdAt: number;
   /** Report-rate limits for each device of the product (RATE-1); null uses the platform default. */
   readonly reportLimits: ProductReportLimits;
+  /** The product's own crypto suite for device secrets (KEY-4); null: the vendor's key and suite. */
+  readonly cryptoSuite: SuiteName | null;
 }
 
 export interface ProductReportLimits {
@@ -78,10 +80,10 @@ const secretAad = (deviceId: string) => `devices.secret_ciphertext:${deviceId}`;
 export interface FieldCipher {
   /** Re-encrypts under the tenant's current key version; null when already current. */
   rewrap(tenant: string, sealed: Uint8Array, context: string): Promise<Buffer | null>;
-  /** Prepares the tenant's key outside of any data-store transaction. */
-  ensureKey(tenant: string): Promise<void>;
-  encrypt(tenant: string, plaintext: Uint8Array, context: string): Promise<Buffer>;
-  decrypt(tenant: string, sealed: Uint8Array, context: string): Promise<Buffer>;
+  /** Prepares the key outside of any data-store transaction (a product's own key in its suite). */
+  ensureKey(tenant: string, scope?: { product?: string }, suite?: SuiteName): Promise<void>;
+  encrypt(tenant: string, plaintext: Uint8Array, context: string, scope?: { product?: string }): Promise<Buffer>;
+  decrypt(tenant: string, sealed: Uint8Array, context: string, scope?: { product?: string }): Promise<Buffer>;
 }
 
 /** The platform's own tenant in the key hierarchy (used for the timing decoy). */
@@ -111,13 +113,21 @@ export class DevicesService {
 
   async createProduct(
     vendorId: string,
-    input: { name: string; category: string; reportLimits?: Partial<ProductReportLimits> },
+    input: {
+      name: string;
+      category: string;
+      reportLimits?: Partial<ProductReportLimits>;
+      cryptoSuite?: SuiteName;
+    },
   ): Promise<Product> {
     const vendor = await this.#vendors.getVendor(vendorId);
     if (!vendor) throw new CastellanError('ERR_VENDOR_NOT_FOUND');
+    const id = newId('prd');
+    // A product with its own suite gets its own key, created (and audited) before the row exists.
+    if (input.cryptoSuite) await this.#secrets.ensureKey(vendorId, { product: id }, input.cryptoSuite);
     for (let attempt = 0; attempt < CODE_ATTEMPTS; attempt++) {
       const row = {
-        id: newId('prd'),
+        id,
         vendor_id: vendorId,
         code: generateCode(),
         name: input.name,
@@ -125,6 +135,7 @@ export class DevicesService {
         created_at: this.#now(),
         messages_per_second: input.reportLimits?.perSecond ?? null,
         messages_per_day: input.reportLimits?.perDay ?? null,
+        crypto_suite: input.cryptoSuite ?? null,
       };
       const inserted = await this.#db
         .insertInto('products')
@@ -170,7 +181,8 @@ export class DevicesService {
     const vendor = await this.#vendors.getVendor(product.vendorId);
     if (!vendor) throw new CastellanError('ERR_VENDOR_NOT_FOUND');
     const now = this.#now();
-    await this.#secrets.ensureKey(product.vendorId);
+    const scope = product.cryptoSuite ? { product: product.id } : {};
+    await this.#secrets.ensureKey(product.vendorId, scope);
     return this.#db.transaction().execute(async (trx) => {
       const issued: IssuedDevice[] = [];
       let missing = count;
@@ -190,6 +202,7 @@ export class DevicesService {
               product.vendorId,
               Buffer.from(secret, 'utf8'),
               secretAad(id),
+              scope,
             ),
             status: 'active' as const,
             created_at: now,
@@ -244,7 +257,9 @@ export class DevicesService {
     let expected: Buffer;
     try {
       if (row) {
-        expected = await this.#secrets.decrypt(row.vendor_id, asBuffer(row.secret_ciphertext), secretAad(row.id));
+        expected = await this.#secrets.decrypt(row.vendor_id, asBuffer(row.secret_ciphertext), secretAad(row.id), {
+          product: row.product_id,
+        });
       } else {
         const decoy = await this.#decoySecret();
         expected = await this.#secrets.decrypt(PLATFORM_TENANT, decoy.sealed, secretAad(decoy.id));
@@ -355,6 +370,7 @@ function toProduct(row: Database['products']): Product {
     category: row.category,
     createdAt: row.created_at,
     reportLimits: { perSecond: row.messages_per_second, perDay: row.messages_per_day },
+    cryptoSuite: (row.crypto_suite as SuiteName | null) ?? null,
   };
 }
 

@@ -23,6 +23,7 @@ const KeyView = StrictObject({
   id: Type.String(),
   tenant: Type.String(),
   user: Type.Union([Type.String(), Type.Null()]),
+  product: Type.Union([Type.String(), Type.Null()]),
   version: Type.Integer(),
   suite: Type.String(),
   state: Type.String(),

@@ -43,6 +43,8 @@ export interface KeyVersion {
   tenant: string;
   /** Set for a per-user key (personal data of one user of the tenant), null for the tenant's own key. */
   user: string | null;
+  /** Set for a product's own key (a product with its own crypto suite), null otherwise. */
+  product: string | null;
   version: number;
   suite: SuiteName;
   state: KeyState;
@@ -143,20 +145,39 @@ function open(suite: SuiteName, key: Buffer, sealed: Buffer, aad: string): Buffe
 const tenantKeyName = (tenant: string) => `tenant:${tenant}`;
 const USER_ID = /^[A-Za-z0-9_:-]{1,64}$/;
 
-/** `tenant:<tenant>` for a tenant's key, `user:<tenant>/<user>` for one of its users' keys ('/' is in neither ID). */
-function keyNameOf(tenant: string, user: string | undefined): string {
-  if (user === undefined) return tenantKeyName(tenant);
-  if (!USER_ID.test(user)) {
-    throw new CastellanError('ERR_VALIDATION_FAILED', {
-      message: 'user must be 1-64 characters of A-Z a-z 0-9 _ : -',
-    });
+/**
+ * `tenant:<tenant>` for a tenant's key, `user:<tenant>/<user>` for one of its users' keys,
+ * `product:<tenant>/<product>` for a product's own key ('/' is in none of the IDs).
+ */
+function keyNameOf(tenant: string, scope: KeyScope): string {
+  if (scope.user !== undefined && scope.product !== undefined) {
+    throw new CastellanError('ERR_VALIDATION_FAILED', { message: 'A key belongs to a user or a product, not both' });
   }
-  return `user:${tenant}/${user}`;
+  for (const [kind, id] of [
+    ['user', scope.user],
+    ['product', scope.product],
+  ] as const) {
+    if (id === undefined) continue;
+    if (!USER_ID.test(id)) {
+      throw new CastellanError('ERR_VALIDATION_FAILED', {
+        message: `${kind} must be 1-64 characters of A-Z a-z 0-9 _ : -`,
+      });
+    }
+    return `${kind}:${tenant}/${id}`;
+  }
+  return tenantKeyName(tenant);
 }
 
-/** Whose key: the tenant's own (`user` absent) or a per-user key for personal data (KEY-1, KEY-6). */
+const scopedId = (keyName: string, kind: 'user' | 'product') =>
+  keyName.startsWith(`${kind}:`) ? keyName.slice(keyName.indexOf('/') + 1) : null;
+
+/**
+ * Whose key: the tenant's own (neither set), a per-user key for personal data (KEY-1, KEY-6), or a
+ * product's own key (a product with its own crypto suite, KEY-4).
+ */
 export interface KeyScope {
-  user?: string;
+  user?: string | undefined;
+  product?: string | undefined;
 }
 
 /** Parses a key and insists on P-256; anything else is the caller's input error. */
@@ -268,7 +289,8 @@ export class KeyService {
     return {
       id: row.id,
       tenant: row.tenant,
-      user: row.key_name.startsWith('user:') ? row.key_name.slice(row.key_name.indexOf('/') + 1) : null,
+      user: scopedId(row.key_name, 'user'),
+      product: scopedId(row.key_name, 'product'),
       version: Number(row.version),
       suite: row.suite as SuiteName,
       state: row.state as KeyState,
@@ -307,8 +329,8 @@ export class KeyService {
 
   /** Creates a new version of a tenant's KEK in state pre-active (KEY-2 create). */
   async create(tenant: string, suite?: SuiteName, scope: KeyScope = {}): Promise<KeyVersion> {
-    const keyName = keyNameOf(tenant, scope.user);
-    // A user's first key follows the tenant's suite.
+    const keyName = keyNameOf(tenant, scope);
+    // A user's or product's first key follows the tenant's suite unless one is chosen.
     const chosen =
       suite ??
       (await this.#currentSuite(keyName)) ??
@@ -359,7 +381,10 @@ export class KeyService {
         message: `The key changed state meanwhile; retry the ${operation}`,
       });
     }
-    this.#forget(id, keyNameOf(current.tenant, current.user ?? undefined));
+    this.#forget(
+      id,
+      keyNameOf(current.tenant, { user: current.user ?? undefined, product: current.product ?? undefined }),
+    );
     const updated = { ...current, state, stateChangedAt: now };
     await this.#audit({ operation, key: updated, previousState: current.state });
     return updated;
@@ -367,27 +392,31 @@ export class KeyService {
 
   /** New active version; the previous active version can only decrypt from now on (KEY-2 rotate). */
   async rotate(tenant: string, suite?: SuiteName, scope: KeyScope = {}): Promise<KeyVersion> {
-    const previous = await this.#activeVersion(keyNameOf(tenant, scope.user));
+    const previous = await this.#activeVersion(keyNameOf(tenant, scope));
     const created = await this.create(tenant, suite, scope);
     const active = await this.transition(created.id, 'activate');
     if (previous) await this.transition(previous.id, 'deactivate');
     await this.#audit({ operation: 'rotate', key: active, previousState: null });
-    if (scope.user === undefined) this.#onRotated?.(tenant);
+    if (scope.user === undefined && scope.product === undefined) this.#onRotated?.(tenant);
     return active;
   }
 
   /**
    * Crypto-shredding in one call (KEY-6): destroys every live version of a user's key, or, without a
-   * user, of the tenant's key and all its users' keys. Returns the destroyed versions.
+   * user, of the tenant's key and all its users' and products' keys. Returns the destroyed versions.
    */
   async shred(tenant: string, scope: KeyScope = {}): Promise<KeyVersion[]> {
     let query = this.#db.selectFrom('key_versions').select('id').where('tenant', '=', tenant);
     query =
-      scope.user === undefined
+      scope.user === undefined && scope.product === undefined
         ? query.where((eb) =>
-            eb.or([eb('key_name', '=', tenantKeyName(tenant)), eb('key_name', 'like', `user:${tenant}/%`)]),
+            eb.or([
+              eb('key_name', '=', tenantKeyName(tenant)),
+              eb('key_name', 'like', `user:${tenant}/%`),
+              eb('key_name', 'like', `product:${tenant}/%`),
+            ]),
           )
-        : query.where('key_name', '=', keyNameOf(tenant, scope.user));
+        : query.where('key_name', '=', keyNameOf(tenant, scope));
     const rows = await query.where('state', '!=', 'destroyed').orderBy('version').execute();
     const destroyed: KeyVersion[] = [];
     for (const { id } of rows) destroyed.push(await this.transition(id, 'destroy'));
@@ -423,8 +452,8 @@ export class KeyService {
   }
 
   /** The active KEK of a tenant (or of one of its users), created and activated on first use. */
-  async #encryptionKey(tenant: string, scope: KeyScope = {}): Promise<Cached> {
-    const keyName = keyNameOf(tenant, scope.user);
+  async #encryptionKey(tenant: string, scope: KeyScope = {}, suite?: SuiteName): Promise<Cached> {
+    const keyName = keyNameOf(tenant, scope);
     let active = await this.#activeVersion(keyName);
     if (!active) {
       const anyVersion = await this.#db
@@ -437,14 +466,16 @@ export class KeyService {
       if (anyVersion) {
         throw new CastellanError('ERR_KEY_NOT_USABLE', {
           message:
-            scope.user === undefined
-              ? `No active key for tenant ${tenant}`
-              : `No active key for user ${scope.user} of tenant ${tenant}`,
+            scope.user !== undefined
+              ? `No active key for user ${scope.user} of tenant ${tenant}`
+              : scope.product !== undefined
+                ? `No active key for product ${scope.product} of tenant ${tenant}`
+                : `No active key for tenant ${tenant}`,
         });
       }
       let pending = this.#creating.get(keyName);
       if (!pending) {
-        pending = this.create(tenant, undefined, scope)
+        pending = this.create(tenant, suite, scope)
           .then((v) => this.transition(v.id, 'activate'))
           .finally(() => this.#creating.delete(keyName));
         this.#creating.set(keyName, pending);
@@ -465,8 +496,8 @@ export class KeyService {
    * data-store transaction that encrypts: creating a key writes the audit log, which must not wait
    * for a transaction that itself waits for the key.
    */
-  async ensureKey(tenant: string, scope: KeyScope = {}): Promise<void> {
-    await this.#encryptionKey(tenant, scope);
+  async ensureKey(tenant: string, scope: KeyScope = {}, suite?: SuiteName): Promise<void> {
+    await this.#encryptionKey(tenant, scope, suite);
   }
 
   /** Envelope encryption under the tenant's active KEK; `context` binds the value to its row and column. */
@@ -492,7 +523,13 @@ export class KeyService {
       throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'truncated envelope' });
     }
     const kek = await this.#load(id);
-    if (!kek || kek.version.tenant !== tenant || kek.version.user !== (scope.user ?? null)) {
+    // A product scope also accepts the tenant's own key (secrets sealed before the product had a key).
+    if (
+      !kek ||
+      kek.version.tenant !== tenant ||
+      kek.version.user !== (scope.user ?? null) ||
+      (kek.version.product !== null && kek.version.product !== scope.product)
+    ) {
       throw new CastellanError('ERR_KEY_DECRYPT_FAILED', { detail: 'key of another tenant or user' });
     }
     if (kek.version.state === 'destroyed' || !kek.material) throw new CastellanError('ERR_KEY_DESTROYED');
@@ -748,7 +785,11 @@ export class KeyService {
    */
   async rewrap(tenant: string, sealed: Uint8Array, context: string): Promise<Buffer | null> {
     const active = await this.#activeVersion(tenantKeyName(tenant));
-    if (!active || KeyService.keyVersionOf(sealed) === active.id) return null;
+    const current = KeyService.keyVersionOf(sealed);
+    if (!active || current === active.id) return null;
+    // Values under a user's or product's own key follow that key's rotations, not the tenant's.
+    const under = current === null ? null : await this.#load(current);
+    if (under && (under.version.user !== null || under.version.product !== null)) return null;
     return this.encrypt(tenant, await this.decrypt(tenant, sealed, context), context);
   }
 

@@ -51,6 +51,7 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     created_at: c('internal'),
     messages_per_second: c('internal'),
     messages_per_day: c('internal'),
+    crypto_suite: c('internal'),
   },
   devices: {
     id: c('internal'),

@@ -201,6 +201,12 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
         await db.schema.alterTable('products').addColumn('messages_per_day', 'integer').execute();
       },
     },
+    '0004_product_suite': {
+      async up(db) {
+        // devices: a product's own crypto suite (KEY-4); null: the vendor's key and suite.
+        await db.schema.alterTable('products').addColumn('crypto_suite', 'text').execute();
+      },
+    },
   };
 }
 

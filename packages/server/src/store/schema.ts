@@ -46,6 +46,8 @@ export interface ProductTable {
   created_at: number;
   messages_per_second: number | null;
   messages_per_day: number | null;
+  /** The product's own crypto suite for its device secrets (KEY-4); null follows the vendor's key. */
+  crypto_suite: string | null;
 }
 
 /** devices: device identities and their encrypted secrets. */

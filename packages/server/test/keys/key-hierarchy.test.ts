@@ -150,6 +150,71 @@ for (const dialect of await dialectCases()) {
         assert.ok(await tp.platform.devices.authenticateDevice(d.id, Buffer.from(d.secret)), 'still authenticates');
     });
 
+    test("[KEY-4] a product with its own suite: its device secrets are under its own SM4 key, the vendor's stay intl", async () => {
+      const t = await provisionTenant(tp, 1, x.adminToken);
+      const bad = await request(tp.platform, 'POST', '/v1/products', {
+        token: t.vendorToken,
+        body: { name: 'Lock', category: 'lock', cryptoSuite: 'des' },
+      });
+      assert.equal(bad.status, 400);
+      assert.equal(bad.body.error.code, 'ERR_VALIDATION_FAILED');
+      const product = await request(tp.platform, 'POST', '/v1/products', {
+        token: t.vendorToken,
+        body: { name: 'Lock', category: 'lock', cryptoSuite: 'sm' },
+      });
+      assert.equal(product.status, 201, product.text);
+      assert.equal(product.body.cryptoSuite, 'sm');
+      const issued = await request(tp.platform, 'POST', `/v1/products/${product.body.id}/devices`, {
+        token: t.vendorToken,
+        body: { count: 2 },
+      });
+      assert.equal(issued.status, 201);
+      const secrets = async (productId: string) =>
+        (
+          await tp.query<{ secret_ciphertext: Uint8Array }>(
+            'select secret_ciphertext from devices where product_id = $1',
+            [productId],
+          )
+        ).map((r) => KeyService.keyVersionOf(Buffer.from(r.secret_ciphertext)));
+      const all = await keys().list({ tenant: t.vendorId });
+      const productKey = all.find((v) => v.product === product.body.id)!;
+      const vendorKey = all.find((v) => v.product === null && v.user === null)!;
+      assert.deepEqual([productKey.suite, productKey.state, vendorKey.suite], ['sm', 'active', 'intl']);
+      assert.deepEqual(await secrets(product.body.id), [productKey.id, productKey.id]);
+      assert.deepEqual(await secrets(t.productId), [vendorKey.id], 'the other product stays on the vendor key');
+      for (const d of [...issued.body.devices, ...t.devices])
+        assert.ok(await tp.platform.devices.authenticateDevice(d.id, Buffer.from(d.secret)), 'authenticates');
+
+      // A vendor rotation re-wraps the vendor-key secrets and leaves the product's own key alone.
+      const rotated = await keys().rotate(t.vendorId);
+      for (let i = 0; i < 100 && (await secrets(t.productId))[0] !== rotated.id; i++)
+        await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(await secrets(t.productId), [rotated.id]);
+      assert.deepEqual(await secrets(product.body.id), [productKey.id, productKey.id]);
+
+      // A value under the product key does not open under the vendor's own scope.
+      const row = (
+        await tp.query<{ id: string; secret_ciphertext: Uint8Array }>(
+          'select id, secret_ciphertext from devices where product_id = $1',
+          [product.body.id],
+        )
+      )[0]!;
+      await assert.rejects(
+        keys().decrypt(t.vendorId, Buffer.from(row.secret_ciphertext), `devices.secret_ciphertext:${row.id}`),
+        { code: 'ERR_KEY_DECRYPT_FAILED' },
+      );
+      // Shredding the vendor takes the product key too.
+      const shredded = await keys().shred(t.vendorId);
+      assert.ok(shredded.some((v) => v.id === productKey.id));
+      assert.equal(
+        await tp.platform.devices.authenticateDevice(
+          issued.body.devices[0].id,
+          Buffer.from(issued.body.devices[0].secret),
+        ),
+        null,
+      );
+    });
+
     test('[KEY-2] illegal transitions on stored keys are refused and change nothing; every change is audited', async () => {
       const tenant = `lifecycle-${dialect.name}`;
       const created = await keys().create(tenant);
