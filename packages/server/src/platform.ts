@@ -146,7 +146,9 @@ export async function startPlatform(
 
     // The key store lives apart from the data (its own SQLite file or PostgreSQL schema), so a backup
     // of the data carries no key material (KEY-6).
-    const keyStoreUrl = config.keys.storeUrl || config.database.url;
+    // Empty storeUrl follows a PostgreSQL database.url (another schema); with SQLite, a file of its own
+    // (dataDir/keys.storeSqliteFile), never the data file behind database.url = sqlite:<path>.
+    const keyStoreUrl = config.keys.storeUrl || (/^postgres/.test(config.database.url) ? config.database.url : '');
     const keyStore = await openStore<KeyStoreDatabase>({
       url: keyStoreUrl,
       dataDir,
@@ -160,6 +162,12 @@ export async function startPlatform(
         : {}),
     });
     cleanups.push(() => keyStore.close());
+    if (keyStore.location === store.location) {
+      throw new CastellanError('ERR_CONFIG_INVALID', {
+        message:
+          'Invalid configuration: keys.storeUrl names the data store; the key store must live apart from the data (KEY-6)',
+      });
+    }
     await migrateToLatest(keyStore.db, keyStore.dialect, 'keys');
     // Objects built later that earlier ones call back into (bound once they exist).
     const late: { broker?: MqttBroker; devices?: DevicesService } = {};

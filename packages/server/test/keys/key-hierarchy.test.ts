@@ -688,6 +688,57 @@ for (const dialect of await dialectCases()) {
   });
 }
 
+describe('key store placement', () => {
+  const start = async (dataDir: string, database: string, storeUrl = '') => {
+    const { loadConfig } = await import('../../src/config/index.ts');
+    const { startPlatform } = await import('../../src/platform.ts');
+    return startPlatform(
+      loadConfig({
+        env: {},
+        cwd: dataDir,
+        overrides: {
+          dataDir,
+          database: { url: database },
+          keys: { storeUrl },
+          http: { host: '127.0.0.1', port: 0 },
+          mqtt: { host: '127.0.0.1', port: 0 },
+          admin: { enabled: false },
+          log: { level: 'silent' },
+        },
+      }),
+      { notice: () => {} },
+    );
+  };
+
+  test('[KEY-6] with database.url = sqlite:<path> the key store still gets a file of its own', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'castellan-placement-'));
+    try {
+      const dataFile = join(dir, 'elsewhere.db');
+      const platform = await start(dir, `sqlite:${dataFile}`);
+      await platform.keys.encrypt('placement', Buffer.from('x'), 'ctx');
+      await platform.close();
+      const { DatabaseSync } = await import('node:sqlite');
+      const tables = (file: string) => {
+        const db = new DatabaseSync(file, { readOnly: true });
+        const names = (
+          db.prepare("select name from sqlite_master where type = 'table'").all() as { name: string }[]
+        ).map((r) => r.name);
+        db.close();
+        return names;
+      };
+      assert.equal(tables(dataFile).includes('key_versions'), false, 'no key material in the data file');
+      assert.ok(tables(join(dir, 'keystore.db')).includes('key_versions'));
+      await assert.rejects(start(dir, `sqlite:${dataFile}`, `sqlite:${dataFile}`), {
+        code: 'ERR_CONFIG_INVALID',
+        message:
+          'Invalid configuration: keys.storeUrl names the data store; the key store must live apart from the data (KEY-6)',
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 /** Restarts a SQLite platform on an existing data directory. */
 async function startTestPlatformAt(dataDir: string): Promise<TestPlatform> {
   const { loadConfig } = await import('../../src/config/index.ts');
