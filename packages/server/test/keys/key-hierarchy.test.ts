@@ -689,26 +689,8 @@ for (const dialect of await dialectCases()) {
 }
 
 describe('key store placement', () => {
-  const start = async (dataDir: string, database: string, storeUrl = '') => {
-    const { loadConfig } = await import('../../src/config/index.ts');
-    const { startPlatform } = await import('../../src/platform.ts');
-    return startPlatform(
-      loadConfig({
-        env: {},
-        cwd: dataDir,
-        overrides: {
-          dataDir,
-          database: { url: database },
-          keys: { storeUrl },
-          http: { host: '127.0.0.1', port: 0 },
-          mqtt: { host: '127.0.0.1', port: 0 },
-          admin: { enabled: false },
-          log: { level: 'silent' },
-        },
-      }),
-      { notice: () => {} },
-    );
-  };
+  const start = async (dataDir: string, database: string, storeUrl = '') =>
+    (await startTestPlatformAt(dataDir, { database: { url: database }, keys: { storeUrl } })).platform;
 
   test('[KEY-6] with database.url = sqlite:<path> the key store still gets a file of its own', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'castellan-placement-'));
@@ -740,7 +722,7 @@ describe('key store placement', () => {
 });
 
 /** Restarts a SQLite platform on an existing data directory. */
-async function startTestPlatformAt(dataDir: string): Promise<TestPlatform> {
+async function startTestPlatformAt(dataDir: string, overrides: Record<string, unknown> = {}): Promise<TestPlatform> {
   const { loadConfig } = await import('../../src/config/index.ts');
   const { startPlatform } = await import('../../src/platform.ts');
   const config = loadConfig({
@@ -752,6 +734,7 @@ async function startTestPlatformAt(dataDir: string): Promise<TestPlatform> {
       mqtt: { host: '127.0.0.1', port: 0 },
       admin: { enabled: false },
       log: { level: 'silent' },
+      ...overrides,
     },
   });
   const platform = await startPlatform(config, { notice: () => {} });
