@@ -68,7 +68,7 @@ for (const dialect of await dialectCases()) {
             return JSON.parse(stdout) as string[];
           }),
         );
-        assert.deepEqual(outputs.flat().sort(), ['0001_foundation', '0002_audit', '0003_guard', '0004_product_suite']);
+        assert.deepEqual(outputs.flat().sort(), ['0001_foundation', '0002_audit', '0003_guard', '0004_product_suite', '0005_accounts']);
       } finally {
         if (fresh) await dropSchema(fresh);
         rmSync(dir, { recursive: true, force: true });

@@ -207,6 +207,192 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
         await db.schema.alterTable('products').addColumn('crypto_suite', 'text').execute();
       },
     },
+    '0005_accounts': {
+      async up(db: AnyDb) {
+        // accounts: people (consumers and developers). E-mail and phone are personal data: stored only
+        // encrypted under the user's own key, found through keyed blind indexes (never in clear).
+        await db.schema
+          .createTable('users')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('kind', 'text', (c) => c.notNull())
+          .addColumn('email_index', t.binary, (c) => c.unique())
+          .addColumn('phone_index', t.binary, (c) => c.unique())
+          .addColumn('email_ciphertext', t.binary)
+          .addColumn('phone_ciphertext', t.binary)
+          .addColumn('password_hash', 'text')
+          .addColumn('status', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('activated_at', 'bigint')
+          .addColumn('password_changed_at', 'bigint')
+          .execute();
+        // One-time codes (activation, password reset, e-mail/SMS second factor): hashed, short-lived.
+        await db.schema
+          .createTable('verification_codes')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('user_id', 'text', (c) => c.notNull())
+          .addColumn('purpose', 'text', (c) => c.notNull())
+          .addColumn('code_hash', t.binary, (c) => c.notNull())
+          .addColumn('attempts', 'integer', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .addColumn('used_at', 'bigint')
+          .execute();
+        await db.schema
+          .createIndex('verification_codes_user_idx')
+          .on('verification_codes')
+          .columns(['user_id', 'purpose'])
+          .execute();
+        // Sessions of people (users and staff): only the token's hash is stored (SESS-1).
+        await db.schema
+          .createTable('sessions')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('principal_kind', 'text', (c) => c.notNull())
+          .addColumn('principal_id', 'text', (c) => c.notNull())
+          .addColumn('token_hash', t.binary, (c) => c.notNull().unique())
+          .addColumn('family_id', 'text', (c) => c.notNull())
+          .addColumn('level', 'text', (c) => c.notNull())
+          .addColumn('persistent', 'integer', (c) => c.notNull())
+          .addColumn('ip_hash', t.binary)
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('last_seen_at', 'bigint', (c) => c.notNull())
+          .addColumn('authenticated_at', 'bigint', (c) => c.notNull())
+          .addColumn('absolute_expires_at', 'bigint', (c) => c.notNull())
+          .addColumn('revoked_at', 'bigint')
+          .execute();
+        await db.schema.createIndex('sessions_principal_idx').on('sessions').columns(['principal_id']).execute();
+        await db.schema.createIndex('sessions_family_idx').on('sessions').columns(['family_id']).execute();
+        // Refresh tokens ("keep me signed in"): rotated on every use; a reused one revokes its family.
+        await db.schema
+          .createTable('refresh_tokens')
+          .addColumn('token_hash', t.binary, (c) => c.primaryKey())
+          .addColumn('family_id', 'text', (c) => c.notNull())
+          .addColumn('principal_id', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .addColumn('used_at', 'bigint')
+          .execute();
+        await db.schema.createIndex('refresh_tokens_family_idx').on('refresh_tokens').columns(['family_id']).execute();
+        // Second factors. principal_id is a user (usr_) or a staff member (adm_).
+        await db.schema
+          .createTable('mfa_totp')
+          .addColumn('principal_id', 'text', (c) => c.primaryKey())
+          .addColumn('secret_ciphertext', t.binary, (c) => c.notNull())
+          .addColumn('confirmed_at', 'bigint')
+          .addColumn('last_step', 'bigint', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable('webauthn_credentials')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('principal_id', 'text', (c) => c.notNull())
+          .addColumn('public_key', t.binary, (c) => c.notNull())
+          .addColumn('counter', 'bigint', (c) => c.notNull())
+          .addColumn('transports', 'text', (c) => c.notNull())
+          .addColumn('label', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('last_used_at', 'bigint')
+          .execute();
+        await db.schema
+          .createIndex('webauthn_credentials_principal_idx')
+          .on('webauthn_credentials')
+          .columns(['principal_id'])
+          .execute();
+        await db.schema
+          .createTable('recovery_codes')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('principal_id', 'text', (c) => c.notNull())
+          .addColumn('code_hash', t.binary, (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('used_at', 'bigint')
+          .execute();
+        await db.schema.createIndex('recovery_codes_principal_idx').on('recovery_codes').columns(['principal_id']).execute();
+        // Pending ceremonies (WebAuthn challenges, OIDC state, MFA sign-in steps): single use, short-lived.
+        await db.schema
+          .createTable('auth_challenges')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('principal_id', 'text')
+          .addColumn('purpose', 'text', (c) => c.notNull())
+          .addColumn('payload', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .execute();
+        // Devices and networks a person signed in from (ACC-6): a keyed hash of a device cookie and of
+        // the network prefix; never a raw IP address or a location.
+        await db.schema
+          .createTable('known_sign_ins')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('principal_id', 'text', (c) => c.notNull())
+          .addColumn('device_hash', t.binary, (c) => c.notNull())
+          .addColumn('network_hash', t.binary, (c) => c.notNull())
+          .addColumn('first_seen_at', 'bigint', (c) => c.notNull())
+          .addColumn('last_seen_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('known_sign_ins_principal_idx').on('known_sign_ins').columns(['principal_id']).execute();
+        // Sign-in through an outside OpenID Connect provider (ACC-7).
+        await db.schema
+          .createTable('oidc_identities')
+          .addColumn('provider', 'text', (c) => c.notNull())
+          .addColumn('subject_index', t.binary, (c) => c.notNull())
+          .addColumn('user_id', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addPrimaryKeyConstraint('oidc_identities_pk', ['provider', 'subject_index'])
+          .execute();
+        // Vendor organisations: personal or enterprise, with members in roles (ORG-1).
+        await db.schema.alterTable('vendors').addColumn('kind', 'text', (c) => c.notNull().defaultTo('enterprise')).execute();
+        await db.schema
+          .createTable('organisation_members')
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('user_id', 'text', (c) => c.notNull())
+          .addColumn('role', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addPrimaryKeyConstraint('organisation_members_pk', ['vendor_id', 'user_id'])
+          .execute();
+        await db.schema.createIndex('organisation_members_user_idx').on('organisation_members').columns(['user_id']).execute();
+        await db.schema
+          .createTable('organisation_invitations')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('email_index', t.binary, (c) => c.notNull())
+          .addColumn('role', 'text', (c) => c.notNull())
+          .addColumn('token_hash', t.binary, (c) => c.notNull().unique())
+          .addColumn('invited_by', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .addColumn('accepted_at', 'bigint')
+          .execute();
+        // Operator access keys (ORG-2): the HMAC secret must be recoverable to verify signatures, so it
+        // is encrypted under the tenant's key, never hashed.
+        await db.schema
+          .createTable('operator_keys')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('secret_ciphertext', t.binary, (c) => c.notNull())
+          .addColumn('scopes', 'text', (c) => c.notNull())
+          .addColumn('allowed_cidrs', 'text', (c) => c.notNull())
+          .addColumn('label', 'text', (c) => c.notNull())
+          .addColumn('created_by', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('last_used_at', 'bigint')
+          .addColumn('revoked_at', 'bigint')
+          .execute();
+        await db.schema.createIndex('operator_keys_vendor_idx').on('operator_keys').columns(['vendor_id']).execute();
+        // Nonces of signed requests, kept for the replay window (shared by every process).
+        await db.schema
+          .createTable('request_nonces')
+          .addColumn('key_id', 'text', (c) => c.notNull())
+          .addColumn('nonce', 'text', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .addPrimaryKeyConstraint('request_nonces_pk', ['key_id', 'nonce'])
+          .execute();
+        await db.schema.createIndex('request_nonces_expiry_idx').on('request_nonces').columns(['expires_at']).execute();
+        // Platform staff (OPS-2): a sign-in name (blind index), a password and least-privilege roles.
+        await db.schema.alterTable('admins').addColumn('username_index', t.binary).execute();
+        await db.schema.alterTable('admins').addColumn('password_hash', 'text').execute();
+        await db.schema.alterTable('admins').addColumn('roles', 'text', (c) => c.notNull().defaultTo('[]')).execute();
+        await db.schema.alterTable('admins').addColumn('disabled_at', 'bigint').execute();
+        await db.schema.createIndex('admins_username_idx').on('admins').columns(['username_index']).unique().execute();
+      },
+    },
   };
 }
 

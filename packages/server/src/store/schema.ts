@@ -7,6 +7,12 @@ export interface AdminTable {
   id: string;
   name: string;
   created_at: number;
+  /** Blind index of the sign-in name. */
+  username_index: Uint8Array | null;
+  password_hash: string | null;
+  /** JSON array of staff roles. */
+  roles: string;
+  disabled_at: number | null;
 }
 
 /** accounts: one-time tokens that create the first administrator. */
@@ -34,6 +40,165 @@ export interface VendorTable {
   code: string;
   name: string;
   created_at: number;
+  kind: 'personal' | 'enterprise';
+}
+
+/** accounts: people (consumers and developers). */
+export interface UserTable {
+  id: string;
+  kind: 'consumer' | 'developer';
+  email_index: Uint8Array | null;
+  phone_index: Uint8Array | null;
+  email_ciphertext: Uint8Array | null;
+  phone_ciphertext: Uint8Array | null;
+  password_hash: string | null;
+  status: 'pending' | 'active' | 'disabled';
+  created_at: number;
+  activated_at: number | null;
+  password_changed_at: number | null;
+}
+
+/** accounts: one-time codes sent by e-mail or SMS (hashed). */
+export interface VerificationCodeTable {
+  id: string;
+  user_id: string;
+  purpose: string;
+  code_hash: Uint8Array;
+  attempts: number;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+/** accounts: sessions of people; only the token's hash is stored. */
+export interface SessionTable {
+  id: string;
+  principal_kind: 'user' | 'staff';
+  principal_id: string;
+  token_hash: Uint8Array;
+  family_id: string;
+  /** 'full' after every required factor; 'mfa-pending' between password and second factor. */
+  level: string;
+  persistent: number;
+  ip_hash: Uint8Array | null;
+  created_at: number;
+  last_seen_at: number;
+  authenticated_at: number;
+  absolute_expires_at: number;
+  revoked_at: number | null;
+}
+
+/** accounts: refresh tokens of persistent sessions (hashed). */
+export interface RefreshTokenTable {
+  token_hash: Uint8Array;
+  family_id: string;
+  principal_id: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+/** accounts: TOTP second factor (secret encrypted). */
+export interface MfaTotpTable {
+  principal_id: string;
+  secret_ciphertext: Uint8Array;
+  confirmed_at: number | null;
+  /** Last accepted time step: a code is accepted once (RFC 6238 section 5.2). */
+  last_step: number;
+  created_at: number;
+}
+
+/** accounts: WebAuthn passkeys. */
+export interface WebauthnCredentialTable {
+  id: string;
+  principal_id: string;
+  public_key: Uint8Array;
+  counter: number;
+  transports: string;
+  label: string;
+  created_at: number;
+  last_used_at: number | null;
+}
+
+/** accounts: single-use recovery codes (hashed). */
+export interface RecoveryCodeTable {
+  id: string;
+  principal_id: string;
+  code_hash: Uint8Array;
+  created_at: number;
+  used_at: number | null;
+}
+
+/** accounts: pending ceremonies (WebAuthn challenges, OIDC state). */
+export interface AuthChallengeTable {
+  id: string;
+  principal_id: string | null;
+  purpose: string;
+  payload: string;
+  created_at: number;
+  expires_at: number;
+}
+
+/** accounts: devices and networks a person has signed in from (keyed hashes only). */
+export interface KnownSignInTable {
+  id: string;
+  principal_id: string;
+  device_hash: Uint8Array;
+  network_hash: Uint8Array;
+  first_seen_at: number;
+  last_seen_at: number;
+}
+
+/** accounts: links to outside OpenID Connect identities. */
+export interface OidcIdentityTable {
+  provider: string;
+  subject_index: Uint8Array;
+  user_id: string;
+  created_at: number;
+}
+
+/** accounts: members of vendor organisations. */
+export interface OrganisationMemberTable {
+  vendor_id: string;
+  user_id: string;
+  role: 'owner' | 'admin' | 'viewer';
+  created_at: number;
+}
+
+/** accounts: invitations to join an organisation (token hashed). */
+export interface OrganisationInvitationTable {
+  id: string;
+  vendor_id: string;
+  email_index: Uint8Array;
+  role: 'owner' | 'admin' | 'viewer';
+  token_hash: Uint8Array;
+  invited_by: string;
+  created_at: number;
+  expires_at: number;
+  accepted_at: number | null;
+}
+
+/** accounts: operator access keys for business systems (HMAC secret encrypted). */
+export interface OperatorKeyTable {
+  id: string;
+  vendor_id: string;
+  secret_ciphertext: Uint8Array;
+  /** JSON array of scopes. */
+  scopes: string;
+  /** JSON array of CIDR blocks; empty: any address. */
+  allowed_cidrs: string;
+  label: string;
+  created_by: string;
+  created_at: number;
+  last_used_at: number | null;
+  revoked_at: number | null;
+}
+
+/** accounts: nonces of signed requests within the replay window. */
+export interface RequestNonceTable {
+  key_id: string;
+  nonce: string;
+  expires_at: number;
 }
 
 /** devices: products a vendor defines. */
@@ -128,6 +293,20 @@ export interface Database {
   setup_tokens: SetupTokenTable;
   api_credentials: ApiCredentialTable;
   vendors: VendorTable;
+  users: UserTable;
+  verification_codes: VerificationCodeTable;
+  sessions: SessionTable;
+  refresh_tokens: RefreshTokenTable;
+  mfa_totp: MfaTotpTable;
+  webauthn_credentials: WebauthnCredentialTable;
+  recovery_codes: RecoveryCodeTable;
+  auth_challenges: AuthChallengeTable;
+  known_sign_ins: KnownSignInTable;
+  oidc_identities: OidcIdentityTable;
+  organisation_members: OrganisationMemberTable;
+  organisation_invitations: OrganisationInvitationTable;
+  operator_keys: OperatorKeyTable;
+  request_nonces: RequestNonceTable;
   products: ProductTable;
   devices: DeviceTable;
   telemetry: TelemetryTable;
