@@ -108,7 +108,7 @@ function makeEventSource(): (i: number) => AuditEvent {
       case 14:
       case 15:
         return {
-          actor: { type: 'vendor', id: vendor.id },
+          actor: { type: 'operator', id: vendor.id },
           tenant: vendor.id,
           type: 'device.issue',
           target: device.id,
@@ -118,7 +118,7 @@ function makeEventSource(): (i: number) => AuditEvent {
         };
       case 16:
         return {
-          actor: { type: 'vendor', id: vendor.id },
+          actor: { type: 'operator', id: vendor.id },
           tenant: vendor.id,
           type: 'device.release',
           target: device.id,
@@ -136,7 +136,7 @@ function makeEventSource(): (i: number) => AuditEvent {
         };
       case 18:
         return {
-          actor: { type: 'vendor', id: vendor.id },
+          actor: { type: 'operator', id: vendor.id },
           tenant: vendor.id,
           type: 'product.create',
           target: `prd_${vendor.product}`,

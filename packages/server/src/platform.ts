@@ -6,7 +6,17 @@ import { join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { Redis } from 'ioredis';
 import type { DestinationStream } from 'pino';
-import { AccountsService, accountsRoutes } from './accounts/index.ts';
+import {
+  type AccountsContext,
+  AccountsService,
+  accountFeatureRoutes,
+  accountsRoutes,
+  createMessageSender,
+  purgeExpiredAccountsData,
+  RequestAuthenticator,
+  SessionStore,
+  TotpService,
+} from './accounts/index.ts';
 import { type AuditEvent, AuditLog, auditRequest, auditRoutes } from './audit/index.ts';
 import type { CastellanConfig } from './config/index.ts';
 import { DevicesService, devicesRoutes, TelemetryWriter } from './devices/index.ts';
@@ -61,6 +71,8 @@ export interface Platform {
   readonly log: Logger;
   readonly store: Store;
   readonly accounts: AccountsService;
+  /** Shared by the accounts features (sessions, TOTP, sender…); tests reach into it. */
+  readonly accountsContext: AccountsContext;
   readonly devices: DevicesService;
   readonly broker: MqttBroker;
   readonly telemetry: TelemetryWriter;
@@ -206,7 +218,35 @@ export async function startPlatform(
           },
         }),
     });
-    const accounts = new AccountsService({ db: store.db, dataDir, cipher: keys });
+    const totp = new TotpService({ db: store.db, cipher: keys });
+    const accounts = new AccountsService({
+      db: store.db,
+      dataDir,
+      cipher: keys,
+      totp,
+      passwordPolicy: { minLength: config.accounts.passwordMinLength, minScore: config.accounts.passwordMinScore },
+    });
+    const sessions = new SessionStore({
+      db: store.db,
+      idleMs: config.accounts.sessionIdleMinutes * 60_000,
+      absoluteMs: config.accounts.sessionAbsoluteHours * 3_600_000,
+      refreshMs: config.accounts.refreshTokenDays * 86_400_000,
+      bindToIp: config.accounts.bindSessionToIp,
+      ipHashKey: keys.blindIndex('platform', 'session-ip-binding', 'key'),
+    });
+    const authenticator = new RequestAuthenticator({ db: store.db, sessions });
+    const messages = createMessageSender(config.accounts, dataDir, log.child({ component: 'accounts' }));
+    if (messages.development) {
+      log.warn({ outbox: messages.outboxDir }, 'DEVELOPMENT DEFAULTS ACTIVE: e-mail/SMS go to the outbox');
+      notice(`  !!! Messages (codes, alerts) go to the development outbox ${messages.outboxDir}.\n`);
+    }
+    const accountsPurgeTimer = setInterval(() => {
+      purgeExpiredAccountsData(store.db, sessions).catch((e: unknown) =>
+        log.warn({ err: e }, 'accounts: purge failed'),
+      );
+    }, 600_000);
+    accountsPurgeTimer.unref();
+    cleanups.push(() => clearInterval(accountsPurgeTimer));
     const telemetry = new TelemetryWriter({
       db: store.db,
       log: log.child({ component: 'telemetry' }),
@@ -299,8 +339,26 @@ export async function startPlatform(
       await closing;
     });
 
-    const authenticate = createAuthenticateHook((token) => accounts.authenticate(token));
+    const authenticate = createAuthenticateHook(authenticator);
     const recordRequest: RecordAudit = (request, event) => auditRequest(audit, request, event);
+    let publicUrl = config.accounts.publicUrl;
+    const accountsContext: AccountsContext = {
+      db: store.db,
+      config: config.accounts,
+      publicUrl: () => publicUrl,
+      dataDir,
+      keys,
+      sessions,
+      totp,
+      authenticator,
+      authenticate,
+      limits,
+      sender: messages.sender,
+      audit: recordRequest,
+      record: recordSoon,
+      log: log.child({ component: 'accounts' }),
+      now: Date.now,
+    };
     const http = await createHttpServer({
       tls: { cert: tls.cert, key: tls.key, minVersion: config.tls.minVersion },
       bodyLimitBytes: config.http.bodyLimitBytes,
@@ -326,7 +384,8 @@ export async function startPlatform(
         });
       },
       routes: [
-        (app) => app.register(accountsRoutes, { accounts, authenticate, audit: recordRequest }),
+        (app) => app.register(accountsRoutes, { accounts, totp, authenticate, audit: recordRequest }),
+        (app) => app.register(accountFeatureRoutes, accountsContext),
         (app) => app.register(devicesRoutes, { devices, authenticate, audit: recordRequest }),
         (app) => app.register(auditRoutes, { audit, authenticate }),
         (app) => app.register(guardRoutes, { guard, devices, authenticate, audit: recordRequest }),
@@ -383,6 +442,7 @@ export async function startPlatform(
     const httpPort = (http.server.address() as { port: number }).port;
     const mqttPort = listener.address().port;
     const httpUrl = `https://${formatHostPort(urlHost(config.http.host), httpPort)}`;
+    publicUrl ||= httpUrl;
     const mqttUrl = `mqtts://${formatHostPort(urlHost(config.mqtt.host), mqttPort)}`;
 
     const setupToken = await accounts.ensureSetupToken();
@@ -414,6 +474,7 @@ export async function startPlatform(
       log,
       store,
       accounts,
+      accountsContext,
       devices,
       broker,
       telemetry,

@@ -68,7 +68,13 @@ for (const dialect of await dialectCases()) {
             return JSON.parse(stdout) as string[];
           }),
         );
-        assert.deepEqual(outputs.flat().sort(), ['0001_foundation', '0002_audit', '0003_guard', '0004_product_suite', '0005_accounts']);
+        assert.deepEqual(outputs.flat().sort(), [
+          '0001_foundation',
+          '0002_audit',
+          '0003_guard',
+          '0004_product_suite',
+          '0005_accounts',
+        ]);
       } finally {
         if (fresh) await dropSchema(fresh);
         rmSync(dir, { recursive: true, force: true });
@@ -152,7 +158,9 @@ for (const dialect of await dialectCases()) {
       const accounts = new AccountsService({
         db: store.db,
         dataDir,
-        cipher: { encrypt: () => Promise.reject(new Error('unused')) },
+        cipher: { encrypt: () => Promise.reject(new Error('unused')), blindIndex: () => Buffer.alloc(32) },
+        totp: undefined as never,
+        passwordPolicy: { minLength: 10, minScore: 3 },
       });
       const vendor = await accounts.createVendor('Collision Test');
       const telemetry = new TelemetryWriter({

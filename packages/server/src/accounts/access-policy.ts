@@ -1,13 +1,24 @@
-// The one authorisation policy: every route names an action and the resource's owner; anything not
-// listed here is denied. Object-level refusals surface as "not found" so that IDs of other tenants
-// cannot be probed.
+// The one authorisation policy (deny by default): every route names an action and the resource's
+// owner; anything not listed here is denied. Object-level refusals surface as "not found" so that IDs
+// of other tenants cannot be probed (ORG-3).
+//
+// Who may do what:
+//   staff      by role (OPS-2): superadmin everything staff can do; security keys, blocks, releases,
+//              audit; auditor reads audit and alerts; support vendors and access keys for them.
+//   operators  their own tenant only, by the scopes on the access key (ORG-2).
+//   people     a vendor organisation's resources by their role in it (ORG-1); key material (device
+//              secrets shown at creation, access keys) is for owners only.
 import { CastellanError } from '../errors/index.ts';
-import type { Principal } from './accounts-service.ts';
+import { type OperatorScope, type OrgRole, type Principal, roleAtLeast, type StaffRole } from './principal.ts';
 
 export type Action =
   | 'vendor.create'
   | 'vendor.list'
-  | 'vendor-credential.create'
+  | 'vendor.access-key.issue'
+  | 'staff.manage'
+  | 'org.read'
+  | 'org.members.manage'
+  | 'org.access-keys.manage'
   | 'product.create'
   | 'product.list'
   | 'product.read'
@@ -26,35 +37,57 @@ export type Action =
 
 export interface ResourceScope {
   /** The vendor (tenant) that owns the resource. */
-  readonly vendorId?: string;
+  readonly vendorId?: string | undefined;
 }
 
 type Rule = (principal: Principal, scope: ResourceScope) => boolean;
 
-const isAdmin: Rule = (p) => p.kind === 'admin';
-const isOwningVendor: Rule = (p, s) => p.kind === 'vendor' && s.vendorId !== undefined && p.id === s.vendorId;
+const staff =
+  (...roles: StaffRole[]): Rule =>
+  (p) =>
+    p.kind === 'admin' && p.roles.some((role) => role === 'superadmin' || roles.includes(role));
+
+/** A tenant's resource: its operators with `scope`, its members with at least `role`. */
+const tenant =
+  (scope: OperatorScope | null, role: OrgRole): Rule =>
+  (p, s) => {
+    if (s.vendorId === undefined) return false;
+    if (p.kind === 'operator') return scope !== null && p.id === s.vendorId && p.scopes.includes(scope);
+    if (p.kind === 'user')
+      return Object.hasOwn(p.memberships, s.vendorId) && roleAtLeast(p.memberships[s.vendorId], role);
+    return false;
+  };
+
+const either =
+  (...rules: Rule[]): Rule =>
+  (p, s) =>
+    rules.some((rule) => rule(p, s));
 
 const RULES: Readonly<Record<Action, Rule>> = {
-  'vendor.create': isAdmin,
-  'vendor.list': isAdmin,
-  'vendor-credential.create': isAdmin,
-  'product.create': isOwningVendor,
-  'product.list': isOwningVendor,
-  'product.read': isOwningVendor,
-  'device.create': isOwningVendor,
-  'device.list': isOwningVendor,
-  'device.read': isOwningVendor,
-  'telemetry.read': isOwningVendor,
-  // Vendors read their own tenant's entries; administrators read everything, source IPs included.
-  'audit.read': (p, s) => isAdmin(p, s) || isOwningVendor(p, s),
-  'audit.read-all': isAdmin,
-  'audit.checkpoint': isAdmin,
-  'guard.alerts.read': (p, s) => isAdmin(p, s) || isOwningVendor(p, s),
-  'guard.alerts.read-all': isAdmin,
-  'guard.blocks.manage': isAdmin,
-  'device.release': (p, s) => isAdmin(p, s) || isOwningVendor(p, s),
-  // Key lifecycle is platform security staff's work (the accounts issue narrows it to a role).
-  'keys.manage': isAdmin,
+  'vendor.create': staff('support'),
+  'vendor.list': staff('support', 'auditor', 'security'),
+  'vendor.access-key.issue': staff('support'),
+  'staff.manage': staff(),
+  'org.read': tenant(null, 'viewer'),
+  'org.members.manage': tenant(null, 'admin'),
+  // Access keys are key material (ORG-1): owners only; operators never mint keys.
+  'org.access-keys.manage': tenant(null, 'owner'),
+  'product.create': tenant('products:write', 'admin'),
+  'product.list': tenant('products:read', 'viewer'),
+  'product.read': tenant('products:read', 'viewer'),
+  // The response carries the new devices' secrets (shown once): owners only among people.
+  'device.create': tenant('devices:write', 'owner'),
+  'device.list': tenant('devices:read', 'viewer'),
+  'device.read': tenant('devices:read', 'viewer'),
+  'telemetry.read': tenant('telemetry:read', 'viewer'),
+  'audit.read': either(staff('auditor', 'security'), tenant('audit:read', 'admin')),
+  'audit.read-all': staff('auditor', 'security'),
+  'audit.checkpoint': staff('auditor', 'security'),
+  'guard.alerts.read': either(staff('auditor', 'security'), tenant('alerts:read', 'admin')),
+  'guard.alerts.read-all': staff('auditor', 'security'),
+  'guard.blocks.manage': staff('security'),
+  'device.release': either(staff('security'), tenant('devices:release', 'admin')),
+  'keys.manage': staff('security'),
 };
 
 export function can(principal: Principal | undefined, action: Action, scope: ResourceScope = {}): boolean {

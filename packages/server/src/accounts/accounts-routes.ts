@@ -12,14 +12,27 @@ import {
   StrictObject,
   DisplayName,
 } from '../http/index.ts';
+import { CastellanError } from '../errors/index.ts';
 import { assertCan } from './access-policy.ts';
 import type { AccountsService, Vendor } from './accounts-service.ts';
+import type { TotpService } from './totp-service.ts';
 
 export interface AccountsRoutesOptions {
   accounts: AccountsService;
+  totp: TotpService;
   authenticate: AuthenticateHook;
   audit: RecordAudit;
 }
+
+/** A staff sign-in name: letters, digits and . _ - (compared case-insensitively). */
+export const StaffUsername = Type.String({ minLength: 3, maxLength: 64, pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' });
+/** Passwords travel only in request bodies over TLS (ACC-8); the policy checks more than the length. */
+export const PasswordField = Type.String({ minLength: 1, maxLength: 256 });
+const TotpCode = Type.String({ pattern: '^[0-9]{6}$' });
+const TotpView = StrictObject({
+  secret: Type.String({ description: 'Base32 TOTP secret, shown only in this response' }),
+  uri: Type.String({ description: 'otpauth:// URI for a QR code' }),
+});
 
 const ResourceId = Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z]{3}_[A-Za-z0-9_-]{22}$' });
 
@@ -27,6 +40,7 @@ const VendorView = StrictObject({
   id: Type.String(),
   code: Type.String({ description: '6 hex digits, part of every device ID of this vendor' }),
   name: Type.String(),
+  kind: Type.Union([Type.Literal('personal'), Type.Literal('enterprise')]),
   createdAt: Type.Integer(),
 });
 
@@ -38,30 +52,37 @@ const CredentialView = StrictObject({
   token: Type.String({ description: 'Bearer token, shown only in this response' }),
 });
 
-const presentVendor = (v: Vendor) => ({ id: v.id, code: v.code, name: v.name, createdAt: v.createdAt });
+const presentVendor = (v: Vendor) => ({ id: v.id, code: v.code, name: v.name, kind: v.kind, createdAt: v.createdAt });
 
-export async function accountsRoutes(app: FastifyInstance, { accounts, authenticate, audit }: AccountsRoutesOptions) {
+export async function accountsRoutes(
+  app: FastifyInstance,
+  { accounts, totp, authenticate, audit }: AccountsRoutesOptions,
+) {
   app.post(
     '/v1/setup',
     {
       schema: {
-        summary: 'Create the first administrator with the one-time setup token',
+        summary:
+          'Create the first staff member (superadmin) with the one-time setup token; confirm the returned TOTP factor before the credential can act',
         tags: ['accounts'],
         body: StrictObject({
           setupToken: Type.String({ minLength: 1, maxLength: 256 }),
           adminName: DisplayName,
+          username: StaffUsername,
+          password: PasswordField,
         }),
         response: {
-          201: StrictObject({ adminId: Type.String(), credential: CredentialView }),
+          201: StrictObject({ adminId: Type.String(), credential: CredentialView, totp: TotpView }),
           ...publicErrors,
         },
       },
     },
     async (request, reply) => {
-      const body = request.body as { setupToken: string; adminName: string };
+      const body = request.body as { setupToken: string; adminName: string; username: string; password: string };
       let result: Awaited<ReturnType<AccountsService['completeSetup']>>;
       try {
-        result = await accounts.completeSetup(body.setupToken, body.adminName);
+        await accounts.checkPassword(body.password, [body.username, body.adminName]);
+        result = await accounts.completeSetup(body);
       } catch (error) {
         await audit(request, { type: 'setup.complete', result: 'failure' });
         throw error;
@@ -119,30 +140,24 @@ export async function accountsRoutes(app: FastifyInstance, { accounts, authentic
   );
 
   app.post(
-    '/v1/vendors/:vendorId/credentials',
+    '/v1/staff/mfa/totp/confirm',
     {
       onRequest: authenticate,
       schema: {
-        summary: 'Issue an API credential for a vendor (administrators); the token is shown once',
+        summary: "Confirm the calling staff member's TOTP factor (OPS-2: staff can act only after this)",
         tags: ['accounts'],
         security: bearerSecurity,
-        params: StrictObject({ vendorId: ResourceId }),
-        body: StrictObject({ label: DisplayName }),
-        response: { 201: CredentialView, ...authenticatedErrors },
+        body: StrictObject({ code: TotpCode }),
+        response: { 200: StrictObject({ confirmed: Type.Boolean() }), ...authenticatedErrors },
       },
     },
-    async (request, reply) => {
-      assertCan(principalOf(request), 'vendor-credential.create');
-      const { vendorId } = request.params as { vendorId: string };
-      const credential = await accounts.createVendorCredential(vendorId, (request.body as { label: string }).label);
-      await audit(request, {
-        type: 'vendor-credential.issue',
-        tenant: vendorId,
-        target: credential.id,
-        details: { label: credential.label },
-      });
-      request.log.info({ credentialId: credential.id, vendorId }, 'vendor credential issued');
-      return reply.status(201).send(credential);
+    async (request) => {
+      const principal = principalOf(request);
+      if (principal.kind !== 'admin') throw new CastellanError('ERR_AUTH_FORBIDDEN');
+      const ok = await totp.verify(principal.id, (request.body as { code: string }).code, { confirm: true });
+      await audit(request, { type: 'staff.mfa-confirm', target: principal.id, result: ok ? 'success' : 'failure' });
+      if (!ok) throw new CastellanError('ERR_MFA_CODE_INVALID');
+      return { confirmed: true };
     },
   );
 }

@@ -1,6 +1,7 @@
-// Accounts (minimal foundation): the one-time setup token, platform administrators, vendor
-// organisations and their bearer API credentials. The accounts issue replaces bearer vendor
-// credentials with signed operator keys and adds users, sessions and MFA on top of these tables.
+// Platform staff and vendor organisations: the one-time setup token that creates the first staff
+// member (superadmin, with a password and a TOTP factor that must be confirmed before the account can
+// do anything: OPS-2), staff API credentials for automation, and the vendors table. People, sessions,
+// MFA, organisations' members and operator keys live in their own modules beside this one.
 import { chmodSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generateCode } from '@castellan/protocol';
@@ -8,26 +9,22 @@ import type { Kysely } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
 import { hashToken, newId, newToken } from '../lib/random-ids.ts';
 import type { Database } from '../store/index.ts';
-
-export type PrincipalKind = 'admin' | 'vendor';
-
-export interface Principal {
-  readonly kind: PrincipalKind;
-  /** Admin ID or vendor ID. */
-  readonly id: string;
-  readonly credentialId: string;
-}
+import { hashPassword } from './password-hasher.ts';
+import { checkPasswordPolicy, type PasswordPolicy } from './password-policy.ts';
+import type { StaffRole } from './principal.ts';
+import type { TotpEnrolment, TotpService } from './totp-service.ts';
 
 export interface Vendor {
   readonly id: string;
   readonly code: string;
   readonly name: string;
+  readonly kind: 'personal' | 'enterprise';
   readonly createdAt: number;
 }
 
 export interface IssuedCredential {
   readonly id: string;
-  readonly kind: PrincipalKind;
+  readonly kind: 'admin';
   readonly principalId: string;
   readonly label: string;
   /** Shown once; only its hash is stored. */
@@ -35,7 +32,6 @@ export interface IssuedCredential {
 }
 
 export const SETUP_TOKEN_FILE = 'setup-token';
-const TOKEN_PREFIX: Record<PrincipalKind, string> = { admin: 'cas_adm', vendor: 'cas_vnd' };
 const CODE_ATTEMPTS = 16;
 
 function isUniqueViolation(error: unknown): boolean {
@@ -51,7 +47,24 @@ export interface AccountsServiceOptions {
   dataDir: string;
   now?: () => number;
   /** Encrypts personal fields under the platform's key (the keys subsystem). */
-  cipher: { encrypt(tenant: string, plaintext: Uint8Array, context: string): Promise<Buffer> };
+  cipher: {
+    encrypt(tenant: string, plaintext: Uint8Array, context: string): Promise<Buffer>;
+    blindIndex(tenant: string, purpose: string, value: string): Buffer;
+  };
+  totp: TotpService;
+  passwordPolicy: PasswordPolicy;
+}
+
+/** Staff sign-in names are case-insensitive and found through a blind index (never stored in clear). */
+export function usernameIndex(cipher: AccountsServiceOptions['cipher'], username: string): Buffer {
+  return cipher.blindIndex('platform', 'staff-username', username.normalize('NFKC').toLowerCase());
+}
+
+export interface SetupResult {
+  adminId: string;
+  credential: IssuedCredential;
+  /** The TOTP factor to confirm (POST /v1/staff/mfa/totp/confirm) before the credential can act. */
+  totp: TotpEnrolment;
 }
 
 export class AccountsService {
@@ -59,12 +72,21 @@ export class AccountsService {
   readonly #dataDir: string;
   readonly #now: () => number;
   readonly #cipher: AccountsServiceOptions['cipher'];
+  readonly #totp: TotpService;
+  readonly #policy: PasswordPolicy;
 
   constructor(options: AccountsServiceOptions) {
+    this.#policy = options.passwordPolicy;
     this.#db = options.db;
+    this.#totp = options.totp;
     this.#cipher = options.cipher;
     this.#dataDir = options.dataDir;
     this.#now = options.now ?? Date.now;
+  }
+
+  /** Applies the password policy (ACC-3); throws ERR_PASSWORD_WEAK. */
+  checkPassword(password: string, userInputs: string[] = []): void {
+    checkPasswordPolicy(password, this.#policy, userInputs);
   }
 
   get setupTokenPath(): string {
@@ -105,43 +127,59 @@ export class AccountsService {
     return token;
   }
 
-  /** Consumes the setup token and creates the first administrator with an API credential. */
-  async completeSetup(
-    setupToken: string,
-    adminName: string,
-  ): Promise<{ adminId: string; credential: IssuedCredential }> {
+  /**
+   * Consumes the setup token and creates the first staff member (superadmin) with a password, an API
+   * credential and a TOTP enrolment. Until the TOTP code is confirmed the credential has no roles.
+   */
+  async completeSetup(input: {
+    setupToken: string;
+    adminName: string;
+    username: string;
+    password: string;
+  }): Promise<SetupResult> {
     const now = this.#now();
     const adminId = newId('adm');
     // A person's name is personal data (PRIV-1): stored only encrypted, bound to its row. Encrypted
-    // before the transaction: the key service may write the audit log.
+    // (and the password hashed) before the transaction: the key service may write the audit log.
     const sealedName = (
-      await this.#cipher.encrypt('platform', Buffer.from(adminName, 'utf8'), `admins.name:${adminId}`)
+      await this.#cipher.encrypt('platform', Buffer.from(input.adminName, 'utf8'), `admins.name:${adminId}`)
     ).toString('base64');
+    const passwordHash = await hashPassword(input.password);
+    const roles: StaffRole[] = ['superadmin'];
     const result = await this.#db.transaction().execute(async (trx) => {
       // Single use: only the UPDATE that flips used_at from NULL wins, even under concurrency.
       const used = await trx
         .updateTable('setup_tokens')
         .set({ used_at: now })
-        .where('token_hash', '=', hashToken(setupToken))
+        .where('token_hash', '=', hashToken(input.setupToken))
         .where('used_at', 'is', null)
         .executeTakeFirst();
       if (Number(used.numUpdatedRows) !== 1) return null;
-      await trx.insertInto('admins').values({ id: adminId, name: sealedName, created_at: now }).execute();
-      const credential = await this.#insertCredential(trx, 'admin', adminId, 'setup');
+      await trx
+        .insertInto('admins')
+        .values({
+          id: adminId,
+          name: sealedName,
+          created_at: now,
+          username_index: usernameIndex(this.#cipher, input.username),
+          password_hash: passwordHash,
+          roles: JSON.stringify(roles),
+          disabled_at: null,
+        })
+        .execute();
+      const credential = await this.insertStaffCredential(trx, adminId, 'setup');
       return { adminId, credential };
     });
     if (!result) throw new CastellanError('ERR_SETUP_TOKEN_INVALID');
     rmSync(this.setupTokenPath, { force: true });
-    return result;
+    const totp = await this.#totp.enrol(adminId, input.username);
+    return { ...result, totp };
   }
 
-  async #insertCredential(
-    db: Kysely<Database>,
-    kind: PrincipalKind,
-    principalId: string,
-    label: string,
-  ): Promise<IssuedCredential> {
-    const token = newToken(TOKEN_PREFIX[kind]);
+  /** Issues a staff API credential (shown once; stored hashed). */
+  async insertStaffCredential(db: Kysely<Database>, principalId: string, label: string): Promise<IssuedCredential> {
+    const kind = 'admin' as const;
+    const token = newToken('cas_adm');
     const id = newId('key');
     await db
       .insertInto('api_credentials')
@@ -158,24 +196,16 @@ export class AccountsService {
     return { id, kind, principalId, label, token };
   }
 
-  /** Resolves a bearer token to its principal, or null. Lookup is by hash; the token is never stored. */
-  async authenticate(token: string): Promise<Principal | null> {
-    if (token.length < 16 || token.length > 256) return null;
-    const row = await this.#db
-      .selectFrom('api_credentials')
-      .select(['id', 'kind', 'principal_id'])
-      .where('token_hash', '=', hashToken(token))
-      .where('revoked_at', 'is', null)
-      .executeTakeFirst();
-    return row ? { kind: row.kind, id: row.principal_id, credentialId: row.id } : null;
-  }
-
-  async createVendor(name: string): Promise<Vendor> {
+  async createVendor(
+    name: string,
+    kind: Vendor['kind'] = 'enterprise',
+    db: Kysely<Database> = this.#db,
+  ): Promise<Vendor> {
     for (let attempt = 0; attempt < CODE_ATTEMPTS; attempt++) {
-      const vendor = { id: newId('vnd'), code: generateCode(), name, created_at: this.#now() };
+      const vendor = { id: newId('vnd'), code: generateCode(), name, kind, created_at: this.#now() };
       try {
-        await this.#db.insertInto('vendors').values(vendor).execute();
-        return { id: vendor.id, code: vendor.code, name, createdAt: vendor.created_at };
+        await db.insertInto('vendors').values(vendor).execute();
+        return { id: vendor.id, code: vendor.code, name, kind, createdAt: vendor.created_at };
       } catch (error) {
         if (!isUniqueViolation(error)) throw error;
       }
@@ -185,17 +215,20 @@ export class AccountsService {
 
   async getVendor(vendorId: string): Promise<Vendor | null> {
     const row = await this.#db.selectFrom('vendors').selectAll().where('id', '=', vendorId).executeTakeFirst();
-    return row ? { id: row.id, code: row.code, name: row.name, createdAt: row.created_at } : null;
+    return row
+      ? { id: row.id, code: row.code, name: row.name, kind: row.kind, createdAt: Number(row.created_at) }
+      : null;
   }
 
   async listVendors(): Promise<Vendor[]> {
     const rows = await this.#db.selectFrom('vendors').selectAll().orderBy('created_at').execute();
-    return rows.map((row) => ({ id: row.id, code: row.code, name: row.name, createdAt: row.created_at }));
-  }
-
-  async createVendorCredential(vendorId: string, label: string): Promise<IssuedCredential> {
-    if (!(await this.getVendor(vendorId))) throw new CastellanError('ERR_VENDOR_NOT_FOUND');
-    return this.#insertCredential(this.#db, 'vendor', vendorId, label);
+    return rows.map((row) => ({
+      id: row.id,
+      code: row.code,
+      name: row.name,
+      kind: row.kind,
+      createdAt: Number(row.created_at),
+    }));
   }
 }
 

@@ -5,7 +5,7 @@ import { asBufferOrNull } from '../lib/bytes.ts';
 import type { AuditEntryTable } from '../store/index.ts';
 import { leafHash } from './merkle-tree.ts';
 
-export type ActorType = 'admin' | 'vendor' | 'user' | 'device' | 'system';
+export type ActorType = 'admin' | 'operator' | 'user' | 'device' | 'system';
 export type AuditResult = 'success' | 'failure' | 'denied';
 
 export interface AuditEvent {

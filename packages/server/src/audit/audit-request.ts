@@ -11,7 +11,7 @@ export function requestEvent(request: FastifyRequest, event: RequestEvent): Audi
   const principal = request.principal;
   return {
     actor: principal ? { type: principal.kind, id: principal.id } : { type: 'system', id: 'anonymous' },
-    tenant: event.tenant ?? (principal?.kind === 'vendor' ? principal.id : null),
+    tenant: event.tenant ?? (principal?.kind === 'operator' ? principal.id : null),
     type: event.type,
     target: event.target ?? null,
     sourceIp: request.ip,

@@ -122,7 +122,7 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
     },
     async (request) => {
       const principal = principalOf(request);
-      assertCan(principal, 'audit.read', { vendorId: principal.kind === 'vendor' ? principal.id : undefined });
+      assertCan(principal, 'audit.read', { vendorId: principal.kind === 'operator' ? principal.id : undefined });
       const latest = await audit.latestCheckpoint();
       if (!latest) throw new CastellanError('ERR_AUDIT_NO_CHECKPOINT');
       return presentCheckpoint(latest);
@@ -204,7 +204,7 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
     },
     async (request) => {
       const principal = principalOf(request);
-      assertCan(principal, 'audit.read', { vendorId: principal.kind === 'vendor' ? principal.id : undefined });
+      assertCan(principal, 'audit.read', { vendorId: principal.kind === 'operator' ? principal.id : undefined });
       const { first, second } = request.query as { first: number; second: number };
       try {
         return { first, second, proof: (await audit.consistencyProof(first, second)).map((h) => h.toString('hex')) };

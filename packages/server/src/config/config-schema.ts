@@ -455,6 +455,139 @@ export const ConfigSchema = Type.Object(
       },
       strict,
     ),
+    accounts: Type.Object(
+      {
+        publicUrl: Type.String({
+          default: '',
+          description:
+            'Public HTTPS origin of the API (https://host[:port]) for WebAuthn, OIDC redirects and links in messages; empty: the HTTPS listener URL',
+        }),
+        sessionIdleMinutes: Type.Integer({
+          minimum: 1,
+          maximum: 1440,
+          default: 30,
+          description: 'A session unused this long expires (SESS-4)',
+        }),
+        sessionAbsoluteHours: Type.Integer({
+          minimum: 1,
+          maximum: 168,
+          default: 12,
+          description: 'A session expires this long after sign-in, used or not (SESS-4)',
+        }),
+        refreshTokenDays: Type.Integer({
+          minimum: 1,
+          maximum: 365,
+          default: 30,
+          description: '"Keep me signed in": lifetime of a refresh token family (rotated on every use)',
+        }),
+        bindSessionToIp: Type.Boolean({
+          default: false,
+          description:
+            'Refuse a session token presented from another client IP address than the one that signed in (SESS-2)',
+        }),
+        stepUpMinutes: Type.Integer({
+          minimum: 1,
+          maximum: 60,
+          default: 5,
+          description: 'Sensitive operations demand an authentication at most this old (ACC-6 step-up)',
+        }),
+        passwordMinLength: Type.Integer({
+          minimum: 8,
+          maximum: 128,
+          default: 10,
+          description: 'Shortest accepted password (ACC-3); no composition rules',
+        }),
+        passwordMinScore: Type.Integer({
+          minimum: 0,
+          maximum: 4,
+          default: 3,
+          description: 'Lowest accepted zxcvbn strength score, 0 (weakest) to 4 (ACC-3)',
+        }),
+        loginFailuresPerAccount: Type.Integer({
+          minimum: 1,
+          maximum: 1000,
+          default: 5,
+          description:
+            'Wrong passwords per account in loginFailureWindowMinutes before the account is temporarily locked (no hash is computed while locked)',
+        }),
+        loginFailuresPerIp: Type.Integer({
+          minimum: 1,
+          maximum: 100000,
+          default: 50,
+          description: 'Failed sign-ins, resets and codes per client IP in loginFailureWindowMinutes',
+        }),
+        loginFailureWindowMinutes: Type.Integer({
+          minimum: 1,
+          maximum: 1440,
+          default: 15,
+          description: 'Window and lock duration of the sign-in failure limits (ACC-4)',
+        }),
+        registrationsPerIpPerHour: Type.Integer({
+          minimum: 1,
+          maximum: 100000,
+          default: 20,
+          description: 'Registrations and code requests per client IP per hour (ACC-2)',
+        }),
+        codeTtlMinutes: Type.Integer({
+          minimum: 1,
+          maximum: 1440,
+          default: 15,
+          description: 'Lifetime of one-time codes sent by e-mail or SMS',
+        }),
+        codeMaxAttempts: Type.Integer({
+          minimum: 1,
+          maximum: 20,
+          default: 5,
+          description: 'Wrong guesses that void a one-time code',
+        }),
+        powDifficulty: Type.Integer({
+          minimum: 1000,
+          maximum: 10000000,
+          default: 50000,
+          description: 'Proof-of-work difficulty of the registration challenge (ALTCHA maximum number, ACC-2)',
+        }),
+        mailer: Type.Union([Type.Literal('outbox'), Type.Literal('smtp')], {
+          default: 'outbox',
+          description: 'Delivery of e-mail and SMS codes: outbox (files in dataDir/outbox; development only) or smtp',
+        }),
+        smtpUrl: Type.String({
+          default: '',
+          description: 'SMTP server (smtps://user:pass@host:465 or smtp://host:587 with STARTTLS) when mailer is smtp',
+        }),
+        mailFrom: Type.String({
+          default: 'Castellan <no-reply@castellan.invalid>',
+          description: 'Sender address of e-mail messages',
+        }),
+        smsWebhookUrl: Type.String({
+          default: '',
+          description: 'HTTPS endpoint that delivers SMS (JSON {to, text}); empty: SMS go to the outbox',
+        }),
+        oidcProviders: Type.Array(
+          Type.Object(
+            {
+              id: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }),
+              issuer: Type.String({ minLength: 1 }),
+              clientId: Type.String({ minLength: 1 }),
+              clientSecret: Type.String({ default: '' }),
+              scopes: Type.String({ default: 'openid email' }),
+            },
+            strict,
+          ),
+          {
+            default: [],
+            maxItems: 16,
+            description: 'Outside OpenID Connect providers people may sign in with (ACC-7); file only',
+          },
+        ),
+        signatureWindowSeconds: Type.Integer({
+          minimum: 30,
+          maximum: 900,
+          default: 300,
+          description: 'Signed operator requests are accepted this far from the server clock (ORG-2)',
+        }),
+      },
+      strict,
+    ),
     devices: Type.Object(
       {
         maxBatch: Type.Integer({
@@ -479,6 +612,8 @@ export const SECRET_CONFIG_KEYS: ReadonlySet<string> = new Set([
   'database.url',
   'redis.url',
   'keys.storeUrl',
+  'accounts.smtpUrl',
+  'accounts.smsWebhookUrl',
 ]);
 
 /** Environment variables that are not CASTELLAN_-prefixed but conventional. */

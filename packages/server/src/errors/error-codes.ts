@@ -54,6 +54,19 @@ export const ERROR_CODES = {
   ERR_GUARD_IP_BLOCKED: { status: 403, expose: true, message: 'Requests from this address are blocked' },
   ERR_GUARD_BLOCK_NOT_FOUND: { status: 404, expose: true, message: 'No block for this address' },
   ERR_DEVICE_NOT_QUARANTINED: { status: 409, expose: true, message: 'Device is not quarantined' },
+  ERR_AUTH_STEP_UP_REQUIRED: {
+    status: 401,
+    expose: true,
+    message: 'This operation needs a recent sign-in; authenticate again (POST /v1/auth/reauthenticate)',
+  },
+  ERR_AUTH_LOCKED: { status: 429, expose: true, message: 'Too many failed attempts; retry later' },
+  ERR_PASSWORD_WEAK: { status: 400, expose: true, message: 'Password does not meet the policy' },
+  ERR_MFA_CODE_INVALID: { status: 401, expose: true, message: 'The code is invalid or expired' },
+  ERR_MFA_ALREADY_ENROLLED: {
+    status: 409,
+    expose: true,
+    message: 'This second factor is already enrolled; remove it first',
+  },
   ERR_SETUP_TOKEN_INVALID: { status: 401, expose: true, message: 'Setup token is invalid or already used' },
 
   ERR_VENDOR_NOT_FOUND: { status: 404, expose: true, message: 'Vendor not found' },

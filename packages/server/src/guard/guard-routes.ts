@@ -56,7 +56,7 @@ export function guardHttp(app: FastifyInstance, guard: GuardService, record: (ev
     if (!outcome.allowed) {
       guard.auditSampled(`http-credential:${principal.credentialId}`, {
         actor: { type: principal.kind, id: principal.id },
-        tenant: principal.kind === 'vendor' ? principal.id : null,
+        tenant: principal.kind === 'operator' ? principal.id : null,
         type: 'guard.rate-limited',
         target: principal.credentialId,
         sourceIp: normaliseIp(request.ip),

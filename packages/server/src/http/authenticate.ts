@@ -1,39 +1,37 @@
-// Bearer authentication for API credentials. Runs in onRequest, before the body is read, so an
-// unauthenticated caller costs no parsing. Tokens never appear in URLs or logs.
+// Authentication as an onRequest hook, before the body is read, so an unauthenticated caller costs no
+// parsing. The accounts subsystem decides what a credential means (RequestAuthenticator); this hook
+// only maps "no credential" to 401 ERR_AUTH_REQUIRED and "bad credential" to 401 ERR_AUTH_INVALID,
+// with fixed messages. Tokens never appear in URLs, messages or logs (SESS-5).
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Principal } from '../accounts/principal.ts';
 import { CastellanError } from '../errors/index.ts';
-
-/** Who is calling; the accounts subsystem defines the kinds. */
-export interface RequestPrincipal {
-  readonly kind: 'admin' | 'vendor';
-  readonly id: string;
-  readonly credentialId: string;
-}
 
 declare module 'fastify' {
   interface FastifyRequest {
-    principal: RequestPrincipal | undefined;
+    principal: Principal | undefined;
   }
 }
 
-const BEARER = /^Bearer ([A-Za-z0-9_\-.~+/]+=*)$/;
+export type RequestPrincipal = Principal;
 
 export type AuthenticateHook = (request: FastifyRequest, reply: FastifyReply) => Promise<void>;
 
-export function createAuthenticateHook(resolve: (token: string) => Promise<RequestPrincipal | null>): AuthenticateHook {
+export interface PrincipalResolver {
+  hasCredential(request: FastifyRequest): boolean;
+  resolve(request: FastifyRequest): Promise<Principal | null>;
+}
+
+export function createAuthenticateHook(resolver: PrincipalResolver): AuthenticateHook {
   return async function authenticate(request) {
-    const header = request.headers.authorization;
-    if (!header) throw new CastellanError('ERR_AUTH_REQUIRED');
-    const match = BEARER.exec(header);
-    if (!match) throw new CastellanError('ERR_AUTH_INVALID');
-    const principal = await resolve(match[1]!);
+    if (!resolver.hasCredential(request)) throw new CastellanError('ERR_AUTH_REQUIRED');
+    const principal = await resolver.resolve(request);
     if (!principal) throw new CastellanError('ERR_AUTH_INVALID');
     request.principal = principal;
   };
 }
 
 /** The authenticated principal, for handlers behind the authenticate hook. */
-export function principalOf(request: FastifyRequest): RequestPrincipal {
+export function principalOf(request: FastifyRequest): Principal {
   if (!request.principal) throw new CastellanError('ERR_AUTH_REQUIRED');
   return request.principal;
 }

@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
+import cookie from '@fastify/cookie';
 import helmet from '@fastify/helmet';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -95,6 +96,8 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
   });
 
   await app.register(helmet, { global: true });
+  // Session cookies (accounts/session-delivery.ts); parsed only, never signed: the token is the secret.
+  await app.register(cookie);
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',

@@ -54,7 +54,7 @@ export interface KeyVersion {
 
 /** Who asked for a key operation (the administrator behind an API call); absent for the platform itself. */
 export interface KeyActor {
-  type: 'admin' | 'vendor';
+  type: 'admin' | 'operator' | 'user';
   id: string;
   credentialId: string;
   sourceIp: string;

@@ -305,7 +305,11 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
           .addColumn('created_at', 'bigint', (c) => c.notNull())
           .addColumn('used_at', 'bigint')
           .execute();
-        await db.schema.createIndex('recovery_codes_principal_idx').on('recovery_codes').columns(['principal_id']).execute();
+        await db.schema
+          .createIndex('recovery_codes_principal_idx')
+          .on('recovery_codes')
+          .columns(['principal_id'])
+          .execute();
         // Pending ceremonies (WebAuthn challenges, OIDC state, MFA sign-in steps): single use, short-lived.
         await db.schema
           .createTable('auth_challenges')
@@ -327,7 +331,11 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
           .addColumn('first_seen_at', 'bigint', (c) => c.notNull())
           .addColumn('last_seen_at', 'bigint', (c) => c.notNull())
           .execute();
-        await db.schema.createIndex('known_sign_ins_principal_idx').on('known_sign_ins').columns(['principal_id']).execute();
+        await db.schema
+          .createIndex('known_sign_ins_principal_idx')
+          .on('known_sign_ins')
+          .columns(['principal_id'])
+          .execute();
         // Sign-in through an outside OpenID Connect provider (ACC-7).
         await db.schema
           .createTable('oidc_identities')
@@ -338,7 +346,10 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
           .addPrimaryKeyConstraint('oidc_identities_pk', ['provider', 'subject_index'])
           .execute();
         // Vendor organisations: personal or enterprise, with members in roles (ORG-1).
-        await db.schema.alterTable('vendors').addColumn('kind', 'text', (c) => c.notNull().defaultTo('enterprise')).execute();
+        await db.schema
+          .alterTable('vendors')
+          .addColumn('kind', 'text', (c) => c.notNull().defaultTo('enterprise'))
+          .execute();
         await db.schema
           .createTable('organisation_members')
           .addColumn('vendor_id', 'text', (c) => c.notNull())
@@ -347,7 +358,11 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
           .addColumn('created_at', 'bigint', (c) => c.notNull())
           .addPrimaryKeyConstraint('organisation_members_pk', ['vendor_id', 'user_id'])
           .execute();
-        await db.schema.createIndex('organisation_members_user_idx').on('organisation_members').columns(['user_id']).execute();
+        await db.schema
+          .createIndex('organisation_members_user_idx')
+          .on('organisation_members')
+          .columns(['user_id'])
+          .execute();
         await db.schema
           .createTable('organisation_invitations')
           .addColumn('id', 'text', (c) => c.primaryKey())
@@ -388,7 +403,10 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
         // Platform staff (OPS-2): a sign-in name (blind index), a password and least-privilege roles.
         await db.schema.alterTable('admins').addColumn('username_index', t.binary).execute();
         await db.schema.alterTable('admins').addColumn('password_hash', 'text').execute();
-        await db.schema.alterTable('admins').addColumn('roles', 'text', (c) => c.notNull().defaultTo('[]')).execute();
+        await db.schema
+          .alterTable('admins')
+          .addColumn('roles', 'text', (c) => c.notNull().defaultTo('[]'))
+          .execute();
         await db.schema.alterTable('admins').addColumn('disabled_at', 'bigint').execute();
         await db.schema.createIndex('admins_username_idx').on('admins').columns(['username_index']).unique().execute();
       },

@@ -10,6 +10,7 @@ import { Writable } from 'node:stream';
 import tls from 'node:tls';
 import type { CastellanConfig } from '../../src/config/index.ts';
 import { type DeepPartial, loadConfig } from '../../src/config/index.ts';
+import { totpCode } from '../../src/accounts/index.ts';
 import { type Platform, startPlatform } from '../../src/platform.ts';
 import { type DialectName, dropSchema, POSTGRES_URL, pgQuery, uniqueSchema } from './dialects.ts';
 
@@ -203,15 +204,31 @@ export interface Tenant {
 }
 
 /** Walks the foundation path through the API: setup (once) → vendor → credential → product → devices. */
+export const TEST_STAFF_PASSWORD = 'staple battery horse correct 42';
+
+/**
+ * Completes first-run setup (superadmin with password and TOTP) and confirms the TOTP factor, so the
+ * returned staff credential can act (OPS-2).
+ */
+export async function setupStaff(p: Pick<Platform, 'httpUrl' | 'caPem' | 'setupToken'>): Promise<string> {
+  const setup = await request(p, 'POST', '/v1/setup', {
+    body: { setupToken: p.setupToken, adminName: 'test admin', username: 'admin', password: TEST_STAFF_PASSWORD },
+  });
+  if (setup.status !== 201) throw new Error(`setup failed: ${setup.text}`);
+  const token = setup.body.credential.token as string;
+  const confirm = await request(p, 'POST', '/v1/staff/mfa/totp/confirm', {
+    token,
+    body: { code: totpCode(setup.body.totp.secret as string) },
+  });
+  if (confirm.status !== 200) throw new Error(`TOTP confirmation failed: ${confirm.text}`);
+  return token;
+}
+
 export async function provisionTenant(tp: TestPlatform, deviceCount = 2, adminToken?: string): Promise<Tenant> {
   const p = tp.platform;
   let admin = adminToken;
   if (!admin) {
-    const setup = await request(p, 'POST', '/v1/setup', {
-      body: { setupToken: p.setupToken, adminName: 'test admin' },
-    });
-    if (setup.status !== 201) throw new Error(`setup failed: ${setup.text}`);
-    admin = setup.body.credential.token as string;
+    admin = await setupStaff(p);
   }
   const vendor = await request(p, 'POST', '/v1/vendors', { token: admin, body: { name: 'Test Vendor' } });
   const credential = await request(p, 'POST', `/v1/vendors/${vendor.body.id}/credentials`, {

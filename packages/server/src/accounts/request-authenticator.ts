@@ -1,0 +1,130 @@
+// Resolves the principal behind a request (SESS-2: every authenticated request is checked on the
+// server). Three ways in, told apart by the credential's form:
+//   Authorization: Bearer cas_adm_…              staff API credential (automation, the CLI)
+//   Authorization: Bearer cas_ses_… or cookie    session of a person or a staff member
+//   Authorization: CASTELLAN-HMAC-SHA256 …       signed request of an operator access key (ORG-2)
+// Every failure is the same null (ERR_AUTH_INVALID): callers learn nothing about which check failed.
+import type { FastifyRequest } from 'fastify';
+import type { Kysely } from 'kysely';
+import { hashToken } from '../lib/random-ids.ts';
+import type { Database } from '../store/index.ts';
+import type { OperatorPrincipal, OrgRole, Principal, StaffPrincipal, StaffRole, UserPrincipal } from './principal.ts';
+import { sessionTokenOf } from './session-delivery.ts';
+import type { SessionStore } from './session-store.ts';
+
+export const SIGNATURE_SCHEME = 'CASTELLAN-HMAC-SHA256';
+
+/** Verifies signed operator requests (operator-request-signing.ts). */
+export interface SignedRequestVerifier {
+  verify(request: FastifyRequest): Promise<OperatorPrincipal | null>;
+}
+
+export interface RequestAuthenticatorOptions {
+  db: Kysely<Database>;
+  sessions: SessionStore;
+  signatures?: SignedRequestVerifier;
+}
+
+/** Parses the JSON list of staff roles stored on an administrator. */
+export function parseRoles(raw: string): StaffRole[] {
+  try {
+    const roles = JSON.parse(raw) as unknown;
+    return Array.isArray(roles) ? (roles.filter((r) => typeof r === 'string') as StaffRole[]) : [];
+  } catch {
+    return [];
+  }
+}
+
+export class RequestAuthenticator {
+  readonly #db: Kysely<Database>;
+  readonly #sessions: SessionStore;
+  #signatures: SignedRequestVerifier | undefined;
+
+  constructor(options: RequestAuthenticatorOptions) {
+    this.#db = options.db;
+    this.#sessions = options.sessions;
+    this.#signatures = options.signatures;
+  }
+
+  set signatures(verifier: SignedRequestVerifier) {
+    this.#signatures = verifier;
+  }
+
+  /** True when the request carries any credential at all (for 401 REQUIRED vs INVALID). */
+  hasCredential(request: FastifyRequest): boolean {
+    return request.headers.authorization !== undefined || sessionTokenOf(request) !== undefined;
+  }
+
+  async resolve(request: FastifyRequest): Promise<Principal | null> {
+    const header = request.headers.authorization;
+    if (header?.startsWith(`${SIGNATURE_SCHEME} `)) return (await this.#signatures?.verify(request)) ?? null;
+    if (header?.startsWith('Bearer cas_adm_')) return this.#staffCredential(header.slice('Bearer '.length));
+    if (header !== undefined && !header.startsWith('Bearer cas_ses_')) return null;
+    const token = sessionTokenOf(request);
+    if (!token) return null;
+    const session = await this.#sessions.resolve(token, request.ip);
+    // A session between password and second factor authenticates nothing but the MFA step.
+    if (!session || session.level !== 'full') return null;
+    if (session.principalKind === 'staff') return this.#staff(session.principalId, session.id, 'session', true);
+    return this.#user(session.principalId, session.id, session.authenticatedAt);
+  }
+
+  async #staffCredential(token: string): Promise<StaffPrincipal | null> {
+    if (token.length < 16 || token.length > 256) return null;
+    const row = await this.#db
+      .selectFrom('api_credentials')
+      .select(['id', 'principal_id'])
+      .where('token_hash', '=', hashToken(token))
+      .where('kind', '=', 'admin')
+      .where('revoked_at', 'is', null)
+      .executeTakeFirst();
+    if (!row) return null;
+    const mfa = await this.#db
+      .selectFrom('mfa_totp')
+      .select('confirmed_at')
+      .where('principal_id', '=', row.principal_id)
+      .executeTakeFirst();
+    return this.#staff(row.principal_id, row.id, 'credential', mfa?.confirmed_at != null);
+  }
+
+  async #staff(
+    adminId: string,
+    credentialId: string,
+    via: StaffPrincipal['via'],
+    secondFactor: boolean,
+  ): Promise<StaffPrincipal | null> {
+    const admin = await this.#db
+      .selectFrom('admins')
+      .select(['roles', 'disabled_at'])
+      .where('id', '=', adminId)
+      .executeTakeFirst();
+    if (!admin || admin.disabled_at !== null) return null;
+    // OPS-2: until the staff member has a confirmed second factor, the credential can do nothing but
+    // confirm one (roles are withheld, so the policy denies everything else).
+    return {
+      kind: 'admin',
+      id: adminId,
+      credentialId,
+      via,
+      roles: secondFactor ? parseRoles(admin.roles) : [],
+      secondFactor,
+    };
+  }
+
+  async #user(userId: string, sessionId: string, authenticatedAt: number): Promise<UserPrincipal | null> {
+    const user = await this.#db
+      .selectFrom('users')
+      .select(['kind', 'status'])
+      .where('id', '=', userId)
+      .executeTakeFirst();
+    if (!user || user.status !== 'active') return null;
+    const members = await this.#db
+      .selectFrom('organisation_members')
+      .select(['vendor_id', 'role'])
+      .where('user_id', '=', userId)
+      .execute();
+    const memberships: Record<string, OrgRole> = {};
+    for (const m of members) memberships[m.vendor_id] = m.role;
+    return { kind: 'user', id: userId, credentialId: sessionId, userKind: user.kind, authenticatedAt, memberships };
+  }
+}
