@@ -16,6 +16,7 @@ import {
   RequestAuthenticator,
   SessionStore,
   TotpService,
+  UserDirectory,
 } from './accounts/index.ts';
 import { type AuditEvent, AuditLog, auditRequest, auditRoutes } from './audit/index.ts';
 import type { CastellanConfig } from './config/index.ts';
@@ -350,6 +351,7 @@ export async function startPlatform(
       keys,
       sessions,
       totp,
+      users: new UserDirectory({ db: store.db, keys }),
       authenticator,
       authenticate,
       limits,

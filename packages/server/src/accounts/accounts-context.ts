@@ -13,6 +13,7 @@ import type { MessageSender } from './message-sender.ts';
 import type { RequestAuthenticator } from './request-authenticator.ts';
 import type { SessionStore } from './session-store.ts';
 import type { TotpService } from './totp-service.ts';
+import type { UserDirectory } from './user-directory.ts';
 
 /** The key service's operations the accounts subsystem uses (personal data, secrets, blind indexes). */
 export interface AccountsKeys {
@@ -31,6 +32,7 @@ export interface AccountsContext {
   readonly keys: AccountsKeys;
   readonly sessions: SessionStore;
   readonly totp: TotpService;
+  readonly users: UserDirectory;
   readonly authenticator: RequestAuthenticator;
   readonly authenticate: AuthenticateHook;
   readonly limits: RateLimits;

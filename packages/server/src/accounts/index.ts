@@ -33,3 +33,5 @@ export {
 export { RequestAuthenticator, type SignedRequestVerifier, SIGNATURE_SCHEME } from './request-authenticator.ts';
 export { SessionStore } from './session-store.ts';
 export { TotpService, totpCode } from './totp-service.ts';
+export { requireRecentAuthentication } from './step-up.ts';
+export { type Identifier, normaliseIdentifier, UserDirectory, type UserRecord } from './user-directory.ts';

@@ -67,6 +67,12 @@ export const ERROR_CODES = {
     expose: true,
     message: 'This second factor is already enrolled; remove it first',
   },
+  ERR_ACCOUNT_IDENTIFIER_INVALID: {
+    status: 400,
+    expose: true,
+    message: 'Give an e-mail address or a phone number in E.164 form (+ country code, digits only)',
+  },
+  ERR_ACCOUNT_EXISTS: { status: 409, expose: false, message: 'Account already exists' },
   ERR_SETUP_TOKEN_INVALID: { status: 401, expose: true, message: 'Setup token is invalid or already used' },
 
   ERR_VENDOR_NOT_FOUND: { status: 404, expose: true, message: 'Vendor not found' },
