@@ -15,6 +15,7 @@ import {
   purgeExpiredAccountsData,
   RequestAuthenticator,
   SessionStore,
+  staffRoutes,
   TotpService,
   UserDirectory,
 } from './accounts/index.ts';
@@ -379,6 +380,24 @@ export async function startPlatform(
       },
       beforeRoutes: (app) => {
         guardHttp(app, guard, recordSoon);
+        // OPS-2: every staff action is audited, reads included (writes also record their own event).
+        app.addHook('onResponse', async (request, reply) => {
+          const principal = request.principal;
+          if (principal?.kind !== 'admin') return;
+          recordSoon({
+            actor: { type: 'admin', id: principal.id },
+            type: 'staff.request',
+            target: request.routeOptions.url ?? null,
+            sourceIp: request.ip,
+            result: reply.statusCode < 400 ? 'success' : 'failure',
+            details: {
+              method: request.method,
+              status: reply.statusCode,
+              requestId: request.id,
+              credentialId: principal.credentialId,
+            },
+          });
+        });
         app.addHook('preHandler', async (request) => {
           if (request.method !== 'GET' && request.method !== 'HEAD' && !audit.accepting) {
             throw new CastellanError('ERR_AUDIT_UNAVAILABLE');
@@ -388,6 +407,7 @@ export async function startPlatform(
       routes: [
         (app) => app.register(accountsRoutes, { accounts, totp, authenticate, audit: recordRequest }),
         (app) => app.register(accountFeatureRoutes, accountsContext),
+        (app) => app.register(staffRoutes, { ctx: accountsContext, accounts }),
         (app) => app.register(devicesRoutes, { devices, authenticate, audit: recordRequest }),
         (app) => app.register(auditRoutes, { audit, authenticate }),
         (app) => app.register(guardRoutes, { guard, devices, authenticate, audit: recordRequest }),

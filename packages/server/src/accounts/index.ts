@@ -35,3 +35,4 @@ export { SessionStore } from './session-store.ts';
 export { TotpService, totpCode } from './totp-service.ts';
 export { requireRecentAuthentication } from './step-up.ts';
 export { type Identifier, normaliseIdentifier, UserDirectory, type UserRecord } from './user-directory.ts';
+export { staffRoutes } from './staff-routes.ts';

@@ -13,8 +13,15 @@ export async function hashPassword(password: string): Promise<string> {
   return hash(password, ARGON2_PARAMS);
 }
 
+/**
+ * How many verifications (real or decoy) ran in this process: tests use it to prove that a locked
+ * account costs no hash (ACC-4).
+ */
+export const passwordVerifications = { count: 0 };
+
 /** Constant-work verification: a missing hash is checked against a decoy so timing tells nothing. */
 export async function verifyPassword(phc: string | null | undefined, password: string): Promise<boolean> {
+  passwordVerifications.count++;
   if (!phc) {
     decoy ??= hashPassword(randomBytes(24).toString('base64url'));
     await verify(await decoy, password).catch(() => false);

@@ -39,6 +39,7 @@ export interface SessionRecord {
   readonly level: SessionLevel;
   readonly persistent: boolean;
   readonly createdAt: number;
+  readonly lastSeenAt: number;
   readonly authenticatedAt: number;
   readonly absoluteExpiresAt: number;
 }
@@ -77,6 +78,7 @@ function toRecord(row: Pick<SessionRow, keyof SessionRow>): SessionRecord {
     level: row.level as SessionLevel,
     persistent: Number(row.persistent) === 1,
     createdAt: Number(row.created_at),
+    lastSeenAt: Number(row.last_seen_at),
     authenticatedAt: Number(row.authenticated_at),
     absoluteExpiresAt: Number(row.absolute_expires_at),
   };
@@ -197,6 +199,14 @@ export class SessionStore {
         .executeTakeFirst();
       if (!old) throw new CastellanError('ERR_AUTH_INVALID');
       const record = toRecord(old);
+      // The new session of a persistent family gets its own refresh token: the family's earlier ones
+      // are retired (presenting one later counts as reuse and revokes the family).
+      await trx
+        .updateTable('refresh_tokens')
+        .set({ used_at: this.#now() })
+        .where('family_id', '=', record.familyId)
+        .where('used_at', 'is', null)
+        .execute();
       return this.create(
         {
           principalKind: record.principalKind,

@@ -565,18 +565,27 @@ export const ConfigSchema = Type.Object(
         oidcProviders: Type.Array(
           Type.Object(
             {
-              id: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }),
-              issuer: Type.String({ minLength: 1 }),
-              clientId: Type.String({ minLength: 1 }),
-              clientSecret: Type.String({ default: '' }),
-              scopes: Type.String({ default: 'openid email' }),
+              id: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$', description: 'Name in the routes' }),
+              issuer: Type.String({
+                minLength: 1,
+                maxLength: 2048,
+                description: 'Issuer identifier (https only; discovery at <issuer>/.well-known/openid-configuration)',
+              }),
+              clientId: Type.String({ minLength: 1, maxLength: 512 }),
+              clientSecret: Type.String({ default: '', maxLength: 4096, description: 'Secret, never printed' }),
+              scopes: Type.String({ default: 'openid email', maxLength: 1024 }),
+              caFile: Type.String({
+                default: '',
+                description: 'PEM CA certificate(s) trusted for this issuer instead of the system store',
+              }),
             },
             strict,
           ),
           {
             default: [],
             maxItems: 16,
-            description: 'Outside OpenID Connect providers people may sign in with (ACC-7); file only',
+            description:
+              'Outside OpenID Connect providers people may sign in with (ACC-7); a JSON array in the environment',
           },
         ),
         signatureWindowSeconds: Type.Integer({
@@ -614,6 +623,8 @@ export const SECRET_CONFIG_KEYS: ReadonlySet<string> = new Set([
   'keys.storeUrl',
   'accounts.smtpUrl',
   'accounts.smsWebhookUrl',
+  // `[]`: the key of every element of an array (redactConfig walks them all).
+  'accounts.oidcProviders[].clientSecret',
 ]);
 
 /** Environment variables that are not CASTELLAN_-prefixed but conventional. */

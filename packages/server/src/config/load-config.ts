@@ -93,6 +93,15 @@ function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
     if (leaf.type === 'integer' || leaf.type === 'number') {
       if (!/^-?\d+(\.\d+)?$/.test(raw.trim())) throw invalid(leaf.path, `must be a number (from ${name})`);
       value = Number(raw);
+    } else if (leaf.type === 'array' && arrayOfObjects(leaf.path)) {
+      // Lists of objects (accounts.oidcProviders) are JSON. The parser's message is not repeated: it
+      // quotes the text, which may hold a secret.
+      try {
+        value = JSON.parse(raw) as unknown;
+      } catch {
+        throw invalid(leaf.path, `must be a JSON array of objects (from ${name})`);
+      }
+      if (!Array.isArray(value)) throw invalid(leaf.path, `must be a JSON array of objects (from ${name})`);
     } else if (leaf.type === 'array') {
       value = raw
         .split(',')
@@ -145,6 +154,16 @@ function isCidr(value: string): boolean {
   return /^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128);
 }
 
+function arrayOfObjects(path: string): boolean {
+  let node = ConfigSchema as unknown as { properties?: Record<string, unknown>; items?: { type?: string } };
+  for (const part of path.split('.')) {
+    const next = node.properties?.[part];
+    if (!next) return false;
+    node = next;
+  }
+  return node.items?.type === 'object';
+}
+
 function literalsAt(path: string): string[] | null {
   let node = ConfigSchema as unknown as {
     properties?: Record<string, unknown>;
@@ -192,15 +211,19 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<CastellanC
     [...Value.Errors(ConfigSchema, withDefaults)].find((e) => e.keyword !== 'boolean') ??
     [...Value.Errors(ConfigSchema, withDefaults)][0];
   if (first) {
-    const path = first.instancePath.slice(1).replace(/\//g, '.');
+    // Array elements are named as in JavaScript: accounts.oidcProviders[0].issuer.
+    const path = first.instancePath
+      .slice(1)
+      .replace(/\//g, '.')
+      .replace(/\.(\d+)(?=\.|$)/g, '[$1]');
     const params = first.params as { additionalProperties?: string[] };
     if (first.keyword === 'additionalProperties' && params.additionalProperties?.length) {
       const key = path ? `${path}.${params.additionalProperties[0]}` : params.additionalProperties[0]!;
       throw invalid(key, 'is not a known configuration key');
     }
     // Never echo a secret's value back, even when it is wrong.
-    if (SECRET_CONFIG_KEYS.has(path)) throw invalid(path, 'is invalid');
-    const allowed = literalsAt(path);
+    if (SECRET_CONFIG_KEYS.has(path.replace(/\[\d+\]/g, '[]'))) throw invalid(path, 'is invalid');
+    const allowed = literalsAt(path.replace(/\[\d+\]/g, ''));
     throw invalid(path, allowed ? `must be one of: ${allowed.join(', ')}` : first.message);
   }
   for (const listener of ['http', 'mqtt'] as const) {
@@ -211,18 +234,49 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<CastellanC
       });
     }
   }
+  checkOidcProviders((withDefaults.accounts as CastellanConfig['accounts']).oidcProviders);
   return deepFreeze(withDefaults as CastellanConfig);
+}
+
+/**
+ * An issuer is an https URL without query or fragment (OpenID Connect Discovery 1.0 section 2): over
+ * plain HTTP anyone on the path could substitute the keys that sign ID tokens. IDs name routes, so
+ * they are unique.
+ */
+function checkOidcProviders(providers: CastellanConfig['accounts']['oidcProviders']): void {
+  const seen = new Set<string>();
+  providers.forEach((provider, i) => {
+    const at = `accounts.oidcProviders[${i}]`;
+    let url: URL | null = null;
+    try {
+      url = new URL(provider.issuer);
+    } catch {
+      // reported below
+    }
+    if (!url || url.protocol !== 'https:' || url.search || url.hash || url.username || url.password) {
+      throw invalid(`${at}.issuer`, 'must be an https:// URL without query, fragment or credentials');
+    }
+    if (seen.has(provider.id)) throw invalid(`${at}.id`, `repeats the id ${provider.id}; ids must be unique`);
+    seen.add(provider.id);
+  });
 }
 
 /** The configuration with secrets replaced, safe to print. */
 export function redactConfig(config: CastellanConfig): Record<string, unknown> {
   const copy = structuredClone(config) as unknown as Record<string, unknown>;
-  for (const path of SECRET_CONFIG_KEYS) {
-    const parts = path.split('.');
-    let node = copy;
-    for (const p of parts.slice(0, -1)) node = node[p] as Record<string, unknown>;
-    const last = parts.at(-1)!;
-    if (node[last]) node[last] = '[redacted]';
-  }
+  // `name[]` in a secret's path stands for every element of the array `name`.
+  const redact = (node: Record<string, unknown>, parts: string[]): void => {
+    const [head, ...rest] = parts;
+    if (!head || !isPlainObject(node)) return;
+    if (head.endsWith('[]')) {
+      const list = node[head.slice(0, -2)];
+      if (Array.isArray(list)) for (const item of list) redact(item as Record<string, unknown>, rest);
+    } else if (rest.length > 0) {
+      redact(node[head] as Record<string, unknown>, rest);
+    } else if (node[head]) {
+      node[head] = '[redacted]';
+    }
+  };
+  for (const path of SECRET_CONFIG_KEYS) redact(copy, path.split('.'));
   return copy;
 }

@@ -73,6 +73,24 @@ export const ERROR_CODES = {
     message: 'Give an e-mail address or a phone number in E.164 form (+ country code, digits only)',
   },
   ERR_ACCOUNT_EXISTS: { status: 409, expose: false, message: 'Account already exists' },
+  ERR_ACCOUNT_CODE_INVALID: { status: 400, expose: true, message: 'The code is invalid or expired' },
+  ERR_AUTH_CHALLENGE_REQUIRED: {
+    status: 400,
+    expose: true,
+    message: 'Solve the proof-of-work challenge (POST /v1/auth/challenge) and send it as altcha',
+  },
+  ERR_AUTH_CHALLENGE_INVALID: {
+    status: 400,
+    expose: true,
+    message: 'The proof-of-work solution is invalid, expired or already used; solve a new challenge',
+  },
+  ERR_STAFF_USERNAME_TAKEN: { status: 409, expose: true, message: 'This staff username is taken' },
+  ERR_STAFF_NOT_FOUND: { status: 404, expose: true, message: 'Staff member not found' },
+  ERR_STAFF_LAST_SUPERADMIN: {
+    status: 409,
+    expose: true,
+    message: 'The last superadmin cannot lose the role or be disabled',
+  },
   ERR_SETUP_TOKEN_INVALID: { status: 401, expose: true, message: 'Setup token is invalid or already used' },
 
   ERR_VENDOR_NOT_FOUND: { status: 404, expose: true, message: 'Vendor not found' },
@@ -80,6 +98,20 @@ export const ERROR_CODES = {
     status: 409,
     expose: true,
     message: 'Could not allocate a unique vendor code',
+  },
+  ERR_ORG_NOT_FOUND: { status: 404, expose: true, message: 'Organisation not found' },
+  ERR_ORG_MEMBER_NOT_FOUND: { status: 404, expose: true, message: 'Member not found' },
+  ERR_ORG_LAST_OWNER: { status: 409, expose: true, message: 'An organisation must keep at least one owner' },
+  ERR_ORG_PERSONAL: {
+    status: 409,
+    expose: true,
+    message: 'A personal organisation has no other members; create an enterprise organisation',
+  },
+  ERR_ORG_ALREADY_MEMBER: { status: 409, expose: true, message: 'Already a member of this organisation' },
+  ERR_ORG_INVITATION_INVALID: {
+    status: 400,
+    expose: true,
+    message: 'The invitation is invalid, expired or already used',
   },
   ERR_PRODUCT_NOT_FOUND: { status: 404, expose: true, message: 'Product not found' },
   ERR_PRODUCT_CODE_EXHAUSTED: {

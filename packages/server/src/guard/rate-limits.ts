@@ -65,6 +65,16 @@ export class RateLimits {
     }
   }
 
+  /**
+   * Reads a key's consumption without consuming (e.g. "is this account locked?" before any password
+   * hash is computed). `allowed` is false once `points` are used up in the window.
+   */
+  async peek(dimension: string, key: string, points: number, windowSeconds: number): Promise<LimitOutcome> {
+    const res = await this.#limiter(dimension, points, windowSeconds).get(key);
+    if (!res) return { allowed: true, retryAfterMs: 0, consumed: 0 };
+    return { allowed: res.consumedPoints < points, retryAfterMs: res.msBeforeNext, consumed: res.consumedPoints };
+  }
+
   /** Forgets a key's consumption (e.g. after an administrator lifted a block). */
   async reset(dimension: string, key: string, points: number, windowSeconds: number): Promise<void> {
     await this.#limiter(dimension, points, windowSeconds).delete(key);
