@@ -10,10 +10,11 @@ import { backgroundCpuPct, type MachineInfo, machineInfo } from './lib/machine-i
 import { markdownTable } from './lib/markdown-table.ts';
 import type { CaseResult, Measure, MeasureContext } from './lib/measure.ts';
 import { auditMeasure } from './measures/audit.ts';
+import { httpAuthMeasure } from './measures/http-auth.ts';
 import { keysMeasure } from './measures/keys.ts';
 import { telemetryMeasure } from './measures/telemetry.ts';
 
-const MEASURES: readonly Measure[] = [telemetryMeasure, auditMeasure, keysMeasure];
+const MEASURES: readonly Measure[] = [telemetryMeasure, auditMeasure, keysMeasure, httpAuthMeasure];
 
 const DEFAULT_POSTGRES_URL = 'postgres://postgres@127.0.0.1:5432/test';
 const RESULTS_FILE = fileURLToPath(new URL('./results/latest.json', import.meta.url));

@@ -44,6 +44,8 @@ async function start(opts: ServerStartOptions): Promise<void> {
       // The load generator is one IP with many devices: the telemetry measure is about the device
       // path at full speed, so the guard's limits are set out of its way (its cost is still paid).
       guard: {
+        httpPerIpPerMinute: 10_000_000,
+        httpPerCredentialPerMinute: 10_000_000,
         mqttConnectsPerIpPerMinute: 1_000_000,
         deviceMessagesPerSecond: 100_000,
         deviceMessagesPerDay: 100_000_000,
@@ -59,12 +61,33 @@ async function start(opts: ServerStartOptions): Promise<void> {
     category: 'sensor',
   });
   const devices = await platform.devices.createDevices(product.id, opts.devices);
+  // A person who owns the vendor, signed in: the HTTP measure reads a device with this session.
+  const ctx = platform.accountsContext;
+  const owner = await ctx.users.create({
+    identifier: { kind: 'email', value: 'bench-owner@example.com' },
+    kind: 'developer',
+    status: 'active',
+    passwordHash: null,
+  });
+  await ctx.db
+    .insertInto('organisation_members')
+    .values({ vendor_id: vendor.id, user_id: owner.id, role: 'owner', created_at: Date.now() })
+    .execute();
+  const session = await ctx.sessions.create({
+    principalKind: 'user',
+    principalId: owner.id,
+    level: 'full',
+    persistent: false,
+    ip: '127.0.0.1',
+  });
   const version = await sql<{ v: string }>`select ${sql.raw(
     platform.store.dialect === 'postgres' ? 'version()' : `'SQLite ' || sqlite_version()`,
   )} as v`.execute(platform.store.db);
   await send({
     type: 'ready',
     mqttUrl: platform.mqttUrl,
+    httpUrl: platform.httpUrl,
+    sessionToken: session.token,
     caPem: platform.caPem,
     devices: devices.map((d) => ({ id: d.id, secret: d.secret })),
     dialect: platform.store.dialect,

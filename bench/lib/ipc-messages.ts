@@ -37,6 +37,9 @@ export type ServerMessage =
   | {
       type: 'ready';
       mqttUrl: string;
+      httpUrl: string;
+      /** Session of a person who owns the bench vendor (for the authenticated HTTP measure). */
+      sessionToken: string;
       caPem: string;
       devices: ProvisionedDevice[];
       dialect: 'sqlite' | 'postgres';

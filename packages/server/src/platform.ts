@@ -13,11 +13,13 @@ import {
   accountsRoutes,
   createMessageSender,
   purgeExpiredAccountsData,
+  OperatorRequestVerifier,
   RequestAuthenticator,
   SessionStore,
   staffRoutes,
   TotpService,
   UserDirectory,
+  verifySignedBody,
 } from './accounts/index.ts';
 import { type AuditEvent, AuditLog, auditRequest, auditRoutes } from './audit/index.ts';
 import type { CastellanConfig } from './config/index.ts';
@@ -237,6 +239,13 @@ export async function startPlatform(
       ipHashKey: keys.blindIndex('platform', 'session-ip-binding', 'key'),
     });
     const authenticator = new RequestAuthenticator({ db: store.db, sessions });
+    authenticator.signatures = new OperatorRequestVerifier({
+      db: store.db,
+      keys,
+      windowSeconds: config.accounts.signatureWindowSeconds,
+      record: recordSoon,
+      log: log.child({ component: 'accounts' }),
+    });
     const messages = createMessageSender(config.accounts, dataDir, log.child({ component: 'accounts' }));
     if (messages.development) {
       log.warn({ outbox: messages.outboxDir }, 'DEVELOPMENT DEFAULTS ACTIVE: e-mail/SMS go to the outbox');
@@ -380,6 +389,8 @@ export async function startPlatform(
       },
       beforeRoutes: (app) => {
         guardHttp(app, guard, recordSoon);
+        // ORG-2: a signed request's body must be the one whose hash was signed.
+        app.addHook('preParsing', verifySignedBody);
         // OPS-2: every staff action is audited, reads included (writes also record their own event).
         app.addHook('onResponse', async (request, reply) => {
           const principal = request.principal;

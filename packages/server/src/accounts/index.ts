@@ -32,7 +32,27 @@ export {
 } from './principal.ts';
 export { RequestAuthenticator, type SignedRequestVerifier, SIGNATURE_SCHEME } from './request-authenticator.ts';
 export { SessionStore } from './session-store.ts';
+export { sessionRoutes } from './session-routes.ts';
+export { deviceIdOf, networkPrefix, noteSuccessfulSignIn } from './sign-in-alerts.ts';
+export { maskContact, secondFactorsOf, SignInService } from './sign-in-service.ts';
 export { TotpService, totpCode } from './totp-service.ts';
 export { requireRecentAuthentication } from './step-up.ts';
+export {
+  type IssuedOperatorKey,
+  type OperatorKeyView,
+  OperatorKeysService,
+} from './operator-keys-service.ts';
+export { OperatorRequestVerifier, type SignatureRefusal, verifySignedBody } from './operator-request-signing.ts';
 export { type Identifier, normaliseIdentifier, UserDirectory, type UserRecord } from './user-directory.ts';
 export { staffRoutes } from './staff-routes.ts';
+export { OneTimeCodes, type CodePurpose } from './one-time-codes.ts';
+export { ProofOfWork } from './proof-of-work.ts';
+export { RegistrationService } from './registration-service.ts';
+export { registrationRoutes } from './registration-routes.ts';
+export { createPersonalOrganisation, OrganisationsService, type Organisation } from './organisations-service.ts';
+export { organisationRoutes } from './organisation-routes.ts';
+export { accountForIdentity, OidcLogin, type OidcIdentity, type OidcProviderConfig } from './oidc-login.ts';
+export { OIDC_COOKIE, oidcRoutes } from './oidc-routes.ts';
+export { mfaRoutes, PENDING_SIGN_IN_MAX_FAILURES } from './mfa-routes.ts';
+export { normaliseRecoveryCode, RECOVERY_CODE_COUNT, RecoveryCodes } from './recovery-codes.ts';
+export { challengeIdOf, type PasskeyView, userHandleOf, WebauthnService } from './webauthn-service.ts';

@@ -72,10 +72,7 @@ async function insertOrganisation(
         if (existing) return existing;
         const now = ctx.now();
         const org: Organisation = { id: newId('vnd'), code: generateCode(), name, kind, createdAt: now };
-        await trx
-          .insertInto('vendors')
-          .values({ id: org.id, code: org.code, name, kind, created_at: now })
-          .execute();
+        await trx.insertInto('vendors').values({ id: org.id, code: org.code, name, kind, created_at: now }).execute();
         await trx
           .insertInto('organisation_members')
           .values({ vendor_id: org.id, user_id: ownerId, role: 'owner', created_at: now })

@@ -89,8 +89,9 @@ export class ProofOfWork {
         expires_at: expiresAt * 1000,
       })
       .onConflict((oc) => oc.column('id').doNothing())
-      .executeTakeFirst();
-    if (Number(inserted.numInsertedRows ?? 0n) !== 1) throw new CastellanError('ERR_AUTH_CHALLENGE_INVALID');
+      .returning('id')
+      .execute();
+    if (inserted.length !== 1) throw new CastellanError('ERR_AUTH_CHALLENGE_INVALID');
   }
 }
 

@@ -5,6 +5,7 @@
 // sent without waiting for the transport so its latency does not reveal which branch ran.
 import type { AccountsContext } from './accounts-context.ts';
 import { OneTimeCodes } from './one-time-codes.ts';
+import { createPersonalOrganisation } from './organisations-service.ts';
 import { hashPassword } from './password-hasher.ts';
 import { checkPasswordPolicy } from './password-policy.ts';
 import type { UserKind } from './principal.ts';
@@ -91,12 +92,18 @@ export class RegistrationService {
    * Activates a pending account with its code; null for anything wrong (unknown identifier, not
    * pending, wrong, expired or used code), which callers answer with one generic error.
    */
-  async activate(identifier: Identifier, code: string): Promise<UserRecord | null> {
+  async activate(
+    identifier: Identifier,
+    code: string,
+  ): Promise<{ user: UserRecord; organisationId: string | null } | null> {
     const user = await this.#ctx.users.findByIdentifier(identifier);
     if (!user || user.status !== 'pending') return null;
     if (!(await this.codes.consume(user.id, 'activate', code))) return null;
+    // A developer's personal vendor organisation (ORG-1) exists before the account is active; its
+    // creation is idempotent, so a failure here is repaired by a resent code.
+    const organisation = user.kind === 'developer' ? await createPersonalOrganisation(this.#ctx, user.id) : null;
     await this.#ctx.users.setStatus(user.id, 'active');
-    return { ...user, status: 'active' };
+    return { user: { ...user, status: 'active' }, organisationId: organisation?.vendorId ?? null };
   }
 
   /** Sends a new activation code if the identifier belongs to a pending account; the user id or null. */

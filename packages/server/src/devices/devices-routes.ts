@@ -3,7 +3,7 @@
 import { DeviceIdError, parseDeviceId, type SuiteName } from '@castellan/protocol';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
-import { can } from '../accounts/index.ts';
+import { can, defaultTenant } from '../accounts/index.ts';
 import { CastellanError } from '../errors/index.ts';
 import {
   type AuthenticateHook,
@@ -22,6 +22,7 @@ export interface DevicesRoutesOptions {
   audit: RecordAudit;
 }
 
+const VendorId = Type.String({ minLength: 1, maxLength: 64, pattern: '^vnd_[A-Za-z0-9_-]{22}$' });
 const ProductId = Type.String({ minLength: 1, maxLength: 64, pattern: '^prd_[A-Za-z0-9_-]{22}$' });
 // The device ID's shape is checked by the protocol codec so the error says exactly what is wrong.
 const DeviceIdParam = Type.String({ minLength: 1, maxLength: 64 });
@@ -104,6 +105,21 @@ function deviceIdFrom(request: FastifyRequest): string {
   return raw;
 }
 
+/**
+ * The tenant a product-collection request acts in. An operator's tenant is fixed (its own; naming
+ * another is refused by the policy); a signed-in person names one of their organisations (ORG-1),
+ * and the policy checks the membership and role.
+ */
+function tenantOf(request: FastifyRequest, requested: string | undefined): string | undefined {
+  const principal = principalOf(request);
+  if (principal.kind === 'user' && requested === undefined) {
+    throw new CastellanError('ERR_VALIDATION_FAILED', {
+      message: 'vendorId is required: name the organisation to act for',
+    });
+  }
+  return requested ?? defaultTenant(principal);
+}
+
 export async function devicesRoutes(app: FastifyInstance, { devices, authenticate, audit }: DevicesRoutesOptions) {
   async function ownedProduct(request: FastifyRequest, action: 'product.read' | 'device.create' | 'device.list') {
     const product = await devices.getProduct((request.params as { productId: string }).productId);
@@ -130,6 +146,7 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
         tags: ['devices'],
         security: bearerSecurity,
         body: StrictObject({
+          vendorId: Type.Optional(VendorId),
           name: DisplayName,
           category: Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z0-9][a-z0-9_.-]*$' }),
           reportLimits: Type.Optional(ReportLimitsInput),
@@ -144,19 +161,21 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
       },
     },
     async (request, reply) => {
-      const principal = principalOf(request);
-      if (!can(principal, 'product.create', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
-      const product = await devices.createProduct(
-        principal.id,
-        request.body as {
-          name: string;
-          category: string;
-          reportLimits?: { perSecond?: number; perDay?: number };
-          cryptoSuite?: SuiteName;
-        },
-      );
+      const { vendorId: requested, ...input } = request.body as {
+        vendorId?: string;
+        name: string;
+        category: string;
+        reportLimits?: { perSecond?: number; perDay?: number };
+        cryptoSuite?: SuiteName;
+      };
+      const vendorId = tenantOf(request, requested);
+      if (vendorId === undefined || !can(principalOf(request), 'product.create', { vendorId })) {
+        throw new CastellanError('ERR_AUTH_FORBIDDEN');
+      }
+      const product = await devices.createProduct(vendorId, input);
       await audit(request, {
         type: 'product.create',
+        tenant: vendorId,
         target: product.id,
         details: { code: product.code, cryptoSuite: product.cryptoSuite },
       });
@@ -169,16 +188,19 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
     {
       onRequest: authenticate,
       schema: {
-        summary: "List the calling vendor's products",
+        summary: "List the calling vendor's products (people: of the organisation named by vendorId)",
         tags: ['devices'],
         security: bearerSecurity,
+        querystring: StrictObject({ vendorId: Type.Optional(VendorId) }),
         response: { 200: StrictObject({ items: Type.Array(ProductView) }), ...authenticatedErrors },
       },
     },
     async (request) => {
-      const principal = principalOf(request);
-      if (!can(principal, 'product.list', { vendorId: principal.id })) throw new CastellanError('ERR_AUTH_FORBIDDEN');
-      return { items: (await devices.listProducts(principal.id)).map(presentProduct) };
+      const vendorId = tenantOf(request, (request.query as { vendorId?: string }).vendorId);
+      if (vendorId === undefined || !can(principalOf(request), 'product.list', { vendorId })) {
+        throw new CastellanError('ERR_AUTH_FORBIDDEN');
+      }
+      return { items: (await devices.listProducts(vendorId)).map(presentProduct) };
     },
   );
 
@@ -222,6 +244,7 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
       const issued = await devices.createDevices(product.id, (request.body as { count: number }).count);
       await audit(request, {
         type: 'device.issue',
+        tenant: product.vendorId,
         target: product.id,
         details: { count: issued.length, first: issued[0]?.id, last: issued.at(-1)?.id },
       });

@@ -67,6 +67,18 @@ export const ERROR_CODES = {
     expose: true,
     message: 'This second factor is already enrolled; remove it first',
   },
+  ERR_MFA_NOT_ENROLLED: { status: 409, expose: true, message: 'No second factor is enrolled' },
+  ERR_MFA_FACTOR_NOT_FOUND: { status: 404, expose: true, message: 'Second factor not found' },
+  ERR_MFA_WEBAUTHN_REJECTED: {
+    status: 400,
+    expose: true,
+    message: 'The passkey response could not be verified; start the registration again',
+  },
+  ERR_MFA_TOO_MANY_PASSKEYS: {
+    status: 409,
+    expose: true,
+    message: 'Too many passkeys are registered; remove one first',
+  },
   ERR_ACCOUNT_IDENTIFIER_INVALID: {
     status: 400,
     expose: true,
@@ -91,6 +103,19 @@ export const ERROR_CODES = {
     expose: true,
     message: 'The last superadmin cannot lose the role or be disabled',
   },
+  ERR_OIDC_PROVIDER_UNKNOWN: { status: 404, expose: true, message: 'No such sign-in provider' },
+  ERR_OIDC_FAILED: { status: 401, expose: true, message: 'Sign-in with the provider failed; start again' },
+  ERR_OIDC_EMAIL_REQUIRED: {
+    status: 400,
+    expose: true,
+    message: 'The provider did not share a verified e-mail address, which a new account needs',
+  },
+  ERR_OIDC_ACCOUNT_EXISTS: {
+    status: 409,
+    expose: true,
+    message:
+      'An account with this e-mail address already exists; sign in with your password and link the provider in your settings',
+  },
   ERR_SETUP_TOKEN_INVALID: { status: 401, expose: true, message: 'Setup token is invalid or already used' },
 
   ERR_VENDOR_NOT_FOUND: { status: 404, expose: true, message: 'Vendor not found' },
@@ -112,6 +137,12 @@ export const ERROR_CODES = {
     status: 400,
     expose: true,
     message: 'The invitation is invalid, expired or already used',
+  },
+  ERR_ACCESS_KEY_NOT_FOUND: { status: 404, expose: true, message: 'Access key not found' },
+  ERR_ACCESS_KEY_CIDR_INVALID: {
+    status: 400,
+    expose: true,
+    message: 'allowedCidrs must hold IPv4 or IPv6 CIDR blocks, e.g. 203.0.113.0/24',
   },
   ERR_PRODUCT_NOT_FOUND: { status: 404, expose: true, message: 'Product not found' },
   ERR_PRODUCT_CODE_EXHAUSTED: {
