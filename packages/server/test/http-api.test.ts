@@ -10,6 +10,7 @@ import {
   rawHttps,
   request,
   startTestPlatform,
+  TEST_STAFF_PASSWORD,
   type Tenant,
   type TestPlatform,
 } from './helpers/test-platform.ts';
@@ -32,7 +33,7 @@ for (const dialect of await dialectCases()) {
     test('setup token is single use and leaves no file behind', async () => {
       assert.equal(existsSync(tp.platform.accounts.setupTokenPath), false);
       const again = await request(p(), 'POST', '/v1/setup', {
-        body: { setupToken: p().setupToken, adminName: 'second' },
+        body: { setupToken: p().setupToken, adminName: 'second', username: 'second', password: TEST_STAFF_PASSWORD },
       });
       assert.equal(again.status, 401);
       assert.equal(again.body.error.code, 'ERR_SETUP_TOKEN_INVALID');
@@ -175,7 +176,7 @@ for (const dialect of await dialectCases()) {
       assert.equal(none.status, 401);
       assert.equal(none.body.error.code, 'ERR_AUTH_REQUIRED');
       assert.match(String(none.headers['www-authenticate']), /^Bearer/);
-      for (const header of ['Basic dXNlcjpwYXNz', 'Bearer', `Bearer ${a.vendorToken}x`, 'Bearer cas_vnd_short']) {
+      for (const header of ['Basic dXNlcjpwYXNz', 'Bearer', `Bearer ${a.vendorToken.secret}`, 'Bearer cas_vnd_short']) {
         const res = await request(p(), 'GET', '/v1/products', { headers: { authorization: header } });
         assert.equal(res.status, 401, header);
         assert.equal(res.body.error.code, 'ERR_AUTH_INVALID');
@@ -190,7 +191,7 @@ for (const dialect of await dialectCases()) {
       });
       assert.equal(vendorTriesAdmin.status, 403);
       assert.equal(vendorTriesAdmin.body.error.code, 'ERR_AUTH_FORBIDDEN');
-      const credential = await request(p(), 'POST', `/v1/vendors/${b.vendorId}/credentials`, {
+      const credential = await request(p(), 'POST', `/v1/vendors/${b.vendorId}/access-keys`, {
         token: a.vendorToken,
         body: { label: 'steal' },
       });
@@ -202,8 +203,8 @@ for (const dialect of await dialectCases()) {
       assert.equal(adminTriesVendor.status, 403);
       const vendors = await tp.query<{ n: number }>('select count(*) as n from vendors');
       assert.equal(Number(vendors[0]!.n), 2, 'no vendor was created');
-      const keys = await tp.query<{ n: number }>("select count(*) as n from api_credentials where kind = 'vendor'");
-      assert.equal(Number(keys[0]!.n), 2, 'no credential was issued');
+      const keys = await tp.query<{ n: number }>('select count(*) as n from operator_keys');
+      assert.equal(Number(keys[0]!.n), 2, 'no access key was issued');
     });
 
     test("[ORG-3] a vendor sees another tenant's objects exactly as if they did not exist", async () => {

@@ -24,26 +24,30 @@ describe('secrets stay out of logs', () => {
     const setupToken = tp.platform.setupToken!;
     secrets.push(setupToken);
     tenant = await provisionTenant(tp, 2);
-    secrets.push(tenant.adminToken, tenant.vendorToken, ...tenant.devices.map((d) => d.secret));
+    secrets.push(tenant.adminToken, tenant.vendorToken.secret, ...tenant.devices.map((d) => d.secret));
 
     // Failures are where secrets leak most often: wrong setup token, forged bearer tokens, wrong device secrets.
     const wrongSetup = `${setupToken.slice(0, -4)}${setupToken.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`;
     secrets.push(wrongSetup);
     await request(tp.platform, 'POST', '/v1/setup', { body: { setupToken: wrongSetup, adminName: 'x' } });
-    const forged = `${tenant.vendorToken.slice(0, -4)}${tenant.vendorToken.endsWith('BBBB') ? 'AAAA' : 'BBBB'}`;
+    const key = tenant.vendorToken;
+    const forged = `${key.secret.slice(0, -4)}${key.secret.endsWith('BBBB') ? 'AAAA' : 'BBBB'}`;
     secrets.push(forged);
     await request(tp.platform, 'GET', '/v1/products', { token: forged });
+    // A request signed with a wrong access-key secret, and the real secret sent as a bearer token.
+    await request(tp.platform, 'GET', '/v1/products', { token: { id: key.id, secret: forged } });
+    await request(tp.platform, 'GET', '/v1/products', { token: key.secret });
     await request(tp.platform, 'GET', `/v1/devices/not-an-id?token=${encodeURIComponent('x')}`, {
       token: tenant.vendorToken,
     });
     await request(tp.platform, 'POST', '/v1/products', {
       token: tenant.vendorToken,
-      rawBody: `{"name": "${tenant.vendorToken}"`,
+      rawBody: `{"name": "${tenant.vendorToken.secret}"`,
     });
     // A request too broken to route, carrying a bearer token: the raw bytes must not be logged.
     await rawHttps(
       tp.platform,
-      `GET /v1/products HTTP/1.1\r\nAuthorization: Bearer ${tenant.vendorToken}\r\nBad Header\r\n\r\n`,
+      `GET /v1/products HTTP/1.1\r\nAuthorization: Bearer ${tenant.vendorToken.secret}\r\nBad Header\r\n\r\n`,
     );
     const d = tenant.devices[0]!;
     const wrongSecret = `${d.secret.slice(0, -4)}${d.secret.endsWith('CCCC') ? 'DDDD' : 'CCCC'}`;

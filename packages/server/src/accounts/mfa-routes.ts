@@ -482,12 +482,7 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
   }
 
   /** Both factors given: the pending session becomes a full one under a new token (SESS-1). */
-  async function completeSignIn(
-    request: FastifyRequest,
-    reply: FastifyReply,
-    session: SessionRecord,
-    method: Method,
-  ) {
+  async function completeSignIn(request: FastifyRequest, reply: FastifyReply, session: SessionRecord, method: Method) {
     const issued = await ctx.sessions.rotate(session.id, request.ip, { level: 'full', authenticatedAt: ctx.now() });
     await ctx.audit(request, {
       type: 'user.login',
@@ -626,11 +621,19 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
       },
     },
     async (request, reply) => {
-      const body = request.body as { challengeId: string; response: AuthenticationResponseJSON; keepSignedIn?: boolean };
+      const body = request.body as {
+        challengeId: string;
+        response: AuthenticationResponseJSON;
+        keepSignedIn?: boolean;
+      };
       const ipLimit = { dimension: 'login-ip', key: request.ip, points: ctx.config.loginFailuresPerIp };
       const state = await ctx.limits.peek(ipLimit.dimension, ipLimit.key, ipLimit.points, windowS);
       if (!state.allowed) {
-        await ctx.audit(request, { type: 'user.login', result: 'denied', details: { method: 'passkey', reason: 'locked' } });
+        await ctx.audit(request, {
+          type: 'user.login',
+          result: 'denied',
+          details: { method: 'passkey', reason: 'locked' },
+        });
         throw locked(reply, state.retryAfterMs);
       }
       const outcome: AssertionOutcome = await webauthn.authenticate('webauthn-passkey', body.response, {

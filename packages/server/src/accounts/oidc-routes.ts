@@ -54,7 +54,6 @@ function tooMany(reply: FastifyReply, retryAfterMs: number): CastellanError {
 }
 
 export async function oidcRoutes(app: FastifyInstance, ctx: AccountsContext): Promise<void> {
-  if (ctx.config.oidcProviders.length === 0) return;
   const login = new OidcLogin(ctx);
   const windowS = ctx.config.loginFailureWindowMinutes * 60;
 
@@ -72,7 +71,12 @@ export async function oidcRoutes(app: FastifyInstance, ctx: AccountsContext): Pr
         summary: 'Start signing in with an outside OpenID Connect provider (redirects to it)',
         tags: ['accounts'],
         params: ProviderParams,
-        response: { 302: Type.Null(), 404: { $ref: 'ErrorResponse#' }, 429: { $ref: 'ErrorResponse#' } },
+        response: {
+          302: Type.Null(),
+          ...publicErrors,
+          404: { $ref: 'ErrorResponse#' },
+          429: { $ref: 'ErrorResponse#' },
+        },
       },
     },
     async (request, reply) => {
@@ -97,6 +101,10 @@ export async function oidcRoutes(app: FastifyInstance, ctx: AccountsContext): Pr
   app.get(
     '/v1/auth/oidc/:provider/callback',
     {
+      // The query holds the authorization code and state: request logs show the path only.
+      logSerializers: {
+        req: (req: { method?: string; url?: string }) => ({ method: req.method, url: req.url?.split('?')[0] }),
+      },
       schema: {
         summary: 'The provider sends the browser back here; signs in (or creates the account) and starts a session',
         tags: ['accounts'],

@@ -97,7 +97,7 @@ export async function organisationRoutes(app: FastifyInstance, ctx: AccountsCont
   const orgs = new OrganisationsService(ctx);
 
   async function presentMember(m: Member) {
-    let contact: string | null = null;
+    let contact: string | null;
     try {
       const c = await ctx.users.contactOf(m.userId);
       contact = c ? maskContact(c) : null;

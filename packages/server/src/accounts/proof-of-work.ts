@@ -61,7 +61,7 @@ export class ProofOfWork {
     if (challenge.parameters.algorithm !== ALGORITHM || typeof expiresAt !== 'number' || !challenge.signature) {
       throw new CastellanError('ERR_AUTH_CHALLENGE_INVALID');
     }
-    let verified = false;
+    let verified: boolean;
     try {
       const result = await verifySolution({
         challenge,

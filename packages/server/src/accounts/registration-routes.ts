@@ -265,7 +265,10 @@ export async function registrationRoutes(app: FastifyInstance, ctx: AccountsCont
         summary: 'Set a new password with the reset code; every session of the account ends',
         tags: ['accounts'],
         body: StrictObject({ identifier: IdentifierField, code: CodeField, newPassword: PasswordField }),
-        response: { 200: StrictObject({ status: Type.Literal('reset'), next: Type.Literal('sign-in') }), ...limitedErrors },
+        response: {
+          200: StrictObject({ status: Type.Literal('reset'), next: Type.Literal('sign-in') }),
+          ...limitedErrors,
+        },
       },
     },
     async (request, reply) => {

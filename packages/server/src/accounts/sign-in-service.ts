@@ -73,12 +73,15 @@ class FailureThrottle {
     return wait;
   }
 
-  /** Counts a failure everywhere; returns the larger of the account's and the client's counts. */
+  /**
+   * Counts a failure everywhere; returns the account's count, which sets the delay (slowing guesses
+   * at one account; a client or an address spraying many accounts meets its own limit instead).
+   */
   async fail(keys: ThrottleKeys): Promise<number> {
     let streak = 0;
     for (const d of this.#dimensions(keys)) {
       const outcome = await this.#ctx.limits.consume(d.dimension, d.key, d.points, this.#windowS);
-      if (d.dimension !== 'login-ip') streak = Math.max(streak, outcome.consumed);
+      if (d.dimension === 'login-account') streak = outcome.consumed;
     }
     return streak;
   }

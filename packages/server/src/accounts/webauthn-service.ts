@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import {
   type AuthenticationResponseJSON,
-  type AuthenticatorTransportFuture,
+  type AuthenticatorTransport,
   generateAuthenticationOptions,
   generateRegistrationOptions,
   type PublicKeyCredentialCreationOptionsJSON,
@@ -52,8 +52,7 @@ export interface PasskeyView {
 export type AssertionFailure = 'challenge' | 'credential' | 'signature' | 'counter';
 
 export type AssertionOutcome =
-  | { ok: true; userId: string; credentialId: string }
-  | { ok: false; reason: AssertionFailure; userId?: string };
+  { ok: true; userId: string; credentialId: string } | { ok: false; reason: AssertionFailure; userId?: string };
 
 interface ChallengePayload {
   challenge: string;
@@ -75,10 +74,10 @@ function claimedChallenge(clientDataJSON: string): string | null {
   }
 }
 
-function parseTransports(raw: string): AuthenticatorTransportFuture[] {
+function parseTransports(raw: string): AuthenticatorTransport[] {
   try {
     const list = JSON.parse(raw) as unknown;
-    return Array.isArray(list) ? (list.filter((t) => typeof t === 'string') as AuthenticatorTransportFuture[]) : [];
+    return Array.isArray(list) ? (list.filter((t) => typeof t === 'string') as AuthenticatorTransport[]) : [];
   } catch {
     return [];
   }
@@ -140,7 +139,8 @@ export class WebauthnService {
     sessionId?: string,
   ): Promise<string | null> {
     let query = this.#db.deleteFrom('auth_challenges').where('id', '=', id).where('purpose', '=', purpose);
-    query = principalId === null ? query.where('principal_id', 'is', null) : query.where('principal_id', '=', principalId);
+    query =
+      principalId === null ? query.where('principal_id', 'is', null) : query.where('principal_id', '=', principalId);
     const row = await query.returning(['payload', 'expires_at']).executeTakeFirst();
     if (!row || this.#now() >= Number(row.expires_at)) return null;
     const payload = JSON.parse(row.payload) as ChallengePayload;
@@ -183,7 +183,7 @@ export class WebauthnService {
     return Number(result.numDeletedRows) === 1;
   }
 
-  async #allowList(userId: string): Promise<{ id: string; transports: AuthenticatorTransportFuture[] }[]> {
+  async #allowList(userId: string): Promise<{ id: string; transports: AuthenticatorTransport[] }[]> {
     const rows = await this.#db
       .selectFrom('webauthn_credentials')
       .select(['id', 'transports'])
@@ -248,8 +248,9 @@ export class WebauthnService {
       })
       // A credential ID is registered once, to one person.
       .onConflict((oc) => oc.column('id').doNothing())
+      .returning('id')
       .executeTakeFirst();
-    if (Number(inserted.numInsertedRows ?? 0n) !== 1) throw new CastellanError('ERR_MFA_ALREADY_ENROLLED');
+    if (!inserted) throw new CastellanError('ERR_MFA_ALREADY_ENROLLED');
     return { id: credential.id, label, transports: [...transports], createdAt: now, lastUsedAt: null };
   }
 

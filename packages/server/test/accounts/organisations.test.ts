@@ -58,7 +58,7 @@ for (const dialect of await dialectCases()) {
       return request(p(), 'POST', `/v1/orgs/${vendorId}/invitations`, { token: inviter.token, body: { email, role } });
     }
 
-    /** Invites and accepts; returns the member's role as the API reports it. */
+    /** Invites `member` in `role` and accepts with the token from the e-mail. */
     async function join_(inviter: Person, vendorId: string, member: Person, role: string): Promise<void> {
       const sent = await invite(inviter, vendorId, member.email, role);
       assert.equal(sent.status, 201, sent.text);

@@ -12,7 +12,7 @@ import { type Challenge, solveChallenge } from 'altcha-lib';
 import { deriveKey } from 'altcha-lib/algorithms/sha';
 import { normaliseIdentifier, OUTBOX_DIR } from '../../src/accounts/index.ts';
 import { dialectCases } from '../helpers/dialects.ts';
-import { request, startTestPlatform, type TestPlatform } from '../helpers/test-platform.ts';
+import { type HttpResult, request, startTestPlatform, type TestPlatform } from '../helpers/test-platform.ts';
 
 const STRONG = 'Tangerine-Quokka-Lighthouse-47';
 const OTHER_STRONG = 'Marmalade-Penguin-Orchestra-93';
@@ -190,26 +190,42 @@ for (const dialect of await dialectCases()) {
       assert.equal(again.body.error.code, 'ERR_ACCOUNT_CODE_INVALID');
 
       // Codes are stored only as keyed hashes.
-      const rows = await tp.query<{ code_hash: Uint8Array }>('select code_hash from verification_codes where user_id = $1', [
-        pending!.id,
-      ]);
+      const rows = await tp.query<{ code_hash: Uint8Array }>(
+        'select code_hash from verification_codes where user_id = $1',
+        [pending.id],
+      );
       assert.equal(rows.length, 1);
       assert.notEqual(Buffer.from(rows[0]!.code_hash).toString('utf8'), code);
       assert.ok(!Buffer.from(rows[0]!.code_hash).includes(Buffer.from(code)));
 
       await tp.platform.audit.flush();
       const entries = await tp.platform.audit.query({ type: 'user.activate', limit: 50 });
-      const mine = entries.find((e) => e.target === pending!.id);
+      const mine = entries.find((e) => e.target === pending.id);
       assert.equal(mine?.result, 'success');
       assert.ok(!JSON.stringify(entries).includes(identifier), 'the identifier never enters the audit log');
+      const logs = tp.logs.text();
+      for (const secret of [identifier, code, STRONG]) assert.ok(!logs.includes(secret), 'nor the log');
     });
 
-    test('[ACC-1] a phone number gets its code by SMS', async () => {
+    test('[ACC-1] [ORG-1] a developer registers by phone: code by SMS, personal organisation on activation', async () => {
       const identifier = `+4915${String(Date.now()).slice(-8)}`;
       assert.equal((await register(tp, { identifier, password: STRONG, kind: 'developer' })).status, 202);
-      await latestCode(tp, identifier, 'activation');
+      const code = await latestCode(tp, identifier, 'activation');
       assert.equal(outbox(tp, identifier, 'activation')[0]!.channel, 'sms');
-      assert.equal((await userOf(tp, identifier))?.kind, 'developer');
+      const pending = await userOf(tp, identifier);
+      assert.equal(pending?.kind, 'developer');
+      const membershipsOf = () =>
+        tp.query<{ role: string; kind: string }>(
+          'select m.role, v.kind from organisation_members m join vendors v on v.id = m.vendor_id where m.user_id = $1',
+          [pending.id],
+        );
+      assert.deepEqual(await membershipsOf(), [], 'no organisation before activation');
+      const res = await request(tp.platform, 'POST', '/v1/auth/activate', { body: { identifier, code } });
+      assert.equal(res.status, 200, res.text);
+      assert.deepEqual(
+        (await membershipsOf()).map((m) => ({ ...m })),
+        [{ role: 'owner', kind: 'personal' }],
+      );
     });
 
     test('[ACC-1] five wrong codes void the code; a new one works', async () => {
@@ -359,12 +375,15 @@ for (const dialect of await dialectCases()) {
       const entries = await tp.platform.audit.query({ type: 'user.password-reset', limit: 50 });
       assert.ok(entries.some((e) => e.target === user.id && e.result === 'success'));
       assert.ok(!JSON.stringify(entries).includes(identifier));
+      const logs = tp.logs.text();
+      for (const secret of [identifier, code, OTHER_STRONG])
+        assert.ok(!logs.includes(secret), 'nothing secret is logged');
     });
 
     test('[ACC-4] repeated forgot-password requests for one identifier lock with Retry-After', async () => {
       const identifier = newEmail();
       const statuses: number[] = [];
-      let locked: Awaited<ReturnType<typeof request>> | undefined;
+      let locked: HttpResult<{ error: { code: string } }> | undefined;
       for (let i = 0; i < FAILURES_PER_ACCOUNT + 2; i++) {
         const res = await request(tp.platform, 'POST', '/v1/auth/password/forgot', {
           body: { identifier },

@@ -17,6 +17,7 @@ import { connectDevice, endClient, mqttConnect } from '../helpers/mqtt-clients.t
 import {
   provisionTenant,
   request,
+  type OperatorKey,
   startTestPlatform,
   type Tenant,
   type TestPlatform,
@@ -45,7 +46,7 @@ for (const dialect of await dialectCases()) {
     });
     after(() => tp?.close());
 
-    const entries = async (token: string, query = '') =>
+    const entries = async (token: string | OperatorKey, query = '') =>
       (await request(tp.platform, 'GET', `/v1/audit/entries?limit=1000${query}`, { token })).body.items as Array<{
         seq: number;
         type: string;
@@ -66,9 +67,9 @@ for (const dialect of await dialectCases()) {
         [vendor.actor.type, vendor.tenant, vendor.target, vendor.sourceIp],
         ['admin', a.vendorId, a.vendorId, '127.0.0.1'],
       );
-      assert.ok(find('vendor-credential.issue'));
+      assert.ok(find('operator-key.issue'));
       const product = all.find((e) => e.type === 'product.create' && e.tenant === a.vendorId)!;
-      assert.deepEqual([product.actor, product.target], [{ type: 'vendor', id: a.vendorId }, a.productId]);
+      assert.deepEqual([product.actor, product.target], [{ type: 'operator', id: a.vendorId }, a.productId]);
       assert.ok(all.some((e) => e.type === 'device.issue' && e.target === a.productId && e.details.count === 2));
       const connect = all.find((e) => e.type === 'device.connect' && e.result === 'success')!;
       assert.deepEqual(
@@ -89,8 +90,8 @@ for (const dialect of await dialectCases()) {
       );
       const secrets = [
         a.adminToken,
-        a.vendorToken,
-        b.vendorToken,
+        a.vendorToken.secret,
+        b.vendorToken.secret,
         ...a.devices.map((d) => d.secret),
         ...b.devices.map((d) => d.secret),
       ];

@@ -106,13 +106,11 @@ export class SoftwareAuthenticator {
       this.credentialId,
       this.#cosePublicKey,
     ]);
-    const attestationObject = isoCBOR.encode(
-      new Map<string, string | Uint8Array | Map<string, never>>([
-        ['fmt', 'none'],
-        ['attStmt', new Map()],
-        ['authData', authData],
-      ]),
-    );
+    const attestation: Parameters<typeof isoCBOR.encode>[0] = new Map();
+    attestation.set('fmt', 'none');
+    attestation.set('attStmt', new Map());
+    attestation.set('authData', new Uint8Array(authData));
+    const attestationObject = isoCBOR.encode(attestation);
     return {
       id: this.id,
       rawId: this.id,
@@ -132,7 +130,11 @@ export class SoftwareAuthenticator {
     const flags = FLAG_UP | (overrides.userVerified === false ? 0 : FLAG_UV);
     const authData = Buffer.concat([sha256(this.rpId), Buffer.from([flags]), counterBytes(this.counter)]);
     const clientData = this.#clientData('webauthn.get', options.challenge, overrides.origin);
-    const signature = sign('sha256', Buffer.concat([authData, sha256(clientData)]), overrides.signingKey ?? this.privateKey);
+    const signature = sign(
+      'sha256',
+      Buffer.concat([authData, sha256(clientData)]),
+      overrides.signingKey ?? this.privateKey,
+    );
     return {
       id: this.id,
       rawId: this.id,

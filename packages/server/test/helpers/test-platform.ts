@@ -10,6 +10,7 @@ import { Writable } from 'node:stream';
 import tls from 'node:tls';
 import type { CastellanConfig } from '../../src/config/index.ts';
 import { type DeepPartial, loadConfig } from '../../src/config/index.ts';
+import { type AccessKey, signRequest } from '@castellan/protocol';
 import { totpCode } from '../../src/accounts/index.ts';
 import { type Platform, startPlatform } from '../../src/platform.ts';
 import { type DialectName, dropSchema, POSTGRES_URL, pgQuery, uniqueSchema } from './dialects.ts';
@@ -126,7 +127,8 @@ export function request<T = any>(
   options: {
     /** Loopback source address (127.x.y.z) to appear as another client. */
     localAddress?: string;
-    token?: string;
+    /** A bearer token, or an operator access key: then the request is signed (docs/api-signing.md). */
+    token?: string | OperatorKey;
     body?: unknown;
     rawBody?: string | Buffer;
     contentType?: string;
@@ -139,9 +141,19 @@ export function request<T = any>(
       : options.body !== undefined
         ? Buffer.from(JSON.stringify(options.body))
         : undefined;
+  const url = new URL(path, platform.httpUrl);
+  const credentials =
+    typeof options.token === 'string'
+      ? { authorization: `Bearer ${options.token}` }
+      : options.token
+        ? {
+            host: url.host,
+            ...signRequest({ key: options.token, method, target: path, host: url.host, body: payload }),
+          }
+        : {};
   return new Promise((resolve, reject) => {
     const req = https.request(
-      new URL(path, platform.httpUrl),
+      url,
       {
         method,
         ca: platform.caPem,
@@ -151,7 +163,7 @@ export function request<T = any>(
           ...(payload
             ? { 'content-type': options.contentType ?? 'application/json', 'content-length': payload.length }
             : {}),
-          ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
+          ...credentials,
           ...options.headers,
         },
       },
@@ -197,13 +209,14 @@ export interface Tenant {
   adminToken: string;
   vendorId: string;
   vendorCode: string;
-  vendorToken: string;
+  /** The vendor's operator access key (ORG-2); request() signs with it. */
+  vendorToken: OperatorKey;
   productId: string;
   productCode: string;
   devices: { id: string; secret: string }[];
 }
 
-/** Walks the foundation path through the API: setup (once) → vendor → credential → product → devices. */
+/** Walks the foundation path through the API: setup (once) → vendor → access key → product → devices. */
 export const TEST_STAFF_PASSWORD = 'staple battery horse correct 42';
 
 /**
@@ -224,6 +237,24 @@ export async function setupStaff(p: Pick<Platform, 'httpUrl' | 'caPem' | 'setupT
   return token;
 }
 
+/** An operator access key as issued: ID and secret (ORG-2). */
+export type OperatorKey = AccessKey;
+
+/** Issues an operator access key for a vendor with a staff token (all scopes unless given). */
+export async function issueAccessKey(
+  p: Pick<Platform, 'httpUrl' | 'caPem'>,
+  staffToken: string,
+  vendorId: string,
+  body: { label?: string; scopes?: string[]; allowedCidrs?: string[] } = {},
+): Promise<OperatorKey> {
+  const issued = await request(p, 'POST', `/v1/vendors/${vendorId}/access-keys`, {
+    token: staffToken,
+    body: { label: 'tests', ...body },
+  });
+  if (issued.status !== 201) throw new Error(`access key issue failed: ${issued.text}`);
+  return { id: issued.body.id as string, secret: issued.body.secret as string };
+}
+
 export async function provisionTenant(tp: TestPlatform, deviceCount = 2, adminToken?: string): Promise<Tenant> {
   const p = tp.platform;
   let admin = adminToken;
@@ -231,11 +262,7 @@ export async function provisionTenant(tp: TestPlatform, deviceCount = 2, adminTo
     admin = await setupStaff(p);
   }
   const vendor = await request(p, 'POST', '/v1/vendors', { token: admin, body: { name: 'Test Vendor' } });
-  const credential = await request(p, 'POST', `/v1/vendors/${vendor.body.id}/credentials`, {
-    token: admin,
-    body: { label: 'tests' },
-  });
-  const vendorToken = credential.body.token as string;
+  const vendorToken = await issueAccessKey(p, admin, vendor.body.id);
   const product = await request(p, 'POST', '/v1/products', {
     token: vendorToken,
     body: { name: 'Test Plug', category: 'plug' },
