@@ -32,7 +32,7 @@ import type { SessionRecord } from './session-store.ts';
 import { noteSuccessfulSignIn } from './sign-in-alerts.ts';
 import { secondFactorsOf } from './sign-in-service.ts';
 import { requireRecentAuthentication } from './step-up.ts';
-import { type AssertionOutcome, type AssertionPurpose, WebauthnService } from './webauthn-service.ts';
+import { type AssertionOutcome, WebauthnService } from './webauthn-service.ts';
 
 /** Wrong answers on one pending sign-in before it is revoked. */
 export const PENDING_SIGN_IN_MAX_FAILURES = 5;
@@ -230,7 +230,10 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
         .where('principal_id', '=', user.id)
         .executeTakeFirst();
       return {
-        totp: { enrolled: totp?.confirmed_at != null, pending: totp !== undefined && totp.confirmed_at == null },
+        totp: {
+          enrolled: totp !== undefined && totp.confirmed_at !== null,
+          pending: totp !== undefined && totp.confirmed_at === null,
+        },
         passkeys: await webauthn.list(user.id),
         recoveryCodesRemaining: await recovery.remaining(user.id),
       };
@@ -289,7 +292,7 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
         .where('principal_id', '=', user.id)
         .executeTakeFirst();
       if (!row) throw new CastellanError('ERR_MFA_NOT_ENROLLED');
-      if (row.confirmed_at != null) throw new CastellanError('ERR_MFA_ALREADY_ENROLLED');
+      if (row.confirmed_at !== null) throw new CastellanError('ERR_MFA_ALREADY_ENROLLED');
       await refuseWhileLocked(request, reply, user.id, user.credentialId);
       const hadFactor = (await secondFactorsOf(ctx, user.id)).length > 0;
       if (!(await ctx.totp.verify(user.id, (request.body as { code: string }).code, { confirm: true }))) {

@@ -4,9 +4,10 @@
 // @zxcvbn-ts/language-common (passwords-common). No composition rules, no forced expiry.
 import { ZxcvbnFactory } from '@zxcvbn-ts/core';
 import { adjacencyGraphs, dictionary } from '@zxcvbn-ts/language-common';
+import { translations } from '@zxcvbn-ts/language-en';
 import { CastellanError } from '../errors/index.ts';
 
-const zxcvbn = new ZxcvbnFactory({ dictionary, graphs: adjacencyGraphs });
+const zxcvbn = new ZxcvbnFactory({ dictionary, graphs: adjacencyGraphs, translations });
 const COMMON = new Set<string>(
   ((dictionary as Record<string, unknown>)['passwords-common'] as string[] | undefined)?.map((p) => p.toLowerCase()) ??
     [],
@@ -38,7 +39,9 @@ export function checkPasswordPolicy(password: string, policy: PasswordPolicy, us
     });
   }
   // zxcvbn's cost grows with length; 128 characters are plenty to estimate.
-  const result = zxcvbn.check(password.slice(0, 128), userInputs.filter(Boolean));
+  // The parts of an identifier count too ("alice" of alice@example.com, the digits of a phone).
+  const inputs = userInputs.flatMap((input) => [input, ...input.split(/[@._+\-\s]+/)]).filter((x) => x.length >= 3);
+  const result = zxcvbn.check(password.slice(0, 128), inputs);
   if (result.score < policy.minScore) {
     const hint = result.feedback.warning ? `: ${result.feedback.warning}` : '';
     throw new CastellanError('ERR_PASSWORD_WEAK', {

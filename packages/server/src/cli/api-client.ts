@@ -1,5 +1,8 @@
 // A small HTTPS client for the platform's API that pins the platform's CA (no system trust store).
+// Staff authenticate with a bearer token; operators sign each request with an access key (ORG-2,
+// docs/api-signing.md).
 import https from 'node:https';
+import { type AccessKey, signRequest } from '@castellan/protocol';
 
 export class ApiError extends Error {
   readonly status: number;
@@ -15,9 +18,10 @@ export class ApiError extends Error {
 export class ApiClient {
   readonly #base: URL;
   readonly #ca: string;
-  token: string | undefined;
+  /** A staff bearer token, or an operator access key (then every request is signed). */
+  token: string | AccessKey | undefined;
 
-  constructor(baseUrl: string, ca: string, token?: string) {
+  constructor(baseUrl: string, ca: string, token?: string | AccessKey) {
     this.#base = new URL(baseUrl);
     if (this.#base.protocol !== 'https:') throw new Error('the API is served over HTTPS only');
     this.#ca = ca;
@@ -27,6 +31,21 @@ export class ApiClient {
   request<T>(method: string, path: string, body?: unknown): Promise<T> {
     const url = new URL(path, this.#base);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const credentials =
+      typeof this.token === 'string'
+        ? { authorization: `Bearer ${this.token}` }
+        : this.token
+          ? {
+              host: url.host,
+              ...signRequest({
+                key: this.token,
+                method,
+                target: `${url.pathname}${url.search}`,
+                host: url.host,
+                body: payload,
+              }),
+            }
+          : {};
     return new Promise<T>((resolve, reject) => {
       const req = https.request(
         url,
@@ -38,7 +57,7 @@ export class ApiClient {
           headers: {
             accept: 'application/json',
             ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
-            ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
+            ...credentials,
           },
         },
         (res) => {

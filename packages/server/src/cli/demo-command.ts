@@ -121,21 +121,19 @@ export async function demoCommand(
     // A signed checkpoint before the story: at the end the log must prove it only grew since.
     const baseline = await api.request<Checkpoint>('POST', '/v1/audit/checkpoints');
 
-    // 2. Vendor and its API credential.
+    // 2. Vendor and an operator access key for its business system (ORG-2: signed requests).
     const suffix = randomInt(1_000_000).toString().padStart(6, '0');
     const vendor = await api.request<{ id: string; code: string }>('POST', '/v1/vendors', {
       name: `Demo Devices ${suffix}`,
     });
     log('vendor created', `${vendor.id}, vendor code ${vendor.code}`);
-    const credential = await api.request<{ id: string; token: string }>(
+    const accessKey = await api.request<{ id: string; secret: string }>(
       'POST',
-      `/v1/vendors/${vendor.id}/credentials`,
-      {
-        label: 'demo',
-      },
+      `/v1/vendors/${vendor.id}/access-keys`,
+      { label: 'demo' },
     );
-    log('vendor API credential issued', `${credential.id} (token shown once, not printed)`);
-    const vendorApi = new ApiClient(httpUrl, ca, credential.token);
+    log('operator access key issued', `${accessKey.id} (secret shown once, not printed; requests are signed)`);
+    const vendorApi = new ApiClient(httpUrl, ca, { id: accessKey.id, secret: accessKey.secret });
 
     // 3. Product and devices.
     const product = await vendorApi.request<{ id: string; code: string }>('POST', '/v1/products', {

@@ -34,7 +34,7 @@ export function createLogger(options: LoggerOptions): Logger {
       redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
       serializers: {
         // Requests are logged by method and path only: no headers, no client IP or port (PRIV-4).
-        req: (req: { method?: string; url?: string }) => ({ method: req.method, url: req.url }),
+        req: (req: { method?: string; url?: string }) => ({ method: req.method, url: req.url?.split('?')[0] }),
         res: (res: { statusCode?: number }) => ({ statusCode: res.statusCode }),
         err: pino.stdSerializers.err,
       },
