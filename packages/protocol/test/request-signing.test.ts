@@ -70,7 +70,7 @@ describe('signed operator requests', () => {
       'x-castellan-nonce': EXAMPLE.nonce,
       'x-castellan-content-sha256': EXAMPLE.contentSha256,
     });
-    assert.deepEqual(parseSignedAuthorization(headers.authorization!), {
+    assert.deepEqual(parseSignedAuthorization(headers.authorization), {
       keyId: EXAMPLE.keyId,
       signature: EXAMPLE.signature,
     });

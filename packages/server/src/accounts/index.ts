@@ -37,11 +37,7 @@ export { deviceIdOf, networkPrefix, noteSuccessfulSignIn } from './sign-in-alert
 export { maskContact, secondFactorsOf, SignInService } from './sign-in-service.ts';
 export { TotpService, totpCode } from './totp-service.ts';
 export { requireRecentAuthentication } from './step-up.ts';
-export {
-  type IssuedOperatorKey,
-  type OperatorKeyView,
-  OperatorKeysService,
-} from './operator-keys-service.ts';
+export { type IssuedOperatorKey, type OperatorKeyView, OperatorKeysService } from './operator-keys-service.ts';
 export { OperatorRequestVerifier, type SignatureRefusal, verifySignedBody } from './operator-request-signing.ts';
 export { type Identifier, normaliseIdentifier, UserDirectory, type UserRecord } from './user-directory.ts';
 export { staffRoutes } from './staff-routes.ts';

@@ -31,7 +31,11 @@ const Cidrs = Type.Array(Type.String({ minLength: 2, maxLength: 49 }), {
   description: 'Source addresses allowed to use the key (CIDR, e.g. 203.0.113.0/24); any when empty or omitted',
 });
 
-const IssueBody = StrictObject({ label: DisplayName, scopes: Type.Optional(Scopes), allowedCidrs: Type.Optional(Cidrs) });
+const IssueBody = StrictObject({
+  label: DisplayName,
+  scopes: Type.Optional(Scopes),
+  allowedCidrs: Type.Optional(Cidrs),
+});
 const IssuedView = StrictObject({
   id: Type.String({ description: 'Access key ID (opk_…), public' }),
   secret: Type.String({ description: 'Signing secret, shown only in this response' }),

@@ -96,7 +96,9 @@ export class OperatorKeysService {
   }
 
   async vendorExists(vendorId: string): Promise<boolean> {
-    return (await this.#db.selectFrom('vendors').select('id').where('id', '=', vendorId).executeTakeFirst()) !== undefined;
+    return (
+      (await this.#db.selectFrom('vendors').select('id').where('id', '=', vendorId).executeTakeFirst()) !== undefined
+    );
   }
 
   async issue(

@@ -131,9 +131,9 @@ export class OperatorRequestVerifier implements SignedRequestVerifier {
     } catch {
       return this.#refuse(request, 'malformed', auth.keyId, key.vendor_id);
     }
-    const secret = (
-      await this.#keys.decrypt(key.vendor_id, key.secret_ciphertext, secretContext(key.id))
-    ).toString('utf8');
+    const secret = (await this.#keys.decrypt(key.vendor_id, key.secret_ciphertext, secretContext(key.id))).toString(
+      'utf8',
+    );
     const expected = Buffer.from(requestSignature(secret, canonical), 'hex');
     if (!constantTimeEqual(expected, Buffer.from(auth.signature, 'hex'))) {
       return this.#refuse(request, 'bad-signature', auth.keyId, key.vendor_id);

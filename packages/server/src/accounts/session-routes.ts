@@ -107,6 +107,10 @@ export async function sessionRoutes(app: FastifyInstance, ctx: AccountsContext):
   app.post(
     '/v1/auth/refresh',
     {
+      // Browsers refresh with the cookie alone and may send no body at all.
+      preValidation: async (request) => {
+        request.body ??= {};
+      },
       schema: {
         summary: 'Exchange a refresh token (body for apps, cookie for browsers) for a new session and refresh token',
         tags: ['auth'],

@@ -124,7 +124,8 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     id: c('internal'),
     principal_id: c('internal'),
     purpose: c('internal'),
-    payload: c('secret', 'none', 'minutes (expires_at), then purged'),
+    // Challenges, OIDC state and PKCE verifiers: single use, minutes long, useless without the other half.
+    payload: c('confidential', 'none', 'minutes (expires_at), then purged'),
     created_at: c('internal'),
     expires_at: c('internal'),
   },

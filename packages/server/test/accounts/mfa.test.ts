@@ -287,7 +287,7 @@ for (const dialect of await dialectCases()) {
       assert.equal((await request(p(), 'GET', '/v1/me', { token: login.body.mfaToken })).status, 401);
       const viaRecovery = await request(p(), 'POST', '/v1/auth/mfa/recovery', {
         headers: APP,
-        body: { mfaToken: login.body.mfaToken, code: recoveryCodes![0]?.toUpperCase() },
+        body: { mfaToken: login.body.mfaToken, code: recoveryCodes[0]?.toUpperCase() },
       });
       assert.equal(viaRecovery.status, 200, viaRecovery.text);
       assert.equal((await request(p(), 'GET', '/v1/me', { token: viaRecovery.body.token })).status, 200);

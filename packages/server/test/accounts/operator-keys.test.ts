@@ -80,11 +80,18 @@ for (const dialect of await dialectCases()) {
       assert.equal(list.status, 200, list.text);
       assert.ok(list.body.items.some((x: { id: string }) => x.id === created.body.id));
       // Percent-encoding the client chose (%35 = '5', lower-case hex) is normalised on both sides.
-      const devices = await request(p(), 'GET', `/v1/products/${created.body.id}/devices?limit=%35&after=%61${'0'.repeat(23)}`, {
-        token: key,
-      });
+      const devices = await request(
+        p(),
+        'GET',
+        `/v1/products/${created.body.id}/devices?limit=%35&after=%61${'0'.repeat(23)}`,
+        {
+          token: key,
+        },
+      );
       assert.equal(devices.status, 200, devices.text);
-      const row = (await tp.query<{ last_used_at: unknown }>('select last_used_at from operator_keys where id = $1', [key.id]))[0]!;
+      const row = (
+        await tp.query<{ last_used_at: unknown }>('select last_used_at from operator_keys where id = $1', [key.id])
+      )[0]!;
       assert.notEqual(row.last_used_at, null);
       await p().audit.flush();
       const issued = await p().audit.query({ type: 'operator-key.issue', target: key.id, limit: 5 });
@@ -157,7 +164,10 @@ for (const dialect of await dialectCases()) {
       const forged = await send(
         'POST',
         '/v1/products',
-        { ...rehashed, 'x-castellan-content-sha256': sign(key, 'POST', '/v1/products', otherBody)['x-castellan-content-sha256']! },
+        {
+          ...rehashed,
+          'x-castellan-content-sha256': sign(key, 'POST', '/v1/products', otherBody)['x-castellan-content-sha256']!,
+        },
         { body: otherBody },
       );
       assertInvalid(forged);
@@ -170,7 +180,10 @@ for (const dialect of await dialectCases()) {
 
     test('[ORG-2] a wrong secret, a changed path and malformed headers are refused alike', async () => {
       const before = await products(a.vendorId);
-      const wrong = { id: a.vendorToken.id, secret: `${a.vendorToken.secret.slice(0, -1)}${a.vendorToken.secret.endsWith('A') ? 'B' : 'A'}` };
+      const wrong = {
+        id: a.vendorToken.id,
+        secret: `${a.vendorToken.secret.slice(0, -1)}${a.vendorToken.secret.endsWith('A') ? 'B' : 'A'}`,
+      };
       assertInvalid(await request(p(), 'POST', '/v1/products', { token: wrong, body: PRODUCT }));
       const otherPath = sign(a.vendorToken, 'GET', '/v1/products?limit=1');
       assertInvalid(await send('GET', '/v1/products?limit=2', otherPath));
@@ -179,7 +192,10 @@ for (const dialect of await dialectCases()) {
         { ...headers, 'x-castellan-nonce': 'short' },
         { ...headers, 'x-castellan-date': String(Date.now()) },
         { ...headers, authorization: headers.authorization!.replace(', Signature', ',Signature') },
-        { ...headers, authorization: headers.authorization!.replace(/opk_[A-Za-z0-9_-]{22}/, 'opk_AAAAAAAAAAAAAAAAAAAAAA') },
+        {
+          ...headers,
+          authorization: headers.authorization!.replace(/opk_[A-Za-z0-9_-]{22}/, 'opk_AAAAAAAAAAAAAAAAAAAAAA'),
+        },
       ]) {
         assertInvalid(await send('GET', '/v1/products', broken));
       }
@@ -223,7 +239,13 @@ for (const dialect of await dialectCases()) {
       });
       const { vendorId } = await createPersonalOrganisation(ctx, owner.id);
       const session = (userId: string) =>
-        ctx.sessions.create({ principalKind: 'user', principalId: userId, level: 'full', persistent: false, ip: '127.0.0.1' });
+        ctx.sessions.create({
+          principalKind: 'user',
+          principalId: userId,
+          level: 'full',
+          persistent: false,
+          ip: '127.0.0.1',
+        });
       const ownerToken = (await session(owner.id)).token;
       const issued = await request(p(), 'POST', `/v1/orgs/${vendorId}/access-keys`, {
         token: ownerToken,
@@ -298,7 +320,13 @@ for (const dialect of await dialectCases()) {
       );
       const raw = Buffer.from(key.secret);
       const body = key.secret.slice('cas_ops_'.length);
-      for (const form of [key.secret, body, raw.toString('base64'), raw.toString('hex'), Buffer.from(body, 'base64url').toString('latin1')]) {
+      for (const form of [
+        key.secret,
+        body,
+        raw.toString('base64'),
+        raw.toString('hex'),
+        Buffer.from(body, 'base64url').toString('latin1'),
+      ]) {
         assert.equal(bytes.includes(form), false, 'the secret is in the row');
       }
       assert.ok((rows[0]!.secret_ciphertext as Uint8Array).length > 43, 'a ciphertext is stored');

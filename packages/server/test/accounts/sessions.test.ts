@@ -402,7 +402,6 @@ for (const dialect of await dialectCases()) {
       assert.equal(viaCookie.body.id, liam.id);
       const refreshed = await request(tp.platform, 'POST', '/v1/auth/refresh', {
         headers: { cookie: `__Host-castellan_refresh=${cookieValue(res, '__Host-castellan_refresh')}` },
-        body: {},
       });
       assert.equal(refreshed.status, 200);
       const next = cookieValue(refreshed, '__Host-castellan_session')!;
