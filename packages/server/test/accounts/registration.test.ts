@@ -4,14 +4,12 @@
 // and schema strictness (ACC-5). Clients pick loopback source addresses (127.0.0.x) where a test
 // needs its own per-IP quota.
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
-import { type Challenge, solveChallenge } from 'altcha-lib';
-import { deriveKey } from 'altcha-lib/algorithms/sha';
-import { normaliseIdentifier, OUTBOX_DIR } from '../../src/accounts/index.ts';
+import type { Challenge } from 'altcha-lib';
+import { normaliseIdentifier } from '../../src/accounts/index.ts';
 import { dialectCases } from '../helpers/dialects.ts';
+import { latestCode, outbox, register, solvedChallenge } from '../helpers/account-flows.ts';
 import { type HttpResult, request, startTestPlatform, type TestPlatform } from '../helpers/test-platform.ts';
 
 const STRONG = 'Tangerine-Quokka-Lighthouse-47';
@@ -21,60 +19,6 @@ const FAILURES_PER_ACCOUNT = 8;
 
 let serial = 0;
 const newEmail = () => `person${++serial}.${process.pid}.${Date.now().toString(36)}@example.com`;
-
-interface OutboxMessage {
-  channel: string;
-  to: string;
-  subject: string;
-  text: string;
-  purpose: string;
-}
-
-function outbox(tp: TestPlatform, to: string, purpose?: string): OutboxMessage[] {
-  let files: string[];
-  try {
-    files = readdirSync(join(tp.dataDir, OUTBOX_DIR)).sort();
-  } catch {
-    return [];
-  }
-  return files
-    .map((f) => JSON.parse(readFileSync(join(tp.dataDir, OUTBOX_DIR, f), 'utf8')) as OutboxMessage)
-    .filter((m) => m.to === to && (purpose === undefined || m.purpose === purpose));
-}
-
-/** The code of the latest message of a purpose (delivery is not awaited by the server: poll). */
-async function latestCode(tp: TestPlatform, to: string, purpose: string, count = 1): Promise<string> {
-  for (let i = 0; i < 100; i++) {
-    const messages = outbox(tp, to, purpose);
-    if (messages.length >= count) {
-      const match = /\b(\d{8})\b/.exec(messages.at(-1)!.text);
-      assert.ok(match, 'the message carries an 8-digit code');
-      return match[1]!;
-    }
-    await sleep(20);
-  }
-  assert.fail(`no ${purpose} message #${count} arrived`);
-}
-
-async function solvedChallenge(tp: TestPlatform, localAddress?: string): Promise<string> {
-  const res = await request<Challenge>(tp.platform, 'POST', '/v1/auth/challenge', { localAddress });
-  assert.equal(res.status, 200, res.text);
-  const solution = await solveChallenge({ challenge: res.body, deriveKey, timeout: 10_000 });
-  assert.ok(solution, 'the challenge is solvable');
-  return Buffer.from(JSON.stringify({ challenge: res.body, solution })).toString('base64');
-}
-
-async function register(
-  tp: TestPlatform,
-  body: Record<string, unknown>,
-  options: { localAddress?: string; altcha?: string } = {},
-) {
-  const altcha = options.altcha ?? (await solvedChallenge(tp, options.localAddress));
-  return request(tp.platform, 'POST', '/v1/auth/register', {
-    body: { ...body, altcha },
-    localAddress: options.localAddress,
-  });
-}
 
 async function userCount(tp: TestPlatform): Promise<number> {
   const rows = await tp.query<{ n: number | string }>('select count(*) as n from users');
