@@ -43,9 +43,6 @@ const PUBLIC_ROUTES = new Set([
   'GET /v1/auth/oidc/{provider}/start',
   'GET /v1/auth/oidc/{provider}/callback',
   'GET /v1/audit/public-key',
-  'GET /v1/audit/checkpoints/latest',
-  'GET /v1/audit/proofs/inclusion',
-  'GET /v1/audit/proofs/consistency',
 ]);
 
 /**
@@ -182,13 +179,15 @@ for (const dialect of await dialectCases()) {
 
     /** Path parameter values that point at tenant A (or, for staff routes, at the platform). */
     const paramFixture = (name: string, key: string): string => {
+      // /v1/keys/{keyId}: a key version; /v1/orgs/{vendorId}/access-keys/{keyId}: an operator key.
+      if (name === 'keyId' && key.includes(' /v1/keys/')) return aKeyVersionId;
       const fixtures: Record<string, string> = {
+        backupKeyId: 'bkk_AAAAAAAAAAAAAAAAAAAAAA',
         vendorId: a.vendorId,
         productId: a.productId,
         deviceId: a.devices[0]!.id,
         userId: ownerA,
         keyId: aOperatorKeyId,
-        id: aKeyVersionId,
         operation: 'suspend',
         adminId: auditor,
         ip: '203.0.113.9',

@@ -177,7 +177,10 @@ for (const dialect of await dialectCases()) {
 
     test('[AUD-2] editing a field is reported at its position', async () => {
       const c = await copy();
-      await c.exec("update audit_entries set result = 'success' where seq = 9");
+      // Flipped, so the edit changes the entry whatever provisioning wrote there.
+      await c.exec(
+        "update audit_entries set result = case when result = 'success' then 'failure' else 'success' end where seq = 9",
+      );
       expectDetected(verify(c), 'modified', 9);
     });
 
