@@ -41,7 +41,12 @@ function randomLooking(value: string, minEntropy: number): boolean {
 const PEM_PRIVATE_KEY = /-----BEGIN ((RSA|EC|DSA|OPENSSH|ENCRYPTED|SM2) )?PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40,}/g;
 
 const RULES: Rule[] = [
-  { name: 'castellan-token', pattern: /\bcas_(adm|vnd|setup)_[A-Za-z0-9_-]{43}\b/ },
+  {
+    // Castellan's own credentials (prefix + 256 random bits); placeholders like cas_rft_AAAA… are not.
+    name: 'castellan-token',
+    pattern: /\bcas_(?:adm|vnd|setup|ops|ses|rft|enr|inv)_[A-Za-z0-9_-]{43}\b/,
+    accept: (value) => randomLooking(value.slice(value.lastIndexOf('_', 12) + 1), 3.5),
+  },
   { name: 'aws-access-key', pattern: /\b(AKIA|ASIA)[0-9A-Z]{16}\b/ },
   { name: 'slack-token', pattern: /\bxox[abpr]-[0-9A-Za-z-]{10,}/ },
   { name: 'github-token', pattern: /\bgh[pousr]_[A-Za-z0-9]{36,}\b/ },

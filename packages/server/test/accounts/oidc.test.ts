@@ -1,6 +1,7 @@
 // ACC-7: sign-in with an outside OpenID Connect provider, against a real oidc-provider over HTTPS
 // with a private CA of its own (given to the platform through `caFile`).
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { after, before, describe, test } from 'node:test';
 import { totpCode } from '../../src/accounts/index.ts';
@@ -11,7 +12,8 @@ import { type OidcTestProvider, startOidcTestProvider, TestBrowser } from '../he
 import { request, startTestPlatform, type TestPlatform } from '../helpers/test-platform.ts';
 
 const CLIENT_ID = 'castellan-test';
-const CLIENT_SECRET = 'oidc-client-secret-0123456789abcdef';
+// Generated per run: the tree holds no secrets, not even test ones (KEY-5).
+const CLIENT_SECRET = randomBytes(24).toString('base64url');
 const OIDC_COOKIE = '__Host-castellan_oidc';
 const SESSION_COOKIE = '__Host-castellan_session';
 
@@ -57,7 +59,7 @@ describe('OIDC provider configuration', () => {
   });
 
   test('[ACC-7] the environment takes a JSON array; the client secret is never printed or echoed', () => {
-    const secret = 'Sup3rS3cretClientValue';
+    const secret = randomBytes(16).toString('base64url');
     const env = {
       CASTELLAN_ACCOUNTS_OIDC_PROVIDERS: JSON.stringify([{ ...provider, clientSecret: secret }]),
       CASTELLAN_HTTP_ALLOW: '10.0.0.0/8, 192.168.0.0/16',

@@ -13,7 +13,7 @@ import { latestCode, register, registerAndActivate, signIn } from '../helpers/ac
 import { dialectCases, POSTGRES_URL } from '../helpers/dialects.ts';
 import { request, setupStaff, startTestPlatform } from '../helpers/test-platform.ts';
 
-const PASSWORD = 'Periwinkle-Harbour-Sextant-58';
+const PASSWORD = 'periwinkle harbour sextant 58';
 
 /** The encodings a careless store could leave a value in. */
 function needles(value: string): { encoding: string; text: string }[] {
