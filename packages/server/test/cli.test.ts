@@ -136,7 +136,15 @@ describe('castellan CLI', () => {
       timeout: 60_000,
     });
     assert.equal(demo.status, 0, demo.stdout + demo.stderr);
-    assert.match(demo.stdout, /✔ setup token used: first administrator created/);
+    assert.match(demo.stdout, /✔ consumer registered: demo-consumer-\d+@example\.com/);
+    assert.match(demo.stdout, /✔ activation code read from the development outbox and confirmed: account active/);
+    assert.match(demo.stdout, /✔ consumer signed in: usr_/);
+    assert.match(demo.stdout, /✔ consumer signed out; the old session token is refused: ERR_AUTH_INVALID/);
+    assert.ok(
+      demo.stdout.indexOf('consumer signed in') < demo.stdout.indexOf('setup token used'),
+      'the demo starts with the consumer',
+    );
+    assert.match(demo.stdout, /✔ setup token used: first administrator created, TOTP factor confirmed/);
     assert.match(demo.stdout, /✔ connection with the device ID alone refused: MQTT_CONNACK_134/);
     assert.match(demo.stdout, /✔ vendor read every device's latest telemetry over HTTPS: matches what was sent/);
     assert.match(
@@ -159,7 +167,11 @@ describe('castellan CLI', () => {
     assert.equal(again.status, 0, again.stdout + again.stderr);
     const summary = JSON.parse(again.stdout);
     assert.equal(summary.ok, true);
-    assert.equal(summary.steps[1].step, 'administrator credential found');
+    assert.ok(summary.steps.some((s: { step: string }) => s.step === 'administrator credential found'));
+    assert.ok(
+      summary.steps.some((s: { step: string }) => s.step === 'consumer signed in'),
+      'a new consumer each run',
+    );
 
     const keysRun = (...args: string[]) =>
       spawnSync(process.execPath, [bin, 'keys', ...args, '--data-dir', join(dir, 'data')], {

@@ -21,6 +21,14 @@ export class ApiClient {
   /** A staff bearer token, or an operator access key (then every request is signed). */
   token: string | AccessKey | undefined;
 
+  get baseUrl(): string {
+    return this.#base.toString();
+  }
+
+  get ca(): string {
+    return this.#ca;
+  }
+
   constructor(baseUrl: string, ca: string, token?: string | AccessKey) {
     this.#base = new URL(baseUrl);
     if (this.#base.protocol !== 'https:') throw new Error('the API is served over HTTPS only');
@@ -56,6 +64,8 @@ export class ApiClient {
           timeout: 15_000,
           headers: {
             accept: 'application/json',
+            // An app, not a browser: session tokens come in the response body, not as cookies.
+            'x-castellan-client': 'app',
             ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
             ...credentials,
           },

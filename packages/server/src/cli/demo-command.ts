@@ -1,9 +1,15 @@
-// `castellan demo`: the foundation's end-to-end path against a running platform, each step printed:
-// administrator (setup token) → vendor → vendor credential → product → devices → each device connects
-// over MQTT/TLS with its own secret and reports telemetry → the vendor reads it back over HTTPS.
-// A device that presents only its ID is refused. Exits non-zero on any failure.
-import { randomInt } from 'node:crypto';
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+// `castellan demo`: the end-to-end path against a running platform, each step printed: a consumer
+// registers (proof of work, activation code read from the development outbox), signs in and out →
+// staff setup (setup token, password, TOTP) → vendor → operator access key → product → devices →
+// each device connects over MQTT/TLS with its own secret and reports telemetry → the vendor reads it
+// back over HTTPS → the audit log is verified. A device that presents only its ID is refused. Exits
+// non-zero on any failure.
+import { randomBytes, randomInt } from 'node:crypto';
+import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type Challenge, solveChallenge } from 'altcha-lib';
+import { deriveKey } from 'altcha-lib/algorithms/sha';
+import { OUTBOX_DIR, totpCode } from '../accounts/index.ts';
 import { join, resolve } from 'node:path';
 import { DeviceClient, DeviceConnectError } from '@castellan/device';
 import type { KeyObject } from 'node:crypto';
@@ -99,6 +105,9 @@ export async function demoCommand(
     const ready = await api.request<{ status: string }>('GET', '/readyz');
     log('platform is ready', ready.status);
 
+    // 0. A consumer registers, activates with the code from the development outbox, signs in and out.
+    await consumerStory(api, dataDir, log);
+
     // 1. Administrator: from a flag, a previous demo run, or the one-time setup token.
     const adminTokenFile = join(dataDir, DEMO_ADMIN_TOKEN_FILE);
     let adminToken = options['admin-token'] ?? (existsSync(adminTokenFile) ? readTrimmed(adminTokenFile) : undefined);
@@ -106,14 +115,27 @@ export async function demoCommand(
       const setupFile = join(dataDir, 'setup-token');
       const setupToken = options['setup-token'] ?? (existsSync(setupFile) ? readTrimmed(setupFile) : undefined);
       if (!setupToken) throw new Error(`no setup token: ${setupFile} is missing and no --admin-token was given`);
-      const setup = await api.request<{ adminId: string; credential: { token: string } }>('POST', '/v1/setup', {
+      // The staff password is random and not kept: the demo works with the API credential, which
+      // can act only once the TOTP factor is confirmed (OPS-2).
+      const setup = await api.request<{
+        adminId: string;
+        credential: { token: string };
+        totp: { secret: string };
+      }>('POST', '/v1/setup', {
         setupToken,
         adminName: 'demo administrator',
+        username: 'demo-admin',
+        password: randomBytes(18).toString('base64url'),
       });
       adminToken = setup.credential.token;
+      const staffApi = new ApiClient(httpUrl, ca, adminToken);
+      await staffApi.request('POST', '/v1/staff/mfa/totp/confirm', { code: totpCode(setup.totp.secret) });
       writeFileSync(adminTokenFile, `${adminToken}\n`, { mode: 0o600 });
       chmodSync(adminTokenFile, 0o600);
-      log('setup token used: first administrator created', `${setup.adminId} (credential kept in ${adminTokenFile})`);
+      log(
+        'setup token used: first administrator created, TOTP factor confirmed',
+        `${setup.adminId} (credential kept in ${adminTokenFile})`,
+      );
     } else {
       log('administrator credential found', options['admin-token'] ? '--admin-token' : adminTokenFile);
     }
@@ -275,5 +297,61 @@ async function verifyLocally(dataDir: string, publicKey: KeyObject): Promise<Ver
     });
   } finally {
     await store.close();
+  }
+}
+
+interface OutboxMessage {
+  to: string;
+  purpose: string;
+  text: string;
+}
+
+/** Waits for the newest outbox message to `to` with `purpose` (delivery is asynchronous). */
+async function outboxCode(dataDir: string, to: string, purpose: string): Promise<string> {
+  const dir = join(dataDir, OUTBOX_DIR);
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const files = existsSync(dir) ? readdirSync(dir).sort().reverse() : [];
+    for (const file of files) {
+      const message = JSON.parse(readFileSync(join(dir, file), 'utf8')) as OutboxMessage;
+      const code = message.to === to && message.purpose === purpose ? /\b(\d{8})\b/.exec(message.text) : null;
+      if (code) return code[1]!;
+    }
+    await sleep(50);
+  }
+  throw new Error(
+    `no ${purpose} message to the demo consumer in ${dir}: the demo reads codes from the development outbox (accounts.mailer = outbox)`,
+  );
+}
+
+async function consumerStory(api: ApiClient, dataDir: string, log: (step: string, detail: string) => void) {
+  const email = `demo-consumer-${randomInt(1_000_000_000)}@example.com`;
+  const password = randomBytes(18).toString('base64url');
+  const challenge = await api.request<Challenge>('POST', '/v1/auth/challenge');
+  const solution = await solveChallenge({ challenge, deriveKey, timeout: 60_000 });
+  if (!solution) throw new Error('the registration challenge could not be solved');
+  log('proof-of-work challenge solved', `${solution.counter} hashes`);
+  await api.request('POST', '/v1/auth/register', {
+    identifier: email,
+    password,
+    altcha: Buffer.from(JSON.stringify({ challenge, solution })).toString('base64'),
+  });
+  log('consumer registered', `${email} (pending until the code is confirmed)`);
+  const code = await outboxCode(dataDir, email, 'activation');
+  await api.request('POST', '/v1/auth/activate', { identifier: email, code });
+  log('activation code read from the development outbox and confirmed', 'account active');
+  const session = await api.request<{ token: string; sessionId: string }>('POST', '/v1/auth/login', {
+    identifier: email,
+    password,
+  });
+  const consumer = new ApiClient(api.baseUrl, api.ca, session.token);
+  const me = await consumer.request<{ id: string; contact: string }>('GET', '/v1/me');
+  log('consumer signed in', `${me.id}, session ${session.sessionId} (token not printed)`);
+  await consumer.request('POST', '/v1/auth/logout');
+  try {
+    await consumer.request('GET', '/v1/me');
+    throw new Error('the session still worked after logout');
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 401) throw error;
+    log('consumer signed out; the old session token is refused', error.code);
   }
 }

@@ -65,7 +65,9 @@ for (const dialect of await dialectCases()) {
         await signIn(tp, phone, PASSWORD);
         const devToken = await signIn(tp, dev, PASSWORD);
         // A wrong password and a forgotten one: failures and reset codes must not carry the identifier.
-        await request(tp.platform, 'POST', '/v1/auth/login', { body: { identifier: alice, password: 'not it at all 1' } });
+        await request(tp.platform, 'POST', '/v1/auth/login', {
+          body: { identifier: alice, password: 'not it at all 1' },
+        });
         await request(tp.platform, 'POST', '/v1/auth/password/forgot', { body: { identifier: alice } });
         await latestCode(tp, alice, 'password-reset');
         // A registration attempt for a taken address, and an invitation to an enterprise organisation.

@@ -277,7 +277,7 @@ for (const dialect of await dialectCases()) {
         }
         const res = await call(op);
         assert.equal(res.status, 401, `${op.key} anonymous: ${res.text}`);
-        assert.equal(res.body.error.code, 'ERR_AUTH_REQUIRED', op.key);
+        assert.equal((res.body as { error: { code: string } }).error.code, 'ERR_AUTH_REQUIRED', op.key);
       }
       assert.deepEqual(unlisted, [], 'routes without security that are not on the public list');
     });

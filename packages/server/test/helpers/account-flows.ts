@@ -63,7 +63,6 @@ export async function register(
   });
 }
 
-
 /** Registers, reads the activation code from the outbox and activates; returns the user ID. */
 export async function registerAndActivate(
   tp: TestPlatform,
