@@ -59,9 +59,12 @@ interface Operation {
   path: string;
   key: string;
   params: string[];
-  query: Record<string, unknown>;
-  body: Record<string, unknown> | undefined;
+  /** Built on first use, so public routes need no samples. */
+  query: () => Record<string, unknown>;
+  body: () => Record<string, unknown> | undefined;
   secured: boolean;
+  /** A path parameter or a vendorId names tenant A's resources. */
+  targetsA: boolean;
 }
 
 type JsonSchema = {
@@ -158,10 +161,17 @@ for (const dialect of await dialectCases()) {
         for (const [method, op] of Object.entries(methods)) {
           const upper = method.toUpperCase();
           const params = (op.parameters ?? []).filter((p) => p.in === 'path').map((p) => p.name);
-          const query: Record<string, unknown> = {};
-          for (const q of (op.parameters ?? []).filter((p) => p.in === 'query' && p.required)) {
-            query[q.name] = sample(q.schema, `${upper} ${path} ?${q.name}`);
-          }
+          const namesTenant =
+            (op.parameters ?? []).some((p) => p.name === 'vendorId') ||
+            op.requestBody?.content['application/json']?.schema.properties?.vendorId !== undefined;
+          const query = () => {
+            const out: Record<string, unknown> = {};
+            for (const q of (op.parameters ?? []).filter((p) => p.in === 'query' && p.required)) {
+              out[q.name] = sample(q.schema, `${upper} ${path} ?${q.name}`);
+            }
+            if ((op.parameters ?? []).some((p) => p.in === 'query' && p.name === 'vendorId')) out.vendorId = a.vendorId;
+            return out;
+          };
           const bodySchema = op.requestBody?.content['application/json']?.schema;
           operations.push({
             method: upper,
@@ -169,8 +179,10 @@ for (const dialect of await dialectCases()) {
             key: `${upper} ${path}`,
             params,
             query,
-            body: bodySchema ? (sample(bodySchema, `${upper} ${path} body`) as Record<string, unknown>) : undefined,
+            body: () =>
+              bodySchema ? (sample(bodySchema, `${upper} ${path} body`) as Record<string, unknown>) : undefined,
             secured: Array.isArray(op.security) && op.security.length > 0,
+            targetsA: params.length > 0 || namesTenant,
           });
         }
       }
@@ -211,6 +223,8 @@ for (const dialect of await dialectCases()) {
         case 'object': {
           const out: Record<string, unknown> = {};
           for (const name of schema.required ?? []) out[name] = sample(schema.properties![name]!, `${where}.${name}`);
+          // A tenant named in the body is always tenant A: the attack is naming someone else's.
+          if (schema.properties?.vendorId) out.vendorId = a.vendorId;
           return out;
         }
         case 'array':
@@ -229,6 +243,8 @@ for (const dialect of await dialectCases()) {
             'someone@example.com',
             '127.0.0.1/32',
             '-----BEGIN PUBLIC KEY-----',
+            ...['inv', 'enr', 'rft', 'ses'].map((p) => `cas_${p}_${'A'.repeat(43)}`),
+            ...['usr', 'vnd', 'opk', 'adm'].map((p) => `${p}_${'A'.repeat(22)}`),
           ];
           const fits = (v: string) =>
             v.length >= (schema.minLength ?? 0) &&
@@ -245,16 +261,18 @@ for (const dialect of await dialectCases()) {
 
     const fill = (op: Operation) => {
       let url = op.path.replace(/\{(\w+)\}/g, (_m, name: string) => encodeURIComponent(paramFixture(name, op.key)));
-      const qs = new URLSearchParams(Object.entries(op.query).map(([k, v]) => [k, String(v)]));
+      const qs = new URLSearchParams(Object.entries(op.query()).map(([k, v]) => [k, String(v)]));
       if ([...qs].length > 0) url += `?${qs}`;
       return url;
     };
 
-    const call = (op: Operation, token?: unknown): Promise<HttpResult> =>
-      request(tp.platform, op.method, fill(op), {
+    const call = (op: Operation, token?: unknown): Promise<HttpResult> => {
+      const body = op.body();
+      return request(tp.platform, op.method, fill(op), {
         ...(token ? { token: token as string } : {}),
-        ...(op.body !== undefined ? { body: op.body } : {}),
+        ...(body !== undefined ? { body } : {}),
       });
+    };
 
     const session = async (kind: 'user' | 'staff', id: string) =>
       (
@@ -286,7 +304,7 @@ for (const dialect of await dialectCases()) {
       const checked: string[] = [];
       for (const op of operations) {
         if (!op.secured || SELF_SERVICE.test(op.path)) continue;
-        const targetsA = op.params.length > 0;
+        const targetsA = op.targetsA;
         const principals: [string, () => Promise<unknown>][] = [
           ['operator B', async () => b.vendorToken],
           ['owner B', () => session('user', ownerB)],
@@ -340,7 +358,10 @@ for (const dialect of await dialectCases()) {
         'select user_id, role from organisation_members where vendor_id = $1',
         [a.vendorId],
       );
-      assert.deepEqual(members, [{ user_id: ownerA, role: 'owner' }]);
+      assert.deepEqual(
+        members.map((m) => ({ ...m })),
+        [{ user_id: ownerA, role: 'owner' }],
+      );
       const keys = await q<{ revoked_at: unknown }>('select revoked_at from operator_keys where vendor_id = $1', [
         a.vendorId,
       ]);
