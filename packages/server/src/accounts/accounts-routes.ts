@@ -34,8 +34,6 @@ const TotpView = StrictObject({
   uri: Type.String({ description: 'otpauth:// URI for a QR code' }),
 });
 
-const ResourceId = Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z]{3}_[A-Za-z0-9_-]{22}$' });
-
 const VendorView = StrictObject({
   id: Type.String(),
   code: Type.String({ description: '6 hex digits, part of every device ID of this vendor' }),
@@ -81,7 +79,7 @@ export async function accountsRoutes(
       const body = request.body as { setupToken: string; adminName: string; username: string; password: string };
       let result: Awaited<ReturnType<AccountsService['completeSetup']>>;
       try {
-        await accounts.checkPassword(body.password, [body.username, body.adminName]);
+        accounts.checkPassword(body.password, [body.username, body.adminName]);
         result = await accounts.completeSetup(body);
       } catch (error) {
         await audit(request, { type: 'setup.complete', result: 'failure' });

@@ -84,7 +84,7 @@ export class RequestAuthenticator {
       .select('confirmed_at')
       .where('principal_id', '=', row.principal_id)
       .executeTakeFirst();
-    return this.#staff(row.principal_id, row.id, 'credential', mfa?.confirmed_at != null);
+    return this.#staff(row.principal_id, row.id, 'credential', (mfa?.confirmed_at ?? null) !== null);
   }
 
   async #staff(

@@ -48,7 +48,7 @@ export class TotpService {
       .select('confirmed_at')
       .where('principal_id', '=', principalId)
       .executeTakeFirst();
-    if (existing?.confirmed_at != null) throw new CastellanError('ERR_MFA_ALREADY_ENROLLED');
+    if ((existing?.confirmed_at ?? null) !== null) throw new CastellanError('ERR_MFA_ALREADY_ENROLLED');
     const secret = new Secret({ size: 20 });
     const sealed = await this.#cipher.encrypt(
       'platform',
@@ -80,7 +80,7 @@ export class TotpService {
       .select('confirmed_at')
       .where('principal_id', '=', principalId)
       .executeTakeFirst();
-    return row?.confirmed_at != null;
+    return (row?.confirmed_at ?? null) !== null;
   }
 
   /**
@@ -95,7 +95,7 @@ export class TotpService {
       .where('principal_id', '=', principalId)
       .executeTakeFirst();
     if (!row) return false;
-    if (row.confirmed_at == null && !options.confirm) return false;
+    if (row.confirmed_at === null && !options.confirm) return false;
     const base32 = (
       await this.#cipher.decrypt(
         'platform',
@@ -112,7 +112,7 @@ export class TotpService {
     // Single use: only the UPDATE that moves last_step forward wins, even under concurrency.
     const updated = await this.#db
       .updateTable('mfa_totp')
-      .set({ last_step: step, ...(row.confirmed_at == null ? { confirmed_at: now } : {}) })
+      .set({ last_step: step, ...(row.confirmed_at === null ? { confirmed_at: now } : {}) })
       .where('principal_id', '=', principalId)
       .where('last_step', '<', step)
       .executeTakeFirst();

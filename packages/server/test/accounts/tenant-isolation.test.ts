@@ -262,7 +262,7 @@ for (const dialect of await dialectCases()) {
     const fill = (op: Operation) => {
       let url = op.path.replace(/\{(\w+)\}/g, (_m, name: string) => encodeURIComponent(paramFixture(name, op.key)));
       const qs = new URLSearchParams(Object.entries(op.query()).map(([k, v]) => [k, String(v)]));
-      if ([...qs].length > 0) url += `?${qs}`;
+      if ([...qs].length > 0) url += `?${qs.toString()}`;
       return url;
     };
 
