@@ -33,6 +33,7 @@ import { noteSuccessfulSignIn } from './sign-in-alerts.ts';
 import { secondFactorsOf } from './sign-in-service.ts';
 import { requireRecentAuthentication } from './step-up.ts';
 import { type AssertionOutcome, WebauthnService } from './webauthn-service.ts';
+import { refuseWithRetryAfter } from '../http/retry-after.ts';
 
 /** Wrong answers on one pending sign-in before it is revoked. */
 export const PENDING_SIGN_IN_MAX_FAILURES = 5;
@@ -153,10 +154,8 @@ function userOf(request: FastifyRequest): UserPrincipal {
   return principal;
 }
 
-function locked(reply: FastifyReply, waitMs: number): CastellanError {
-  reply.header('retry-after', String(Math.max(1, Math.ceil(waitMs / 1000))));
-  return new CastellanError('ERR_AUTH_LOCKED');
-}
+const locked = (reply: FastifyReply, waitMs: number): CastellanError =>
+  refuseWithRetryAfter(reply, waitMs, 'ERR_AUTH_LOCKED');
 
 type Method = 'totp' | 'recovery-code' | 'webauthn';
 

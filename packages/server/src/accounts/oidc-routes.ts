@@ -14,6 +14,7 @@ import { accountForIdentity, OIDC_CHALLENGE_TTL_MS, OidcFailure, OidcLogin } fro
 import { deliverSession, wantsBodyTokens } from './session-delivery.ts';
 import { noteSuccessfulSignIn } from './sign-in-alerts.ts';
 import { secondFactorsOf } from './sign-in-service.ts';
+import { refuseWithRetryAfter } from '../http/retry-after.ts';
 
 /**
  * Binds an attempt to the browser that started it. SameSite=Lax, not Strict: the callback is a
@@ -48,10 +49,8 @@ const MfaResponse = StrictObject({
   methods: Type.Array(Type.String()),
 });
 
-function tooMany(reply: FastifyReply, retryAfterMs: number): CastellanError {
-  reply.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
-  return new CastellanError('ERR_RATE_LIMITED');
-}
+const tooMany = (reply: FastifyReply, retryAfterMs: number): CastellanError =>
+  refuseWithRetryAfter(reply, retryAfterMs, 'ERR_RATE_LIMITED');
 
 export async function oidcRoutes(app: FastifyInstance, ctx: AccountsContext): Promise<void> {
   const login = new OidcLogin(ctx);

@@ -14,6 +14,7 @@ import type { AccountsContext } from './accounts-context.ts';
 import { type Member, type Membership, type Organisation, OrganisationsService } from './organisations-service.ts';
 import { ORG_ROLES, type OrgRole, type UserPrincipal } from './principal.ts';
 import { type Identifier, normaliseIdentifier } from './user-directory.ts';
+import { refuseWithRetryAfter } from '../http/retry-after.ts';
 
 /** Invitations sent per inviting person per hour, and acceptance attempts per person per hour. */
 const INVITES_PER_HOUR = 20;
@@ -88,10 +89,8 @@ function authorise(person: UserPrincipal, vendorId: string, action: Action): Org
   return person.memberships[vendorId]!;
 }
 
-function tooMany(reply: FastifyReply, retryAfterMs: number): CastellanError {
-  reply.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
-  return new CastellanError('ERR_RATE_LIMITED');
-}
+const tooMany = (reply: FastifyReply, retryAfterMs: number): CastellanError =>
+  refuseWithRetryAfter(reply, retryAfterMs, 'ERR_RATE_LIMITED');
 
 export async function organisationRoutes(app: FastifyInstance, ctx: AccountsContext): Promise<void> {
   const orgs = new OrganisationsService(ctx);

@@ -13,6 +13,7 @@ import type { UserKind } from './principal.ts';
 import { MAX_PAYLOAD_LENGTH } from './proof-of-work.ts';
 import { RegistrationService } from './registration-service.ts';
 import { type Identifier, normaliseIdentifier } from './user-directory.ts';
+import { refuseWithRetryAfter } from '../http/retry-after.ts';
 
 /** Registrations (or code requests) per identifier per hour, whoever asks (ACC-2). */
 export const CODE_REQUESTS_PER_IDENTIFIER_PER_HOUR = 5;
@@ -98,9 +99,8 @@ export async function registrationRoutes(app: FastifyInstance, ctx: AccountsCont
   ): Promise<void> {
     const outcome = await ctx.limits.consume(limit.dimension, key, limit.points, limit.windowSeconds);
     if (outcome.allowed) return;
-    reply.header('retry-after', String(Math.max(1, Math.ceil(outcome.retryAfterMs / 1000))));
     await ctx.audit(request, { type: auditType, result: 'denied', details: { limit: scope } });
-    throw new CastellanError(limit.code);
+    throw refuseWithRetryAfter(reply, outcome.retryAfterMs, limit.code);
   }
 
   const perIp = (auditType: string, limit: () => Limit) => async (request: FastifyRequest, reply: FastifyReply) =>

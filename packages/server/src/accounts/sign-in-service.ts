@@ -16,6 +16,7 @@ import { checkPasswordPolicy } from './password-policy.ts';
 import type { IssuedSession } from './session-store.ts';
 import { deviceIdOf, noteSuccessfulSignIn } from './sign-in-alerts.ts';
 import { type Identifier, normaliseIdentifier } from './user-directory.ts';
+import { refuseWithRetryAfter } from '../http/retry-after.ts';
 
 export type SecondFactor = 'totp' | 'webauthn';
 
@@ -94,10 +95,8 @@ class FailureThrottle {
   }
 }
 
-function locked(reply: FastifyReply, waitMs: number): CastellanError {
-  reply.header('retry-after', String(Math.max(1, Math.ceil(waitMs / 1000))));
-  return new CastellanError('ERR_AUTH_LOCKED');
-}
+const locked = (reply: FastifyReply, waitMs: number): CastellanError =>
+  refuseWithRetryAfter(reply, waitMs, 'ERR_AUTH_LOCKED');
 
 /** The second factors a person has set up (a confirmed TOTP, passkeys). */
 export async function secondFactorsOf(ctx: AccountsContext, userId: string): Promise<SecondFactor[]> {

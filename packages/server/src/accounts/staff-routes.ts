@@ -26,6 +26,7 @@ import { checkPasswordPolicy } from './password-policy.ts';
 import { STAFF_ROLES, type StaffRole } from './principal.ts';
 import { parseRoles } from './request-authenticator.ts';
 import { clearSessionCookies, deliverSession } from './session-delivery.ts';
+import { refuseWithRetryAfter } from '../http/retry-after.ts';
 
 const ENROLMENT_TTL_MS = 72 * 3_600_000;
 const ENROLMENT_PURPOSE = 'staff-enrolment';
@@ -56,10 +57,8 @@ function enrolmentId(token: string): string {
   return `enr_${hashToken(token).toString('base64url')}`;
 }
 
-function tooMany(reply: FastifyReply, retryAfterMs: number): CastellanError {
-  reply.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
-  return new CastellanError('ERR_AUTH_LOCKED');
-}
+const tooMany = (reply: FastifyReply, retryAfterMs: number): CastellanError =>
+  refuseWithRetryAfter(reply, retryAfterMs, 'ERR_AUTH_LOCKED');
 
 async function superadminCount(db: Kysely<Database>, except: string): Promise<number> {
   const rows = await db

@@ -18,13 +18,12 @@ import {
 } from '../http/index.ts';
 import { normaliseIp } from './address-filter.ts';
 import type { GuardService } from './guard-service.ts';
+import { refuseWithRetryAfter } from '../http/retry-after.ts';
 
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
-function tooMany(reply: FastifyReply, retryAfterMs: number): CastellanError {
-  reply.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
-  return new CastellanError('ERR_RATE_LIMITED');
-}
+const tooMany = (reply: FastifyReply, retryAfterMs: number): CastellanError =>
+  refuseWithRetryAfter(reply, retryAfterMs, 'ERR_RATE_LIMITED');
 
 /**
  * Installs the guard's hooks on the root instance: blocked IPs and the per-IP limit before anything
