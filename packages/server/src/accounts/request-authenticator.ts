@@ -112,19 +112,17 @@ export class RequestAuthenticator {
   }
 
   async #user(userId: string, sessionId: string, authenticatedAt: number): Promise<UserPrincipal | null> {
-    const user = await this.#db
+    // One round trip: the person and their memberships (a person without any has one row of NULLs).
+    const rows = await this.#db
       .selectFrom('users')
-      .select(['kind', 'status'])
-      .where('id', '=', userId)
-      .executeTakeFirst();
-    if (!user || user.status !== 'active') return null;
-    const members = await this.#db
-      .selectFrom('organisation_members')
-      .select(['vendor_id', 'role'])
-      .where('user_id', '=', userId)
+      .leftJoin('organisation_members', 'organisation_members.user_id', 'users.id')
+      .select(['users.kind', 'users.status', 'organisation_members.vendor_id', 'organisation_members.role'])
+      .where('users.id', '=', userId)
       .execute();
+    const user = rows[0];
+    if (!user || user.status !== 'active') return null;
     const memberships: Record<string, OrgRole> = {};
-    for (const m of members) memberships[m.vendor_id] = m.role;
+    for (const m of rows) if (m.vendor_id !== null && m.role !== null) memberships[m.vendor_id] = m.role;
     return { kind: 'user', id: userId, credentialId: sessionId, userKind: user.kind, authenticatedAt, memberships };
   }
 }
