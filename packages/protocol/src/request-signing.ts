@@ -115,10 +115,17 @@ export function canonicalPath(path: string): string {
 /**
  * The query without '?': pairs split on '&' (empty pairs dropped) and on the first '=' (a missing '='
  * is an empty value); names and values percent-decoded, then re-encoded with everything but unreserved
- * characters as uppercase %XX ('+' is a literal plus, not a space); sorted by name, then value (byte
- * order of the encoded forms); joined as name=value with '&'.
+ * characters as uppercase %XX; sorted by name only (byte order of the encoded names), the values of a
+ * repeated name keeping the order in which they were sent (a stable sort: servers hand repeated
+ * parameters to handlers in that order, so `a=1&a=2` and `a=2&a=1` must not share a signature);
+ * joined as name=value with '&'.
+ *
+ * A raw '+' is refused: RFC 3986 makes it a literal plus, but application/x-www-form-urlencoded (the
+ * WHATWG URL standard, and the platform's query parser) decodes it as a space, so `a+b` and `a%2Bb`
+ * would share a signature yet reach the handler differently. Clients encode '+' as %2B and space as %20.
  */
 export function canonicalQuery(query: string): string {
+  if (query.includes('+')) throw new RequestSigningError("a raw '+' in the query is ambiguous: send %2B or %20");
   const pairs: [string, string][] = [];
   for (const part of query.split('&')) {
     if (part === '') continue;
@@ -131,8 +138,8 @@ export function canonicalQuery(query: string): string {
         .join('');
     pairs.push([encode(name), encode(value)]);
   }
-  const byBytes = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
-  pairs.sort((a, b) => byBytes(a[0], b[0]) || byBytes(a[1], b[1]));
+  // Array.prototype.sort is stable (ECMA-262 §23.1.3.30): equal names keep their sent order.
+  pairs.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
   return pairs.map(([n, v]) => `${n}=${v}`).join('&');
 }
 

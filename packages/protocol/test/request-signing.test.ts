@@ -29,9 +29,9 @@ const EXAMPLE = {
   nonce: 'AAECAwQFBgcICQoLDA0ODw',
   contentSha256: '119ee7e005d151e2e5ee5d879eca362bdf16cf1b2d4c6b97bc2033383dd253d2',
   canonical:
-    'CASTELLAN-HMAC-SHA256\nPOST\n/v1/~vendor/products\ndry=&tag=a%2Fb&tag=~plug\ncastellan.example.com\n' +
+    'CASTELLAN-HMAC-SHA256\nPOST\n/v1/~vendor/products\ndry=&tag=~plug&tag=a%2Fb\ncastellan.example.com\n' +
     '119ee7e005d151e2e5ee5d879eca362bdf16cf1b2d4c6b97bc2033383dd253d2\n2025-06-01T12:00:00Z\nAAECAwQFBgcICQoLDA0ODw',
-  signature: '08466f03ad2d5dcf525242f5aa23c0a0d365af68f244986113e9002c37ccfdda',
+  signature: '2e7160e679ad5199e1438c9beda4bbff938a64d9443cd308bac754f0d90a8784',
 };
 
 describe('signed operator requests', () => {
@@ -87,8 +87,8 @@ describe('signed operator requests', () => {
     assert.equal(canonicalPath('/caf\u00e9 x'), '/caf%C3%A9%20x');
     assert.equal(canonicalPath("/a:b@c!$&'()*+,;="), "/a:b@c!$&'()*+,;=");
     assert.equal(canonicalQuery(''), '');
-    assert.equal(canonicalQuery('b=2&a=1&a=0&&c'), 'a=0&a=1&b=2&c=');
-    assert.equal(canonicalQuery('x=a+b&y=%20&z=%e2%82%ac'), 'x=a%2Bb&y=%20&z=%E2%82%AC');
+    assert.equal(canonicalQuery('b=2&a=1&a=0&&c'), 'a=1&a=0&b=2&c=');
+    assert.equal(canonicalQuery('x=a%2bb&y=%20&z=%e2%82%ac'), 'x=a%2Bb&y=%20&z=%E2%82%AC');
     assert.equal(canonicalQuery('k=a=b'), 'k=a%3Db');
     assert.throws(() => canonicalPath('/a%zz'), RequestSigningError);
     assert.throws(() => canonicalQuery('a=%4'), RequestSigningError);
@@ -110,6 +110,47 @@ describe('signed operator requests', () => {
         // Any legal encoding of a value canonicalises to one form, which is stable.
         const once = canonicalQuery(`q=${encoded}`);
         return canonicalQuery(once) === once;
+      }),
+    );
+  });
+
+  test('[ORG-2] a raw + in the query cannot be signed: it would mean a plus here and a space to the server', () => {
+    // Fastify's query parser reads `a+b` as "a b" while RFC 3986 (and the old canonical form) read a
+    // literal plus, so `?target=a+b` and `?target=a%2Bb` shared a signature.
+    for (const query of ['target=a+b', 'a+b=1', '+', 'x=1&y=%20+']) {
+      assert.throws(() => canonicalQuery(query), RequestSigningError, query);
+    }
+    assert.throws(
+      () => signRequest({ key: { id: EXAMPLE.keyId, secret: 'k' }, method: 'GET', target: '/v1/x?q=a+b', host: 'h' }),
+      RequestSigningError,
+    );
+    // The unambiguous spellings canonicalise to distinct forms; '+' stays literal in the path.
+    assert.equal(canonicalQuery('target=a%2Bb'), 'target=a%2Bb');
+    assert.equal(canonicalQuery('target=a%20b'), 'target=a%20b');
+    assert.equal(canonicalPath('/v1/a+b'), '/v1/a+b');
+  });
+
+  test('[ORG-2] repeated parameters keep the order they were sent in; only names are sorted', () => {
+    // The server hands `a` to the handler as ['1', '2'] or ['2', '1']: two different requests.
+    assert.notEqual(canonicalQuery('a=1&a=2'), canonicalQuery('a=2&a=1'));
+    assert.equal(canonicalQuery('a=2&a=1'), 'a=2&a=1');
+    assert.equal(canonicalQuery('z=0&a=2&m=x&a=1&a=3'), 'a=2&a=1&a=3&m=x&z=0');
+    // Interleaving other names does not change the relative order of one name's values.
+    assert.equal(canonicalQuery('a=2&b=9&a=1'), canonicalQuery('b=9&a=2&a=1'));
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.constantFrom('a', 'b', 'c'), fc.string()), { maxLength: 8 }), (pairs) => {
+        const query = pairs.map(([n, v]) => `${n}=${encodeURIComponent(v)}`).join('&');
+        const canonical = canonicalQuery(query);
+        // Per name, the canonical values are the sent values in the sent order.
+        for (const name of ['a', 'b', 'c']) {
+          const sent = pairs.filter(([n]) => n === name).map(([, v]) => v);
+          const kept = canonical
+            .split('&')
+            .filter((p) => p.startsWith(`${name}=`))
+            .map((p) => decodeURIComponent(p.slice(2)));
+          if (JSON.stringify(sent) !== JSON.stringify(kept)) return false;
+        }
+        return true;
       }),
     );
   });

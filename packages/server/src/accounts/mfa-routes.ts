@@ -34,6 +34,7 @@ import { secondFactorsOf } from './sign-in-service.ts';
 import { requireRecentAuthentication } from './step-up.ts';
 import { type AssertionOutcome, WebauthnService } from './webauthn-service.ts';
 import { refuseWithRetryAfter } from '../http/retry-after.ts';
+import { clientNetworkOf } from '../guard/index.ts';
 
 /** Wrong answers on one pending sign-in before it is revoked. */
 export const PENDING_SIGN_IN_MAX_FAILURES = 5;
@@ -170,27 +171,49 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
     { dimension: 'mfa-session', key: sessionId, points: PENDING_SIGN_IN_MAX_FAILURES },
   ];
 
-  /** Refuses before any check while a counter is exhausted. */
-  async function refuseWhileLocked(request: FastifyRequest, reply: FastifyReply, userId: string, sessionId: string) {
+  /** The pending sign-in's count after this request's reserved attempt. */
+  const reserved = new WeakMap<FastifyRequest, number>();
+
+  /**
+   * Reserves this attempt in every counter before the code is checked (refused while one is over its
+   * threshold), so parallel guesses get no more checks than sequential ones. `reserve: false` only
+   * checks (for requests that verify nothing, such as fetching passkey options).
+   */
+  async function refuseWhileLocked(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    userId: string,
+    sessionId: string,
+    reserve = true,
+  ) {
     let wait = 0;
-    for (const l of limits(userId, sessionId, request.ip)) {
-      const state = await ctx.limits.peek(l.dimension, l.key, l.points, windowS);
+    let onSession = 0;
+    for (const l of limits(userId, sessionId, clientNetworkOf(request.ip))) {
+      const state = reserve
+        ? await ctx.limits.consume(l.dimension, l.key, l.points, windowS)
+        : await ctx.limits.peek(l.dimension, l.key, l.points, windowS);
       if (!state.allowed) wait = Math.max(wait, state.retryAfterMs, 1);
+      if (l.dimension === 'mfa-session') onSession = state.consumed;
     }
     if (wait > 0) {
       await ctx.audit(request, { type: 'user.mfa', result: 'denied', target: userId, details: { reason: 'locked' } });
       throw locked(reply, wait);
     }
+    if (reserve) reserved.set(request, onSession);
   }
 
-  /** Counts a wrong answer everywhere; returns the count on this session. */
-  async function countFailure(request: FastifyRequest, userId: string, sessionId: string): Promise<number> {
-    let onSession = 0;
-    for (const l of limits(userId, sessionId, request.ip)) {
-      const outcome = await ctx.limits.consume(l.dimension, l.key, l.points, windowS);
-      if (l.dimension === 'mfa-session') onSession = outcome.consumed;
+  /** A wrong answer was already counted when its attempt was reserved; returns the count on the session. */
+  function countFailure(request: FastifyRequest): number {
+    return reserved.get(request) ?? 0;
+  }
+
+  /** A right answer gives its reserved attempt back. */
+  async function releaseAttempt(request: FastifyRequest, userId: string, sessionId: string): Promise<void> {
+    if (!reserved.has(request)) return;
+    reserved.delete(request);
+    for (const l of limits(userId, sessionId, clientNetworkOf(request.ip))) {
+      await ctx.limits.refund(l.dimension, l.key, l.points, windowS);
     }
-    return onSession;
   }
 
   /** The person's display name for authenticator apps: their contact, else their ID. */
@@ -295,10 +318,11 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
       await refuseWhileLocked(request, reply, user.id, user.credentialId);
       const hadFactor = (await secondFactorsOf(ctx, user.id)).length > 0;
       if (!(await ctx.totp.verify(user.id, (request.body as { code: string }).code, { confirm: true }))) {
-        await countFailure(request, user.id, user.credentialId);
+        countFailure(request);
         await ctx.audit(request, { type: 'user.mfa-totp-confirm', target: user.id, result: 'failure' });
         throw new CastellanError('ERR_MFA_CODE_INVALID');
       }
+      await releaseAttempt(request, user.id, user.credentialId);
       const recoveryCodes = await recoveryCodesForFirstFactor(user.id, hadFactor);
       await ctx.audit(request, {
         type: 'user.mfa-totp-confirm',
@@ -381,6 +405,7 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
         await ctx.audit(request, { type: 'user.mfa-webauthn-register', target: user.id, result: 'failure' });
         throw error;
       }
+      await releaseAttempt(request, user.id, user.credentialId);
       const recoveryCodes = await recoveryCodesForFirstFactor(user.id, hadFactor);
       await ctx.audit(request, {
         type: 'user.mfa-webauthn-register',
@@ -448,6 +473,7 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
     reply: FastifyReply,
     mfaToken: string,
     method: Method,
+    reserve = true,
   ): Promise<SessionRecord> {
     const session = await ctx.sessions.resolve(mfaToken, request.ip);
     const user = session?.principalKind === 'user' ? await ctx.users.get(session.principalId) : null;
@@ -460,7 +486,7 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
       });
       throw new CastellanError('ERR_AUTH_INVALID');
     }
-    await refuseWhileLocked(request, reply, session.principalId, session.id);
+    await refuseWhileLocked(request, reply, session.principalId, session.id, reserve);
     return session;
   }
 
@@ -471,7 +497,7 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
     method: Method,
     reason: string,
   ): Promise<never> {
-    const failures = await countFailure(request, session.principalId, session.id);
+    const failures = countFailure(request);
     const revoked = failures >= PENDING_SIGN_IN_MAX_FAILURES;
     if (revoked) await ctx.sessions.revoke(session.id);
     await ctx.audit(request, {
@@ -485,6 +511,7 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
 
   /** Both factors given: the pending session becomes a full one under a new token (SESS-1). */
   async function completeSignIn(request: FastifyRequest, reply: FastifyReply, session: SessionRecord, method: Method) {
+    await releaseAttempt(request, session.principalId, session.id);
     const issued = await ctx.sessions.rotate(session.id, request.ip, { level: 'full', authenticatedAt: ctx.now() });
     await ctx.audit(request, {
       type: 'user.login',
@@ -551,7 +578,8 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
     },
     async (request, reply) => {
       const body = request.body as { mfaToken: string };
-      const session = await pendingSignIn(request, reply, body.mfaToken, 'webauthn');
+      // Fetching options verifies nothing: it checks the locks without spending an attempt.
+      const session = await pendingSignIn(request, reply, body.mfaToken, 'webauthn', false);
       if ((await webauthn.count(session.principalId)) === 0) throw new CastellanError('ERR_MFA_NOT_ENROLLED');
       const { options } = await webauthn.authenticationOptions('webauthn-mfa', session.principalId, session.id);
       return options;
@@ -602,7 +630,12 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
       },
     },
     async (request) => {
-      const rate = await ctx.limits.consume('passkey-options-ip', request.ip, PASSKEY_OPTIONS_PER_IP_PER_MINUTE, 60);
+      const rate = await ctx.limits.consume(
+        'passkey-options-ip',
+        clientNetworkOf(request.ip),
+        PASSKEY_OPTIONS_PER_IP_PER_MINUTE,
+        60,
+      );
       if (!rate.allowed) throw new CastellanError('ERR_RATE_LIMITED');
       return webauthn.authenticationOptions('webauthn-passkey', null);
     },
@@ -628,7 +661,11 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
         response: AuthenticationResponseJSON;
         keepSignedIn?: boolean;
       };
-      const ipLimit = { dimension: 'login-ip', key: request.ip, points: ctx.config.loginFailuresPerIp };
+      const ipLimit = {
+        dimension: 'login-ip',
+        key: clientNetworkOf(request.ip),
+        points: ctx.config.loginFailuresPerIp,
+      };
       const state = await ctx.limits.peek(ipLimit.dimension, ipLimit.key, ipLimit.points, windowS);
       if (!state.allowed) {
         await ctx.audit(request, {
@@ -674,6 +711,7 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
 
   /** A fresh authentication: the session gets a new token and a new authenticatedAt (SESS-1). */
   async function steppedUp(request: FastifyRequest, reply: FastifyReply, user: UserPrincipal, method: Method) {
+    await releaseAttempt(request, user.id, user.credentialId);
     const issued = await ctx.sessions.rotate(user.credentialId, request.ip, { authenticatedAt: ctx.now() });
     await ctx.audit(request, {
       type: 'user.reauthenticate',
@@ -684,7 +722,7 @@ export async function mfaRoutes(app: FastifyInstance, ctx: AccountsContext): Pro
   }
 
   async function stepUpFailed(request: FastifyRequest, user: UserPrincipal, method: Method, reason: string) {
-    await countFailure(request, user.id, user.credentialId);
+    countFailure(request);
     await ctx.audit(request, {
       type: 'user.reauthenticate',
       target: user.id,

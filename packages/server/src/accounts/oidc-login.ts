@@ -16,6 +16,7 @@ import type { CastellanConfig } from '../config/index.ts';
 import { CastellanError } from '../errors/index.ts';
 import { newId } from '../lib/random-ids.ts';
 import type { AccountsContext } from './accounts-context.ts';
+import { isUniqueViolation } from './accounts-service.ts';
 import { type Identifier, normaliseIdentifier, type UserRecord } from './user-directory.ts';
 
 export type OidcProviderConfig = CastellanConfig['accounts']['oidcProviders'][number];
@@ -279,23 +280,32 @@ export function subjectIndex(ctx: Pick<AccountsContext, 'keys'>, provider: strin
  * address. An existing account with that address is never linked here: whoever controls the
  * provider account (or a provider that asserts addresses it does not own) would take it over. The
  * person signs in with the password and links the provider from settings instead.
+ *
+ * The new account and its link are two writes (users.create seals the address under a key of the
+ * person's own, outside any transaction). If the link cannot be written, the account is undone — row
+ * deleted, key shredded — so no account without a link is left to answer ERR_OIDC_ACCOUNT_EXISTS
+ * forever; when the reason was a concurrent callback that linked the subject first, that request won
+ * and this one signs in to its account.
  */
 export async function accountForIdentity(
   ctx: Pick<AccountsContext, 'db' | 'keys' | 'users' | 'now'>,
   identity: OidcIdentity,
 ): Promise<{ user: UserRecord; created: boolean }> {
   const index = subjectIndex(ctx, identity.provider, identity.subject);
-  const link = await ctx.db
-    .selectFrom('oidc_identities')
-    .select('user_id')
-    .where('provider', '=', identity.provider)
-    .where('subject_index', '=', index)
-    .executeTakeFirst();
-  if (link) {
+  const linked = async (): Promise<UserRecord | null> => {
+    const link = await ctx.db
+      .selectFrom('oidc_identities')
+      .select('user_id')
+      .where('provider', '=', identity.provider)
+      .where('subject_index', '=', index)
+      .executeTakeFirst();
+    if (!link) return null;
     const user = await ctx.users.get(link.user_id);
     if (!user || user.status !== 'active') throw new OidcFailure('linked account is missing or not active');
-    return { user, created: false };
-  }
+    return user;
+  };
+  const existing = await linked();
+  if (existing) return { user: existing, created: false };
   if (identity.email === null) throw new CastellanError('ERR_OIDC_EMAIL_REQUIRED');
   let identifier: Identifier;
   try {
@@ -315,9 +325,19 @@ export async function accountForIdentity(
     }
     throw error;
   }
-  await ctx.db
-    .insertInto('oidc_identities')
-    .values({ provider: identity.provider, subject_index: index, user_id: user.id, created_at: ctx.now() })
-    .execute();
+  try {
+    await ctx.db
+      .insertInto('oidc_identities')
+      .values({ provider: identity.provider, subject_index: index, user_id: user.id, created_at: ctx.now() })
+      .execute();
+  } catch (error) {
+    // Nothing else refers to the new account yet (no session, no membership): undo it whole.
+    await ctx.db.deleteFrom('users').where('id', '=', user.id).execute();
+    await ctx.keys.shred('platform', { user: user.id });
+    if (!isUniqueViolation(error)) throw error;
+    const winner = await linked();
+    if (!winner) throw error;
+    return { user: winner, created: false };
+  }
   return { user, created: true };
 }

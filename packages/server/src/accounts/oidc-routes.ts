@@ -15,6 +15,7 @@ import { deliverSession, wantsBodyTokens } from './session-delivery.ts';
 import { noteSuccessfulSignIn } from './sign-in-alerts.ts';
 import { secondFactorsOf } from './sign-in-service.ts';
 import { refuseWithRetryAfter } from '../http/retry-after.ts';
+import { clientNetworkOf } from '../guard/index.ts';
 
 /**
  * Binds an attempt to the browser that started it. SameSite=Lax, not Strict: the callback is a
@@ -59,7 +60,12 @@ export async function oidcRoutes(app: FastifyInstance, ctx: AccountsContext): Pr
   // Each start stores an attempt, each failed callback costs an outbound request: both are limited
   // per client IP with the sign-in failures (ACC-4).
   const limit = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    const outcome = await ctx.limits.consume('oidc-ip', request.ip, ctx.config.loginFailuresPerIp, windowS);
+    const outcome = await ctx.limits.consume(
+      'oidc-ip',
+      clientNetworkOf(request.ip),
+      ctx.config.loginFailuresPerIp,
+      windowS,
+    );
     if (!outcome.allowed) throw tooMany(reply, outcome.retryAfterMs);
   };
 
@@ -149,7 +155,7 @@ export async function oidcRoutes(app: FastifyInstance, ctx: AccountsContext): Pr
           result: 'failure',
           details: { method: 'oidc', provider, reason: refusal ? reason : 'failed' },
         });
-        await ctx.limits.consume('oidc-ip', request.ip, ctx.config.loginFailuresPerIp, windowS);
+        await ctx.limits.consume('oidc-ip', clientNetworkOf(request.ip), ctx.config.loginFailuresPerIp, windowS);
         if (refusal) throw error;
         throw new CastellanError('ERR_OIDC_FAILED');
       }

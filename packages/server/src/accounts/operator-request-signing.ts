@@ -40,6 +40,7 @@ export type SignatureRefusal =
   | 'unknown-key'
   | 'revoked-key'
   | 'address-not-allowed'
+  | 'query-plus'
   | 'bad-signature'
   | 'replayed-nonce'
   | 'body-hash-mismatch';
@@ -116,6 +117,14 @@ export class OperatorRequestVerifier implements SignedRequestVerifier {
     if (key.revoked_at !== null) return this.#refuse(request, 'revoked-key', auth.keyId, key.vendor_id);
     if (!addressAllowed(parseJsonList(key.allowed_cidrs), request.ip)) {
       return this.#refuse(request, 'address-not-allowed', auth.keyId, key.vendor_id);
+    }
+
+    // A raw '+' means a plus to the canonical query (RFC 3986) but a space to the query parser
+    // (application/x-www-form-urlencoded), so `a+b` and `a%2Bb` would share a signature while the
+    // handler sees different values: refused outright (docs/api-signing.md).
+    const query = target.indexOf('?');
+    if (query !== -1 && target.includes('+', query)) {
+      return this.#refuse(request, 'query-plus', auth.keyId, key.vendor_id);
     }
 
     let canonical: string;

@@ -248,9 +248,9 @@ export async function organisationRoutes(app: FastifyInstance, ctx: AccountsCont
       const leaving = userId === person.id;
       authorise(person, vendorId, leaving ? 'org.read' : 'org.members.manage');
       const type = leaving ? 'org.leave' : 'org.member-remove';
-      let removedRole: OrgRole;
+      let removed: Awaited<ReturnType<OrganisationsService['removeMember']>>;
       try {
-        removedRole = await orgs.removeMember(vendorId, person.id, userId);
+        removed = await orgs.removeMember(vendorId, person.id, userId);
       } catch (error) {
         await ctx.audit(request, {
           type,
@@ -261,7 +261,12 @@ export async function organisationRoutes(app: FastifyInstance, ctx: AccountsCont
         });
         throw error;
       }
-      await ctx.audit(request, { type, tenant: vendorId, target: userId, details: { role: removedRole } });
+      await ctx.audit(request, {
+        type,
+        tenant: vendorId,
+        target: userId,
+        details: { role: removed.role, invitationsWithdrawn: removed.invitationsWithdrawn },
+      });
       return reply.status(204).send();
     },
   );
@@ -303,28 +308,42 @@ export async function organisationRoutes(app: FastifyInstance, ctx: AccountsCont
         throw error;
       }
       const { invitation, token, organisation } = created;
-      await ctx.sender.send({
-        channel: 'email',
-        to: email.value,
-        subject: `Invitation to join ${organisation.name} on Castellan`,
-        text: [
-          `You are invited to join the organisation "${organisation.name}" on Castellan as ${invitation.role}.`,
-          '',
-          'Sign in with a developer account registered to this e-mail address and accept the invitation',
-          `(POST ${ctx.publicUrl()}/v1/invitations/accept) with this token:`,
-          '',
-          token,
-          '',
-          `It is valid for 7 days and can be used once. If you did not expect it, ignore this message.`,
-        ].join('\n'),
-        purpose: 'invitation',
-      });
+      // The invitation exists from here on, so it is audited before anything else can fail. The e-mail
+      // is then sent without holding up or failing the request (as registration does): an SMTP outage
+      // must not answer 500 for an invitation that was in fact created and recorded. If delivery
+      // fails, nobody ever holds the token, so the row is inert until it expires (and is purged); the
+      // inviter simply invites again. Rolling back instead would make the inviter wait on SMTP and
+      // still race a mail that was accepted by the relay but reported as failed.
       await ctx.audit(request, {
         type: 'org.invite',
         tenant: vendorId,
         target: invitation.id,
         details: { role: invitation.role, expiresAt: invitation.expiresAt },
       });
+      ctx.sender
+        .send({
+          channel: 'email',
+          to: email.value,
+          subject: `Invitation to join ${organisation.name} on Castellan`,
+          text: [
+            `You are invited to join the organisation "${organisation.name}" on Castellan as ${invitation.role}.`,
+            '',
+            'Sign in with a developer account registered to this e-mail address and accept the invitation',
+            `(POST ${ctx.publicUrl()}/v1/invitations/accept) with this token:`,
+            '',
+            token,
+            '',
+            `It is valid for 7 days and can be used once. If you did not expect it, ignore this message.`,
+          ].join('\n'),
+          purpose: 'invitation',
+        })
+        .catch((error: unknown) => {
+          // Only the error's code: delivery errors can quote the recipient's address.
+          ctx.log.warn(
+            { purpose: 'invitation', invitationId: invitation.id, errorCode: (error as { code?: unknown }).code },
+            'message delivery failed',
+          );
+        });
       return reply.status(201).send({
         id: invitation.id,
         vendorId: invitation.vendorId,

@@ -120,6 +120,11 @@ export async function createPersonalOrganisation(
   return { vendorId: org.id, code: org.code };
 }
 
+/** Whether a member in role `inviter` may invite someone as `role`: owners for owners, admins otherwise. */
+function mayGrant(inviter: OrgRole, role: OrgRole): boolean {
+  return role === 'owner' ? inviter === 'owner' : inviter === 'owner' || inviter === 'admin';
+}
+
 function toOrganisation(row: Database['vendors']): Organisation {
   return { id: row.id, code: row.code, name: row.name, kind: row.kind, createdAt: Number(row.created_at) };
 }
@@ -196,8 +201,17 @@ export class OrganisationsService {
     });
   }
 
-  /** Removes a member (or lets a member leave: actorId === userId). Same owner rules as changeRole. */
-  async removeMember(vendorId: string, actorId: string, userId: string): Promise<OrgRole> {
+  /**
+   * Removes a member (or lets a member leave: actorId === userId). Same owner rules as changeRole.
+   * The pending invitations the member sent for this organisation go too: a departed member must
+   * not keep bringing people in (accept() also re-checks the inviter). Returns the removed role and
+   * how many invitations were withdrawn.
+   */
+  async removeMember(
+    vendorId: string,
+    actorId: string,
+    userId: string,
+  ): Promise<{ role: OrgRole; invitationsWithdrawn: number }> {
     return this.#db.transaction().execute(async (trx) => {
       const { actor, target } = await this.#lockMembers(trx, vendorId, actorId, userId);
       if (target.role === 'owner' && actor !== 'owner') throw new CastellanError('ERR_AUTH_FORBIDDEN');
@@ -207,7 +221,13 @@ export class OrganisationsService {
         .where('vendor_id', '=', vendorId)
         .where('user_id', '=', userId)
         .execute();
-      return target.role;
+      const withdrawn = await trx
+        .deleteFrom('organisation_invitations')
+        .where('vendor_id', '=', vendorId)
+        .where('invited_by', '=', userId)
+        .where('accepted_at', 'is', null)
+        .executeTakeFirst();
+      return { role: target.role, invitationsWithdrawn: Number(withdrawn.numDeletedRows) };
     });
   }
 
@@ -226,7 +246,7 @@ export class OrganisationsService {
     if (organisation.kind === 'personal') throw new CastellanError('ERR_ORG_PERSONAL');
     const inviter = await this.#roleOf(this.#db, vendorId, inviterId);
     if (!inviter) throw new CastellanError('ERR_ORG_NOT_FOUND');
-    if (role === 'owner' && inviter !== 'owner') throw new CastellanError('ERR_AUTH_FORBIDDEN');
+    if (!mayGrant(inviter, role)) throw new CastellanError('ERR_AUTH_FORBIDDEN');
     const token = newToken(INVITATION_TOKEN_PREFIX);
     const now = this.#ctx.now();
     const invitation: Invitation = {
@@ -254,16 +274,19 @@ export class OrganisationsService {
   }
 
   /**
-   * Accepts an invitation for the signed-in person: the token must be unused and unexpired, and the
-   * person's e-mail (its blind index) must be the invited one. Single use: only the UPDATE that sets
-   * accepted_at from NULL wins. Every refusal is the same ERR_ORG_INVITATION_INVALID.
+   * Accepts an invitation for the signed-in person: the token must be unused and unexpired, the
+   * person's e-mail (its blind index) must be the invited one, and the inviter must still be allowed
+   * to grant the role (a member, owner for owner invitations, admin or owner otherwise: an invitation
+   * carries its inviter's authority, which ends when they are removed or demoted). Single use: only
+   * the UPDATE that sets accepted_at from NULL wins. Every refusal is the same
+   * ERR_ORG_INVITATION_INVALID.
    */
   async accept(userId: string, token: string): Promise<{ invitationId: string; vendorId: string; role: OrgRole }> {
     return this.#db.transaction().execute(async (trx) => {
       const now = this.#ctx.now();
       const invitation = await trx
         .selectFrom('organisation_invitations')
-        .select(['id', 'vendor_id', 'email_index', 'role', 'expires_at', 'accepted_at'])
+        .select(['id', 'vendor_id', 'email_index', 'role', 'invited_by', 'expires_at', 'accepted_at'])
         .where('token_hash', '=', hashToken(token))
         .executeTakeFirst();
       const user = await trx.selectFrom('users').select(['email_index']).where('id', '=', userId).executeTakeFirst();
@@ -276,7 +299,11 @@ export class OrganisationsService {
       ) {
         throw new CastellanError('ERR_ORG_INVITATION_INVALID');
       }
+      // Read under the vendor lock, so a concurrent removal or demotion of the inviter is either
+      // seen here or waits for this acceptance (and then removes a member it can see).
       const organisation = await this.#lockOrganisation(trx, invitation.vendor_id);
+      const inviter = await this.#roleOf(trx, invitation.vendor_id, invitation.invited_by);
+      if (!inviter || !mayGrant(inviter, invitation.role)) throw new CastellanError('ERR_ORG_INVITATION_INVALID');
       if (organisation.kind === 'personal') throw new CastellanError('ERR_ORG_PERSONAL');
       if (await this.#roleOf(trx, invitation.vendor_id, userId)) throw new CastellanError('ERR_ORG_ALREADY_MEMBER');
       const used = await trx

@@ -190,18 +190,21 @@ export async function registrationRoutes(app: FastifyInstance, ctx: AccountsCont
     {
       onRequest: perIp('user.activate', guessIp('account-activation')),
       schema: {
-        summary: 'Activate a registered account with the code that was sent',
+        summary:
+          'Activate a registered account with the code that was sent and the password it was registered with (a wrong password is refused like a wrong code)',
         tags: ['accounts'],
-        body: StrictObject({ identifier: IdentifierField, code: CodeField }),
+        body: StrictObject({ identifier: IdentifierField, code: CodeField, password: PasswordField }),
         response: { 200: StrictObject({ status: Type.Literal('active') }), ...limitedErrors },
       },
     },
     async (request, reply) => {
-      const body = request.body as { identifier: string; code: string };
+      const body = request.body as { identifier: string; code: string; password: string };
       const type = 'user.activate';
       const identifier = await identifierOf(request, type, body.identifier);
       await perIdentifier(request, reply, type, guessId('account-activation'), identifier);
-      const activated = await service.activate(identifier, body.code);
+      // The password binds the activation to the registration it confirms (ACC-1, ACC-4): a later
+      // re-registration of the pending identifier cannot have the owner's code activate its password.
+      const activated = await service.activate(identifier, body.code, body.password);
       if (!activated) {
         await ctx.audit(request, { type, result: 'failure' });
         throw new CastellanError('ERR_ACCOUNT_CODE_INVALID');

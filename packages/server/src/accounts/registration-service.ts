@@ -6,7 +6,7 @@
 import type { AccountsContext } from './accounts-context.ts';
 import { OneTimeCodes } from './one-time-codes.ts';
 import { createPersonalOrganisation } from './organisations-service.ts';
-import { hashPassword } from './password-hasher.ts';
+import { hashPassword, verifyPassword } from './password-hasher.ts';
 import { checkPasswordPolicy } from './password-policy.ts';
 import type { UserKind } from './principal.ts';
 import { ProofOfWork } from './proof-of-work.ts';
@@ -20,6 +20,12 @@ export interface RegistrationResult {
   userId: string;
   outcome: RegistrationOutcome;
 }
+
+/**
+ * Compared against the live activation code when the password is wrong: it counts the guess like a
+ * wrong code but can never match (codes are decimal digits), so the code is never used up by it.
+ */
+const NOT_A_CODE = 'wrong-password';
 
 export class RegistrationService {
   readonly pow: ProofOfWork;
@@ -49,8 +55,9 @@ export class RegistrationService {
 
   /**
    * Registers a pending account and sends its activation code. For a taken identifier: a pending
-   * account takes the new password and gets a fresh code (the latest registration proven by the
-   * code wins, so a squatter's earlier password does not survive the owner's registration); an
+   * account takes the new password and gets a fresh code (so a squatter's earlier password does not
+   * survive the owner's registration; activation needs the code AND this password, so a later
+   * registration by someone else can only make the owner's activation fail, never take it over); an
    * active account's owner gets a notice instead. The caller sees no difference.
    */
   async register(input: { identifier: Identifier; password: string; kind: UserKind }): Promise<RegistrationResult> {
@@ -74,9 +81,12 @@ export class RegistrationService {
       }
     }
     if (existing.status === 'pending') {
-      await this.#ctx.users.setPasswordHash(existing.id, passwordHash);
-      await this.#sendActivation(existing.id, input.identifier);
-      return { userId: existing.id, outcome: 'pending-again' };
+      if (await this.#replacePendingPassword(existing.id, passwordHash)) {
+        await this.#sendActivation(existing.id, input.identifier);
+        return { userId: existing.id, outcome: 'pending-again' };
+      }
+      // Activated between the lookup and the update: its password stays, its owner gets the notice.
+      existing = (await this.#ctx.users.get(existing.id)) ?? existing;
     }
     if (existing.status === 'active') {
       this.#deliver(input.identifier, 'registration-attempt', 'Someone tried to register with your address', [
@@ -89,20 +99,42 @@ export class RegistrationService {
   }
 
   /**
-   * Activates a pending account with its code; null for anything wrong (unknown identifier, not
-   * pending, wrong, expired or used code), which callers answer with one generic error.
+   * Activates a pending account with its code and the password of the registration being activated;
+   * null for anything wrong (unknown identifier, not pending, wrong password, wrong, expired or used
+   * code), which callers answer with one generic error. Binding the password matters because
+   * re-registering a pending identifier replaces its password: without it, whoever registered last
+   * would own the account the address holder activates. A wrong password counts as a guess against
+   * the live code (like a wrong code, toward codeMaxAttempts) but never uses it up, so the owner can
+   * retry with the right password, and someone without the code cannot spend it.
    */
   async activate(
     identifier: Identifier,
     code: string,
+    password: string,
   ): Promise<{ user: UserRecord; organisationId: string | null } | null> {
     const user = await this.#ctx.users.findByIdentifier(identifier);
-    if (!user || user.status !== 'pending') return null;
+    if (!user || user.status !== 'pending' || !user.passwordHash) {
+      await verifyPassword(null, password); // the same work as a real check (NIST SP 800-63B 5.2.2)
+      return null;
+    }
+    if (!(await verifyPassword(user.passwordHash, password))) {
+      await this.codes.consume(user.id, 'activate', NOT_A_CODE);
+      return null;
+    }
     if (!(await this.codes.consume(user.id, 'activate', code))) return null;
     // A developer's personal vendor organisation (ORG-1) exists before the account is active; its
     // creation is idempotent, so a failure here is repaired by a resent code.
     const organisation = user.kind === 'developer' ? await createPersonalOrganisation(this.#ctx, user.id) : null;
-    await this.#ctx.users.setStatus(user.id, 'active');
+    // Only if the password just verified is still the stored one: a re-registration racing this
+    // request must not have its password activated by the owner's code.
+    const activated = await this.#ctx.db
+      .updateTable('users')
+      .set({ status: 'active', activated_at: this.#ctx.now() })
+      .where('id', '=', user.id)
+      .where('status', '=', 'pending')
+      .where('password_hash', '=', user.passwordHash)
+      .executeTakeFirst();
+    if (Number(activated.numUpdatedRows) !== 1) return null;
     return { user: { ...user, status: 'active' }, organisationId: organisation?.vendorId ?? null };
   }
 
@@ -141,6 +173,20 @@ export class RegistrationService {
     await this.#ctx.users.setPasswordHash(user.id, passwordHash);
     await this.#ctx.sessions.revokeAll(user.id);
     return user.id;
+  }
+
+  /**
+   * Replaces the password of an account only while it is still pending (compare-and-set), so a
+   * registration racing the owner's activation cannot set the password of the now active account.
+   */
+  async #replacePendingPassword(userId: string, passwordHash: string): Promise<boolean> {
+    const updated = await this.#ctx.db
+      .updateTable('users')
+      .set({ password_hash: passwordHash, password_changed_at: this.#ctx.now() })
+      .where('id', '=', userId)
+      .where('status', '=', 'pending')
+      .executeTakeFirst();
+    return Number(updated.numUpdatedRows) === 1;
   }
 
   async #sendActivation(userId: string, identifier: Identifier): Promise<void> {

@@ -4,8 +4,9 @@
 // Brute force (ACC-4, OWASP Authentication Cheat Sheet "Protect against automated attacks"): failures
 // are counted per account, per client IP and per client (the device cookie). Once any count reaches its
 // threshold within accounts.loginFailureWindowMinutes, attempts are refused with ERR_AUTH_LOCKED before
-// any password hash is computed, so a locked account costs the server nothing. Failures answer after a
-// progressive delay. Unknown identifiers, pending accounts and wrong passwords all give the same
+// any password hash is computed, so a locked account costs the server nothing. Every attempt reserves
+// its point before the hash is checked (a success gives it back), so a burst of parallel guesses gets
+// no more checks than one guess after another would. Failures answer after a progressive delay. Unknown identifiers, pending accounts and wrong passwords all give the same
 // ERR_AUTH_INVALID after the same work (a decoy hash for unknown ones): nothing tells them apart.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyReply, FastifyRequest } from 'fastify';
@@ -16,6 +17,7 @@ import { checkPasswordPolicy } from './password-policy.ts';
 import type { IssuedSession } from './session-store.ts';
 import { deviceIdOf, noteSuccessfulSignIn } from './sign-in-alerts.ts';
 import { type Identifier, normaliseIdentifier } from './user-directory.ts';
+import { clientNetworkOf } from '../guard/index.ts';
 import { refuseWithRetryAfter } from '../http/retry-after.ts';
 
 export type SecondFactor = 'totp' | 'webauthn';
@@ -64,33 +66,31 @@ class FailureThrottle {
     return this.#ctx.config.loginFailureWindowMinutes * 60;
   }
 
-  /** Milliseconds until the lock lifts, or 0 when no counter is exhausted. Reads only. */
-  async lockedFor(keys: ThrottleKeys): Promise<number> {
-    let wait = 0;
-    for (const d of this.#dimensions(keys)) {
-      const state = await this.#ctx.limits.peek(d.dimension, d.key, d.points, this.#windowS);
-      if (!state.allowed) wait = Math.max(wait, state.retryAfterMs, 1);
-    }
-    return wait;
-  }
-
   /**
-   * Counts a failure everywhere; returns the account's count, which sets the delay (slowing guesses
-   * at one account; a client or an address spraying many accounts meets its own limit instead).
+   * Reserves one attempt in every counter before the password is checked. Refused (with the
+   * milliseconds until the lock lifts) when any counter is over its threshold; otherwise returns the
+   * account's count, which sets the delay of a failure (slowing guesses at one account; a client or
+   * an address spraying many accounts meets its own limit instead).
    */
-  async fail(keys: ThrottleKeys): Promise<number> {
+  async reserve(keys: ThrottleKeys): Promise<{ ok: true; streak: number } | { ok: false; waitMs: number }> {
+    let wait = 0;
     let streak = 0;
     for (const d of this.#dimensions(keys)) {
       const outcome = await this.#ctx.limits.consume(d.dimension, d.key, d.points, this.#windowS);
+      if (!outcome.allowed) wait = Math.max(wait, outcome.retryAfterMs, 1);
       if (d.dimension === 'login-account') streak = outcome.consumed;
     }
-    return streak;
+    return wait > 0 ? { ok: false, waitMs: wait } : { ok: true, streak };
   }
 
-  /** A success clears the account's and the client's counts (the IP's stay: many people share one). */
+  /**
+   * A success clears the account's and the client's counts; the address's keeps its failures (many
+   * people share one) but gets back the point this attempt reserved.
+   */
   async succeed(keys: ThrottleKeys): Promise<void> {
     for (const d of this.#dimensions(keys)) {
-      if (d.dimension !== 'login-ip') await this.#ctx.limits.reset(d.dimension, d.key, d.points, this.#windowS);
+      if (d.dimension === 'login-ip') await this.#ctx.limits.refund(d.dimension, d.key, d.points, this.#windowS);
+      else await this.#ctx.limits.reset(d.dimension, d.key, d.points, this.#windowS);
     }
   }
 }
@@ -143,29 +143,28 @@ export class SignInService {
       account: user
         ? `usr:${user.id}`
         : `idx:${ctx.keys.blindIndex('platform', 'login-throttle', identifier?.value ?? input.identifier).toString('base64url')}`,
-      ip: request.ip,
+      ip: clientNetworkOf(request.ip),
       client: ctx.keys.blindIndex('platform', 'login-client', device).toString('base64url'),
     };
-    const wait = await this.#throttle.lockedFor(keys);
-    if (wait > 0) {
+    const attempt = await this.#throttle.reserve(keys);
+    if (!attempt.ok) {
       await ctx.audit(request, {
         type: 'user.login',
         result: 'denied',
         target: user?.id ?? null,
         details: { reason: 'locked' },
       });
-      throw locked(reply, wait);
+      throw locked(reply, attempt.waitMs);
     }
     const valid = await verifyPassword(user?.passwordHash, input.password);
     if (!valid || !user || user.status !== 'active') {
-      const streak = await this.#throttle.fail(keys);
       await ctx.audit(request, {
         type: 'user.login',
         result: 'failure',
         target: user?.id ?? null,
         details: { reason: 'invalid' },
       });
-      await sleep(failureDelayMs(streak));
+      await sleep(failureDelayMs(attempt.streak));
       throw new CastellanError('ERR_AUTH_INVALID');
     }
     await this.#throttle.succeed(keys);
@@ -211,11 +210,11 @@ export class SignInService {
    */
   async verifyOwnPassword(request: FastifyRequest, reply: FastifyReply, userId: string, password: string) {
     const keys: ThrottleKeys = { account: `usr:${userId}` };
-    const wait = await this.#throttle.lockedFor(keys);
-    if (wait > 0) throw locked(reply, wait);
+    const attempt = await this.#throttle.reserve(keys);
+    if (!attempt.ok) throw locked(reply, attempt.waitMs);
     const user = await this.#ctx.users.get(userId);
     if (!(await verifyPassword(user?.passwordHash, password))) {
-      await sleep(failureDelayMs(await this.#throttle.fail(keys)));
+      await sleep(failureDelayMs(attempt.streak));
       throw new CastellanError('ERR_AUTH_INVALID');
     }
     await this.#throttle.succeed(keys);

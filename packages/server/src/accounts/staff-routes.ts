@@ -27,6 +27,7 @@ import { STAFF_ROLES, type StaffRole } from './principal.ts';
 import { parseRoles } from './request-authenticator.ts';
 import { clearSessionCookies, deliverSession } from './session-delivery.ts';
 import { refuseWithRetryAfter } from '../http/retry-after.ts';
+import { clientNetworkOf } from '../guard/index.ts';
 
 const ENROLMENT_TTL_MS = 72 * 3_600_000;
 const ENROLMENT_PURPOSE = 'staff-enrolment';
@@ -60,12 +61,15 @@ function enrolmentId(token: string): string {
 const tooMany = (reply: FastifyReply, retryAfterMs: number): CastellanError =>
   refuseWithRetryAfter(reply, retryAfterMs, 'ERR_AUTH_LOCKED');
 
+/** Enabled superadmins other than `except` who can act (their TOTP factor is confirmed). */
 async function superadminCount(db: Kysely<Database>, except: string): Promise<number> {
   const rows = await db
     .selectFrom('admins')
-    .select(['id', 'roles'])
-    .where('disabled_at', 'is', null)
-    .where('id', '!=', except)
+    .innerJoin('mfa_totp', 'mfa_totp.principal_id', 'admins.id')
+    .select(['admins.id', 'admins.roles'])
+    .where('admins.disabled_at', 'is', null)
+    .where('mfa_totp.confirmed_at', 'is not', null)
+    .where('admins.id', '!=', except)
     .execute();
   return rows.filter((r) => parseRoles(r.roles).includes('superadmin')).length;
 }
@@ -90,16 +94,21 @@ export async function staffRoutes(app: FastifyInstance, options: { ctx: Accounts
       const body = request.body as { username: string; password: string; code: string };
       const index = usernameIndex(ctx.keys, body.username);
       const accountKey = index.toString('hex');
-      // Locked accounts and addresses are refused before any hash is computed (ACC-4).
-      for (const [dimension, key, points] of [
-        ['staff-login-account', accountKey, ctx.config.loginFailuresPerAccount],
-        ['staff-login-ip', request.ip, ctx.config.loginFailuresPerIp],
-      ] as const) {
-        const state = await ctx.limits.peek(dimension, key, points, windowSeconds);
-        if (!state.allowed) {
-          await ctx.audit(request, { type: 'staff.login', result: 'denied', details: { reason: 'locked' } });
-          throw tooMany(reply, state.retryAfterMs);
-        }
+      // Each attempt reserves its point before any hash is computed (ACC-4): a locked account or
+      // address is refused without one, and parallel guesses get no more checks than sequential ones.
+      const ip = clientNetworkOf(request.ip);
+      const counters = [
+        { dimension: 'staff-login-account', key: accountKey, points: ctx.config.loginFailuresPerAccount },
+        { dimension: 'staff-login-ip', key: ip, points: ctx.config.loginFailuresPerIp },
+      ];
+      let wait = 0;
+      for (const c of counters) {
+        const state = await ctx.limits.consume(c.dimension, c.key, c.points, windowSeconds);
+        if (!state.allowed) wait = Math.max(wait, state.retryAfterMs, 1);
+      }
+      if (wait > 0) {
+        await ctx.audit(request, { type: 'staff.login', result: 'denied', details: { reason: 'locked' } });
+        throw tooMany(reply, wait);
       }
       const admin = await db
         .selectFrom('admins')
@@ -110,12 +119,11 @@ export async function staffRoutes(app: FastifyInstance, options: { ctx: Accounts
       const ok =
         admin !== undefined && admin.disabled_at === null && passwordOk && (await ctx.totp.verify(admin.id, body.code));
       if (!ok) {
-        await ctx.limits.consume('staff-login-account', accountKey, ctx.config.loginFailuresPerAccount, windowSeconds);
-        await ctx.limits.consume('staff-login-ip', request.ip, ctx.config.loginFailuresPerIp, windowSeconds);
         await ctx.audit(request, { type: 'staff.login', target: admin?.id ?? null, result: 'failure' });
         throw new CastellanError('ERR_AUTH_INVALID');
       }
       await ctx.limits.reset('staff-login-account', accountKey, ctx.config.loginFailuresPerAccount, windowSeconds);
+      await ctx.limits.refund('staff-login-ip', ip, ctx.config.loginFailuresPerIp, windowSeconds);
       const issued = await ctx.sessions.create({
         principalKind: 'staff',
         principalId: admin.id,

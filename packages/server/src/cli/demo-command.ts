@@ -337,7 +337,7 @@ async function consumerStory(api: ApiClient, dataDir: string, log: (step: string
   });
   log('consumer registered', `${email} (pending until the code is confirmed)`);
   const code = await outboxCode(dataDir, email, 'activation');
-  await api.request('POST', '/v1/auth/activate', { identifier: email, code });
+  await api.request('POST', '/v1/auth/activate', { identifier: email, code, password });
   log('activation code read from the development outbox and confirmed', 'account active');
   const session = await api.request<{ token: string; sessionId: string }>('POST', '/v1/auth/login', {
     identifier: email,

@@ -24,6 +24,45 @@ export function normaliseIp(ip: string): string {
   return ip.startsWith('::ffff:') && isIPv4(ip.slice(7)) ? ip.slice(7) : ip;
 }
 
+/** The eight 16-bit groups of an IPv6 address (zone dropped, `::` expanded, dotted tail converted). */
+function ipv6Groups(raw: string): number[] | null {
+  const ip = raw.split('%')[0]!;
+  const halves = ip.split('::');
+  if (halves.length > 2) return null;
+  const part = (s: string | undefined) => (s ? s.split(':') : []);
+  const head = part(halves[0]);
+  const tail = part(halves[1]);
+  const last = halves.length === 2 ? tail : head;
+  const dotted = last.at(-1);
+  if (dotted?.includes('.')) {
+    if (!isIPv4(dotted)) return null;
+    const [a, b, c, d] = dotted.split('.').map(Number) as [number, number, number, number];
+    last.splice(-1, 1, ((a << 8) | b).toString(16), ((c << 8) | d).toString(16));
+  }
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
+  const groups = [...head, ...Array<string>(halves.length === 2 ? missing : 0).fill('0'), ...tail].map((g) =>
+    /^[0-9a-fA-F]{1,4}$/.test(g) ? parseInt(g, 16) : Number.NaN,
+  );
+  return groups.some(Number.isNaN) ? null : groups;
+}
+
+/**
+ * The key of per-client limits: an IPv4 address, or the /64 of an IPv6 address. A /64 is what one
+ * subscriber usually gets (RFC 6177), so rotating addresses inside it buys no new budget.
+ */
+export function clientNetworkOf(raw: string): string {
+  const ip = normaliseIp(raw);
+  if (isIPv4(ip)) return ip;
+  const groups = ipv6Groups(ip);
+  return groups
+    ? `${groups
+        .slice(0, 4)
+        .map((g) => g.toString(16))
+        .join(':')}::/64`
+    : ip;
+}
+
 export type AddressCheck = (ip: string) => boolean;
 
 /** True when an address may connect: not denied, and allowed (or no allow list). */

@@ -1,6 +1,7 @@
 export {
   type AddressCheck,
   type AddressLists,
+  clientNetworkOf,
   createAddressFilter,
   filterConnections,
   normaliseIp,

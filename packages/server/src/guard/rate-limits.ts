@@ -75,6 +75,11 @@ export class RateLimits {
     return { allowed: res.consumedPoints < points, retryAfterMs: res.msBeforeNext, consumed: res.consumedPoints };
   }
 
+  /** Gives back points consumed for an attempt that turned out to be legitimate (a success). */
+  async refund(dimension: string, key: string, points: number, windowSeconds: number, cost = 1): Promise<void> {
+    await this.#limiter(dimension, points, windowSeconds).reward(key, cost);
+  }
+
   /** Forgets a key's consumption (e.g. after an administrator lifted a block). */
   async reset(dimension: string, key: string, points: number, windowSeconds: number): Promise<void> {
     await this.#limiter(dimension, points, windowSeconds).delete(key);

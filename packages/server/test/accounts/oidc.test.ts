@@ -4,7 +4,8 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { after, before, describe, test } from 'node:test';
-import { totpCode } from '../../src/accounts/index.ts';
+import { normaliseIdentifier, totpCode, type UserRecord } from '../../src/accounts/index.ts';
+import { accountForIdentity, subjectIndex } from '../../src/accounts/oidc-login.ts';
 import { loadConfig, redactConfig } from '../../src/config/index.ts';
 import { hashToken } from '../../src/lib/random-ids.ts';
 import { dialectCases } from '../helpers/dialects.ts';
@@ -329,6 +330,113 @@ for (const { name: dialect, skip } of await dialectCases()) {
       assert.equal(JSON.parse(res.text).error.code, 'ERR_OIDC_EMAIL_REQUIRED');
       assert.equal(await count('users'), users);
       assert.equal(await count('sessions'), sessions);
+    });
+
+    /**
+     * The accounts context with users.create wrapped: `between` runs after the account row is written
+     * and before accountForIdentity writes the link (where a concurrent callback could interleave).
+     */
+    function interleaved(between: (user: UserRecord) => Promise<void>, db = tp.platform.accountsContext.db) {
+      const ctx = tp.platform.accountsContext;
+      const users = {
+        get: (id: string) => ctx.users.get(id),
+        findByIdentifier: (identifier: Parameters<typeof ctx.users.findByIdentifier>[0]) =>
+          ctx.users.findByIdentifier(identifier),
+        create: async (input: Parameters<typeof ctx.users.create>[0]) => {
+          const user = await ctx.users.create(input);
+          await between(user);
+          return user;
+        },
+      } as unknown as typeof ctx.users;
+      return { db, keys: ctx.keys, users, now: () => ctx.now() };
+    }
+
+    /** The sealed e-mail of a user, checked readable now (so that unreadable later means shredded). */
+    async function sealedEmailOf(user: UserRecord): Promise<() => Promise<Buffer>> {
+      const ctx = tp.platform.accountsContext;
+      const [row] = await tp.query<{ email_ciphertext: Uint8Array }>(
+        'SELECT email_ciphertext FROM users WHERE id = $1',
+        [user.id],
+      );
+      const open = () =>
+        ctx.keys.decrypt('platform', row!.email_ciphertext, `users.email:${user.id}`, { user: user.id });
+      assert.ok((await open()).length > 0);
+      return open;
+    }
+
+    test('[ACC-7] when a concurrent callback links the subject first, the half-made account is undone', async () => {
+      const ctx = tp.platform.accountsContext;
+      const identity = {
+        provider: 'corp',
+        subject: `race-${randomBytes(8).toString('hex')}`,
+        email: 'race@example.org',
+      };
+      // The account the other callback made (under another address, so both creates succeed).
+      const winner = await ctx.users.create({
+        identifier: normaliseIdentifier('race-winner@example.org'),
+        kind: 'consumer',
+        status: 'active',
+        passwordHash: null,
+      });
+      let loser: UserRecord | undefined;
+      let openLoser: (() => Promise<Buffer>) | undefined;
+      const racing = interleaved(async (user) => {
+        loser = user;
+        openLoser = await sealedEmailOf(user);
+        await ctx.db
+          .insertInto('oidc_identities')
+          .values({
+            provider: identity.provider,
+            subject_index: subjectIndex(ctx, identity.provider, identity.subject),
+            user_id: winner.id,
+            created_at: Date.now(),
+          })
+          .execute();
+      });
+      const result = await accountForIdentity(racing, identity);
+      assert.deepEqual([result.user.id, result.created], [winner.id, false], 'the request that linked first won');
+      assert.ok(loser && openLoser);
+      assert.equal((await rows('SELECT id FROM users WHERE id = $1', [loser.id])).length, 0, 'no half-made account');
+      await assert.rejects(openLoser(), 'its key was shredded');
+      // The person is not stuck: the next sign-in reaches the same account.
+      const again = await accountForIdentity(ctx, identity);
+      assert.deepEqual([again.user.id, again.created], [winner.id, false]);
+    });
+
+    test('[ACC-7] a link that cannot be written leaves no account behind; the next sign-in creates it', async () => {
+      const ctx = tp.platform.accountsContext;
+      const identity = {
+        provider: 'corp',
+        subject: `flaky-${randomBytes(8).toString('hex')}`,
+        email: 'flaky@example.org',
+      };
+      const users = await count('users');
+      // A database that loses the connection exactly when the link is written.
+      const failing = new Proxy(ctx.db, {
+        get(target, property) {
+          if (property === 'insertInto') {
+            return (table: string) => {
+              if (table === 'oidc_identities') throw new Error('connection lost');
+              return target.insertInto(table as 'users');
+            };
+          }
+          const value = Reflect.get(target, property, target) as unknown;
+          return typeof value === 'function' ? value.bind(target) : value;
+        },
+      });
+      let openLoser: (() => Promise<Buffer>) | undefined;
+      const attempt = interleaved(async (user) => {
+        openLoser = await sealedEmailOf(user);
+      }, failing);
+      await assert.rejects(accountForIdentity(attempt, identity), { message: 'connection lost' });
+      assert.equal(await count('users'), users, 'the account was undone');
+      await assert.rejects(openLoser!(), 'its key was shredded');
+      // Before the fix this answered ERR_OIDC_ACCOUNT_EXISTS for good: an account without a link.
+      const next = await accountForIdentity(ctx, identity);
+      assert.equal(next.created, true);
+      assert.equal(await count('users'), users + 1);
+      const again = await accountForIdentity(ctx, identity);
+      assert.deepEqual([again.user.id, again.created], [next.user.id, false]);
     });
 
     test('[ACC-7] a person with a second factor gets only an MFA-pending session', async () => {

@@ -206,6 +206,28 @@ for (const dialect of await dialectCases()) {
       assert.ok(reasons.includes('bad-signature') && reasons.includes('malformed'));
     });
 
+    test('[ORG-2] a raw + in a signed query is refused: it would reach the handler as a space', async () => {
+      const key = await issueAccessKey(p(), a.adminToken, a.vendorId);
+      // Signed for `x=a%2Bb` (a plus); the parser would read `x=a+b` as "a b", yet the two spellings
+      // used to canonicalise alike, so the signature carried over to a request with another meaning.
+      const headers = sign(key, 'GET', '/v1/products?x=a%2Bb');
+      assertInvalid(await send('GET', '/v1/products?x=a+b', headers));
+      assert.deepEqual(await refusals(key.id), ['query-plus']);
+      // The refusal did not burn the nonce: the same headers on the spelling that was signed pass
+      // authentication and reach validation, which knows no parameter `x`.
+      const signed = await send('GET', '/v1/products?x=a%2Bb', headers);
+      assert.equal(signed.status, 400, signed.text);
+      assert.equal(signed.body.error.code, 'ERR_VALIDATION_UNKNOWN_FIELD');
+      assert.deepEqual(await refusals(key.id), ['query-plus']);
+    });
+
+    test('[ORG-2] repeated query parameters cannot be reordered under one signature', async () => {
+      const key = await issueAccessKey(p(), a.adminToken, a.vendorId);
+      const headers = sign(key, 'GET', '/v1/products?x=1&x=2');
+      assertInvalid(await send('GET', '/v1/products?x=2&x=1', headers));
+      assert.deepEqual(await refusals(key.id), ['bad-signature']);
+    });
+
     test('[ORG-2] a key sees only its tenant; scopes are enforced', async () => {
       const foreign = await request(p(), 'GET', `/v1/products/${a.productId}`, { token: b.vendorToken });
       assert.equal(foreign.status, 404);

@@ -491,6 +491,169 @@ for (const dialect of await dialectCases()) {
       assert.ok(audited.some((e) => e.event_type === 'org.leave' && e.result === 'failure'));
     });
 
+    /** Sends an invitation and returns its ID and the token from the e-mail (not yet accepted). */
+    async function pending(inviter: Person, vendorId: string, email: string, role: string) {
+      const sent = await invite(inviter, vendorId, email, role);
+      assert.equal(sent.status, 201, sent.text);
+      return { id: sent.body.id as string, token: /cas_inv_[A-Za-z0-9_-]{43}/.exec(lastMessageTo(email)!.text)![0] };
+    }
+
+    async function assertAcceptRefused(invitee: Person, vendorId: string, token: string) {
+      const res = await request(p(), 'POST', '/v1/invitations/accept', { token: invitee.token, body: { token } });
+      assert.equal(res.status, 400, res.text);
+      assert.equal(res.body.error.code, 'ERR_ORG_INVITATION_INVALID');
+      assert.equal(res.body.error.message, 'The invitation is invalid, expired or already used');
+      assert.equal(
+        await count('organisation_members', 'where vendor_id = $1 and user_id = $2', [vendorId, invitee.id]),
+        0,
+        'no membership was created',
+      );
+    }
+
+    test('[ORG-1] an invitation is only as good as its inviter’s standing when it is accepted', async () => {
+      const owner = await person('owner-standing@example.com');
+      const admin = await person('admin-standing@example.com');
+      const coOwner = await person('coowner-standing@example.com');
+      const org = await createOrg(owner, 'Standing Co');
+      await join_(owner, org, admin, 'admin');
+      await join_(owner, org, coOwner, 'owner');
+      const [x1, x2, x3, x4, x5] = await Promise.all([1, 2, 3, 4, 5].map((i) => person(`standing-${i}@example.com`)));
+      const fromAdminAsAdmin = await pending(admin, org, x1!.email, 'admin');
+      const fromAdminAsViewer = await pending(admin, org, x2!.email, 'viewer');
+      const fromCoOwnerAsOwner = await pending(coOwner, org, x3!.email, 'owner');
+      const fromCoOwnerAsViewer = await pending(coOwner, org, x4!.email, 'viewer');
+
+      // The admin is demoted to viewer (who may invite no one); the co-owner to admin (who may not
+      // grant 'owner' but may still invite viewers).
+      for (const [member, role] of [
+        [admin, 'viewer'],
+        [coOwner, 'admin'],
+      ] as const) {
+        const res = await request(p(), 'PATCH', `/v1/orgs/${org}/members/${member.id}`, {
+          token: owner.token,
+          body: { role },
+        });
+        assert.equal(res.status, 200, res.text);
+      }
+      await assertAcceptRefused(x1!, org, fromAdminAsAdmin.token);
+      await assertAcceptRefused(x2!, org, fromAdminAsViewer.token);
+      await assertAcceptRefused(x3!, org, fromCoOwnerAsOwner.token);
+      for (const id of [fromAdminAsAdmin.id, fromAdminAsViewer.id, fromCoOwnerAsOwner.id]) {
+        assert.equal(await count('organisation_invitations', 'where id = $1 and accepted_at is null', [id]), 1);
+      }
+      const stillValid = await request(p(), 'POST', '/v1/invitations/accept', {
+        token: x4!.token,
+        body: { token: fromCoOwnerAsViewer.token },
+      });
+      assert.equal(stillValid.status, 200, stillValid.text);
+      assert.equal(stillValid.body.role, 'viewer');
+
+      // An inviter who is no longer a member at all (here removed behind the service's back, so the
+      // withdrawal on removal does not hide the check) cannot bring anyone in either.
+      const fromGone = await pending(coOwner, org, x5!.email, 'viewer');
+      await ctx()
+        .db.deleteFrom('organisation_members')
+        .where('vendor_id', '=', org)
+        .where('user_id', '=', coOwner.id)
+        .execute();
+      await assertAcceptRefused(x5!, org, fromGone.token);
+      const refused = await tp.query<{ actor_id: string }>(
+        `select actor_id from audit_entries where event_type = 'org.invitation-accept' and result = 'failure' and actor_id in ($1, $2, $3, $4)`,
+        [x1!.id, x2!.id, x3!.id, x5!.id],
+      );
+      assert.equal(refused.length, 4, 'each refusal is audited');
+    });
+
+    test('[ORG-1] a member who is removed or leaves takes their pending invitations along', async () => {
+      const owner = await person('owner-withdraw@example.com');
+      const admin = await person('admin-withdraw@example.com');
+      const leaver = await person('leaver-withdraw@example.com');
+      const org = await createOrg(owner, 'Withdraw Co');
+      const adminOwn = await createOrg(admin, 'Admin Own Co');
+      await join_(owner, org, admin, 'admin');
+      await join_(owner, org, leaver, 'admin');
+      const [y1, y2, y3, y4, y5] = await Promise.all([1, 2, 3, 4, 5].map((i) => person(`withdraw-${i}@example.com`)));
+      const byAdmin = [await pending(admin, org, y1!.email, 'viewer'), await pending(admin, org, y2!.email, 'admin')];
+      const byOwner = await pending(owner, org, y3!.email, 'viewer');
+      const byAdminElsewhere = await pending(admin, adminOwn, y4!.email, 'viewer');
+      const byLeaver = await pending(leaver, org, y5!.email, 'viewer');
+      const pendingBy = (userId: string, vendorId = org) =>
+        count('organisation_invitations', 'where vendor_id = $1 and invited_by = $2 and accepted_at is null', [
+          vendorId,
+          userId,
+        ]);
+      assert.equal(await pendingBy(admin.id), 2);
+
+      const removed = await request(p(), 'DELETE', `/v1/orgs/${org}/members/${admin.id}`, { token: owner.token });
+      assert.equal(removed.status, 204, removed.text);
+      assert.equal(await pendingBy(admin.id), 0, "the removed admin's invitations are gone");
+      for (const { id } of byAdmin) assert.equal(await count('organisation_invitations', 'where id = $1', [id]), 0);
+      await assertAcceptRefused(y1!, org, byAdmin[0]!.token);
+      // Other inviters, accepted invitations and the admin's own organisation are untouched.
+      assert.equal(await count('organisation_invitations', 'where id = $1 and accepted_at is null', [byOwner.id]), 1);
+      assert.equal(
+        await count('organisation_invitations', 'where vendor_id = $1 and accepted_at is not null', [org]),
+        2,
+      );
+      assert.equal(await pendingBy(admin.id, adminOwn), 1);
+      const elsewhere = await request(p(), 'POST', '/v1/invitations/accept', {
+        token: y4!.token,
+        body: { token: byAdminElsewhere.token },
+      });
+      assert.equal(elsewhere.status, 200, elsewhere.text);
+
+      const left = await request(p(), 'DELETE', `/v1/orgs/${org}/members/${leaver.id}`, { token: leaver.token });
+      assert.equal(left.status, 204, left.text);
+      assert.equal(await count('organisation_invitations', 'where id = $1', [byLeaver.id]), 0);
+      await assertAcceptRefused(y5!, org, byLeaver.token);
+
+      const audited = await tp.query<{ event_type: string; details: unknown }>(
+        `select event_type, details from audit_entries where tenant = $1 and event_type in ('org.member-remove', 'org.leave') and result = 'success' order by seq`,
+        [org],
+      );
+      assert.deepEqual(
+        audited.map((e) => {
+          const details = typeof e.details === 'string' ? JSON.parse(e.details) : e.details;
+          return [e.event_type, details.invitationsWithdrawn];
+        }),
+        [
+          ['org.member-remove', 2],
+          ['org.leave', 1],
+        ],
+      );
+    });
+
+    test('[ORG-1] a failing mail relay does not fail an invitation that was created; it is audited', async () => {
+      const owner = await person('owner-smtp@example.com');
+      const org = await createOrg(owner, 'Smtp Co');
+      const sender = ctx().sender as { send: (message: unknown) => Promise<void> };
+      sender.send = () =>
+        Promise.reject(Object.assign(new Error('550 <unreachable-smtp@example.com>'), { code: 'EENVELOPE' }));
+      let sent: Awaited<ReturnType<typeof invite>>;
+      try {
+        sent = await invite(owner, org, 'unreachable-smtp@example.com', 'viewer');
+      } finally {
+        delete (sender as { send?: unknown }).send; // back to the class's method
+      }
+      assert.equal(sent.status, 201, sent.text);
+      assert.equal(lastMessageTo('unreachable-smtp@example.com'), undefined, 'nothing was delivered');
+      assert.equal(await count('organisation_invitations', 'where id = $1', [sent.body.id]), 1);
+      const audited = await tp.query<{ result: string }>(
+        `select result from audit_entries where event_type = 'org.invite' and target = $1`,
+        [sent.body.id],
+      );
+      assert.deepEqual(
+        audited.map((r) => r.result),
+        ['success'],
+      );
+      for (let i = 0; i < 50 && !tp.logs.text().includes('message delivery failed'); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      const logs = tp.logs.text();
+      assert.ok(logs.includes('message delivery failed'), 'the failure is logged');
+      assert.equal(logs.includes('unreachable-smtp'), false, 'without the recipient');
+    });
+
     test('[ORG-1] a personal organisation has no other members, and its owner cannot leave it', async () => {
       const dev = await person('solo@example.com');
       const friend = await person('friend@example.com');

@@ -35,10 +35,21 @@ async function userOf(tp: TestPlatform, identifier: string) {
   return { id: user.id, ...rows[0]! };
 }
 
+function activate(tp: TestPlatform, identifier: string, code: string, password = STRONG) {
+  return request(tp.platform, 'POST', '/v1/auth/activate', { body: { identifier, code, password } });
+}
+
+function signIn(tp: TestPlatform, identifier: string, password: string) {
+  return request(tp.platform, 'POST', '/v1/auth/login', {
+    headers: { 'x-castellan-client': 'app' },
+    body: { identifier, password },
+  });
+}
+
 async function activeAccount(tp: TestPlatform, identifier = newEmail(), password = STRONG) {
   assert.equal((await register(tp, { identifier, password })).status, 202);
   const code = await latestCode(tp, identifier, 'activation');
-  const res = await request(tp.platform, 'POST', '/v1/auth/activate', { body: { identifier, code } });
+  const res = await activate(tp, identifier, code, password);
   assert.equal(res.status, 200, res.text);
   return (await userOf(tp, identifier))!;
 }
@@ -124,12 +135,12 @@ for (const dialect of await dialectCases()) {
       const [message] = outbox(tp, identifier, 'activation');
       assert.equal(message!.channel, 'email');
 
-      const activated = await request(tp.platform, 'POST', '/v1/auth/activate', { body: { identifier, code } });
+      const activated = await activate(tp, identifier, code);
       assert.equal(activated.status, 200, activated.text);
       assert.deepEqual(activated.body, { status: 'active' });
       assert.equal((await userOf(tp, identifier))?.status, 'active');
 
-      const again = await request(tp.platform, 'POST', '/v1/auth/activate', { body: { identifier, code } });
+      const again = await activate(tp, identifier, code);
       assert.equal(again.status, 400, 'a code works once');
       assert.equal(again.body.error.code, 'ERR_ACCOUNT_CODE_INVALID');
 
@@ -164,7 +175,7 @@ for (const dialect of await dialectCases()) {
           [pending.id],
         );
       assert.deepEqual(await membershipsOf(), [], 'no organisation before activation');
-      const res = await request(tp.platform, 'POST', '/v1/auth/activate', { body: { identifier, code } });
+      const res = await activate(tp, identifier, code);
       assert.equal(res.status, 200, res.text);
       assert.deepEqual(
         (await membershipsOf()).map((m) => ({ ...m })),
@@ -178,12 +189,12 @@ for (const dialect of await dialectCases()) {
       const code = await latestCode(tp, identifier, 'activation');
       const wrong = code === '00000000' ? '11111111' : '00000000';
       for (let i = 0; i < 5; i++) {
-        const res = await request(tp.platform, 'POST', '/v1/auth/activate', { body: { identifier, code: wrong } });
+        const res = await activate(tp, identifier, wrong);
         assert.equal(res.status, 400);
         assert.equal(res.body.error.code, 'ERR_ACCOUNT_CODE_INVALID');
         assert.equal(res.body.error.message, 'The code is invalid or expired');
       }
-      const voided = await request(tp.platform, 'POST', '/v1/auth/activate', { body: { identifier, code } });
+      const voided = await activate(tp, identifier, code);
       assert.equal(voided.status, 400, 'the right code no longer works');
       assert.equal(voided.body.error.code, 'ERR_ACCOUNT_CODE_INVALID');
       assert.equal((await userOf(tp, identifier))?.status, 'pending');
@@ -192,9 +203,113 @@ for (const dialect of await dialectCases()) {
       assert.equal(resend.status, 202);
       assert.deepEqual(resend.body, { status: 'sent-if-registered' });
       const fresh = await latestCode(tp, identifier, 'activation', 2);
-      const ok = await request(tp.platform, 'POST', '/v1/auth/activate', { body: { identifier, code: fresh } });
+      const ok = await activate(tp, identifier, fresh);
       assert.equal(ok.status, 200, ok.text);
       assert.equal((await userOf(tp, identifier))?.status, 'active');
+    });
+
+    // These register from their own loopback addresses: the per-IP registration quota is shared.
+    test('[ACC-1] [ACC-4] re-registering a pending address cannot take over the account its owner activates', async () => {
+      const identifier = newEmail();
+      const victim = STRONG;
+      const attacker = OTHER_STRONG;
+      assert.equal((await register(tp, { identifier, password: victim }, { localAddress: '127.0.0.71' })).status, 202);
+      await latestCode(tp, identifier, 'activation', 1);
+      const attacked = await register(tp, { identifier, password: attacker }, { localAddress: '127.0.0.70' });
+      assert.equal(attacked.status, 202, 'the attacker gets the same answer');
+      assert.deepEqual(attacked.body, { status: 'pending', next: 'activate' });
+      // The attacker's registration voided the victim's first code; the victim uses the newest one.
+      const latest = await latestCode(tp, identifier, 'activation', 2);
+      const attackerHash = (await userOf(tp, identifier))!.password_hash;
+
+      const refused = await activate(tp, identifier, latest, victim);
+      assert.equal(refused.status, 400);
+      assert.equal(refused.body.error.code, 'ERR_ACCOUNT_CODE_INVALID');
+      assert.equal(refused.body.error.message, 'The code is invalid or expired');
+      let stored = await userOf(tp, identifier);
+      assert.equal(stored?.status, 'pending', "the attacker's password was not activated");
+      assert.equal(stored?.password_hash, attackerHash);
+
+      // The attacker never receives the code: their guess is refused like any wrong code.
+      const guess = latest === '00000000' ? '11111111' : '00000000';
+      const attackerTry = await activate(tp, identifier, guess, attacker);
+      assert.equal(attackerTry.status, 400);
+      assert.equal(attackerTry.body.error.code, 'ERR_ACCOUNT_CODE_INVALID');
+      assert.equal((await userOf(tp, identifier))?.status, 'pending');
+
+      // The victim registers again: their password is stored and a new code is sent.
+      assert.equal((await register(tp, { identifier, password: victim }, { localAddress: '127.0.0.71' })).status, 202);
+      const fresh = await latestCode(tp, identifier, 'activation', 3);
+      const ok = await activate(tp, identifier, fresh, victim);
+      assert.equal(ok.status, 200, ok.text);
+      assert.deepEqual(ok.body, { status: 'active' });
+      stored = await userOf(tp, identifier);
+      assert.equal(stored?.status, 'active');
+      assert.notEqual(stored?.password_hash, attackerHash);
+
+      const attackerLogin = await signIn(tp, identifier, attacker);
+      assert.equal(attackerLogin.status, 401);
+      assert.equal(attackerLogin.body.error.code, 'ERR_AUTH_INVALID');
+      const sessions = await tp.query('select id from sessions where principal_id = $1', [stored.id]);
+      assert.equal(sessions.length, 0, "the attacker's password created no session");
+      const victimLogin = await signIn(tp, identifier, victim);
+      assert.equal(victimLogin.status, 200, victimLogin.text);
+      assert.equal(typeof victimLogin.body.token, 'string');
+
+      await tp.platform.audit.flush();
+      const entries = await tp.platform.audit.query({ type: 'user.activate', limit: 200 });
+      assert.ok(entries.some((e) => e.target === stored.id && e.result === 'success'));
+      const logs = tp.logs.text();
+      for (const secret of [identifier, latest, fresh, victim, attacker]) assert.ok(!logs.includes(secret));
+    });
+
+    test('[ACC-1] [ACC-4] the right code with a wrong password leaves the account pending and the code usable', async () => {
+      const identifier = newEmail();
+      assert.equal((await register(tp, { identifier, password: STRONG }, { localAddress: '127.0.0.72' })).status, 202);
+      const code = await latestCode(tp, identifier, 'activation');
+      const user = (await userOf(tp, identifier))!;
+      const attempts = async () => {
+        const rows = await tp.query<{ attempts: number | string }>(
+          "select attempts from verification_codes where user_id = $1 and purpose = 'activate' and used_at is null",
+          [user.id],
+        );
+        return rows.map((r) => Number(r.attempts));
+      };
+
+      const wrongPassword = await activate(tp, identifier, code, OTHER_STRONG);
+      assert.equal(wrongPassword.status, 400);
+      assert.equal(wrongPassword.body.error.code, 'ERR_ACCOUNT_CODE_INVALID');
+      assert.equal(wrongPassword.body.error.message, 'The code is invalid or expired');
+      assert.equal((await userOf(tp, identifier))?.status, 'pending');
+      assert.deepEqual(await attempts(), [1], 'counted as a guess against the live code, which it did not use');
+
+      // An unknown identifier gets the same answer.
+      const unknown = await activate(tp, newEmail(), code, STRONG);
+      assert.equal(unknown.status, wrongPassword.status);
+      assert.deepEqual(
+        { code: unknown.body.error.code, message: unknown.body.error.message },
+        { code: wrongPassword.body.error.code, message: wrongPassword.body.error.message },
+      );
+
+      // The owner retries with the right password and the same code.
+      const ok = await activate(tp, identifier, code, STRONG);
+      assert.equal(ok.status, 200, ok.text);
+      assert.equal((await userOf(tp, identifier))?.status, 'active');
+    });
+
+    test('[ACC-1] [ACC-4] wrong passwords count toward the code attempt limit like wrong codes', async () => {
+      const identifier = newEmail();
+      assert.equal((await register(tp, { identifier, password: STRONG }, { localAddress: '127.0.0.72' })).status, 202);
+      const code = await latestCode(tp, identifier, 'activation');
+      for (let i = 0; i < 5; i++) {
+        const res = await activate(tp, identifier, code, OTHER_STRONG);
+        assert.equal(res.status, 400);
+        assert.equal(res.body.error.code, 'ERR_ACCOUNT_CODE_INVALID');
+      }
+      const voided = await activate(tp, identifier, code, STRONG);
+      assert.equal(voided.status, 400, 'the code is void after codeMaxAttempts guesses');
+      assert.equal(voided.body.error.code, 'ERR_ACCOUNT_CODE_INVALID');
+      assert.equal((await userOf(tp, identifier))?.status, 'pending');
     });
 
     test('[ACC-1] registering a taken identifier answers the same and tells the owner instead', async () => {

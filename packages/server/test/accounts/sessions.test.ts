@@ -157,6 +157,23 @@ for (const dialect of await dialectCases()) {
       assert.ok(!JSON.stringify(entries).includes(alice.email), 'no e-mail address in the audit log');
     });
 
+    test('[ACC-4] a burst of parallel guesses gets no more password checks than the account limit', async () => {
+      const bob = await createUser();
+      const from = { localAddress: '127.0.0.6' };
+      const hashesBefore = passwordVerifications.count;
+      // 20 at once: each attempt reserves its point before its hash is computed.
+      const answers = await Promise.all(
+        Array.from({ length: 20 }, (_, i) => login(bob.email, i === 19 ? PASSWORD : `parallel guess ${i}`, from)),
+      );
+      const statuses = answers.map((a) => a.status);
+      assert.ok(
+        passwordVerifications.count - hashesBefore <= 5,
+        `${passwordVerifications.count - hashesBefore} hashes for 20 parallel attempts`,
+      );
+      assert.ok(statuses.filter((s) => s === 429).length >= 15, statuses.join(','));
+      assert.ok(statuses.every((s) => [401, 429, 200].includes(s)));
+    });
+
     test('[ACC-4] no enumeration: unknown account, wrong password and pending account answer alike', async () => {
       const bob = await createUser();
       const carol = await createUser('pending');

@@ -73,7 +73,9 @@ export async function registerAndActivate(
   const registered = await register(tp, { identifier, password, kind });
   assert.equal(registered.status, 202, registered.text);
   const code = await latestCode(tp, identifier, 'activation');
-  const activated = await request(tp.platform, 'POST', '/v1/auth/activate', { body: { identifier, code } });
+  const activated = await request(tp.platform, 'POST', '/v1/auth/activate', {
+    body: { identifier, code, password },
+  });
   assert.equal(activated.status, 200, activated.text);
   const rows = await tp.query<{ id: string }>("select id from users where status = 'active' order by created_at desc");
   return rows[0]!.id;
