@@ -2,7 +2,7 @@
 // inclusion / consistency proofs (RFC 9162) so an outside party can check what it was shown.
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
-import { assertCan, can } from '../accounts/index.ts';
+import { assertCan, can, defaultTenant } from '../accounts/index.ts';
 import { CastellanError } from '../errors/index.ts';
 import {
   type AuthenticateHook,
@@ -76,9 +76,10 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
       const principal = principalOf(request);
       const q = request.query as Record<string, string | number | undefined> & { limit: number };
       const all = can(principal, 'audit.read-all');
-      // Tenant isolation: a vendor's query is always pinned to its own tenant.
-      const tenant = all ? (q.tenant as string | undefined) : principal.id;
-      assertCan(principal, 'audit.read', { vendorId: tenant ?? principal.id });
+      // Tenant isolation: an operator reads its own tenant (naming another is refused); a person names
+      // one of their organisations (`tenant`) and the policy checks their role in it; staff read all.
+      const tenant = (q.tenant as string | undefined) ?? (all ? undefined : defaultTenant(principal));
+      assertCan(principal, 'audit.read', { vendorId: tenant });
       const items = await audit.query({
         ...q,
         ...(tenant === undefined ? {} : { tenant }),
@@ -170,7 +171,12 @@ export async function auditRoutes(app: FastifyInstance, { audit, authenticate }:
       const principal = principalOf(request);
       const { seq, treeSize } = request.query as { seq: number; treeSize: number };
       if (!can(principal, 'audit.read-all')) {
-        const [entry] = await audit.query({ afterSeq: seq - 1, limit: 1, tenant: principal.id });
+        // An operator proves only its own tenant's entries, and only with the audit:read scope.
+        const tenant = defaultTenant(principal);
+        const [entry] =
+          tenant && can(principal, 'audit.read', { vendorId: tenant })
+            ? await audit.query({ afterSeq: seq - 1, limit: 1, tenant })
+            : [];
         if (!entry || entry.seq !== seq) throw new CastellanError('ERR_AUDIT_ENTRY_NOT_FOUND');
       }
       try {

@@ -4,7 +4,7 @@ import { isIP } from 'node:net';
 import { DeviceIdError, parseDeviceId } from '@castellan/protocol';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
-import { assertCan, can } from '../accounts/index.ts';
+import { assertCan, can, defaultTenant } from '../accounts/index.ts';
 import type { AuditEvent } from '../audit/index.ts';
 import type { DevicesService } from '../devices/index.ts';
 import { CastellanError } from '../errors/index.ts';
@@ -130,6 +130,9 @@ export async function guardRoutes(app: FastifyInstance, options: GuardRoutesOpti
         querystring: StrictObject({
           limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
           beforeTime: Type.Optional(Type.Integer({ minimum: 0 })),
+          vendorId: Type.Optional(
+            Type.String({ maxLength: 64, description: "People: the organisation whose devices' alerts to list" }),
+          ),
         }),
         response: { 200: StrictObject({ items: Type.Array(AlertView) }), ...authenticatedErrors },
       },
@@ -137,12 +140,19 @@ export async function guardRoutes(app: FastifyInstance, options: GuardRoutesOpti
     async (request) => {
       const principal = principalOf(request);
       const all = can(principal, 'guard.alerts.read-all');
-      assertCan(principal, 'guard.alerts.read', { vendorId: all ? undefined : principal.id });
-      const { limit, beforeTime } = request.query as { limit: number; beforeTime?: number };
+      const { limit, beforeTime, vendorId } = request.query as {
+        limit: number;
+        beforeTime?: number;
+        vendorId?: string;
+      };
+      // An operator sees its own tenant (naming another is refused); a person names an organisation and
+      // the policy checks the role there.
+      const tenant = all ? undefined : (vendorId ?? defaultTenant(principal));
+      if (!all) assertCan(principal, 'guard.alerts.read', { vendorId: tenant });
       const alerts = await guard.listAlerts({
         limit,
         ...(beforeTime ? { beforeTime } : {}),
-        ...(all ? {} : { tenant: principal.id }),
+        ...(tenant === undefined ? {} : { tenant }),
       });
       return { items: alerts.map((a) => ({ ...a, sourceIp: all ? a.sourceIp : null })) };
     },
