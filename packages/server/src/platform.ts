@@ -15,6 +15,7 @@ import {
   purgeExpiredAccountsData,
   OperatorRequestVerifier,
   RequestAuthenticator,
+  OperatorKeysService,
   SessionStore,
   staffRoutes,
   TotpService,
@@ -186,7 +187,7 @@ export async function startPlatform(
     }
     await migrateToLatest(keyStore.db, keyStore.dialect, 'keys');
     // Objects built later that earlier ones call back into (bound once they exist).
-    const late: { broker?: MqttBroker; devices?: DevicesService } = {};
+    const late: { broker?: MqttBroker; devices?: DevicesService; operatorKeys?: OperatorKeysService } = {};
     const keys = new KeyService({
       db: keyStore.db,
       rootKey: rootKey.key,
@@ -197,6 +198,10 @@ export async function startPlatform(
           late.devices?.rewrapSecrets(tenant).then(
             (moved) => log.info({ tenant, moved }, 'keys: device secrets re-wrapped after rotation'),
             (error: unknown) => log.error({ err: error, tenant }, 'keys: re-wrap failed'),
+          );
+          late.operatorKeys?.rewrapSecrets(tenant).then(
+            (moved) => log.info({ tenant, moved }, 'keys: access-key secrets re-wrapped after rotation'),
+            (error: unknown) => log.error({ err: error, tenant }, 'keys: access-key re-wrap failed'),
           );
         }),
       audit: (event) =>
@@ -222,6 +227,7 @@ export async function startPlatform(
           },
         }),
     });
+    late.operatorKeys = new OperatorKeysService({ db: store.db, keys, now: Date.now });
     const totp = new TotpService({ db: store.db, cipher: keys });
     const accounts = new AccountsService({
       db: store.db,

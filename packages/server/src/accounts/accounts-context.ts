@@ -20,6 +20,8 @@ export interface AccountsKeys {
   encrypt(tenant: string, plaintext: Uint8Array, context: string, scope?: KeyScope): Promise<Buffer>;
   decrypt(tenant: string, sealed: Uint8Array, context: string, scope?: KeyScope): Promise<Buffer>;
   blindIndex(tenant: string, purpose: string, value: string): Buffer;
+  /** Re-encrypts under the tenant's active key version; null when already current (after a rotation). */
+  rewrap(tenant: string, sealed: Uint8Array, context: string): Promise<Buffer | null>;
   shred(tenant: string, scope?: KeyScope): Promise<unknown>;
 }
 

@@ -80,19 +80,47 @@ export function parseJsonList(raw: string): string[] {
 
 export interface OperatorKeysServiceOptions {
   db: Kysely<Database>;
-  keys: Pick<AccountsKeys, 'encrypt'>;
+  keys: Pick<AccountsKeys, 'encrypt' | 'rewrap'>;
   now: () => number;
 }
 
 export class OperatorKeysService {
   readonly #db: Kysely<Database>;
-  readonly #keys: Pick<AccountsKeys, 'encrypt'>;
+  readonly #keys: Pick<AccountsKeys, 'encrypt' | 'rewrap'>;
   readonly #now: () => number;
 
   constructor(options: OperatorKeysServiceOptions) {
     this.#db = options.db;
     this.#keys = options.keys;
     this.#now = options.now;
+  }
+
+  /**
+   * After a rotation of the vendor's key (KEY-2): moves every access-key secret to the active version,
+   * so the old version can be destroyed without breaking the keys. Returns how many moved.
+   */
+  async rewrapSecrets(vendorId: string): Promise<number> {
+    let moved = 0;
+    const rows = await this.#db
+      .selectFrom('operator_keys')
+      .select(['id', 'secret_ciphertext'])
+      .where('vendor_id', '=', vendorId)
+      .where('revoked_at', 'is', null)
+      .execute();
+    for (const row of rows) {
+      const current = Buffer.from(row.secret_ciphertext);
+      const rewrapped = await this.#keys.rewrap(vendorId, current, secretContext(row.id));
+      if (!rewrapped) continue;
+      // Only if unchanged meanwhile.
+      const result = await this.#db
+        .updateTable('operator_keys')
+        .set({ secret_ciphertext: rewrapped })
+        .where('id', '=', row.id)
+        .where('secret_ciphertext', '=', current)
+        .executeTakeFirst();
+      moved += Number(result.numUpdatedRows);
+    }
+    return moved;
   }
 
   async vendorExists(vendorId: string): Promise<boolean> {

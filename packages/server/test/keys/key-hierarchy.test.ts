@@ -150,6 +150,25 @@ for (const dialect of await dialectCases()) {
         assert.ok(await tp.platform.devices.authenticateDevice(d.id, Buffer.from(d.secret)), 'still authenticates');
     });
 
+    test('[KEY-2] [ORG-2] operator access-key secrets are re-wrapped too: after the old version is destroyed the key still signs', async () => {
+      const t = await provisionTenant(tp, 0, x.adminToken);
+      const before = (await keys().list({ tenant: t.vendorId }))[0]!;
+      const rotated = await keys().rotate(t.vendorId);
+      const versions = async () =>
+        (
+          await tp.query<{ secret_ciphertext: Uint8Array }>(
+            'select secret_ciphertext from operator_keys where vendor_id = $1',
+            [t.vendorId],
+          )
+        ).map((r) => KeyService.keyVersionOf(Buffer.from(r.secret_ciphertext)));
+      for (let i = 0; i < 100 && (await versions()).some((v) => v !== rotated.id); i++)
+        await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(await versions(), [rotated.id]);
+      await keys().transition(before.id, 'destroy');
+      const signed = await request(tp.platform, 'GET', '/v1/products', { token: t.vendorToken });
+      assert.equal(signed.status, 200, signed.text);
+    });
+
     test("[KEY-4] a product with its own suite: its device secrets are under its own SM4 key, the vendor's stay intl", async () => {
       const t = await provisionTenant(tp, 1, x.adminToken);
       const bad = await request(tp.platform, 'POST', '/v1/products', {
