@@ -32,6 +32,8 @@ export interface IssuedCredential {
 }
 
 export const SETUP_TOKEN_FILE = 'setup-token';
+/** The first staff member's setup credential: enough to set the platform up and issue proper ones. */
+export const SETUP_CREDENTIAL_TTL_MS = 30 * 86_400_000;
 const CODE_ATTEMPTS = 16;
 
 function isUniqueViolation(error: unknown): boolean {
@@ -176,8 +178,13 @@ export class AccountsService {
     return { ...result, totp };
   }
 
-  /** Issues a staff API credential (shown once; stored hashed). */
-  async insertStaffCredential(db: Kysely<Database>, principalId: string, label: string): Promise<IssuedCredential> {
+  /** Issues a staff API credential (shown once; stored hashed) that expires after `ttlMs`. */
+  async insertStaffCredential(
+    db: Kysely<Database>,
+    principalId: string,
+    label: string,
+    ttlMs = SETUP_CREDENTIAL_TTL_MS,
+  ): Promise<IssuedCredential> {
     const kind = 'admin' as const;
     const token = newToken('cas_adm');
     const id = newId('key');
@@ -191,6 +198,7 @@ export class AccountsService {
         label,
         created_at: this.#now(),
         revoked_at: null,
+        expires_at: this.#now() + ttlMs,
       })
       .execute();
     return { id, kind, principalId, label, token };

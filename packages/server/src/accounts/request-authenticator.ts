@@ -77,6 +77,7 @@ export class RequestAuthenticator {
       .where('token_hash', '=', hashToken(token))
       .where('kind', '=', 'admin')
       .where('revoked_at', 'is', null)
+      .where((eb) => eb.or([eb('expires_at', 'is', null), eb('expires_at', '>', Date.now())]))
       .executeTakeFirst();
     if (!row) return null;
     const mfa = await this.#db

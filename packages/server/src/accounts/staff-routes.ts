@@ -403,29 +403,51 @@ export async function staffRoutes(app: FastifyInstance, options: { ctx: Accounts
     {
       onRequest: authenticate,
       schema: {
-        summary: 'Issue an API credential for the calling staff member (from a signed-in session only); shown once',
+        summary:
+          'Issue an API credential for the calling staff member (signed-in session and a current TOTP code); shown once; expires',
         tags: ['staff'],
         security: bearerSecurity,
-        body: StrictObject({ label: DisplayName }),
+        body: StrictObject({
+          label: DisplayName,
+          code: Code,
+          expiresInDays: Type.Optional(Type.Integer({ minimum: 1, maximum: 365, default: 90 })),
+        }),
         response: {
-          201: StrictObject({ id: Type.String(), label: Type.String(), token: Type.String() }),
+          201: StrictObject({
+            id: Type.String(),
+            label: Type.String(),
+            token: Type.String(),
+            expiresAt: Type.Integer(),
+          }),
           ...authenticatedErrors,
         },
       },
     },
     async (request, reply) => {
       const principal = principalOf(request);
-      // A credential cannot mint credentials: only a session that passed password + TOTP can.
+      // A credential cannot mint credentials, and a stolen session alone cannot either: only a session
+      // that passed password + TOTP, with a fresh TOTP code now.
       if (principal.kind !== 'admin' || principal.via !== 'session' || !principal.secondFactor) {
         throw new CastellanError('ERR_AUTH_FORBIDDEN');
       }
-      const credential = await accounts.insertStaffCredential(
-        db,
-        principal.id,
-        (request.body as { label: string }).label,
-      );
-      await ctx.audit(request, { type: 'staff.credential-issue', target: credential.id });
-      return reply.status(201).send({ id: credential.id, label: credential.label, token: credential.token });
+      const body = request.body as { label: string; code: string; expiresInDays?: number };
+      if (!(await ctx.totp.verify(principal.id, body.code))) {
+        await ctx.audit(request, { type: 'staff.credential-issue', target: principal.id, result: 'failure' });
+        throw new CastellanError('ERR_MFA_CODE_INVALID');
+      }
+      const ttlMs = (body.expiresInDays ?? 90) * 86_400_000;
+      const credential = await accounts.insertStaffCredential(db, principal.id, body.label, ttlMs);
+      await ctx.audit(request, {
+        type: 'staff.credential-issue',
+        target: credential.id,
+        details: { expiresInDays: body.expiresInDays ?? 90 },
+      });
+      return reply.status(201).send({
+        id: credential.id,
+        label: credential.label,
+        token: credential.token,
+        expiresAt: ctx.now() + ttlMs,
+      });
     },
   );
 }

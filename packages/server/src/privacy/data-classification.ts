@@ -48,6 +48,7 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     label: c('internal'),
     created_at: c('internal'),
     revoked_at: c('internal'),
+    expires_at: c('internal'),
   },
   vendors: { id: c('internal'), code: c('public'), name: c('public'), created_at: c('internal'), kind: c('internal') },
   users: {

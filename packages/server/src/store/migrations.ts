@@ -400,6 +400,8 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
           .addPrimaryKeyConstraint('request_nonces_pk', ['key_id', 'nonce'])
           .execute();
         await db.schema.createIndex('request_nonces_expiry_idx').on('request_nonces').columns(['expires_at']).execute();
+        // Staff API credentials expire (OPS-2): a leaked one does not stay a key to the platform forever.
+        await db.schema.alterTable('api_credentials').addColumn('expires_at', 'bigint').execute();
         // Platform staff (OPS-2): a sign-in name (blind index), a password and least-privilege roles.
         await db.schema.alterTable('admins').addColumn('username_index', t.binary).execute();
         await db.schema.alterTable('admins').addColumn('password_hash', 'text').execute();

@@ -32,6 +32,8 @@ export interface ApiCredentialTable {
   label: string;
   created_at: number;
   revoked_at: number | null;
+  /** Null only for credentials issued before expiry existed. */
+  expires_at: number | null;
 }
 
 /** accounts: vendor (device maker) organisations. */

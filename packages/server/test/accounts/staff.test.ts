@@ -125,12 +125,41 @@ for (const dialect of await dialectCases()) {
         assert.equal(res.status, 403, `${method} ${path}`);
         assert.equal(res.body.error.code, 'ERR_AUTH_FORBIDDEN');
       }
-      // A credential cannot be minted by a credential, only by a session.
+      // A credential cannot be minted by a credential, only by a session, and only with a fresh TOTP
+      // code: a stolen session alone does not become a standing credential.
       const viaCredential = await request(p(), 'POST', '/v1/staff/credentials', {
         token: superToken,
-        body: { label: 'ci' },
+        body: { label: 'ci', code: totpCode(secret) },
       });
       assert.equal(viaCredential.status, 403);
+      const wrongCode = await request(p(), 'POST', '/v1/staff/credentials', {
+        token: session,
+        body: { label: 'ci', code: '000000' },
+      });
+      assert.equal(wrongCode.status, 401);
+      assert.equal(wrongCode.body.error.code, 'ERR_MFA_CODE_INVALID');
+      // The sign-in spent this step's code; let the clock move on (each step is accepted once).
+      await p()
+        .accountsContext.db.updateTable('mfa_totp')
+        .set({ last_step: 0 })
+        .where('principal_id', '=', created.body.id)
+        .execute();
+      const minted = await request(p(), 'POST', '/v1/staff/credentials', {
+        token: session,
+        body: { label: 'ci', code: totpCode(secret), expiresInDays: 7 },
+      });
+      assert.equal(minted.status, 201, minted.text);
+      assert.ok(Math.abs(minted.body.expiresAt - (Date.now() + 7 * 86_400_000)) < 60_000);
+      assert.equal((await request(p(), 'GET', '/v1/audit/entries?limit=1', { token: minted.body.token })).status, 200);
+      // Once expired, the credential is refused.
+      await p()
+        .accountsContext.db.updateTable('api_credentials')
+        .set({ expires_at: Date.now() - 1 })
+        .where('id', '=', minted.body.id)
+        .execute();
+      const expired = await request(p(), 'GET', '/v1/audit/entries?limit=1', { token: minted.body.token });
+      assert.equal(expired.status, 401);
+      assert.equal(expired.body.error.code, 'ERR_AUTH_INVALID');
 
       // A role change ends the person's sessions (SESS-1 rotation on privilege change).
       const promote = await request(p(), 'PATCH', `/v1/staff/${created.body.id}`, {
