@@ -250,6 +250,31 @@ export class SignInService {
    */
   async deleteAccount(userId: string): Promise<{ sessionsEnded: number; keysDestroyed: number }> {
     const ctx = this.#ctx;
+    // An enterprise organisation must keep an owner (ORG-1): the last owner hands it over first.
+    const owned = await ctx.db
+      .selectFrom('organisation_members as m')
+      .innerJoin('vendors as v', 'v.id', 'm.vendor_id')
+      .select('m.vendor_id')
+      .where('m.user_id', '=', userId)
+      .where('m.role', '=', 'owner')
+      .where('v.kind', '=', 'enterprise')
+      .execute();
+    for (const { vendor_id } of owned) {
+      const others = await ctx.db
+        .selectFrom('organisation_members')
+        .select('user_id')
+        .where('vendor_id', '=', vendor_id)
+        .where('role', '=', 'owner')
+        .where('user_id', '!=', userId)
+        .limit(1)
+        .executeTakeFirst();
+      if (!others) {
+        throw new CastellanError('ERR_ORG_LAST_OWNER', {
+          message:
+            'You are the last owner of an organisation: make someone else its owner before deleting your account',
+        });
+      }
+    }
     const sessionsEnded = await ctx.sessions.revokeAll(userId);
     await ctx.db.transaction().execute(async (trx) => {
       await trx
@@ -269,6 +294,8 @@ export class SignInService {
       await trx.deleteFrom('webauthn_credentials').where('principal_id', '=', userId).execute();
       await trx.deleteFrom('recovery_codes').where('principal_id', '=', userId).execute();
       await trx.deleteFrom('oidc_identities').where('user_id', '=', userId).execute();
+      // Memberships go; a personal organisation keeps its data (the tenant's), now without members.
+      await trx.deleteFrom('organisation_members').where('user_id', '=', userId).execute();
     });
     const destroyed = await ctx.keys.shred('platform', { user: userId });
     return { sessionsEnded, keysDestroyed: Array.isArray(destroyed) ? destroyed.length : 0 };

@@ -560,6 +560,44 @@ for (const dialect of await dialectCases()) {
       assert.ok(Number(entry!.details.keysDestroyed) >= 1, "the person's key was destroyed");
     });
 
+    test('[ORG-1] the last owner of an enterprise organisation cannot delete their account until it has another owner', async () => {
+      const rae = await createUser();
+      const db = tp.platform.store.db;
+      const org = await tp.platform.accounts.createVendor('Rae Works', 'enterprise');
+      await db
+        .insertInto('organisation_members')
+        .values({ vendor_id: org.id, user_id: rae.id, role: 'owner', created_at: Date.now() })
+        .execute();
+      const s = (await login(rae.email, PASSWORD)).body;
+      const refused = await request(tp.platform, 'DELETE', '/v1/me', { token: s.token });
+      assert.equal(refused.status, 409);
+      assert.equal(refused.body.error.code, 'ERR_ORG_LAST_OWNER');
+      assert.equal(
+        refused.body.error.message,
+        'You are the last owner of an organisation: make someone else its owner before deleting your account',
+      );
+      const [still] = await tp.query<{ status: string }>('select status from users where id = $1', [rae.id]);
+      assert.equal(still!.status, 'active', 'nothing was deleted');
+      assert.equal((await me(s.token)).status, 200, 'the session still works');
+
+      const sam = await createUser();
+      await db
+        .insertInto('organisation_members')
+        .values({ vendor_id: org.id, user_id: sam.id, role: 'owner', created_at: Date.now() })
+        .execute();
+      const gone = await request(tp.platform, 'DELETE', '/v1/me', { token: s.token });
+      assert.equal(gone.status, 204);
+      const members = await tp.query<{ user_id: string }>(
+        'select user_id from organisation_members where vendor_id = $1',
+        [org.id],
+      );
+      assert.deepEqual(
+        members.map((m) => m.user_id),
+        [sam.id],
+        "the deleted person's membership is gone; the organisation keeps its owner",
+      );
+    });
+
     test('[SESS-3] /v1/me masks the contact; /v1/me/sessions lists sessions without tokens; staff are refused', async () => {
       const quinn = await createUser();
       const a = (await login(quinn.email, PASSWORD)).body;
