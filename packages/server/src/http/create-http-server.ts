@@ -108,7 +108,24 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
       },
       components: {
         securitySchemes: {
-          bearer: { type: 'http', scheme: 'bearer', description: 'Castellan API credential' },
+          bearer: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'A session token (cas_ses_…, apps) or a staff API credential (cas_adm_…)',
+          },
+          sessionCookie: {
+            type: 'apiKey',
+            in: 'cookie',
+            name: '__Host-castellan_session',
+            description: 'The browser session cookie (HttpOnly, Secure, SameSite=Strict)',
+          },
+          operatorSignature: {
+            type: 'apiKey',
+            in: 'header',
+            name: 'Authorization',
+            description:
+              'CASTELLAN-HMAC-SHA256 signed request of an operator access key (docs/api-signing.md), with X-Castellan-Date, X-Castellan-Nonce and X-Castellan-Content-SHA256',
+          },
         },
       },
     },

@@ -14,4 +14,9 @@ const errorRef = { $ref: 'ErrorResponse#' } as const;
 /** Standard error responses for authenticated routes. */
 export const authenticatedErrors = { 400: errorRef, 401: errorRef, 403: errorRef, 404: errorRef } as const;
 export const publicErrors = { 400: errorRef, 401: errorRef } as const;
-export const bearerSecurity = [{ bearer: [] }];
+/** Any of the three ways in (accounts/request-authenticator.ts); the policy then decides per route. */
+export const bearerSecurity: { [scheme: string]: string[] }[] = [
+  { bearer: [] },
+  { sessionCookie: [] },
+  { operatorSignature: [] },
+];
