@@ -4,6 +4,7 @@ import { CONFIG_KEYS, loadConfig, redactConfig } from '../config/index.ts';
 import { CastellanError } from '../errors/index.ts';
 import { VERSION } from '../platform.ts';
 import { auditCommand, auditHelp } from './audit-command.ts';
+import { brokerCommand, brokerHelp } from './broker-command.ts';
 import { demoCommand, demoHelp } from './demo-command.ts';
 import { keysCommand, keysHelp } from './keys-command.ts';
 import { upCommand, upHelp } from './up-command.ts';
@@ -17,6 +18,7 @@ Commands:
   demo      run the end-to-end demo against a running platform
   audit     verify the tamper-evident audit log, or export it with proofs
   keys      list keys and move them through their lifecycle (rotate, suspend, destroy…)
+  broker    --conformance only: the anonymous MQTT broker core on loopback, for conformance suites
   config    print the effective configuration (secrets redacted); --json for JSON
   help      show help for a command
 
@@ -37,7 +39,7 @@ async function run(argv: string[]): Promise<number> {
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
     const topic = command === 'help' ? rest[0] : undefined;
     process.stdout.write(
-      `${topic === 'up' ? upHelp : topic === 'demo' ? demoHelp : topic === 'config' ? configHelp : topic === 'audit' ? auditHelp : topic === 'keys' ? keysHelp : mainHelp}\n`,
+      `${topic === 'up' ? upHelp : topic === 'demo' ? demoHelp : topic === 'config' ? configHelp : topic === 'audit' ? auditHelp : topic === 'keys' ? keysHelp : topic === 'broker' ? brokerHelp : mainHelp}\n`,
     );
     return 0;
   }
@@ -128,6 +130,20 @@ async function run(argv: string[]): Promise<number> {
         process.stderr.write(`castellan: ${(error as Error).message}\n`);
         return 1;
       }
+    }
+    case 'broker': {
+      const { values } = parseArgs({
+        args: rest,
+        options: {
+          conformance: { type: 'boolean' },
+          port: { type: 'string' },
+          host: { type: 'string' },
+          help: { type: 'boolean', short: 'h' },
+        },
+        strict: true,
+      });
+      if (values.help) return print(brokerHelp);
+      return brokerCommand(values);
     }
     case 'config': {
       const { values } = parseArgs({

@@ -16,6 +16,16 @@ export const ERROR_CODES = {
   ERR_STORE_UNAVAILABLE: { status: 503, expose: true, message: 'Storage is unavailable' },
   ERR_NOT_READY: { status: 503, expose: true, message: 'Not ready to serve' },
   ERR_LISTEN_FAILED: { status: 500, expose: false, message: 'A listener could not be started' },
+  ERR_BROKER_CONFORMANCE_NOT_LOOPBACK: {
+    status: 500,
+    expose: false,
+    message: 'The MQTT conformance listener only listens on a loopback address',
+  },
+  ERR_BROKER_CONFORMANCE_HOOKS_REFUSED: {
+    status: 500,
+    expose: false,
+    message: 'The anonymous conformance hooks are refused here',
+  },
   ERR_KEY_ROOT_INVALID: { status: 500, expose: false, message: 'Root key is invalid' },
   ERR_KEY_DECRYPT_FAILED: { status: 500, expose: false, message: 'Decryption failed' },
   ERR_KEY_NOT_FOUND: { status: 404, expose: true, message: 'Key not found' },

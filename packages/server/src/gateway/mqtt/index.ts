@@ -19,3 +19,10 @@ export {
 } from './mqtt-listener.ts';
 export { ConnackReturnCode, ReasonCode } from './reason-codes.ts';
 export { checkTopicFilter, checkTopicName } from './topic-rules.ts';
+export { CONFORMANCE_ASSIGNED_CLIENT_ID_PREFIX, conformanceHooks, isConformanceHooks } from './conformance-hooks.ts';
+export {
+  CONFORMANCE_WARNING,
+  type ConformanceListener,
+  isLoopbackHost,
+  startConformanceListener,
+} from './conformance-listener.ts';

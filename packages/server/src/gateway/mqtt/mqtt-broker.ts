@@ -5,6 +5,7 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { type BrokerHooks, type ClientIdentity, denyAllHooks, type InboundMessage } from './broker-hooks.ts';
+import { isConformanceHooks } from './conformance-hooks.ts';
 import { MqttConnection } from './mqtt-connection.ts';
 import { ReasonCode } from './reason-codes.ts';
 import { type OutboundMessage, Session } from './session.ts';
@@ -45,6 +46,11 @@ export interface MqttBrokerOptions {
 
 export class MqttBroker {
   readonly hooks: BrokerHooks;
+  /**
+   * Built with the anonymous conformance hooks (conformance-hooks.ts)? Fixed at construction: the
+   * production TLS listener refuses such a broker, the conformance listener requires one.
+   */
+  readonly conformance: boolean;
   readonly limits: BrokerLimits;
   readonly log: Logger;
   readonly subscriptions = new SubscriptionIndex();
@@ -72,6 +78,7 @@ export class MqttBroker {
 
   constructor(options: MqttBrokerOptions) {
     this.hooks = options.hooks ?? denyAllHooks;
+    this.conformance = isConformanceHooks(this.hooks);
     this.limits = Object.freeze({ ...options.limits });
     this.log = options.log;
   }

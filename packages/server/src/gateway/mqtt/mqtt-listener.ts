@@ -3,6 +3,7 @@ import { type AddressInfo, isIP } from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { CastellanError } from '../../errors/index.ts';
+import { isConformanceHooks } from './conformance-hooks.ts';
 import type { MqttBroker } from './mqtt-broker.ts';
 
 export interface TlsServerOptions {
@@ -49,6 +50,14 @@ export async function startMqttListener(
   options: TlsServerOptions & { host: string; port: number; maxConnections: number },
   log: Logger,
 ): Promise<MqttListener> {
+  // [CHAN-6] anonymous access never reaches a production listener: fail closed before binding.
+  if (broker.conformance || isConformanceHooks(broker.hooks)) {
+    throw new CastellanError('ERR_BROKER_CONFORMANCE_HOOKS_REFUSED', {
+      message:
+        'The MQTT over TLS listener refuses a broker built with the anonymous conformance hooks; ' +
+        'they are for `castellan broker --conformance` on loopback only',
+    });
+  }
   const server = tls.createServer(tlsServerOptions(options, broker.limits.connectTimeoutMs), (socket) => {
     socket.setNoDelay(true);
     broker.handle(socket, socket.remoteAddress ?? 'unknown');

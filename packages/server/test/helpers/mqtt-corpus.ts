@@ -1,0 +1,321 @@
+// Replays the MQTT packet-sequence corpus (../shared/mqtt-corpus, Eclipse Mosquitto's broker test data;
+// format in its README) against a broker listening on plain TCP: the conformance listener, or a
+// Mosquitto started for a differential run. Each case gets its own connection; "still connected" is
+// proved by a PINGREQ/PINGRESP round trip and "disconnected" by the socket closing, so no case waits
+// for a time-out unless the broker misbehaves.
+import { once } from 'node:events';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import net from 'node:net';
+import { join, resolve } from 'node:path';
+import mqttPacket from 'mqtt-packet';
+
+export const CORPUS_DIR = resolve(
+  process.env.CASTELLAN_MQTT_CORPUS ?? new URL('../../../../../shared/mqtt-corpus', import.meta.url).pathname,
+);
+
+export interface CorpusMessage {
+  type: 'send' | 'recv' | 'publish';
+  payload?: string;
+  topic?: string;
+  qos?: number;
+}
+
+export interface CorpusCase {
+  file: string;
+  group: string;
+  name: string;
+  ver: 3 | 4 | 5;
+  connect: boolean;
+  expectDisconnect: boolean;
+  msgs: CorpusMessage[];
+}
+
+export interface CaseOutcome {
+  case: CorpusCase;
+  ok: boolean;
+  /** What went differently, when not ok. */
+  detail?: string;
+  ms: number;
+}
+
+interface RawGroup {
+  group: string;
+  disable?: boolean;
+  tests: { name: string; ver?: number; connect?: boolean; expect_disconnect?: boolean; msgs?: CorpusMessage[] }[];
+}
+
+export function corpusAvailable(dir = CORPUS_DIR): boolean {
+  return existsSync(join(dir, 'README.md'));
+}
+
+export function loadCorpus(dir = CORPUS_DIR): CorpusCase[] {
+  const cases: CorpusCase[] = [];
+  for (const file of readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .sort()) {
+    const groups = JSON.parse(readFileSync(join(dir, file), 'utf8')) as RawGroup[];
+    for (const g of groups) {
+      if (g.disable) continue;
+      for (const t of g.tests) {
+        cases.push({
+          file,
+          group: g.group,
+          name: t.name,
+          ver: (t.ver ?? 4) as CorpusCase['ver'],
+          connect: t.connect ?? true,
+          expectDisconnect: t.expect_disconnect ?? true,
+          msgs: t.msgs ?? [],
+        });
+      }
+    }
+  }
+  return cases;
+}
+
+export const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
+
+function connectPacket(ver: 3 | 4 | 5, clientId: string): Buffer {
+  return mqttPacket.generate({
+    cmd: 'connect',
+    protocolId: ver === 3 ? 'MQIsdp' : 'MQTT',
+    protocolVersion: ver,
+    clientId,
+    keepalive: 60,
+    clean: true,
+  });
+}
+
+/** A byte reader over a socket that resolves reads of exact lengths, or reports close/time-out. */
+class Reader {
+  #buffer = Buffer.alloc(0);
+  #closed = false;
+  #waiter: (() => void) | undefined;
+
+  constructor(socket: net.Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      this.#buffer = Buffer.concat([this.#buffer, chunk]);
+      this.#waiter?.();
+    });
+    const end = () => {
+      this.#closed = true;
+      this.#waiter?.();
+    };
+    socket.on('close', end);
+    socket.on('error', end);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Exactly n bytes; null when the socket closed first; 'timeout' after ms. */
+  async read(n: number, ms: number): Promise<Buffer | null | 'timeout'> {
+    const deadline = Date.now() + ms;
+    while (this.#buffer.length < n) {
+      if (this.#closed) return null;
+      const left = deadline - Date.now();
+      if (left <= 0) return 'timeout';
+      await new Promise<void>((resolveWait) => {
+        const timer = setTimeout(resolveWait, left);
+        this.#waiter = () => {
+          clearTimeout(timer);
+          resolveWait();
+        };
+      });
+      this.#waiter = undefined;
+    }
+    const out = this.#buffer.subarray(0, n);
+    this.#buffer = this.#buffer.subarray(n);
+    return out;
+  }
+
+  /** Waits for the socket to close; false if it is still open after ms. */
+  async closedWithin(ms: number): Promise<boolean> {
+    if (this.#closed) return true;
+    await this.read(Number.MAX_SAFE_INTEGER, ms);
+    return this.#closed;
+  }
+
+  /** One whole packet (fixed header, remaining length, body). */
+  async packet(ms: number): Promise<Buffer | null | 'timeout'> {
+    const first = await this.read(1, ms);
+    if (first === null || first === 'timeout') return first;
+    const header = [first];
+    let length = 0;
+    for (let i = 0, multiplier = 1; i < 4; i++, multiplier *= 128) {
+      const b = await this.read(1, ms);
+      if (b === null || b === 'timeout') return b;
+      header.push(b);
+      length += (b[0]! & 0x7f) * multiplier;
+      if ((b[0]! & 0x80) === 0) break;
+    }
+    const body = await this.read(length, ms);
+    if (body === null || body === 'timeout') return body;
+    return Buffer.concat([...header, body]);
+  }
+}
+
+/**
+ * An MQTT 5 CONNACK's properties are the broker's own (Mosquitto announces its topic-alias and
+ * receive maximums): compare the session-present flag and the reason code only.
+ */
+function sameConnack(expected: Buffer, actual: Buffer): boolean {
+  const header = (b: Buffer) => {
+    let i = 1;
+    while (b[i]! & 0x80) i++;
+    return b.subarray(i + 1, i + 3);
+  };
+  return actual[0] === 0x20 && header(expected).equals(header(actual));
+}
+
+async function publishFromSecondClient(host: string, port: number, msg: CorpusMessage, ver: 3 | 4 | 5) {
+  const socket = net.connect({ host, port });
+  await once(socket, 'connect');
+  const reader = new Reader(socket);
+  socket.write(connectPacket(ver === 3 ? 4 : ver, `corpus-publisher-${process.pid}-${Math.random()}`));
+  await reader.packet(2_000);
+  const qos = (msg.qos ?? 0) as 0 | 1 | 2;
+  socket.write(
+    mqttPacket.generate({
+      cmd: 'publish',
+      topic: msg.topic ?? '',
+      payload: Buffer.from(msg.payload ?? '', 'utf8'),
+      qos,
+      retain: false,
+      dup: false,
+      ...(qos > 0 ? { messageId: 1 } : {}),
+    }),
+  );
+  if (qos === 1) await reader.packet(2_000);
+  if (qos === 2) {
+    await reader.packet(2_000);
+    socket.write(hex('62 02 0001'));
+    await reader.packet(2_000);
+  }
+  socket.write(hex('E0 00'));
+  socket.end();
+  await reader.closedWithin(2_000);
+}
+
+/** Splits bytes into whole packets (fixed header + remaining length); null if they do not split evenly. */
+export function splitPackets(bytes: Buffer): Buffer[] | null {
+  const out: Buffer[] = [];
+  let i = 0;
+  while (i < bytes.length) {
+    let length = 0;
+    let j = i + 1;
+    for (let multiplier = 1; ; multiplier *= 128, j++) {
+      if (j >= bytes.length || j > i + 4) return null;
+      length += (bytes[j]! & 0x7f) * multiplier;
+      if ((bytes[j]! & 0x80) === 0) break;
+    }
+    const end = j + 1 + length;
+    if (end > bytes.length) return null;
+    out.push(bytes.subarray(i, end));
+    i = end;
+  }
+  return out;
+}
+
+/**
+ * MQTT 5 lets a sender omit an empty property length, and a success reason code with it, in PUBACK,
+ * PUBREC, PUBREL, PUBCOMP, DISCONNECT and AUTH (MQTT 5.0 sections 3.4.2.1, 3.5.2.1, 3.6.2.1, 3.7.2.1,
+ * 3.14.2.1, 3.15.2.1): `E0 01 82` and `E0 02 82 00` are the same packet. Compare the shortest form.
+ */
+export function canonicalPacket(packet: Buffer, ver: number): string {
+  const type = packet[0]! >> 4;
+  if (ver !== 5 || ![4, 5, 6, 7, 14, 15].includes(type)) return packet.toString('hex');
+  let bodyAt = 1;
+  while (packet[bodyAt]! & 0x80) bodyAt++;
+  bodyAt++;
+  const fixed = type >= 14 ? 0 : 2; // packet identifier of the PUBACK family
+  let body = [...packet.subarray(bodyAt)];
+  if (body.length === fixed + 2 && body[fixed + 1] === 0) body = body.slice(0, fixed + 1);
+  if (body.length === fixed + 1 && body[fixed] === 0) body = body.slice(0, fixed);
+  return Buffer.from([packet[0]!, body.length, ...body]).toString('hex');
+}
+
+/** Replays one case; `ms` bounds every single wait. */
+export async function replayCase(host: string, port: number, c: CorpusCase, ms = 2_000): Promise<CaseOutcome> {
+  const started = Date.now();
+  const socket = net.connect({ host, port });
+  socket.setNoDelay(true);
+  const fail = (detail: string): CaseOutcome => ({ case: c, ok: false, detail, ms: Date.now() - started });
+  try {
+    await once(socket, 'connect');
+    const reader = new Reader(socket);
+    if (c.connect) {
+      socket.write(connectPacket(c.ver, `${c.group} ${c.name}`.slice(0, 23)));
+      const connack = await reader.packet(ms);
+      if (connack === null || connack === 'timeout') return fail(`default CONNECT: ${connack ?? 'closed'}`);
+      const reasonAt = connack[1]! < 0x80 ? 3 : 4;
+      if (connack[0] !== 0x20 || connack[reasonAt] !== 0)
+        return fail(`default CONNECT refused: ${connack.toString('hex')}`);
+    }
+    for (const [i, msg] of c.msgs.entries()) {
+      if (msg.type === 'send') {
+        if (reader.closed) return fail(`msg ${i}: closed before send`);
+        socket.write(hex(msg.payload ?? ''));
+      } else if (msg.type === 'recv') {
+        const expected = hex(msg.payload ?? '');
+        const packets = splitPackets(expected);
+        if (!packets) {
+          // Not whole packets: compare the raw bytes.
+          const actual = await reader.read(expected.length, ms);
+          if (actual === null || actual === 'timeout')
+            return fail(`msg ${i}: ${actual ?? 'closed'}, expected ${expected.toString('hex')}`);
+          if (!actual.equals(expected))
+            return fail(`msg ${i}: received ${actual.toString('hex')}, expected ${expected.toString('hex')}`);
+          continue;
+        }
+        for (const want of packets) {
+          const actual = await reader.packet(ms);
+          if (actual === null) return fail(`msg ${i}: closed, expected ${want.toString('hex')}`);
+          if (actual === 'timeout') return fail(`msg ${i}: nothing received, expected ${want.toString('hex')}`);
+          const connack = c.ver === 5 && want[0] === 0x20;
+          const same = connack
+            ? sameConnack(want, actual)
+            : canonicalPacket(want, c.ver) === canonicalPacket(actual, c.ver);
+          if (!same) return fail(`msg ${i}: received ${actual.toString('hex')}, expected ${want.toString('hex')}`);
+        }
+      } else if (msg.type === 'publish') {
+        await publishFromSecondClient(host, port, msg, c.ver);
+      }
+    }
+    if (c.expectDisconnect) {
+      // The barrier: a live connection would answer a PINGREQ; a closed one cannot.
+      if (!reader.closed) socket.write(hex('C0 00'));
+      if (!(await reader.closedWithin(ms))) return fail('expected a disconnect; the connection stayed open');
+      return { case: c, ok: true, ms: Date.now() - started };
+    }
+    if (reader.closed) return fail('expected the connection to stay open; it was closed');
+    socket.write(hex('C0 00'));
+    const pong = await reader.packet(ms);
+    if (pong === null || pong === 'timeout') return fail(`PINGREQ barrier: ${pong ?? 'closed'}`);
+    if (!pong.equals(hex('D0 00'))) return fail(`PINGREQ barrier: received ${pong.toString('hex')} first`);
+    return { case: c, ok: true, ms: Date.now() - started };
+  } catch (error) {
+    return fail(`error: ${(error as Error).message}`);
+  } finally {
+    socket.destroy();
+  }
+}
+
+/** Replays cases in corpus order (one at a time by default: cases share topics and retained messages). */
+export async function replayCorpus(
+  host: string,
+  port: number,
+  cases: CorpusCase[],
+  options: { concurrency?: number; ms?: number } = {},
+): Promise<CaseOutcome[]> {
+  const out: CaseOutcome[] = new Array<CaseOutcome>(cases.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < cases.length) {
+      const i = next++;
+      out[i] = await replayCase(host, port, cases[i]!, options.ms);
+    }
+  };
+  await Promise.all(Array.from({ length: options.concurrency ?? 1 }, worker));
+  return out;
+}
