@@ -28,6 +28,7 @@ import { parseRoles } from './request-authenticator.ts';
 import { clearSessionCookies, deliverSession } from './session-delivery.ts';
 import { refuseWithRetryAfter } from '../http/retry-after.ts';
 import { clientNetworkOf } from '../guard/index.ts';
+import { isUniqueViolation } from './accounts-service.ts';
 
 const ENROLMENT_TTL_MS = 72 * 3_600_000;
 const ENROLMENT_PURPOSE = 'staff-enrolment';
@@ -209,8 +210,7 @@ export async function staffRoutes(app: FastifyInstance, options: { ctx: Accounts
             .execute();
         });
       } catch (error) {
-        const e = error as { code?: string; errcode?: number; message?: string };
-        if (e.code === '23505' || e.errcode === 2067 || /UNIQUE constraint failed/.test(e.message ?? '')) {
+        if (isUniqueViolation(error)) {
           throw new CastellanError('ERR_STAFF_USERNAME_TAKEN');
         }
         throw error;

@@ -7,6 +7,7 @@ import { newId } from '../lib/random-ids.ts';
 import type { Database } from '../store/index.ts';
 import type { AccountsKeys } from './accounts-context.ts';
 import type { UserKind } from './principal.ts';
+import { isUniqueViolation } from './accounts-service.ts';
 
 export type IdentifierKind = 'email' | 'phone';
 
@@ -123,8 +124,7 @@ export class UserDirectory {
     try {
       await this.#db.insertInto('users').values(row).execute();
     } catch (error) {
-      const e = error as { code?: string; errcode?: number; message?: string };
-      if (e.code === '23505' || e.errcode === 2067 || /UNIQUE constraint failed/.test(e.message ?? '')) {
+      if (isUniqueViolation(error)) {
         throw new CastellanError('ERR_ACCOUNT_EXISTS');
       }
       throw error;
