@@ -69,6 +69,33 @@ export interface BrokerHooks {
   onViolation?(violation: Violation): void;
   /** Optional observer of a client ID taken over by a new connection (conflicting clients). */
   onTakeover?(identity: ClientIdentity, remoteAddresses: { previous: string; next: string }): void;
+  /** Optional observer (presence): a client's CONNACK was sent. */
+  onConnected?(identity: ClientIdentity, info: ConnectionInfo): void;
+  /** Optional observer (presence): a connected client's connection ended, with why. */
+  onDisconnected?(identity: ClientIdentity, info: DisconnectionInfo): void;
+}
+
+export interface ConnectionInfo {
+  readonly clientId: string;
+  readonly remoteAddress: string;
+  readonly protocolVersion: ProtocolVersion;
+  readonly sessionPresent: boolean;
+  readonly keepAliveSeconds: number;
+}
+
+/**
+ * Why a connection ended: 'client' = DISCONNECT from the client; 'takeover' = a newer connection with
+ * the same client ID; 'keep-alive' = silent too long; 'protocol-error' = a malformed or forbidden
+ * packet; 'server' = disconnected by the platform (revoked, quarantined, shutting down); 'network' =
+ * the socket closed without DISCONNECT.
+ */
+export interface DisconnectionInfo {
+  readonly clientId: string;
+  readonly remoteAddress: string;
+  readonly reason: 'client' | 'takeover' | 'keep-alive' | 'protocol-error' | 'server' | 'network';
+  /** The MQTT 5 reason code sent or received, when there was one. */
+  readonly reasonCode?: number;
+  readonly connectedForMs: number;
 }
 
 export const denyAllHooks: BrokerHooks = {
