@@ -33,7 +33,9 @@ import {
   AEAD_CIPHERS,
   type MqttListener,
   ReasonCode,
+  SqlBrokerStore,
   startMqttListener,
+  SysTopicsPublisher,
 } from './gateway/index.ts';
 import {
   createAddressFilter,
@@ -80,6 +82,8 @@ export interface Platform {
   readonly accountsContext: AccountsContext;
   readonly devices: DevicesService;
   readonly broker: MqttBroker;
+  /** Per-tenant `$SYS/tenants/{vendorId}/broker/...` topics (read-only for devices). */
+  readonly sysTopics: SysTopicsPublisher;
   readonly telemetry: TelemetryWriter;
   readonly audit: AuditLog;
   readonly keys: KeyService;
@@ -278,8 +282,13 @@ export async function startPlatform(
       vendors: accounts,
       telemetry,
       maxBatch: config.devices.maxBatch,
+      presence: { log: log.child({ component: 'devices' }) },
     });
     late.devices = devices;
+    // Devices a crashed process left online are offline now. Closed after the broker (pushed before
+    // it), so the broker's last disconnects are stored.
+    await devices.presence.start();
+    cleanups.push(() => devices.presence.close());
 
     let redis: Redis | undefined;
     if (config.redis.url) {
@@ -326,12 +335,30 @@ export async function startPlatform(
     alertIpTimer.unref();
     cleanups.push(() => clearInterval(alertIpTimer));
 
+    // Persistent MQTT sessions and retained messages, written behind the broker's memory. Closed after
+    // the broker (pushed before it), so the broker's last changes are written; close() logs a failure.
+    const brokerStore = new SqlBrokerStore({ db: store.db, log: log.child({ component: 'mqtt-store' }) });
+    cleanups.push(() => brokerStore.close().catch(() => {}));
+    const brokerPurgeTimer = setInterval(() => {
+      brokerStore.purgeExpired(Date.now()).catch((e: unknown) => log.warn({ err: e }, 'mqtt: store purge failed'));
+    }, 300_000);
+    brokerPurgeTimer.unref();
+    cleanups.push(() => clearInterval(brokerPurgeTimer));
     const broker = new MqttBroker({
       hooks: deviceBrokerHooks({ devices, guard, audit: recordSoon, log: brokerLog }),
       limits: config.mqtt,
       log: brokerLog,
+      store: brokerStore,
     });
     late.broker = broker;
+    // Before the listener accepts clients: a returning client finds its session and retained messages.
+    await broker.restore();
+    const sysTopics = new SysTopicsPublisher({
+      broker,
+      connectedByTenant: () => devices.presence.connectedByTenant(),
+      version: VERSION,
+    });
+    sysTopics.start();
     const listener: MqttListener = await startMqttListener(
       broker,
       {
@@ -355,6 +382,7 @@ export async function startPlatform(
       await broker.close();
       await closing;
     });
+    cleanups.push(() => sysTopics.stop());
 
     const authenticate = createAuthenticateHook(authenticator);
     const recordRequest: RecordAudit = (request, event) => auditRequest(audit, request, event);
@@ -516,6 +544,7 @@ export async function startPlatform(
       accountsContext,
       devices,
       broker,
+      sysTopics,
       telemetry,
       audit,
       keys,

@@ -74,6 +74,8 @@ for (const dialect of await dialectCases()) {
           '0003_guard',
           '0004_product_suite',
           '0005_accounts',
+          '0006_broker',
+          '0007_presence',
         ]);
       } finally {
         if (fresh) await dropSchema(fresh);

@@ -390,6 +390,12 @@ export const ConfigSchema = Type.Object(
           default: 6,
           description: 'Session takeovers of one device per hour that suggest a shared or cloned credential',
         }),
+        reconnectsPerHour: Type.Integer({
+          minimum: 1,
+          maximum: 1000000,
+          default: 120,
+          description: 'Disconnections of one device per hour beyond which a connection-flapping alert is raised',
+        }),
         ipBlockSeconds: Type.Integer({
           minimum: 1,
           maximum: 604800,

@@ -15,6 +15,7 @@ import {
   StrictObject,
 } from '../http/index.ts';
 import type { Device, DevicesService, Product, TelemetryItem } from './devices-service.ts';
+import type { DevicePresence } from './presence-events.ts';
 
 export interface DevicesRoutesOptions {
   devices: DevicesService;
@@ -59,6 +60,34 @@ const DeviceView = StrictObject({
   createdAt: Type.Integer(),
 });
 
+const NullableTime = Type.Union([Type.Integer(), Type.Null()]);
+const PresenceView = StrictObject(
+  {
+    online: Type.Boolean(),
+    lastSeenAt: Type.Union([Type.Integer(), Type.Null()], {
+      description: 'last CONNECT, PUBLISH or DISCONNECT from the device (activity is written at most every 30 s)',
+    }),
+    lastConnectedAt: NullableTime,
+    lastDisconnectedAt: NullableTime,
+    lastDisconnectReason: Type.Union(
+      [
+        Type.Literal('client'),
+        Type.Literal('takeover'),
+        Type.Literal('keep-alive'),
+        Type.Literal('protocol-error'),
+        Type.Literal('server'),
+        Type.Literal('network'),
+        Type.Literal('platform-restart'),
+        Type.Null(),
+      ],
+      { description: 'why the last connection ended; null before the first disconnect' },
+    ),
+  },
+  { description: 'MQTT presence; all null for a device that never connected' },
+);
+
+const DeviceDetailView = StrictObject({ ...DeviceView.properties, presence: PresenceView });
+
 const TelemetryView = StrictObject({
   seq: Type.Integer(),
   deviceId: Type.String(),
@@ -82,6 +111,13 @@ const presentDevice = (d: Device) => ({
   productId: d.productId,
   status: d.status,
   createdAt: d.createdAt,
+});
+const presentPresence = (p: DevicePresence) => ({
+  online: p.online,
+  lastSeenAt: p.lastSeenAt,
+  lastConnectedAt: p.lastConnectedAt,
+  lastDisconnectedAt: p.lastDisconnectedAt,
+  lastDisconnectReason: p.lastDisconnectReason,
 });
 const presentTelemetry = (t: TelemetryItem) => ({
   seq: t.seq,
@@ -290,14 +326,17 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
     {
       onRequest: authenticate,
       schema: {
-        summary: 'Read a device',
+        summary: 'Read a device, with its presence (online, last seen)',
         tags: ['devices'],
         security: bearerSecurity,
         params: StrictObject({ deviceId: DeviceIdParam }),
-        response: { 200: DeviceView, ...authenticatedErrors },
+        response: { 200: DeviceDetailView, ...authenticatedErrors },
       },
     },
-    async (request) => presentDevice(await ownedDevice(request, 'device.read')),
+    async (request) => {
+      const device = await ownedDevice(request, 'device.read');
+      return { ...presentDevice(device), presence: presentPresence(await devices.presence.get(device.id)) };
+    },
   );
 
   app.get(

@@ -7,6 +7,7 @@ import type { Kysely } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
 import { constantTimeEqual, newId } from '../lib/random-ids.ts';
 import type { Database } from '../store/index.ts';
+import { PresenceTracker, type PresenceTrackerOptions } from './device-presence.ts';
 import type { TelemetryWriter } from './telemetry-writer.ts';
 import { asBuffer } from '../lib/bytes.ts';
 
@@ -66,6 +67,8 @@ export interface DevicesServiceOptions {
   now?: () => number;
   /** Draws a device ID; tests inject collisions through it. */
   generateDeviceId?: (vendorCode: string, productCode: string) => string;
+  /** Presence: where write failures are logged, and how often remembered activity is written. */
+  presence?: Pick<PresenceTrackerOptions, 'log' | 'activityFlushMs'>;
 }
 
 /** 256 random bits, base64url: fits an MQTT password and a small chip's flash. */
@@ -90,6 +93,8 @@ export interface FieldCipher {
 const PLATFORM_TENANT = 'platform';
 
 export class DevicesService {
+  /** Online/offline and last seen of every device (device_presence); its `events` feed push channels. */
+  readonly presence: PresenceTracker;
   readonly #db: Kysely<Database>;
   readonly #secrets: FieldCipher;
   readonly #vendors: VendorDirectory;
@@ -109,6 +114,7 @@ export class DevicesService {
     this.#maxBatch = options.maxBatch;
     this.#now = options.now ?? Date.now;
     this.#drawId = options.generateDeviceId ?? generateDeviceId;
+    this.presence = new PresenceTracker({ db: options.db, now: this.#now, ...options.presence });
   }
 
   async createProduct(

@@ -1,3 +1,10 @@
+export {
+  type ConnectedInfo,
+  type DisconnectedInfo,
+  type LiveConnection,
+  PresenceTracker,
+  type PresenceTrackerOptions,
+} from './device-presence.ts';
 export { devicesRoutes } from './devices-routes.ts';
 export {
   type Device,
@@ -11,5 +18,14 @@ export {
   type TelemetryItem,
   type VendorDirectory,
 } from './devices-service.ts';
+export {
+  type DeviceConnected,
+  type DeviceDisconnected,
+  type DevicePresence,
+  type DisconnectReason,
+  type PresenceChange,
+  type PresenceEventMap,
+  PresenceEvents,
+} from './presence-events.ts';
 export { checkTelemetryPayload } from './telemetry-payload.ts';
 export { TelemetryQueueFullError, TelemetryWriter, type TelemetryWriterOptions } from './telemetry-writer.ts';

@@ -1,7 +1,8 @@
 // Binds the broker's hooks to devices: a device authenticates with its own ID and secret, may use only
-// its own `devices/{id}/` topics (CHAN-6), is held to its product's report-rate limits (RATE-1), and its
-// telemetry is stored durably before QoS 1 is acked. Connects, failures and refusals feed the audit
-// log (AUD-1) and intrusion detection (IDS-1).
+// its own `devices/{id}/` topics (CHAN-6) and read its tenant's `$SYS/tenants/{vendorId}/` subtree, is
+// held to its product's report-rate limits (RATE-1), and its telemetry is stored durably before QoS 1 is
+// acked. Connects, disconnects, takeovers, failures and refusals feed the audit log (AUD-1), intrusion
+// detection (IDS-1) and device presence.
 import { isDeviceId, isWithinDeviceNamespace, parseDeviceTopic } from '@castellan/protocol';
 import type { Logger } from 'pino';
 import type { AuditEvent } from '../audit/index.ts';
@@ -9,7 +10,8 @@ import type { DevicesService } from '../devices/devices-service.ts';
 import { checkTelemetryPayload } from '../devices/telemetry-payload.ts';
 import { TelemetryQueueFullError } from '../devices/telemetry-writer.ts';
 import { type GuardService, normaliseIp } from '../guard/index.ts';
-import { type BrokerHooks, PublishRefusedError } from './mqtt/index.ts';
+import { type BrokerHooks, type ClientIdentity, PublishRefusedError } from './mqtt/index.ts';
+import { isTopicLevel, sysTenantPrefix } from './sys-topics-publisher.ts';
 
 const DEVICE_PUBLISH_CHANNELS = new Set(['telemetry', 'state', 'events']);
 
@@ -39,6 +41,12 @@ function resourceUsage(payload: Buffer): Record<string, number> | null {
     if (typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= 100) usage[key.replace('Percent', '')] = v;
   }
   return usage;
+}
+
+/** A device's tenant, when it is usable as a `$SYS` topic level. */
+function tenantOf(identity: ClientIdentity): string | null {
+  const vendorId = identity.attributes.vendorId;
+  return vendorId !== undefined && isTopicLevel(vendorId) ? vendorId : null;
 }
 
 export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHooksOptions): BrokerHooks {
@@ -96,15 +104,7 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
         });
         return { ok: false, reason: device.status === 'quarantined' ? 'banned' : 'not-authorized' };
       }
-      audit({
-        actor: { type: 'device', id: device.id },
-        tenant: device.vendorId,
-        type: 'device.connect',
-        target: device.id,
-        sourceIp: ip,
-        result: 'success',
-        details: { protocolVersion: request.protocolVersion },
-      });
+      // The successful connect is audited in onConnected: CONNACK can still fail after this point.
       return {
         ok: true,
         identity: {
@@ -117,6 +117,8 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
     },
 
     authorizePublish(identity, topic) {
+      // `$` topics belong to the broker [MQTT-4.7.2-1]: a client never publishes to `$SYS/...`.
+      if (topic.startsWith('$')) return false;
       if (identity.kind !== 'device' || !isWithinDeviceNamespace(identity.principalId, topic)) return false;
       const parsed = parseDeviceTopic(topic);
       return (
@@ -129,11 +131,22 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
     },
 
     authorizeSubscribe(identity, filter) {
-      return identity.kind === 'device' && isWithinDeviceNamespace(identity.principalId, filter);
+      if (identity.kind !== 'device') return false;
+      if (filter.startsWith('$')) {
+        // Read-only `$SYS`, per tenant: only filters that start literally with the device's own
+        // tenant subtree (no wildcard at or above the tenant level), with something below it.
+        const tenant = tenantOf(identity);
+        if (tenant === null) return false;
+        const prefix = sysTenantPrefix(tenant);
+        return filter.startsWith(prefix) && filter.length > prefix.length;
+      }
+      return isWithinDeviceNamespace(identity.principalId, filter);
     },
 
     async onPublish(identity, message) {
       const deviceId = identity.principalId;
+      // Presence: remembered in memory only, written at most every flush interval.
+      devices.presence.activity(deviceId, message.receivedAt);
       const tenant = identity.attributes.vendorId ?? null;
       const productId = identity.attributes.productId ?? '';
       const verdict = await guard.deviceMessage(
@@ -162,12 +175,77 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
       }
     },
 
-    onTakeover(identity, addresses) {
+    onConnected(identity, info) {
+      if (identity.kind !== 'device') return;
+      const vendorId = identity.attributes.vendorId ?? '';
+      audit({
+        actor: { type: 'device', id: identity.principalId },
+        tenant: vendorId || null,
+        type: 'device.connect',
+        target: identity.principalId,
+        sourceIp: normaliseIp(info.remoteAddress),
+        result: 'success',
+        details: {
+          protocolVersion: info.protocolVersion,
+          sessionPresent: info.sessionPresent,
+          keepAliveSeconds: info.keepAliveSeconds,
+        },
+      });
+      devices.presence.connected(
+        { id: identity.principalId, vendorId },
+        {
+          protocolVersion: info.protocolVersion,
+          sessionPresent: info.sessionPresent,
+          remoteAddress: info.remoteAddress,
+        },
+      );
+    },
+
+    onDisconnected(identity, info) {
+      if (identity.kind !== 'device') return;
+      const connection = devices.presence.disconnected(identity.principalId, {
+        reason: info.reason,
+        connectedForMs: info.connectedForMs,
+        remoteAddress: info.remoteAddress,
+        ...(info.reasonCode === undefined ? {} : { reasonCode: info.reasonCode }),
+      });
+      audit({
+        actor: { type: 'device', id: identity.principalId },
+        tenant: identity.attributes.vendorId ?? null,
+        type: 'device.disconnect',
+        target: identity.principalId,
+        sourceIp: normaliseIp(info.remoteAddress),
+        // Only a DISCONNECT from the device is an orderly end; everything else is worth a look.
+        result: info.reason === 'client' ? 'success' : 'failure',
+        details: {
+          reason: info.reason,
+          reasonCode: info.reasonCode ?? null,
+          connectedForMs: info.connectedForMs,
+          protocolVersion: connection?.protocolVersion ?? null,
+          sessionPresent: connection?.sessionPresent ?? null,
+        },
+      });
       guard
-        .sessionTakeover(identity.principalId, identity.attributes.vendorId ?? null, {
-          previous: normaliseIp(addresses.previous),
-          next: normaliseIp(addresses.next),
-        })
+        .connectionChurn(identity.principalId, identity.attributes.vendorId ?? null)
+        .catch((error: unknown) => log.warn({ err: error }, 'guard: signal failed'));
+    },
+
+    onTakeover(identity, addresses) {
+      const previous = normaliseIp(addresses.previous);
+      const next = normaliseIp(addresses.next);
+      // One entry holds one source IP (encrypted under the day key, PRIV-4): this one the new
+      // connection's; the taken-over connection's is on its `device.disconnect` (reason takeover).
+      audit({
+        actor: { type: 'device', id: identity.principalId },
+        tenant: identity.attributes.vendorId ?? null,
+        type: 'device.session-takeover',
+        target: identity.principalId,
+        sourceIp: next,
+        result: 'success',
+        details: { sameAddress: previous === next },
+      });
+      guard
+        .sessionTakeover(identity.principalId, identity.attributes.vendorId ?? null, { previous, next })
         .catch((error: unknown) => log.warn({ err: error }, 'guard: signal failed'));
     },
 

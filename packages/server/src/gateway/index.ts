@@ -1,2 +1,9 @@
 export { deviceBrokerHooks } from './device-broker-hooks.ts';
 export * from './mqtt/index.ts';
+export {
+  SYS_TENANTS_ROOT,
+  SysTopicsPublisher,
+  type SysTopicsPublisherOptions,
+  sysTenantPrefix,
+  sysTopic,
+} from './sys-topics-publisher.ts';

@@ -25,6 +25,7 @@ export interface GuardConfig {
   invalidRequestsPerIp: number;
   deviceStateChangesPerMinute: number;
   takeoversPerHour: number;
+  reconnectsPerHour: number;
   resourceThresholdPercent: number;
   ipBlockSeconds: number;
   ipResponse: 'block' | 'alert';
@@ -40,6 +41,7 @@ export type DetectionKind =
   | 'invalid-request-burst'
   | 'state-flapping'
   | 'credential-shared'
+  | 'connection-flapping'
   | 'resource-exhaustion';
 
 export interface Alert {
@@ -74,6 +76,7 @@ const RISK_WEIGHTS: Readonly<Record<string, number>> = {
   'device-auth-failure-storm': 25,
   'message-flood': 20,
   'state-flapping': 15,
+  'connection-flapping': 5,
 };
 const DAY = 86_400;
 
@@ -289,6 +292,23 @@ export class GuardService {
   }
 
   /**
+   * A device's connection ended (any reason). Devices that reconnect all the time are worth a look (a
+   * crash loop, a bad network, or a clone whose twin keeps taking the session over); it is not proof
+   * of wrongdoing, so this only alerts, once per window.
+   */
+  async connectionChurn(deviceId: string, tenant: string | null): Promise<void> {
+    const outcome = await this.#d.limits.consume('ids-churn', deviceId, this.config.reconnectsPerHour, 3600);
+    if (outcome.consumed === this.config.reconnectsPerHour + 1) {
+      await this.detect('connection-flapping', {
+        target: deviceId,
+        tenant,
+        ip: null,
+        details: { disconnectsPerHour: outcome.consumed },
+      });
+    }
+  }
+
+  /**
    * Device risk (IDS-2, behaviour and credential hygiene; posture joins with the devices issue): a
    * 0–100 score from the device's recent detections, each weighted by what it suggests.
    */
@@ -330,8 +350,11 @@ export class GuardService {
     if (tenant === null && (aboutDevice || kind === 'device-auth-failure-storm' || kind === 'resource-exhaustion')) {
       tenant = await this.#d.tenantOfDevice(about.target);
     }
-    if (kind === 'resource-exhaustion') {
-      // Reported by the device itself: worth an alert, not a punishment.
+    if (kind === 'connection-flapping') {
+      tenant ??= await this.#d.tenantOfDevice(about.target);
+    }
+    if (kind === 'resource-exhaustion' || kind === 'connection-flapping') {
+      // Reported by the device itself, or possibly the network's fault: worth an alert, not a punishment.
     } else if (aboutDevice && this.config.deviceResponse === 'quarantine') {
       const quarantined = await this.#d.quarantineDevice(about.target);
       if (quarantined) {

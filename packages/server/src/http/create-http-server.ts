@@ -33,7 +33,9 @@ export interface HttpServerOptions {
  * error format too. Fastify's default handler would log the raw bytes, Authorization header included.
  */
 function answerClientError(log: Logger, error: NodeJS.ErrnoException, socket: Duplex): void {
-  if (error.code === 'ECONNRESET' || socket.destroyed || !socket.writable) {
+  // A TLS failure (handshake timeout, refused protocol) leaves no HTTP to answer in; Node does not close
+  // the socket after a handshake timeout, so a silent client would hold it for ever.
+  if (error.code === 'ECONNRESET' || /^ERR_(TLS|SSL)_/.test(error.code ?? '') || socket.destroyed || !socket.writable) {
     socket.destroy();
     return;
   }
@@ -62,6 +64,8 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
       minVersion: options.tls.minVersion,
       ciphers: AEAD_CIPHERS,
       honorCipherOrder: true,
+      // The handshake is part of receiving a request (Node's default would give it 120 s).
+      handshakeTimeout: options.requestTimeoutMs,
     },
     loggerInstance: options.log,
     genReqId: () => randomUUID(),

@@ -193,6 +193,15 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     status: c('internal'),
     created_at: c('internal'),
   },
+  // When a device was online is tenant business data (it can hint at a household's habits); no IPs.
+  device_presence: {
+    device_id: c('internal'),
+    online: c('confidential'),
+    last_seen_at: c('confidential'),
+    last_connected_at: c('confidential'),
+    last_disconnected_at: c('confidential'),
+    last_disconnect_reason: c('confidential'),
+  },
   telemetry: { seq: c('internal'), device_id: c('internal'), received_at: c('internal'), payload: c('confidential') },
   audit_entries: {
     seq: c('internal', 'merkle-covered'),
@@ -225,6 +234,46 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     tenant: c('internal'),
     response: c('internal'),
     details: c('confidential'),
+  },
+  // MQTT broker state (0006_broker). Client IDs, principals and topics are device identifiers
+  // (internal, like devices.id); payloads and message properties are device data (confidential, like
+  // telemetry.payload). Rows live only as long as the MQTT session or message expiry allows.
+  broker_sessions: {
+    client_id: c('internal'),
+    principal_id: c('internal'),
+    expiry_interval_s: c('internal'),
+    disconnected_at: c('internal'),
+    expires_at: c('internal', 'none', 'session expiry interval, then purged with its rows'),
+  },
+  broker_subscriptions: {
+    client_id: c('internal'),
+    filter: c('internal'),
+    qos: c('internal'),
+    no_local: c('internal'),
+    retain_as_published: c('internal'),
+    retain_handling: c('internal'),
+    subscription_identifier: c('internal'),
+  },
+  broker_pending: {
+    client_id: c('internal'),
+    seq: c('internal'),
+    state: c('internal'),
+    packet_id: c('internal'),
+    topic: c('internal'),
+    payload: c('confidential', 'none', 'until delivered or the session expires'),
+    qos: c('internal'),
+    retain: c('internal'),
+    properties: c('confidential', 'none', 'until delivered or the session expires'),
+    expires_at: c('internal'),
+  },
+  broker_inbound_qos2: { client_id: c('internal'), packet_id: c('internal') },
+  broker_retained: {
+    topic: c('internal'),
+    payload: c('confidential', 'none', 'until replaced, cleared or its message expiry'),
+    qos: c('internal'),
+    properties: c('confidential', 'none', 'until replaced, cleared or its message expiry'),
+    expires_at: c('internal', 'none', 'message expiry interval, then purged'),
+    updated_at: c('internal'),
   },
   castellan_migrations: { name: c('internal'), applied_at: c('internal') },
 };

@@ -128,6 +128,8 @@ async function openPostgres<DB>(options: OpenStoreOptions): Promise<Store<DB>> {
     },
     async close() {
       await db.destroy();
+      // Kysely only ends a pool it has used; a store closed before its first query must end it too.
+      if (!pool.ended) await pool.end().catch(() => {});
     },
   };
 }

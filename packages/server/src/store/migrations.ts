@@ -413,6 +413,90 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
         await db.schema.createIndex('admins_username_idx').on('admins').columns(['username_index']).unique().execute();
       },
     },
+    '0006_broker': {
+      async up(db: AnyDb) {
+        // gateway (MQTT broker): persistent sessions (MQTT 5 3.1.2.11.2), written behind the broker's
+        // in-memory state by SqlBrokerStore. expires_at = disconnected_at + expiry interval; NULL while
+        // connected or for a session that never expires (0xFFFFFFFF), so purging is one indexed range.
+        await db.schema
+          .createTable('broker_sessions')
+          .addColumn('client_id', 'text', (c) => c.primaryKey())
+          .addColumn('principal_id', 'text', (c) => c.notNull())
+          .addColumn('expiry_interval_s', 'bigint', (c) => c.notNull())
+          .addColumn('disconnected_at', 'bigint')
+          .addColumn('expires_at', 'bigint')
+          .execute();
+        await db.schema
+          .createIndex('broker_sessions_expires_idx')
+          .on('broker_sessions')
+          .columns(['expires_at'])
+          .execute();
+        await db.schema
+          .createTable('broker_subscriptions')
+          .addColumn('client_id', 'text', (c) => c.notNull())
+          .addColumn('filter', 'text', (c) => c.notNull())
+          .addColumn('qos', 'integer', (c) => c.notNull())
+          .addColumn('no_local', 'integer', (c) => c.notNull())
+          .addColumn('retain_as_published', 'integer', (c) => c.notNull())
+          .addColumn('retain_handling', 'integer', (c) => c.notNull())
+          .addColumn('subscription_identifier', 'integer')
+          .addPrimaryKeyConstraint('broker_subscriptions_pk', ['client_id', 'filter'])
+          .execute();
+        // Messages a session has yet to deliver or to finish delivering, in session order (seq).
+        await db.schema
+          .createTable('broker_pending')
+          .addColumn('client_id', 'text', (c) => c.notNull())
+          .addColumn('seq', 'bigint', (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('packet_id', 'integer')
+          .addColumn('topic', 'text', (c) => c.notNull())
+          .addColumn('payload', t.binary, (c) => c.notNull())
+          .addColumn('qos', 'integer', (c) => c.notNull())
+          .addColumn('retain', 'integer', (c) => c.notNull())
+          .addColumn('properties', 'text')
+          .addColumn('expires_at', 'bigint')
+          .addPrimaryKeyConstraint('broker_pending_pk', ['client_id', 'seq'])
+          .execute();
+        // QoS 2 packet IDs received from a client whose PUBREL has not arrived [MQTT-4.3.3-9].
+        await db.schema
+          .createTable('broker_inbound_qos2')
+          .addColumn('client_id', 'text', (c) => c.notNull())
+          .addColumn('packet_id', 'integer', (c) => c.notNull())
+          .addPrimaryKeyConstraint('broker_inbound_qos2_pk', ['client_id', 'packet_id'])
+          .execute();
+        await db.schema
+          .createTable('broker_retained')
+          .addColumn('topic', 'text', (c) => c.primaryKey())
+          .addColumn('payload', t.binary, (c) => c.notNull())
+          .addColumn('qos', 'integer', (c) => c.notNull())
+          .addColumn('properties', 'text')
+          .addColumn('expires_at', 'bigint')
+          .addColumn('updated_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createIndex('broker_retained_expires_idx')
+          .on('broker_retained')
+          .columns(['expires_at'])
+          .execute();
+      },
+    },
+    '0007_presence': {
+      async up(db: AnyDb) {
+        // devices: presence, one row per device that ever connected. Written on connect and disconnect;
+        // activity in between at most every flush interval (never per message). `online` is 0/1.
+        await db.schema
+          .createTable('device_presence')
+          .addColumn('device_id', 'text', (c) => c.primaryKey())
+          .addColumn('online', 'integer', (c) => c.notNull())
+          .addColumn('last_seen_at', 'bigint')
+          .addColumn('last_connected_at', 'bigint')
+          .addColumn('last_disconnected_at', 'bigint')
+          .addColumn('last_disconnect_reason', 'text')
+          .execute();
+        // Start-up sets the rows a crashed process left online to offline: one indexed range.
+        await db.schema.createIndex('device_presence_online_idx').on('device_presence').columns(['online']).execute();
+      },
+    },
   };
 }
 

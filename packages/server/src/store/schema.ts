@@ -227,6 +227,18 @@ export interface DeviceTable {
   created_at: number;
 }
 
+/** devices: presence of a device (online/offline, last seen); one row per device that ever connected. */
+export interface DevicePresenceTable {
+  device_id: string;
+  /** 1 while connected, 0 otherwise. */
+  online: number;
+  last_seen_at: number | null;
+  last_connected_at: number | null;
+  last_disconnected_at: number | null;
+  /** client, takeover, keep-alive, protocol-error, server, network or platform-restart. */
+  last_disconnect_reason: string | null;
+}
+
 /** devices: telemetry messages as received. */
 export interface TelemetryTable {
   seq: Generated<number>;
@@ -285,6 +297,59 @@ export interface GuardAlertTable {
   details: string;
 }
 
+/** gateway: persistent MQTT sessions (broker write-behind store). */
+export interface BrokerSessionTable {
+  client_id: string;
+  principal_id: string;
+  expiry_interval_s: number;
+  /** NULL while connected. */
+  disconnected_at: number | null;
+  /** disconnected_at + the expiry interval; NULL while connected or when the session never expires. */
+  expires_at: number | null;
+}
+
+/** gateway: subscriptions of persistent MQTT sessions. */
+export interface BrokerSubscriptionTable {
+  client_id: string;
+  filter: string;
+  qos: number;
+  no_local: number;
+  retain_as_published: number;
+  retain_handling: number;
+  subscription_identifier: number | null;
+}
+
+/** gateway: messages a persistent MQTT session has not finished delivering. */
+export interface BrokerPendingTable {
+  client_id: string;
+  seq: number;
+  state: 'queued' | 'sent' | 'released';
+  packet_id: number | null;
+  topic: string;
+  payload: Uint8Array;
+  qos: number;
+  retain: number;
+  /** JSON of the MQTT 5 message properties (binary values base64); NULL when none. */
+  properties: string | null;
+  expires_at: number | null;
+}
+
+/** gateway: inbound QoS 2 packet IDs awaiting PUBREL. */
+export interface BrokerInboundQos2Table {
+  client_id: string;
+  packet_id: number;
+}
+
+/** gateway: retained MQTT messages, one per topic. */
+export interface BrokerRetainedTable {
+  topic: string;
+  payload: Uint8Array;
+  qos: number;
+  properties: string | null;
+  expires_at: number | null;
+  updated_at: number;
+}
+
 export interface Database {
   guard_alerts: GuardAlertTable;
   audit_entries: AuditEntryTable;
@@ -311,7 +376,13 @@ export interface Database {
   request_nonces: RequestNonceTable;
   products: ProductTable;
   devices: DeviceTable;
+  device_presence: DevicePresenceTable;
   telemetry: TelemetryTable;
+  broker_sessions: BrokerSessionTable;
+  broker_subscriptions: BrokerSubscriptionTable;
+  broker_pending: BrokerPendingTable;
+  broker_inbound_qos2: BrokerInboundQos2Table;
+  broker_retained: BrokerRetainedTable;
 }
 
 /** keys (key store, kept apart from the data): versions of tenant key-encryption keys. */

@@ -297,6 +297,24 @@ describe('guard', () => {
     for (const c of clients) c.end(true);
   });
 
+  test('[IDS-1] a device that keeps reconnecting raises connection-flapping, an alert only (no quarantine)', async () => {
+    const tp = await platform({ reconnectsPerHour: 2 });
+    const a = await provisionTenant(tp, 1);
+    const d = a.devices[0]!;
+    for (let i = 0; i < 3; i++) await endClient(await connectDevice(tp.platform, d));
+    await eventually(
+      () => (tp.platform.guard.detections.get('connection-flapping') ?? 0) === 1,
+      'the reconnect loop is detected',
+    );
+    const alerts = await request(tp.platform, 'GET', '/v1/guard/alerts', { token: a.vendorToken });
+    assert.deepEqual(
+      alerts.body.items.map((x: { kind: string; target: string; response: string }) => [x.kind, x.target, x.response]),
+      [['connection-flapping', d.id, 'alert-only']],
+    );
+    // Not a punishment: the device still connects.
+    await endClient(await connectDevice(tp.platform, d));
+  });
+
   test('[IDS-1] a connection flood from one IP is refused (CONNACK 0x9F), detected and blocked', async () => {
     const tp = await platform({ mqttConnectsPerIpPerMinute: 3 });
     const tenant = await provisionTenant(tp, 1);

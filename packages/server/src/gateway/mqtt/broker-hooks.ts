@@ -1,5 +1,6 @@
 // The broker's security and storage decisions are hooks; the broker itself knows nothing about devices.
 // Every hook fails closed: without an explicit decision the answer is "no".
+import type { MessageProperties } from './broker-store.ts';
 
 export type ProtocolVersion = 4 | 5;
 
@@ -31,7 +32,11 @@ export type AuthenticateResult =
 export interface InboundMessage {
   readonly topic: string;
   readonly payload: Buffer;
-  readonly qos: 0 | 1;
+  readonly qos: 0 | 1 | 2;
+  /** The publisher asked for the message to be retained. */
+  readonly retain?: boolean;
+  /** MQTT 5 properties forwarded with the message (none for MQTT 3.1.1). */
+  readonly properties?: MessageProperties;
   readonly receivedAt: number;
 }
 
@@ -62,7 +67,7 @@ export interface BrokerHooks {
   authorizeSubscribe(identity: ClientIdentity, filter: string): boolean;
   /**
    * Called for every authorised PUBLISH before it is routed or acknowledged; the returned promise
-   * settles when the message is durable (QoS 1 is acknowledged only then).
+   * settles when the message is durable (QoS 1 and 2 are acknowledged only then).
    */
   onPublish(identity: ClientIdentity, message: InboundMessage): Promise<void> | void;
   /** Optional observer of refusals (ACL denials, protocol errors). */

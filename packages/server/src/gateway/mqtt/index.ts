@@ -2,14 +2,34 @@ export {
   type AuthenticateResult,
   type BrokerHooks,
   type ClientIdentity,
+  type ConnectionInfo,
   type ConnectRequest,
   denyAllHooks,
+  type DisconnectionInfo,
   type InboundMessage,
   type ProtocolVersion,
   PublishRefusedError,
   type Violation,
 } from './broker-hooks.ts';
-export { type BrokerLimits, type BrokerStats, MqttBroker, type MqttBrokerOptions } from './mqtt-broker.ts';
+export {
+  type BrokerStore,
+  type MessageProperties,
+  memoryOnlyBrokerStore,
+  type PendingState,
+  type StoredMessage,
+  type StoredPending,
+  type StoredSession,
+  type StoredSessionMeta,
+  type StoredSubscription,
+} from './broker-store.ts';
+export {
+  type BrokerLimits,
+  type BrokerStats,
+  DEFAULT_MAX_RETAINED_MESSAGES,
+  DEFAULT_TOPIC_ALIAS_MAXIMUM,
+  MqttBroker,
+  type MqttBrokerOptions,
+} from './mqtt-broker.ts';
 export {
   AEAD_CIPHERS,
   formatHostPort,
@@ -18,6 +38,7 @@ export {
   tlsServerOptions,
 } from './mqtt-listener.ts';
 export { ConnackReturnCode, ReasonCode } from './reason-codes.ts';
+export { SqlBrokerStore, type SqlBrokerStoreOptions, type SqlBrokerStoreStats } from './sql-broker-store.ts';
 export { checkTopicFilter, checkTopicName } from './topic-rules.ts';
 export { CONFORMANCE_ASSIGNED_CLIENT_ID_PREFIX, conformanceHooks, isConformanceHooks } from './conformance-hooks.ts';
 export {

@@ -1,15 +1,19 @@
-// Castellan's MQTT broker core: connections, sessions, subscriptions and routing for MQTT 3.1.1 and 5.0
-// over any duplex stream (the TLS listener hands it sockets). Security and storage decisions are hooks
-// (broker-hooks.ts) that fail closed. Routing is local to this process; scale mode adds a cross-process
-// fan-out behind `route`.
+// Castellan's MQTT broker core: connections, sessions, subscriptions, retained messages and routing for
+// MQTT 3.1.1 and 5.0 over any duplex stream (the TLS listener hands it sockets). Security and storage
+// decisions are hooks (broker-hooks.ts) that fail closed. Live state is in memory (the hot path never
+// waits on a query); persistent sessions and retained messages are mirrored to a BrokerStore
+// (write-behind) and loaded back by restore(). Routing is local to this process; scale mode adds a
+// cross-process fan-out behind `route`.
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { type BrokerHooks, type ClientIdentity, denyAllHooks, type InboundMessage } from './broker-hooks.ts';
+import { type BrokerStore, memoryOnlyBrokerStore, type StoredMessage, type StoredSession } from './broker-store.ts';
 import { isConformanceHooks } from './conformance-hooks.ts';
 import { MqttConnection } from './mqtt-connection.ts';
 import { ReasonCode } from './reason-codes.ts';
-import { type OutboundMessage, Session } from './session.ts';
-import { SubscriptionIndex } from './subscription-index.ts';
+import { isExpired, type OutboundMessage, Session } from './session.ts';
+import { type SubscriptionEntry, SubscriptionIndex, subscriptionEntry } from './subscription-index.ts';
+import { parseSharedSubscription, topicMatches } from './topic-rules.ts';
 
 export interface BrokerLimits {
   maxPacketBytes: number;
@@ -20,7 +24,14 @@ export interface BrokerLimits {
   maxSubscriptionsPerClient: number;
   maxTopicLevels: number;
   maxSessionExpirySeconds: number;
+  /** Topic Alias Maximum announced to MQTT 5 clients (inbound aliases per connection); default 10. */
+  maxTopicAliases?: number;
+  /** Retained messages held (distinct topics); a new topic beyond it is routed but not retained. */
+  maxRetainedMessages?: number;
 }
+
+export const DEFAULT_TOPIC_ALIAS_MAXIMUM = 10;
+export const DEFAULT_MAX_RETAINED_MESSAGES = 100_000;
 
 export interface BrokerStats {
   connectionsOpened: number;
@@ -36,13 +47,22 @@ export interface BrokerStats {
   protocolErrors: number;
   packetsTooLarge: number;
   keepAliveTimeouts: number;
+  /** Retained messages not kept because maxRetainedMessages was reached. */
+  retainedRefused: number;
+  /** Store flushes that failed (the acknowledgements waiting for them were refusals). */
+  storeFlushFailures: number;
 }
 
 export interface MqttBrokerOptions {
   hooks?: BrokerHooks;
   limits: BrokerLimits;
   log: Logger;
+  /** Durable sessions and retained messages; default: none (memory only). */
+  store?: BrokerStore;
 }
+
+/** setTimeout caps delays at 2^31-1 ms (~24.8 days); session expiry may be far longer. */
+const MAX_TIMER_MS = 2_147_483_647;
 
 export class MqttBroker {
   readonly hooks: BrokerHooks;
@@ -53,6 +73,10 @@ export class MqttBroker {
   readonly conformance: boolean;
   readonly limits: BrokerLimits;
   readonly log: Logger;
+  readonly store: BrokerStore;
+  /** False with the memory-only store: nothing is ever waited for. */
+  readonly durable: boolean;
+  readonly topicAliasMaximum: number;
   readonly subscriptions = new SubscriptionIndex();
   readonly stats: BrokerStats = {
     connectionsOpened: 0,
@@ -68,12 +92,18 @@ export class MqttBroker {
     protocolErrors: 0,
     packetsTooLarge: 0,
     keepAliveTimeouts: 0,
+    retainedRefused: 0,
+    storeFlushFailures: 0,
   };
   readonly #connections = new Set<MqttConnection>();
   /** clientId → the connection currently holding it. */
   readonly #clients = new Map<string, MqttConnection>();
   readonly #sessions = new Map<string, Session>();
   readonly #pendingWills = new Map<string, { timer: NodeJS.Timeout; publish: () => void }>();
+  /** topic → its retained message (MQTT 5 3.3.1.3). */
+  readonly #retained = new Map<string, StoredMessage>();
+  readonly #maxRetained: number;
+  #flushBatch: Promise<void> | undefined;
   #closing = false;
 
   constructor(options: MqttBrokerOptions) {
@@ -81,6 +111,66 @@ export class MqttBroker {
     this.conformance = isConformanceHooks(this.hooks);
     this.limits = Object.freeze({ ...options.limits });
     this.log = options.log;
+    this.store = options.store ?? memoryOnlyBrokerStore;
+    this.durable = this.store !== memoryOnlyBrokerStore;
+    this.topicAliasMaximum = Math.min(options.limits.maxTopicAliases ?? DEFAULT_TOPIC_ALIAS_MAXIMUM, 65535);
+    this.#maxRetained = options.limits.maxRetainedMessages ?? DEFAULT_MAX_RETAINED_MESSAGES;
+  }
+
+  /**
+   * Loads retained messages and persistent sessions from the store; call once after construction and
+   * before the listener accepts clients. Restored sessions are offline: their expiry counts from when
+   * their last connection ended.
+   */
+  async restore(): Promise<void> {
+    const now = Date.now();
+    const [retained, sessions] = await Promise.all([this.store.loadRetained(), this.store.loadSessions(now)]);
+    for (const message of retained) {
+      if (!isExpired(message, now) && message.payload.length > 0) this.#retained.set(message.topic, message);
+    }
+    for (const stored of sessions) {
+      if (this.#sessions.has(stored.clientId)) continue; // connected meanwhile: the live one wins
+      this.#restoreSession(stored, now);
+    }
+    this.log.info({ retained: this.#retained.size, sessions: sessions.length }, 'mqtt: broker state restored');
+  }
+
+  #restoreSession(stored: StoredSession, now: number): void {
+    // A placeholder identity: only principalId matters until the owner connects and replaces it.
+    const identity: ClientIdentity = {
+      principalId: stored.principalId,
+      kind: 'device',
+      clientId: stored.clientId,
+      attributes: {},
+    };
+    const session = new Session(stored.clientId, identity, this.limits.maxQueuedMessages);
+    session.expiryInterval = stored.expiryIntervalSeconds;
+    session.store = this.store;
+    for (const sub of stored.subscriptions) {
+      const shared = sub.filter.startsWith('$share/') ? parseSharedSubscription(sub.filter) : null;
+      this.subscriptions.add(
+        subscriptionEntry({
+          clientId: stored.clientId,
+          filter: sub.filter,
+          topicFilter: shared ? shared.filter : sub.filter,
+          group: shared?.group,
+          qos: sub.qos,
+          noLocal: sub.noLocal,
+          retainAsPublished: sub.retainAsPublished,
+          retainHandling: sub.retainHandling,
+          subscriptionIdentifier: sub.subscriptionIdentifier,
+        }),
+      );
+    }
+    for (const pending of stored.pending) {
+      session.restorePending(pending.seq, pending.state, pending.packetId, pending.message);
+    }
+    for (const id of stored.inboundQos2) session.inboundQos2.add(id);
+    this.#sessions.set(stored.clientId, session);
+    // A process that stopped while the client was connected: the connection ended now.
+    const disconnectedAt = stored.disconnectedAt ?? now;
+    if (stored.disconnectedAt === null) this.#saveSessionMeta(session, disconnectedAt);
+    this.#armExpiry(session, disconnectedAt + stored.expiryIntervalSeconds * 1000 - now);
   }
 
   /** Serves one client connection. */
@@ -95,6 +185,10 @@ export class MqttBroker {
 
   get connectionCount(): number {
     return this.#connections.size;
+  }
+
+  get retainedCount(): number {
+    return this.#retained.size;
   }
 
   /**
@@ -113,50 +207,145 @@ export class MqttBroker {
     return this.#clients.has(clientId);
   }
 
+  readonly #isOnline = (clientId: string): boolean => (this.#sessions.get(clientId)?.sink ?? null) !== null;
+
   /**
    * Attaches a connection to its session: takes over a live connection with the same client ID
-   * [MQTT-3.1.4-3], resumes a stored session unless a clean start was asked for [MQTT-3.1.2-4].
+   * [MQTT-3.1.4-3], resumes a stored session unless a clean start was asked for [MQTT-3.1.2-4] or it
+   * belongs to another principal (then it is discarded and a new one begins).
    */
   openSession(
     conn: MqttConnection,
     clientId: string,
     identity: ClientIdentity,
     cleanStart: boolean,
+    expiryInterval: number,
   ): { session: Session; present: boolean } {
     const previous = this.#clients.get(clientId);
     if (previous && previous !== conn) {
-      this.hooks.onTakeover?.(identity, { previous: previous.remoteAddress, next: conn.remoteAddress });
+      try {
+        this.hooks.onTakeover?.(identity, { previous: previous.remoteAddress, next: conn.remoteAddress });
+      } catch (error) {
+        this.log.error({ err: error }, 'mqtt: onTakeover hook failed');
+      }
       previous.takenOver = true;
-      previous.disconnect(ReasonCode.SessionTakenOver);
+      previous.disconnect(ReasonCode.SessionTakenOver, undefined, 'takeover');
     }
     this.#clients.set(clientId, conn);
+    let session = this.#sessions.get(clientId);
+    const foreign = session !== undefined && session.identity.principalId !== identity.principalId;
     const pendingWill = this.#pendingWills.get(clientId);
     if (pendingWill) {
       clearTimeout(pendingWill.timer);
       this.#pendingWills.delete(clientId);
       // [MQTT-3.1.3-9 (v5)] resuming the session before the will delay elapsed cancels the will; a clean
       // start ends the old session, and with it the wait: the will goes out now.
-      if (cleanStart) pendingWill.publish();
+      if (cleanStart || foreign) pendingWill.publish();
     }
-    let session = this.#sessions.get(clientId);
     if (session) clearTimeout(session.expiryTimer);
-    if (session && cleanStart) {
+    if (session && (cleanStart || foreign)) {
       this.#endSession(session);
       session = undefined;
     }
+    let present = true;
     if (session) {
       session.identity = identity;
-      return { session, present: true };
+    } else {
+      present = false;
+      session = new Session(clientId, identity, this.limits.maxQueuedMessages);
+      this.#sessions.set(clientId, session);
     }
-    const created = new Session(clientId, identity, this.limits.maxQueuedMessages);
-    this.#sessions.set(clientId, created);
-    return { session: created, present: false };
+    session.expiryInterval = expiryInterval;
+    if (expiryInterval > 0) {
+      const fresh = session.store === null;
+      session.store = this.store;
+      this.#saveSessionMeta(session, null);
+      if (fresh && present) this.#writeWholeSession(session);
+    } else if (session.store) {
+      // It now ends with this connection, so a crash must not leave it behind.
+      this.store.deleteSession(clientId);
+      session.store = null;
+    }
+    return { session, present };
+  }
+
+  /** A session that just became persistent: its subscriptions and messages go to the store. */
+  #writeWholeSession(session: Session): void {
+    for (const entry of this.subscriptions.entriesFor(session.clientId)) {
+      this.store.addSubscription(session.clientId, storedSubscription(entry));
+    }
+    session.writeAllPending(this.store);
+  }
+
+  #saveSessionMeta(session: Session, disconnectedAt: number | null): void {
+    session.store?.saveSession({
+      clientId: session.clientId,
+      principalId: session.identity.principalId,
+      expiryIntervalSeconds: session.expiryInterval,
+      disconnectedAt,
+    });
+  }
+
+  /** DISCONNECT changed the session expiry (MQTT 5 3.14.2.2.2). */
+  changeSessionExpiry(session: Session, expiryInterval: number): void {
+    session.expiryInterval = expiryInterval;
+    if (expiryInterval === 0) {
+      if (session.store) this.store.deleteSession(session.clientId);
+      session.store = null;
+    } else {
+      this.#saveSessionMeta(session, null);
+    }
+  }
+
+  /** Records a subscription (index and store) and returns whether one existed for that filter. */
+  addSubscription(session: Session, entry: SubscriptionEntry): boolean {
+    const previous = this.subscriptions.add(entry);
+    session.store?.addSubscription(session.clientId, storedSubscription(entry));
+    return previous !== undefined;
+  }
+
+  removeSubscription(session: Session, filter: string): boolean {
+    if (!this.subscriptions.remove(session.clientId, filter)) return false;
+    session.store?.removeSubscription(session.clientId, filter);
+    return true;
+  }
+
+  /** Called by the CONNECT handler right after a successful CONNACK (presence). */
+  notifyConnected(conn: MqttConnection, sessionPresent: boolean, keepAliveSeconds: number): void {
+    if (!this.hooks.onConnected) return;
+    try {
+      this.hooks.onConnected(conn.identity!, {
+        clientId: conn.clientId,
+        remoteAddress: conn.remoteAddress,
+        protocolVersion: conn.protocolVersion,
+        sessionPresent,
+        keepAliveSeconds,
+      });
+    } catch (error) {
+      this.log.error({ err: error }, 'mqtt: onConnected hook failed');
+    }
+  }
+
+  #notifyDisconnected(conn: MqttConnection): void {
+    if (!this.hooks.onDisconnected || !conn.identity) return;
+    try {
+      this.hooks.onDisconnected(conn.identity, {
+        clientId: conn.clientId,
+        remoteAddress: conn.remoteAddress,
+        reason: conn.closeReason ?? 'network',
+        ...(conn.closeReasonCode === undefined ? {} : { reasonCode: conn.closeReasonCode }),
+        connectedForMs: Date.now() - conn.connectedAt,
+      });
+    } catch (error) {
+      this.log.error({ err: error }, 'mqtt: onDisconnected hook failed');
+    }
   }
 
   /** Called once per connection when it closes. */
   connectionClosed(conn: MqttConnection, wasConnected: boolean): void {
     this.#connections.delete(conn);
     if (!wasConnected) return;
+    this.#notifyDisconnected(conn);
     if (conn.takenOver) {
       // The session lives on with the new connection; the old connection's will is published
       // (or, with a delay, cancelled by the resumption) as for any connection that ended without
@@ -167,35 +356,67 @@ export class MqttBroker {
     if (this.#clients.get(conn.clientId) === conn) this.#clients.delete(conn.clientId);
     const session = conn.session;
     if (conn.will && !conn.gracefulDisconnect) this.#scheduleWill(conn, session);
-    if (!session) return;
+    if (!session || this.#sessions.get(session.clientId) !== session) return;
     session.sink = null;
     this.stats.messagesDropped += session.droppedMessages;
     session.droppedMessages = 0;
-    if (session.expiryInterval === 0 || this.#closing) {
+    if (session.expiryInterval === 0) {
       this.#endSession(session);
-    } else {
-      session.expiryTimer = setTimeout(() => this.#endSession(session), session.expiryInterval * 1000);
-      session.expiryTimer.unref();
+      return;
     }
+    this.#saveSessionMeta(session, Date.now());
+    // While shutting down the session stays in the store for the next start; close() forgets it here.
+    if (!this.#closing) this.#armExpiry(session, session.expiryInterval * 1000);
+  }
+
+  #armExpiry(session: Session, ms: number): void {
+    clearTimeout(session.expiryTimer);
+    if (ms <= 0) {
+      this.#endSession(session);
+      return;
+    }
+    const deadline = Date.now() + ms;
+    const arm = (left: number) => {
+      session.expiryTimer = setTimeout(
+        () => {
+          const rest = deadline - Date.now();
+          if (rest > 0) arm(rest);
+          else this.#endSession(session);
+        },
+        Math.min(left, MAX_TIMER_MS),
+      );
+      session.expiryTimer.unref();
+    };
+    arm(ms);
   }
 
   #endSession(session: Session): void {
     clearTimeout(session.expiryTimer);
     if (this.#sessions.get(session.clientId) === session) this.#sessions.delete(session.clientId);
     this.subscriptions.removeClient(session.clientId);
-    this.stats.messagesDropped += session.queue.length + session.inflight.size;
+    this.stats.messagesDropped += session.pendingCount;
+    if (session.store) {
+      session.store.deleteSession(session.clientId);
+      session.store = null;
+    }
   }
 
   #scheduleWill(conn: MqttConnection, session: Session | undefined): void {
     const will = conn.will!;
     const identity = conn.identity!;
+    const clientId = conn.clientId;
+    conn.will = undefined;
     const publish = () => {
-      this.#pendingWills.delete(conn.clientId);
-      this.publishAs(identity, conn.clientId, {
+      if (this.#pendingWills.get(clientId)?.publish === publish) this.#pendingWills.delete(clientId);
+      this.publishAs(identity, clientId, {
         topic: will.topic,
         payload: will.payload,
         qos: will.qos,
+        retain: will.retain,
+        ...(will.properties ? { properties: will.properties } : {}),
         receivedAt: Date.now(),
+        // The will's expiry counts from when it is published (MQTT 5 3.1.3.2.4).
+        ...(will.expirySeconds === null ? {} : { expiresAt: Date.now() + will.expirySeconds * 1000 }),
       });
     };
     // The will waits for the smaller of its delay and the session's expiry [MQTT-3.1.3-9 (v5)].
@@ -204,34 +425,148 @@ export class MqttBroker {
       publish();
       return;
     }
-    const timer = setTimeout(publish, delay * 1000);
+    const timer = setTimeout(publish, Math.min(delay * 1000, MAX_TIMER_MS));
     timer.unref();
-    this.#pendingWills.set(conn.clientId, { timer, publish });
+    this.#pendingWills.set(clientId, { timer, publish });
   }
 
   /** Publishes on behalf of a client (wills), through the same durable hook as its own messages. */
-  publishAs(identity: ClientIdentity, clientId: string, message: InboundMessage): void {
+  publishAs(identity: ClientIdentity, clientId: string, message: InboundMessage & { expiresAt?: number }): void {
     Promise.resolve()
       .then(() => this.hooks.onPublish(identity, message))
       .then(
-        () => this.route({ topic: message.topic, payload: message.payload, qos: message.qos, retain: false }, clientId),
+        () => {
+          const stored = this.publish(
+            {
+              topic: message.topic,
+              payload: message.payload,
+              qos: message.qos,
+              retain: message.retain === true,
+              properties: message.properties,
+              expiresAt: message.expiresAt ?? null,
+            },
+            clientId,
+          );
+          if (stored && this.durable) this.#flushInBackground();
+        },
         (error: unknown) => this.log.warn({ err: error, clientId }, 'mqtt: will message refused'),
-      );
+      )
+      .catch((error: unknown) => this.log.error({ err: error, clientId }, 'mqtt: will message failed'));
   }
 
-  /** Delivers a message to every matching subscriber in this process. */
-  route(message: OutboundMessage, senderClientId: string | undefined): number {
-    const matches = this.subscriptions.match(message.topic);
-    let delivered = 0;
-    for (const [clientId, sub] of matches) {
-      if (sub.noLocal && clientId === senderClientId) continue;
-      const session = this.#sessions.get(clientId);
-      if (!session) continue;
-      const qos = Math.min(message.qos, sub.qos) as 0 | 1;
-      session.deliver(qos === message.qos ? message : { ...message, qos });
-      delivered++;
+  /**
+   * Publishes a broker-originated message (e.g. `$SYS/...`): routed and retained like a client's,
+   * without the ACL or the durable hook. Clients can never publish to `$` topics themselves.
+   */
+  publishSystem(topic: string, payload: Buffer, options: { retain: boolean; qos?: 0 | 1 }): void {
+    const stored = this.publish(
+      { topic, payload, qos: options.qos ?? 0, retain: options.retain, properties: undefined, expiresAt: null },
+      undefined,
+    );
+    if (stored && this.durable) this.#flushInBackground();
+  }
+
+  #flushInBackground(): void {
+    this.flushStore().catch((error: unknown) => this.log.error({ err: error }, 'mqtt: store flush failed'));
+  }
+
+  /**
+   * An accepted message: retained when asked [MQTT-3.3.1-5], then routed. Returns true when the store
+   * was written (a QoS 1/2 acknowledgement must then wait for flushStore()).
+   */
+  publish(message: OutboundMessage, senderClientId: string | undefined): boolean {
+    const retained = message.retain ? this.#retain(message) : false;
+    const routed = this.route(message, senderClientId);
+    return retained || routed;
+  }
+
+  #retain(message: OutboundMessage): boolean {
+    const topic = message.topic;
+    if (message.payload.length === 0) {
+      // [MQTT-3.3.1-6] [MQTT-3.3.1-7] an empty retained message clears the topic and is not stored.
+      if (!this.#retained.delete(topic)) return false;
+      this.store.setRetained(topic, null);
+      return true;
     }
-    return delivered;
+    if (this.#retained.size >= this.#maxRetained && !this.#retained.has(topic)) {
+      this.stats.retainedRefused++;
+      return false;
+    }
+    const stored: StoredMessage = {
+      topic,
+      payload: message.payload,
+      qos: message.qos,
+      retain: true,
+      ...(message.properties ? { properties: message.properties } : {}),
+      expiresAt: message.expiresAt,
+    };
+    this.#retained.set(topic, stored);
+    this.store.setRetained(topic, stored);
+    return true;
+  }
+
+  /**
+   * Delivers to every matching subscriber in this process with the granted QoS, the RETAIN flag per
+   * Retain As Published (else 0 [MQTT-3.3.1-12]) and the matching subscription identifiers. Returns
+   * true when a persistent session's store was written. A synchronous loop: no promise per message.
+   */
+  route(message: OutboundMessage, senderClientId: string | undefined): boolean {
+    const matches = this.subscriptions.match(message.topic, this.#isOnline);
+    let stored = false;
+    for (const sub of matches) {
+      if (sub.noLocal && sub.clientId === senderClientId) continue; // [MQTT-3.8.3-3]
+      const session = this.#sessions.get(sub.clientId);
+      if (!session) continue;
+      const qos = sub.qos < message.qos ? sub.qos : message.qos; // [MQTT-3.8.4-8]
+      const retain = message.retain && sub.retainAsPublished;
+      const ids = sub.identifiers;
+      const out =
+        qos === message.qos && retain === message.retain && ids === undefined
+          ? message
+          : { ...message, qos, retain, subscriptionIds: ids };
+      if (session.deliver(out)) stored = true;
+    }
+    return stored;
+  }
+
+  /**
+   * Sends the retained messages matching a new subscription, RETAIN=1 [MQTT-3.3.1-9], at the lower of
+   * their QoS and the granted one. Expired ones are dropped instead [MQTT-3.3.2-5].
+   */
+  deliverRetained(session: Session, entry: SubscriptionEntry): boolean {
+    if (this.#retained.size === 0) return false;
+    const now = Date.now();
+    let stored = false;
+    for (const [topic, message] of this.#retained) {
+      if (!topicMatches(entry.topicFilter, topic)) continue;
+      if (isExpired(message, now)) {
+        this.#retained.delete(topic);
+        this.store.setRetained(topic, null);
+        continue;
+      }
+      const qos = message.qos < entry.qos ? message.qos : entry.qos;
+      if (session.deliver({ ...message, qos, retain: true, subscriptionIds: entry.identifiers })) stored = true;
+    }
+    return stored;
+  }
+
+  /**
+   * Resolves once everything written to the store so far is durable. Calls in the same turn of the
+   * event loop share one flush, so concurrent publishes wait together.
+   */
+  flushStore(): Promise<void> {
+    if (this.#flushBatch) return this.#flushBatch;
+    const batch = new Promise<void>((resolve, reject) => {
+      setImmediate(() => {
+        if (this.#flushBatch === batch) this.#flushBatch = undefined;
+        this.store.flush().then(resolve, (error: unknown) => {
+          this.stats.storeFlushFailures++;
+          reject(error instanceof Error ? error : new Error(String(error)));
+        });
+      });
+    });
+    this.#flushBatch = batch;
+    return batch;
   }
 
   /** Stops accepting, tells MQTT 5 clients the server is shutting down, closes every connection. */
@@ -244,6 +579,32 @@ export class MqttBroker {
       conn.gracefulDisconnect = true;
       conn.disconnect(ReasonCode.ServerShuttingDown);
     }
-    for (const session of [...this.#sessions.values()]) this.#endSession(session);
+    for (const session of [...this.#sessions.values()]) {
+      if (session.store) {
+        // Persistent: it stays in the store for the next start.
+        clearTimeout(session.expiryTimer);
+        this.#sessions.delete(session.clientId);
+        this.subscriptions.removeClient(session.clientId);
+      } else {
+        this.#endSession(session);
+      }
+    }
+    try {
+      await this.store.flush();
+    } catch (error) {
+      this.stats.storeFlushFailures++;
+      this.log.error({ err: error }, 'mqtt: store flush at close failed');
+    }
   }
+}
+
+function storedSubscription(entry: SubscriptionEntry) {
+  return {
+    filter: entry.filter,
+    qos: entry.qos,
+    noLocal: entry.noLocal,
+    retainAsPublished: entry.retainAsPublished,
+    retainHandling: entry.retainHandling,
+    ...(entry.subscriptionIdentifier === undefined ? {} : { subscriptionIdentifier: entry.subscriptionIdentifier }),
+  };
 }

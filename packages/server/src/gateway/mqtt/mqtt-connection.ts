@@ -3,14 +3,33 @@
 // decides security: the handlers ask the broker's hooks.
 import type { Duplex } from 'node:stream';
 import mqttPacket, { type Packet } from 'mqtt-packet';
-import type { ClientIdentity, ProtocolVersion } from './broker-hooks.ts';
+import type { ClientIdentity, DisconnectionInfo, ProtocolVersion } from './broker-hooks.ts';
+import type { MessageProperties } from './broker-store.ts';
 import { packetHandlers } from './handlers/index.ts';
 import type { MqttBroker } from './mqtt-broker.ts';
+import { LENGTH_MALFORMED, LENGTH_UNKNOWN, PacketFramer } from './packet-framer.ts';
+import { readConnectProtocol, validatePacket } from './packet-validator.ts';
 import { ReasonCode } from './reason-codes.ts';
+import {
+  encodePublish,
+  readPublishUserProperties,
+  rememberUserPropertyOrder,
+  userPropertiesNeedOrder,
+} from './publish-codec.ts';
 import type { DeliverySink, OutboundMessage, SendResult, Session } from './session.ts';
 
 /** Bytes buffered for a slow reader beyond which QoS 0 messages to it are dropped. */
 const QOS0_HIGH_WATER_BYTES = 1 << 20;
+/** The last PUBLISH encoded without a packet identifier: routing sends one message to many clients in a row. */
+const lastEncoded: { message: OutboundMessage | null; version: ProtocolVersion; bytes: Buffer } = {
+  message: null,
+  version: 4,
+  bytes: Buffer.alloc(0),
+};
+
+/** First byte of the acknowledgements (PUBREL has the reserved flags 0010 [MQTT-3.6.1-1]). */
+const ACK_HEADERS = { puback: 0x40, pubrec: 0x50, pubrel: 0x62, pubcomp: 0x70 } as const;
+
 /** Packets a client may pipeline behind CONNECT before its CONNACK is sent. */
 const MAX_PIPELINED_BEFORE_CONNACK = 64;
 
@@ -19,9 +38,15 @@ export type ConnectionState = 'new' | 'authenticating' | 'connected' | 'closed';
 export interface PendingWill {
   topic: string;
   payload: Buffer;
-  qos: 0 | 1;
+  qos: 0 | 1 | 2;
+  retain: boolean;
+  properties: MessageProperties | undefined;
+  /** Message Expiry Interval of the will (seconds), counted from when it is published; null = none. */
+  expirySeconds: number | null;
   delaySeconds: number;
 }
+
+export type CloseReason = DisconnectionInfo['reason'];
 
 export class MqttConnection implements DeliverySink {
   readonly broker: MqttBroker;
@@ -35,17 +60,33 @@ export class MqttConnection implements DeliverySink {
   will: PendingWill | undefined;
   /** Largest packet the client accepts (MQTT 5 Maximum Packet Size). */
   clientMaximumPacketSize = Number.POSITIVE_INFINITY;
-  /** Inbound QoS 1 messages not yet acknowledged. */
+  /** Inbound QoS 1 and 2 messages whose PUBACK / PUBREC has not been sent yet. */
   inboundInflight = 0;
+  /** Of those, QoS 2 ones (also counted in the session's inboundQos2). */
+  inboundQos2InPipeline = 0;
+  /** Inbound PUBLISH packets still waiting (hook, store flush) for their turn to be acknowledged. */
+  pendingPublishes = 0;
   /** Settles in arrival order so acknowledgements and routing keep the client's order [MQTT-4.6.0-2]. */
   publishTail: Promise<unknown> = Promise.resolve();
+  /** Inbound topic aliases (MQTT 5 3.3.2.3.4): alias → topic name, for this connection only. */
+  topicAliases: Map<number, string> | undefined;
+  /** Why the connection ended, for the presence hook; the first reason given wins. */
+  closeReason: CloseReason | undefined;
+  closeReasonCode: number | undefined;
+  connectedAt = 0;
   /** Set when a newer connection took over this client ID: its close must not end the session. */
   takenOver = false;
   /** Set by a DISCONNECT that suppresses the will. */
   gracefulDisconnect = false;
 
+  /** Decodes packets the validator accepted; it switches itself to MQTT 5 when it decodes a v5 CONNECT. */
   readonly #parser = mqttPacket.parser({ protocolVersion: 4 });
+  /** Splits the byte stream into whole packets so each is validated before it is decoded. */
+  readonly #framer = new PacketFramer();
+  /** The protocol level the client's CONNECT declared; undefined until a CONNECT passed validation. */
+  #declaredVersion: 4 | 5 | undefined;
   readonly #pipelined: Packet[] = [];
+  #packetBytes: Buffer | undefined;
   #connectTimer: NodeJS.Timeout | undefined;
   #keepAliveTimer: NodeJS.Timeout | undefined;
 
@@ -53,10 +94,21 @@ export class MqttConnection implements DeliverySink {
     this.broker = broker;
     this.socket = socket;
     this.remoteAddress = remoteAddress;
+    // Keep the bytes of the packet being decoded (the parser gets one whole packet per call and emits
+    // synchronously): MQTT 5 User Properties are re-read from them when their order matters.
+    const parse = this.#parser.parse.bind(this.#parser);
+    this.#parser.parse = (bytes: Buffer) => {
+      this.#packetBytes = bytes;
+      try {
+        return parse(bytes);
+      } finally {
+        this.#packetBytes = undefined;
+      }
+    };
     this.#parser.on('packet', (packet) => this.#onPacket(packet));
     this.#parser.on('error', (error: Error) => this.protocolViolation(ReasonCode.MalformedPacket, error.message));
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    socket.on('error', () => this.destroy());
+    socket.on('error', () => this.destroy('network'));
     socket.on('close', () => this.#onClose());
     // A connection that never sends CONNECT is closed after the configured time.
     this.#connectTimer = setTimeout(() => this.destroy(), broker.limits.connectTimeoutMs);
@@ -66,22 +118,64 @@ export class MqttConnection implements DeliverySink {
   #onData(chunk: Buffer): void {
     if (this.state === 'closed') return;
     this.#keepAliveTimer?.refresh();
-    try {
-      this.#parser.parse(chunk);
-    } catch (error) {
-      this.protocolViolation(ReasonCode.MalformedPacket, (error as Error).message);
-      return;
-    }
-    // Refuse an oversized packet as soon as its length is known, before buffering it.
-    const pending = (this.#parser as unknown as { packet: { length: number } }).packet.length;
-    if ((this.state as ConnectionState) !== 'closed' && pending > this.broker.limits.maxPacketBytes) {
-      this.broker.stats.packetsTooLarge++;
-      this.protocolViolation(ReasonCode.PacketTooLarge, 'packet exceeds the maximum packet size');
+    const framer = this.#framer;
+    framer.push(chunk);
+    // A handler may close the connection: then the rest of the bytes are not looked at.
+    while ((this.state as ConnectionState) !== 'closed') {
+      // Refuse an oversized packet as soon as its fixed header arrives, before buffering its body.
+      // The size is the whole packet's, as the CONNACK's Maximum Packet Size counts it (v5 3.2.2.3.6).
+      const length = framer.peekLength();
+      if (length === LENGTH_UNKNOWN) return;
+      if (length === LENGTH_MALFORMED) {
+        framer.clear();
+        this.protocolViolation(ReasonCode.MalformedPacket, '§2.1.4: Remaining Length uses more than four bytes');
+        return;
+      }
+      if (length > this.broker.limits.maxPacketBytes) {
+        framer.clear();
+        this.broker.stats.packetsTooLarge++;
+        this.protocolViolation(ReasonCode.PacketTooLarge, 'packet exceeds the maximum packet size');
+        return;
+      }
+      const packet = framer.take();
+      if (packet === null) return;
+      // Strict checks mqtt-packet does not make (UTF-8, reserved bits, properties, trailing bytes...).
+      const verdict = validatePacket(packet, this.#declaredVersion);
+      if (verdict !== null) {
+        framer.clear();
+        this.protocolViolation(verdict.reasonCode, `${verdict.rule}: ${verdict.detail}`);
+        return;
+      }
+      if (this.#declaredVersion === undefined) {
+        // The validator passes only a CONNECT here. mqtt-packet refuses protocol levels it does not
+        // know as a parse error, so an unsupported level goes to the CONNECT handler directly, which
+        // answers CONNACK 0x01 and closes [MQTT-3.1.2-2].
+        const protocol = readConnectProtocol(packet)!;
+        if (protocol.protocolId !== 'MQTT' || (protocol.level !== 4 && protocol.level !== 5)) {
+          this.#onPacket({ cmd: 'connect', protocolVersion: protocol.level, clientId: '' } as unknown as Packet);
+          return;
+        }
+        this.#declaredVersion = protocol.level;
+      }
+      try {
+        // Emits 'packet' (handled synchronously) or 'error' for this one packet.
+        this.#parser.parse(packet);
+      } catch (error) {
+        this.protocolViolation(ReasonCode.MalformedPacket, (error as Error).message);
+        return;
+      }
     }
   }
 
   #onPacket(packet: Packet): void {
     if (this.state === 'closed') return;
+    if (packet.cmd === 'publish' && this.#packetBytes !== undefined) {
+      const userProperties = packet.properties?.userProperties;
+      if (userProperties !== undefined && userPropertiesNeedOrder(userProperties)) {
+        const list = readPublishUserProperties(this.#packetBytes);
+        if (list) rememberUserPropertyOrder(packet, list);
+      }
+    }
     if (this.state === 'authenticating') {
       // [MQTT-3.1.4-5 (v5)] nothing after CONNECT is processed before a successful CONNACK.
       if (this.#pipelined.length >= MAX_PIPELINED_BEFORE_CONNACK) {
@@ -104,6 +198,7 @@ export class MqttConnection implements DeliverySink {
   connected(keepAliveSeconds: number): void {
     clearTimeout(this.#connectTimer);
     this.state = 'connected';
+    this.connectedAt = Date.now();
     if (keepAliveSeconds > 0) {
       // [MQTT-3.1.2-24] close after one and a half keep-alive periods without a packet.
       this.#keepAliveTimer = setTimeout(() => {
@@ -113,7 +208,7 @@ export class MqttConnection implements DeliverySink {
           return;
         }
         this.broker.stats.keepAliveTimeouts++;
-        this.disconnect(ReasonCode.KeepAliveTimeout);
+        this.disconnect(ReasonCode.KeepAliveTimeout, undefined, 'keep-alive');
       }, keepAliveSeconds * 1500);
       this.#keepAliveTimer.unref();
     }
@@ -136,31 +231,51 @@ export class MqttConnection implements DeliverySink {
     return true;
   }
 
+  /**
+   * PUBACK, PUBREC, PUBREL or PUBCOMP without properties, encoded directly (one per QoS 1/2 message).
+   * MQTT 5 omits a Success reason code (3.4.2.1, 3.5.2.1, 3.6.2.1, 3.7.2.1); 3.1.1 has none.
+   */
+  writeAck(cmd: 'puback' | 'pubrec' | 'pubrel' | 'pubcomp', packetId: number, reasonCode = 0): boolean {
+    if (this.state === 'closed' || this.socket.destroyed) return false;
+    const withCode = reasonCode !== 0 && this.protocolVersion === 5;
+    const bytes = Buffer.allocUnsafe(withCode ? 5 : 4);
+    bytes[0] = ACK_HEADERS[cmd];
+    bytes[1] = withCode ? 3 : 2;
+    bytes.writeUInt16BE(packetId, 2);
+    if (withCode) bytes[4] = reasonCode;
+    this.socket.write(bytes);
+    return true;
+  }
+
   sendPublish(message: OutboundMessage, packetId: number | undefined, dup: boolean): SendResult {
     if (this.state !== 'connected' || this.socket.destroyed) return 'busy';
     if (message.qos === 0 && this.socket.writableLength > QOS0_HIGH_WATER_BYTES) return 'busy';
     let bytes: Buffer;
-    try {
-      bytes = mqttPacket.generate(
-        {
-          cmd: 'publish',
-          topic: message.topic,
-          payload: message.payload,
-          qos: message.qos,
-          retain: message.retain,
-          dup,
-          ...(packetId === undefined ? {} : { messageId: packetId }),
-        },
-        { protocolVersion: this.protocolVersion },
-      );
-    } catch (error) {
-      this.broker.log.error({ err: error }, 'mqtt: cannot encode PUBLISH');
-      return 'discarded';
+    // The same QoS 0 message fanned out to many clients of one protocol version is encoded once.
+    const shareable = packetId === undefined && message.expiresAt === null;
+    if (shareable && lastEncoded.message === message && lastEncoded.version === this.protocolVersion) {
+      bytes = lastEncoded.bytes;
+    } else {
+      const encoded = encodePublish(message, packetId, dup, this.protocolVersion, Date.now());
+      if (encoded === null) {
+        this.broker.log.error({ topic: message.topic }, 'mqtt: PUBLISH too large to encode');
+        return 'discarded';
+      }
+      bytes = encoded;
+      if (shareable) {
+        lastEncoded.message = message;
+        lastEncoded.version = this.protocolVersion;
+        lastEncoded.bytes = bytes;
+      }
     }
     if (bytes.length > this.clientMaximumPacketSize) return 'discarded';
     this.socket.write(bytes);
     this.broker.stats.messagesOut++;
     return 'sent';
+  }
+
+  sendPubrel(packetId: number): void {
+    this.writeAck('pubrel', packetId);
   }
 
   /**
@@ -180,8 +295,9 @@ export class MqttConnection implements DeliverySink {
    * (only after CONNACK [MQTT-3.14.0-1 (v5)]); MQTT 3.1.1 has no server DISCONNECT, so the
    * connection is simply closed.
    */
-  disconnect(reasonCode: number, reasonString?: string): void {
+  disconnect(reasonCode: number, reasonString?: string, why: CloseReason = 'server'): void {
     if (this.state === 'closed') return;
+    this.#setCloseReason(why, reasonCode);
     if (this.protocolVersion === 5 && this.state === 'connected') {
       this.write({
         cmd: 'disconnect',
@@ -202,7 +318,7 @@ export class MqttConnection implements DeliverySink {
       what: 'protocol-error',
     });
     this.broker.log.debug({ clientId: this.clientId || undefined, reasonCode, detail }, 'mqtt: protocol violation');
-    this.disconnect(reasonCode);
+    this.disconnect(reasonCode, undefined, 'protocol-error');
   }
 
   /** An unexpected failure while serving this client: logged, and the connection ends (0x83). */
@@ -211,7 +327,15 @@ export class MqttConnection implements DeliverySink {
     this.disconnect(ReasonCode.ImplementationSpecificError);
   }
 
-  destroy(): void {
+  #setCloseReason(why: CloseReason, reasonCode: number | undefined): void {
+    if (this.closeReason !== undefined) return;
+    this.closeReason = why;
+    this.closeReasonCode = reasonCode;
+  }
+
+  /** Closes without a DISCONNECT; `why` is recorded for the presence hook unless a reason was already. */
+  destroy(why: CloseReason = 'server', reasonCode?: number): void {
+    if (this.state !== 'closed') this.#setCloseReason(why, reasonCode);
     this.#closeSocket();
   }
 
@@ -228,6 +352,6 @@ export class MqttConnection implements DeliverySink {
   }
 
   #onClose(): void {
-    if (this.state !== 'closed') this.#closeSocket();
+    if (this.state !== 'closed') this.destroy('network');
   }
 }

@@ -64,9 +64,12 @@ export async function startMqttListener(
   });
   server.maxConnections = options.maxConnections;
   // A refused handshake (old TLS version, no shared cipher, plain TCP) is the client's problem, not ours.
-  server.on('tlsClientError', (error) =>
-    log.debug({ code: (error as NodeJS.ErrnoException).code }, 'mqtt: TLS handshake refused'),
-  );
+  // Node reports a handshake timeout here without closing the socket: destroy it, or a client that
+  // connects and never sends a ClientHello holds a connection slot (maxConnections) for ever.
+  server.on('tlsClientError', (error, socket) => {
+    log.debug({ code: (error as NodeJS.ErrnoException).code }, 'mqtt: TLS handshake refused');
+    socket.destroy();
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) =>
       reject(

@@ -1,10 +1,12 @@
 // CONNECT (MQTT 3.1.1 3.1, MQTT 5 3.1): protocol checks, authentication through the hook, client ID
 // policy, will validation, session takeover or resumption, CONNACK.
-import type { IConnackPacket, IConnectPacket } from 'mqtt-packet';
+import { isUtf8 } from 'node:buffer';
+import mqttPacket, { type IConnackPacket, type IConnectPacket } from 'mqtt-packet';
 import type { ClientIdentity } from '../broker-hooks.ts';
 import type { MqttConnection, PendingWill } from '../mqtt-connection.ts';
 import { ConnackReturnCode, ReasonCode } from '../reason-codes.ts';
 import { checkTopicName } from '../topic-rules.ts';
+import { messageProperties } from './publish-handler.ts';
 
 const MAX_CLIENT_ID_LENGTH = 256;
 
@@ -30,17 +32,26 @@ function checkWill(
   if (checkTopicName(will.topic, limits) !== null) {
     return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.TopicNameInvalid };
   }
-  if ((will.qos ?? 0) > 1) return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.QoSNotSupported };
-  if (will.retain) return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.RetainNotSupported };
-  if (!conn.broker.hooks.authorizePublish(identity, will.topic)) {
+  // As for PUBLISH, `$` topics are the server's.
+  if (will.topic.startsWith('$') || !conn.broker.hooks.authorizePublish(identity, will.topic)) {
     return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.NotAuthorized };
   }
   const payload = typeof will.payload === 'string' ? Buffer.from(will.payload) : Buffer.from(will.payload ?? []);
+  const v5 = conn.protocolVersion === 5;
+  const properties = v5 ? will.properties : undefined;
+  // MQTT 5 3.1.3.2.3: the server may check a will said to be UTF-8: it does (0x99).
+  if (properties?.payloadFormatIndicator === true && !isUtf8(payload)) {
+    return { v4: ConnackReturnCode.NotAuthorized, v5: ReasonCode.PayloadFormatInvalid };
+  }
+  const expiry = properties?.messageExpiryInterval;
   return {
     topic: will.topic,
     payload,
-    qos: (will.qos ?? 0) as 0 | 1,
-    delaySeconds: will.properties?.willDelayInterval ?? 0,
+    qos: will.qos ?? 0,
+    retain: will.retain === true,
+    properties: messageProperties(properties),
+    expirySeconds: expiry === undefined || expiry === 0 ? null : expiry,
+    delaySeconds: properties?.willDelayInterval ?? 0,
   };
 }
 
@@ -75,8 +86,8 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
     refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.BadAuthenticationMethod);
     return;
   }
-  if (version === 5 && packet.properties?.receiveMaximum === 0) {
-    // [MQTT-3.1.2-... (v5 3.1.2.11.3)] Receive Maximum of 0 is a protocol error.
+  if (version === 5 && (packet.properties?.receiveMaximum === 0 || packet.properties?.maximumPacketSize === 0)) {
+    // Receive Maximum 0 and Maximum Packet Size 0 are Protocol Errors (MQTT 5 3.1.2.11.3, 3.1.2.11.4).
     refuse(conn, ConnackReturnCode.IdentifierRejected, ReasonCode.ProtocolError);
     return;
   }
@@ -148,14 +159,6 @@ function accept(
         : limits.maxSessionExpirySeconds;
   const expiry = Math.min(requestedExpiry, limits.maxSessionExpirySeconds);
 
-  const { session, present } = broker.openSession(conn, clientId, identity, clean);
-  session.expiryInterval = expiry;
-  session.receiveMaximum = conn.protocolVersion === 5 ? (packet.properties?.receiveMaximum ?? 65535) : 65535;
-  conn.session = session;
-  if (conn.protocolVersion === 5 && packet.properties?.maximumPacketSize) {
-    conn.clientMaximumPacketSize = packet.properties.maximumPacketSize;
-  }
-
   // Keep-alive: a client asking for none, or for more than the maximum, gets the maximum.
   const requestedKeepAlive = packet.keepalive ?? 0;
   const keepAlive =
@@ -168,24 +171,36 @@ function accept(
       ? {
           cmd: 'connack',
           reasonCode: ReasonCode.Success,
-          sessionPresent: present,
+          sessionPresent: false,
+          // Maximum QoS 2, retained messages, wildcard and shared subscriptions and subscription
+          // identifiers are all available, which is what their absence says (MQTT 5 3.2.2.3).
+          // Response Information is optional and not offered, whatever Request Response Information asked.
           properties: {
             receiveMaximum: limits.maxInflight,
-            maximumQoS: 1,
-            retainAvailable: false,
             maximumPacketSize: limits.maxPacketBytes,
-            topicAliasMaximum: 0,
-            wildcardSubscriptionAvailable: true,
-            subscriptionIdentifiersAvailable: false,
-            sharedSubscriptionAvailable: false,
+            topicAliasMaximum: broker.topicAliasMaximum,
             ...(requestedClientId === '' ? { assignedClientIdentifier: clientId } : {}),
             ...(keepAlive !== requestedKeepAlive ? { serverKeepAlive: keepAlive } : {}),
             ...(expiry !== requestedExpiry ? { sessionExpiryInterval: expiry } : {}),
           },
         }
-      : { cmd: 'connack', returnCode: ConnackReturnCode.Accepted, sessionPresent: present };
+      : { cmd: 'connack', returnCode: ConnackReturnCode.Accepted, sessionPresent: false };
+  if (conn.protocolVersion === 5 && packet.properties?.maximumPacketSize) {
+    conn.clientMaximumPacketSize = packet.properties.maximumPacketSize;
+    // [MQTT-3.1.2-25 (v5)] not even the CONNACK may exceed it: such a client cannot be served.
+    if (mqttPacket.generate(connack, { protocolVersion: 5 }).length > conn.clientMaximumPacketSize) {
+      conn.destroy('protocol-error');
+      return;
+    }
+  }
+
+  const { session, present } = broker.openSession(conn, clientId, identity, clean, expiry);
+  session.receiveMaximum = conn.protocolVersion === 5 ? (packet.properties?.receiveMaximum ?? 65535) : 65535;
+  conn.session = session;
+  connack.sessionPresent = present;
   conn.write(connack);
   broker.stats.connectsAccepted++;
   conn.connected(keepAlive);
   session.resume(conn);
+  broker.notifyConnected(conn, present, keepAlive);
 }

@@ -1,11 +1,60 @@
-// PUBACK, PINGREQ, DISCONNECT, AUTH, QoS 2 flow packets and packets only a server may send.
-import type { IDisconnectPacket, IPubackPacket } from 'mqtt-packet';
+// PUBACK, PUBREC, PUBREL, PUBCOMP, PINGREQ, DISCONNECT, AUTH and packets only a server may send.
+import type { IDisconnectPacket, IPubackPacket, IPubcompPacket, IPubrecPacket, IPubrelPacket } from 'mqtt-packet';
 import type { MqttConnection } from '../mqtt-connection.ts';
 import { ReasonCode } from '../reason-codes.ts';
+import { afterPending } from './publish-handler.ts';
 
 export function handlePuback(conn: MqttConnection, packet: IPubackPacket): void {
   // An acknowledgement for an identifier not in flight is ignored (it may be a late duplicate).
-  if (packet.messageId) conn.session?.acknowledge(packet.messageId);
+  if (packet.messageId && conn.session?.acknowledge(packet.messageId) === 'mismatch') {
+    conn.protocolViolation(ReasonCode.ProtocolError, 'PUBACK for a QoS 2 message');
+  }
+}
+
+/** PUBREC for a QoS 2 message the server sent: answer PUBREL [MQTT-4.3.3-4]. */
+export function handlePubrec(conn: MqttConnection, packet: IPubrecPacket): void {
+  const id = packet.messageId;
+  if (!id || !conn.session) return;
+  const reasonCode = packet.reasonCode ?? 0;
+  const outcome = conn.session.received(id, reasonCode);
+  if (outcome === 'release') conn.writeAck('pubrel', id);
+  else if (outcome === 'mismatch') conn.protocolViolation(ReasonCode.ProtocolError, 'PUBREC for a QoS 1 message');
+  else if (outcome === 'unknown' && reasonCode < 0x80) {
+    // MQTT 5: say the identifier is unknown; 3.1.1: a PUBREL all the same, so the client can finish.
+    // (A PUBREC ≥ 0x80 ends an exchange and is never answered, known or not.)
+    conn.writeAck('pubrel', id, ReasonCode.PacketIdentifierNotFound);
+  }
+}
+
+/** PUBCOMP for a QoS 2 message the server sent: the exchange is over. */
+export function handlePubcomp(conn: MqttConnection, packet: IPubcompPacket): void {
+  if (packet.messageId && conn.session?.complete(packet.messageId) === 'mismatch') {
+    conn.protocolViolation(ReasonCode.ProtocolError, 'PUBCOMP before PUBREL');
+  }
+}
+
+/**
+ * PUBREL from a client: the QoS 2 identifier is released and PUBCOMP sent [MQTT-4.3.3-11]; an unknown
+ * identifier gets PUBCOMP 0x92 in MQTT 5. In order after pending PUBLISH acknowledgements, and, for a
+ * persistent session, after the store recorded the release (a reused identifier must not look like a
+ * duplicate after a restart).
+ */
+export function handlePubrel(conn: MqttConnection, packet: IPubrelPacket): void {
+  const id = packet.messageId;
+  if (!id) return;
+  afterPending(conn, () => {
+    const session = conn.session;
+    if (!session) return undefined;
+    const known = session.releaseInboundQos2(id);
+    const reasonCode = known ? ReasonCode.Success : ReasonCode.PacketIdentifierNotFound;
+    if (!known || session.store === null || !conn.broker.durable) {
+      conn.writeAck('pubcomp', id, reasonCode);
+      return undefined;
+    }
+    return conn.broker.flushStore().then(() => {
+      conn.writeAck('pubcomp', id, reasonCode);
+    });
+  });
 }
 
 export function handlePingreq(conn: MqttConnection): void {
@@ -13,31 +62,29 @@ export function handlePingreq(conn: MqttConnection): void {
 }
 
 export function handleDisconnect(conn: MqttConnection, packet: IDisconnectPacket): void {
+  const reasonCode = conn.protocolVersion === 5 ? (packet.reasonCode ?? 0) : undefined;
   if (conn.protocolVersion === 5) {
     const requested = packet.properties?.sessionExpiryInterval;
-    if (requested !== undefined && conn.session) {
-      // [MQTT-3.14.2-2 (v5)] a session that ended with its connection cannot be revived here.
-      if (conn.session.expiryInterval === 0 && requested !== 0) {
+    const session = conn.session;
+    if (requested !== undefined && session) {
+      // [MQTT-3.14.2-2 (v5)] a session that ends with its connection cannot be revived here.
+      if (session.expiryInterval === 0 && requested !== 0) {
         conn.protocolViolation(ReasonCode.ProtocolError, 'session expiry raised from zero on DISCONNECT');
         return;
       }
-      conn.session.expiryInterval = Math.min(requested, conn.broker.limits.maxSessionExpirySeconds);
+      conn.broker.changeSessionExpiry(session, Math.min(requested, conn.broker.limits.maxSessionExpirySeconds));
     }
     // Reason 0x04 asks for the will to be published anyway.
     conn.gracefulDisconnect = packet.reasonCode !== ReasonCode.DisconnectWithWill;
   } else {
     conn.gracefulDisconnect = true; // [MQTT-3.14.4-3] discard the will
   }
-  conn.destroy();
+  conn.destroy('client', reasonCode);
 }
 
 export function handleAuth(conn: MqttConnection): void {
   // No authentication method was accepted at CONNECT, so AUTH is a protocol error [MQTT-4.12.0-1 (v5)].
   conn.protocolViolation(ReasonCode.ProtocolError, 'AUTH without an authentication method');
-}
-
-export function handleQos2Flow(conn: MqttConnection): void {
-  conn.protocolViolation(ReasonCode.ProtocolError, 'QoS 2 flow packet while QoS 2 is not supported');
 }
 
 export function handleServerOnly(conn: MqttConnection): void {

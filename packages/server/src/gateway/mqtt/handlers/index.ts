@@ -7,7 +7,9 @@ import {
   handleDisconnect,
   handlePingreq,
   handlePuback,
-  handleQos2Flow,
+  handlePubcomp,
+  handlePubrec,
+  handlePubrel,
   handleServerOnly,
 } from './control-handlers.ts';
 import { handlePublish } from './publish-handler.ts';
@@ -25,9 +27,9 @@ export const packetHandlers: Readonly<Record<PacketCmd, Handler>> = {
   pingreq: handlePingreq,
   disconnect: handleDisconnect,
   auth: handleAuth,
-  pubrec: handleQos2Flow,
-  pubrel: handleQos2Flow,
-  pubcomp: handleQos2Flow,
+  pubrec: handlePubrec,
+  pubrel: handlePubrel,
+  pubcomp: handlePubcomp,
   connack: handleServerOnly,
   suback: handleServerOnly,
   unsuback: handleServerOnly,
