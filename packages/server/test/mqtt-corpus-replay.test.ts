@@ -3,7 +3,14 @@
 // difference. A replay that misjudged these would report false conformance failures or passes.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { canonicalPacket, corpusAvailable, hex, loadCorpus, splitPackets } from './helpers/mqtt-corpus.ts';
+import {
+  canonicalPacket,
+  connectLevel,
+  corpusAvailable,
+  hex,
+  loadCorpus,
+  splitPackets,
+} from './helpers/mqtt-corpus.ts';
 
 test('[CHAN-1] expected bytes split into whole packets, or not at all', () => {
   assert.deepEqual(
@@ -33,4 +40,12 @@ test('the corpus loads with the documented defaults', { skip: !corpusAvailable()
     c.ver === 3 || c.msgs.some((m) => (m.payload ?? '').replace(/\s+/g, '').toUpperCase().includes('4D5149736470'));
   assert.equal(cases.filter(mqisdp).length, 7);
   assert.equal(cases.filter((c) => c.ver === 5).length, 1188);
+});
+
+test('[CHAN-1] a case that sends its own CONNECT has its CONNACK compared in the level that CONNECT declares', () => {
+  assert.equal(connectLevel(hex('10 0D 0004 4D515454 05 02 000A 00 0000')), 5);
+  assert.equal(connectLevel(hex('10 0C 0004 4D515454 04 02 000A 0000')), 4);
+  assert.equal(connectLevel(hex('10 0F 0006 4D5149736470 03 02 000A 0001 70')), 3);
+  assert.equal(connectLevel(hex('30 03 0001 61')), undefined, 'not a CONNECT');
+  assert.equal(connectLevel(hex('10 02 00')), undefined, 'too short to declare a level');
 });

@@ -252,7 +252,7 @@ describe('MQTT sessions: presence hooks', () => {
     }
   });
 
-  test('a throwing presence hook is logged and never breaks the broker', async () => {
+  test('a throwing hook is logged and never breaks the broker (the connection in question ends with 0x83)', async () => {
     const { core } = await withRecorder({
       onConnected() {
         throw new Error('hook bug');
@@ -260,8 +260,21 @@ describe('MQTT sessions: presence hooks', () => {
       onDisconnected() {
         throw new Error('hook bug');
       },
+      authorizeSubscribe(_identity, filter) {
+        if (filter.startsWith('boom')) throw new Error('hook bug');
+        return true;
+      },
+      onViolation() {
+        throw new Error('hook bug');
+      },
     });
     try {
+      const victim = await RawClient.connect(core.port, { clientId: 'p-boom' });
+      victim.raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'boom/#', qos: 0 }] });
+      assert.equal(((await victim.raw.next('disconnect')) as mqttPacket.IDisconnectPacket).reasonCode, 0x83);
+      const violator = await RawClient.connect(core.port, { clientId: 'p-violator' });
+      violator.raw.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clientId: 'x', keepalive: 30 });
+      assert.equal(((await violator.raw.next('disconnect')) as mqttPacket.IDisconnectPacket).reasonCode, 0x82);
       const sub = await connectClient(core.url, { clientId: 'p-throw-sub' });
       await sub.subscribeAsync('p/throw', { qos: 1 });
       const got = nextMessages(sub, 1);

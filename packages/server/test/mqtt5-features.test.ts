@@ -3,12 +3,13 @@
 // the `$` topic rule and the CONNACK the core announces.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type mqttPacket from 'mqtt-packet';
+import mqttPacket from 'mqtt-packet';
 import {
   connectClient,
   type CoreBroker,
   endClient,
   nextMessages,
+  openHooks,
   RawClient,
   startCoreBroker,
 } from './helpers/mqtt-core.ts';
@@ -385,6 +386,39 @@ describe('MQTT 5 features', () => {
       assert.equal((await got)[0]!.topic, 'will/clean');
       second.raw.close();
       await endClient(sub);
+    });
+  });
+
+  describe('pipelining behind CONNECT', () => {
+    let core: CoreBroker;
+    before(async () => {
+      // An authentication hook that takes a moment, so the packets behind CONNECT pile up.
+      core = await startCoreBroker({
+        hooks: {
+          ...openHooks(),
+          authenticate: async (request) => {
+            await new Promise((resolve) => setTimeout(resolve, 50));
+            return {
+              ok: true,
+              identity: { principalId: request.clientId, kind: 'device', clientId: request.clientId, attributes: {} },
+            };
+          },
+        },
+      });
+    });
+    after(() => core.close());
+
+    test('[MQTT-3.1.4-5] 300 packets sent with CONNECT wait for the CONNACK (read is paused), none is lost', async () => {
+      const raw = await RawClient.open(core.port, 4);
+      const connect = mqttPacket.generate(
+        { cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: 'pipeliner', clean: true, keepalive: 30 },
+        { protocolVersion: 4 },
+      );
+      raw.send(Buffer.concat([connect, Buffer.alloc(600, Buffer.from([0xc0, 0x00]))]), 4);
+      assert.ok(await raw.next('connack'));
+      for (let i = 0; i < 300; i++) assert.ok(await raw.next('pingresp'), `PINGRESP ${i + 1}`);
+      assert.equal(raw.closed, false);
+      raw.close();
     });
   });
 });

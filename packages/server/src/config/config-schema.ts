@@ -232,6 +232,19 @@ export const ConfigSchema = Type.Object(
           default: 86400,
           description: 'Longest a disconnected session (subscriptions, queued QoS 1 messages) is kept',
         }),
+        maxTopicAliases: Type.Integer({
+          minimum: 0,
+          maximum: 65535,
+          default: 10,
+          description: 'MQTT 5 Topic Alias Maximum offered to clients (0 = no aliases)',
+        }),
+        maxRetainedMessages: Type.Integer({
+          minimum: 0,
+          maximum: 10000000,
+          default: 100000,
+          description:
+            'Retained messages the broker keeps in all; beyond it a new retained topic is delivered but not retained',
+        }),
         maxTopicLevels: Type.Integer({
           minimum: 1,
           maximum: 256,

@@ -176,15 +176,20 @@ async function publishFromSecondClient(host: string, port: number, msg: CorpusMe
   await reader.packet(2_000);
   const qos = (msg.qos ?? 0) as 0 | 1 | 2;
   socket.write(
-    mqttPacket.generate({
-      cmd: 'publish',
-      topic: msg.topic ?? '',
-      payload: Buffer.from(msg.payload ?? '', 'utf8'),
-      qos,
-      retain: false,
-      dup: false,
-      ...(qos > 0 ? { messageId: 1 } : {}),
-    }),
+    mqttPacket.generate(
+      {
+        cmd: 'publish',
+        topic: msg.topic ?? '',
+        payload: Buffer.from(msg.payload ?? '', 'utf8'),
+        qos,
+        retain: false,
+        dup: false,
+        ...(qos > 0 ? { messageId: 1 } : {}),
+      },
+      // The second client's PUBLISH is encoded in the version its CONNECT declared (a v5 PUBLISH has
+      // a property length).
+      { protocolVersion: ver === 5 ? 5 : 4 },
+    ),
   );
   if (qos === 1) await reader.packet(2_000);
   if (qos === 2) {
@@ -235,6 +240,17 @@ export function canonicalPacket(packet: Buffer, ver: number): string {
   return Buffer.from([packet[0]!, body.length, ...body]).toString('hex');
 }
 
+/** The protocol level a CONNECT at the start of `bytes` declares; undefined if they do not start with one. */
+export function connectLevel(bytes: Buffer): number | undefined {
+  if (bytes.length < 2 || bytes[0]! >> 4 !== 1) return undefined;
+  let at = 1;
+  while (at < 5 && at < bytes.length && (bytes[at]! & 0x80) !== 0) at++;
+  at++; // past the last Remaining Length byte
+  if (at + 2 > bytes.length) return undefined;
+  const nameLength = bytes.readUInt16BE(at);
+  return bytes[at + 2 + nameLength];
+}
+
 /** Replays one case; `ms` bounds every single wait. */
 export async function replayCase(host: string, port: number, c: CorpusCase, ms = 2_000): Promise<CaseOutcome> {
   const started = Date.now();
@@ -252,10 +268,15 @@ export async function replayCase(host: string, port: number, c: CorpusCase, ms =
       if (connack[0] !== 0x20 || connack[reasonAt] !== 0)
         return fail(`default CONNECT refused: ${connack.toString('hex')}`);
     }
+    // The version CONNACKs are compared in: the case's, or the level its own CONNECT declares (some
+    // v5 groups leave `ver` at its default and send a v5 CONNECT themselves).
+    let version: number = c.ver;
     for (const [i, msg] of c.msgs.entries()) {
       if (msg.type === 'send') {
         if (reader.closed) return fail(`msg ${i}: closed before send`);
-        socket.write(hex(msg.payload ?? ''));
+        const bytes = hex(msg.payload ?? '');
+        if (!c.connect) version = connectLevel(bytes) ?? version;
+        socket.write(bytes);
       } else if (msg.type === 'recv') {
         const expected = hex(msg.payload ?? '');
         const packets = splitPackets(expected);
@@ -272,7 +293,7 @@ export async function replayCase(host: string, port: number, c: CorpusCase, ms =
           const actual = await reader.packet(ms);
           if (actual === null) return fail(`msg ${i}: closed, expected ${want.toString('hex')}`);
           if (actual === 'timeout') return fail(`msg ${i}: nothing received, expected ${want.toString('hex')}`);
-          const connack = c.ver === 5 && want[0] === 0x20;
+          const connack = version === 5 && want[0] === 0x20;
           const same = connack
             ? sameConnack(want, actual)
             : canonicalPacket(want, c.ver) === canonicalPacket(actual, c.ver);

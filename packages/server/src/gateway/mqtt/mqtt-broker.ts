@@ -6,7 +6,13 @@
 // cross-process fan-out behind `route`.
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { type BrokerHooks, type ClientIdentity, denyAllHooks, type InboundMessage } from './broker-hooks.ts';
+import {
+  type BrokerHooks,
+  type ClientIdentity,
+  denyAllHooks,
+  type InboundMessage,
+  type Violation,
+} from './broker-hooks.ts';
 import { type BrokerStore, memoryOnlyBrokerStore, type StoredMessage, type StoredSession } from './broker-store.ts';
 import { isConformanceHooks } from './conformance-hooks.ts';
 import { MqttConnection } from './mqtt-connection.ts';
@@ -308,6 +314,16 @@ export class MqttBroker {
     if (!this.subscriptions.remove(session.clientId, filter)) return false;
     session.store?.removeSubscription(session.clientId, filter);
     return true;
+  }
+
+  /** Feeds a refusal to the onViolation hook; the hook's own failure is logged, never thrown. */
+  reportViolation(violation: Violation): void {
+    if (!this.hooks.onViolation) return;
+    try {
+      this.hooks.onViolation(violation);
+    } catch (error) {
+      this.log.error({ err: error }, 'mqtt: onViolation hook failed');
+    }
   }
 
   /** Called by the CONNECT handler right after a successful CONNACK (presence). */

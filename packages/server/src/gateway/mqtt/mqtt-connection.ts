@@ -86,7 +86,14 @@ export class MqttConnection implements DeliverySink {
   /** The protocol level the client's CONNECT declared; undefined until a CONNECT passed validation. */
   #declaredVersion: 4 | 5 | undefined;
   readonly #pipelined: Packet[] = [];
+  /** Reading stopped while CONNECT is being decided and MAX_PIPELINED_BEFORE_CONNACK packets wait. */
+  #inputHeld = false;
   #packetBytes: Buffer | undefined;
+  #corked = false;
+  readonly #uncork = (): void => {
+    this.#corked = false;
+    this.socket.uncork();
+  };
   #connectTimer: NodeJS.Timeout | undefined;
   #keepAliveTimer: NodeJS.Timeout | undefined;
 
@@ -118,10 +125,15 @@ export class MqttConnection implements DeliverySink {
   #onData(chunk: Buffer): void {
     if (this.state === 'closed') return;
     this.#keepAliveTimer?.refresh();
+    this.#framer.push(chunk);
+    this.#drainFramed();
+  }
+
+  #drainFramed(): void {
     const framer = this.#framer;
-    framer.push(chunk);
-    // A handler may close the connection: then the rest of the bytes are not looked at.
-    while ((this.state as ConnectionState) !== 'closed') {
+    // A handler may close the connection: then the rest of the bytes are not looked at. While input
+    // is held (too many packets pipelined behind CONNECT), they wait in the framer.
+    while (this.state !== 'closed' && !this.#inputHeld) {
       // Refuse an oversized packet as soon as its fixed header arrives, before buffering its body.
       // The size is the whole packet's, as the CONNACK's Maximum Packet Size counts it (v5 3.2.2.3.6).
       const length = framer.peekLength();
@@ -178,11 +190,12 @@ export class MqttConnection implements DeliverySink {
     }
     if (this.state === 'authenticating') {
       // [MQTT-3.1.4-5 (v5)] nothing after CONNECT is processed before a successful CONNACK.
-      if (this.#pipelined.length >= MAX_PIPELINED_BEFORE_CONNACK) {
-        this.destroy();
-        return;
-      }
       this.#pipelined.push(packet);
+      if (this.#pipelined.length >= MAX_PIPELINED_BEFORE_CONNACK) {
+        // Backpressure, not a refusal: stop reading until the CONNACK is decided (connected()).
+        this.#inputHeld = true;
+        this.socket.pause();
+      }
       return;
     }
     if (this.state === 'new' && packet.cmd !== 'connect') {
@@ -191,7 +204,12 @@ export class MqttConnection implements DeliverySink {
       return;
     }
     const handler = packetHandlers[packet.cmd];
-    handler(this, packet as never);
+    try {
+      handler(this, packet as never);
+    } catch (error) {
+      // A bug in a handler or a hook costs this connection, never the process.
+      this.internalError(error);
+    }
   }
 
   /** Called by the CONNECT handler once the CONNACK has been sent. */
@@ -214,6 +232,24 @@ export class MqttConnection implements DeliverySink {
     }
     const queued = this.#pipelined.splice(0);
     for (const packet of queued) this.#onPacket(packet);
+    if (this.#inputHeld) {
+      this.#inputHeld = false;
+      this.socket.resume();
+      this.#drainFramed();
+    }
+  }
+
+  /**
+   * Writes are corked until the end of the current tick: the acknowledgements and messages one read
+   * produces leave in one system call (writev), not one each.
+   */
+  #output(bytes: Buffer): void {
+    if (!this.#corked) {
+      this.#corked = true;
+      this.socket.cork();
+      process.nextTick(this.#uncork);
+    }
+    this.socket.write(bytes);
   }
 
   write(packet: Packet): boolean {
@@ -227,7 +263,7 @@ export class MqttConnection implements DeliverySink {
     }
     // [MQTT-3.1.2-25 (v5)] never send a packet larger than the client's Maximum Packet Size.
     if (bytes.length > this.clientMaximumPacketSize) return false;
-    this.socket.write(bytes);
+    this.#output(bytes);
     return true;
   }
 
@@ -243,7 +279,7 @@ export class MqttConnection implements DeliverySink {
     bytes[1] = withCode ? 3 : 2;
     bytes.writeUInt16BE(packetId, 2);
     if (withCode) bytes[4] = reasonCode;
-    this.socket.write(bytes);
+    this.#output(bytes);
     return true;
   }
 
@@ -269,7 +305,7 @@ export class MqttConnection implements DeliverySink {
       }
     }
     if (bytes.length > this.clientMaximumPacketSize) return 'discarded';
-    this.socket.write(bytes);
+    this.#output(bytes);
     this.broker.stats.messagesOut++;
     return 'sent';
   }
@@ -312,7 +348,7 @@ export class MqttConnection implements DeliverySink {
   protocolViolation(reasonCode: number, detail: string): void {
     if (this.state === 'closed') return;
     this.broker.stats.protocolErrors++;
-    this.broker.hooks.onViolation?.({
+    this.broker.reportViolation({
       remoteAddress: this.remoteAddress,
       identity: this.identity,
       what: 'protocol-error',

@@ -476,6 +476,15 @@ export function validatePacket(packet: Buffer, protocolVersion: 3 | 4 | 5 | unde
     case SUBACK:
     case UNSUBACK:
     case PINGRESP:
+      // Wrong reserved flags make any packet malformed [MQTT-2.1.3-1]; the spec orders neither check
+      // first. Mosquitto (whose test corpus we replay) checks SUBACK's and UNSUBACK's flags first and
+      // the others' type first; we answer as it does where the spec leaves the choice open.
+      if (flags !== 0 && (type === SUBACK || type === UNSUBACK)) {
+        return malformed(
+          v5 ? 'MQTT-2.1.3-1' : 'MQTT-2.2.2-2',
+          `${PACKET_NAMES[type]!} fixed header flags are ${hex(flags)}, not 0x0`,
+        );
+      }
       return protocolError('§2.1.2', `${PACKET_NAMES[type]!} is sent only by a server`);
     case AUTH:
       // v3.1.1: a reserved type. v5: the CONNECT handler refuses an Authentication Method, so no

@@ -158,7 +158,7 @@ export function encodePublish(
         const list: Array<readonly [string, string]> = [];
         for (const [key, value] of Object.entries(source.userProperties)) {
           if (Array.isArray(value)) for (const v of value) list.push([key, v]);
-          else list.push([key, value as string]);
+          else list.push([key, value]);
         }
         pairs = list;
       }

@@ -163,7 +163,7 @@ export function handlePublish(conn: MqttConnection, packet: IPublishPacket): voi
   // `$` topics are the server's (e.g. $SYS, 4.7.2): no client may publish to one.
   if (topic.charCodeAt(0) === 0x24 || !broker.hooks.authorizePublish(identity, topic)) {
     broker.stats.publishDenied++;
-    broker.hooks.onViolation?.({ remoteAddress: conn.remoteAddress, identity, what: 'publish-denied' });
+    broker.reportViolation({ remoteAddress: conn.remoteAddress, identity, what: 'publish-denied' });
     refusePublish(conn, qos, packetId, ReasonCode.NotAuthorized);
     return;
   }

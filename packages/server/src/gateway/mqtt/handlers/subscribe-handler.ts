@@ -62,7 +62,7 @@ export function handleSubscribe(conn: MqttConnection, packet: ISubscribePacket):
     // A shared subscription is authorised for the filter it matches, not for the `$share/` prefix.
     if (!broker.hooks.authorizeSubscribe(identity, topicFilter)) {
       broker.stats.subscribeDenied++;
-      broker.hooks.onViolation?.({ remoteAddress: conn.remoteAddress, identity, what: 'subscribe-denied' });
+      broker.reportViolation({ remoteAddress: conn.remoteAddress, identity, what: 'subscribe-denied' });
       fail(ReasonCode.NotAuthorized);
       continue;
     }
