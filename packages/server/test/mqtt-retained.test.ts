@@ -4,7 +4,10 @@
 // broker-published `$SYS` messages.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import fc from 'fast-check';
 import type mqttPacket from 'mqtt-packet';
+import { RetainedIndex } from '../src/gateway/mqtt/retained-index.ts';
+import { topicMatches } from '../src/gateway/mqtt/topic-rules.ts';
 import {
   connectClient,
   type CoreBroker,
@@ -175,4 +178,44 @@ describe('MQTT retained messages', () => {
     assert.deepEqual([live.topic, live.retain, live.qos], ['$SYS/broker/load', false, 1]);
     raw.close();
   });
+});
+
+test('the retained index finds exactly the retained topics a filter matches (property, against the spec matcher)', () => {
+  const level = fc.constantFrom('a', 'b', '$SYS', '', 'devices', 'x1');
+  const topicArb = fc.array(level, { minLength: 1, maxLength: 4 }).map((levels) => levels.join('/'));
+  const filterArb = fc
+    .tuple(fc.array(fc.oneof(level, fc.constant('+')), { minLength: 0, maxLength: 4 }), fc.boolean())
+    .map(([levels, hash]) => [...levels, ...(hash ? ['#'] : [])].join('/'))
+    .filter((filter) => filter.length > 0);
+  fc.assert(
+    fc.property(
+      fc.uniqueArray(topicArb, { maxLength: 30 }),
+      fc.array(topicArb, { maxLength: 10 }),
+      filterArb,
+      (topics, removed, filter) => {
+        const index = new RetainedIndex();
+        const message = (topic: string) => ({
+          topic,
+          payload: Buffer.from('x'),
+          qos: 0 as const,
+          retain: true,
+          expiresAt: null,
+        });
+        for (const topic of topics) index.set(topic, message(topic));
+        for (const topic of removed) index.delete(topic);
+        const left = topics.filter((t) => !removed.includes(t));
+        assert.equal(index.size, left.length);
+        const expected = left.filter((t) => topicMatches(filter, t)).sort();
+        assert.deepEqual(
+          index
+            .match(filter)
+            .map((m) => m.topic)
+            .sort(),
+          expected,
+          `filter ${filter}`,
+        );
+      },
+    ),
+    { numRuns: 2000 },
+  );
 });

@@ -16,10 +16,11 @@ import {
 import { type BrokerStore, memoryOnlyBrokerStore, type StoredMessage, type StoredSession } from './broker-store.ts';
 import { isConformanceHooks } from './conformance-hooks.ts';
 import { MqttConnection } from './mqtt-connection.ts';
+import { RetainedIndex } from './retained-index.ts';
 import { ReasonCode } from './reason-codes.ts';
 import { isExpired, type OutboundMessage, Session } from './session.ts';
 import { type SubscriptionEntry, SubscriptionIndex, subscriptionEntry } from './subscription-index.ts';
-import { parseSharedSubscription, topicMatches } from './topic-rules.ts';
+import { parseSharedSubscription } from './topic-rules.ts';
 
 export interface BrokerLimits {
   maxPacketBytes: number;
@@ -43,6 +44,12 @@ export interface BrokerStats {
   connectionsOpened: number;
   connectsAccepted: number;
   connectsRefused: number;
+  /** Refused before TLS by the per-client-network connect limiter (also in connectsRefused). */
+  connectsThrottled: number;
+  /** Refused before TLS because mqtt.maxPendingHandshakes were in progress (also in connectsRefused). */
+  handshakesShed: number;
+  /** Connections admitted to the TLS handshake. */
+  tlsHandshakesStarted: number;
   authFailures: number;
   messagesIn: number;
   messagesOut: number;
@@ -88,6 +95,9 @@ export class MqttBroker {
     connectionsOpened: 0,
     connectsAccepted: 0,
     connectsRefused: 0,
+    connectsThrottled: 0,
+    handshakesShed: 0,
+    tlsHandshakesStarted: 0,
     authFailures: 0,
     messagesIn: 0,
     messagesOut: 0,
@@ -107,7 +117,7 @@ export class MqttBroker {
   readonly #sessions = new Map<string, Session>();
   readonly #pendingWills = new Map<string, { timer: NodeJS.Timeout; publish: () => void }>();
   /** topic → its retained message (MQTT 5 3.3.1.3). */
-  readonly #retained = new Map<string, StoredMessage>();
+  readonly #retained = new RetainedIndex();
   readonly #maxRetained: number;
   #flushBatch: Promise<void> | undefined;
   #closing = false;
@@ -553,11 +563,10 @@ export class MqttBroker {
     if (this.#retained.size === 0) return false;
     const now = Date.now();
     let stored = false;
-    for (const [topic, message] of this.#retained) {
-      if (!topicMatches(entry.topicFilter, topic)) continue;
+    for (const message of this.#retained.match(entry.topicFilter)) {
       if (isExpired(message, now)) {
-        this.#retained.delete(topic);
-        this.store.setRetained(topic, null);
+        this.#retained.delete(message.topic);
+        this.store.setRetained(message.topic, null);
         continue;
       }
       const qos = message.qos < entry.qos ? message.qos : entry.qos;
