@@ -175,6 +175,22 @@ for (const dialect of await dialectCases()) {
       await endClient(client);
     });
 
+    test('a device keeps one retained message, its state: retained events are refused (0x97) and not retained', async () => {
+      const d = tenant.devices[0]!;
+      const client = await connectDevice(tp.platform, d, 5);
+      const before = tp.platform.broker.retainedCount;
+      for (const topic of [`devices/${d.id}/events`, `devices/${d.id}/events/a`, `devices/${d.id}/state/extra`]) {
+        assert.equal(await publishOutcome(client, topic, '{"x":1}', 1, true), 0x97, topic);
+      }
+      assert.equal(tp.platform.broker.retainedCount, before, 'nothing was retained');
+      assert.equal(await publishOutcome(client, `devices/${d.id}/state`, '{"on":true}', 1, true), 0);
+      assert.equal(tp.platform.broker.retainedCount, before + 1);
+      // Clearing is always allowed [MQTT-3.3.1-6].
+      assert.equal(await publishOutcome(client, `devices/${d.id}/state`, '', 1, true), 0);
+      assert.equal(tp.platform.broker.retainedCount, before);
+      await endClient(client);
+    });
+
     test("[CHAN-6] MQTT 3.1.1: publishing to another device's topic closes the connection and stores nothing", async () => {
       const d = tenant.devices[0]!;
       const victim = other.devices[0]!;

@@ -145,6 +145,15 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
 
     async onPublish(identity, message) {
       const deviceId = identity.principalId;
+      if (message.retain === true && message.payload.length > 0) {
+        // Each device may keep one retained message, its last state: retained topics of its own
+        // choosing would let one device fill the broker's retained store (mqtt.maxRetainedMessages)
+        // for everyone. Clearing (empty payload) is always allowed.
+        const parsed = parseDeviceTopic(message.topic);
+        if (parsed?.channel !== 'state' || parsed.rest.length > 0) {
+          throw new PublishRefusedError('quota-exceeded', 'only devices/{id}/state may be retained');
+        }
+      }
       // Presence: remembered in memory only, written at most every flush interval.
       devices.presence.activity(deviceId, message.receivedAt);
       const tenant = identity.attributes.vendorId ?? null;

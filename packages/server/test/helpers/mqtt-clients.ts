@@ -86,6 +86,7 @@ export function publishOutcome(
   topic: string,
   payload: string | Buffer,
   qos: 0 | 1 = 1,
+  retain = false,
 ): Promise<number | 'closed'> {
   return new Promise((resolve) => {
     // A client that is already disconnected would queue the message forever (no reconnects here).
@@ -95,7 +96,7 @@ export function publishOutcome(
     }
     const onClose = () => resolve('closed');
     client.once('close', onClose);
-    client.publish(topic, payload, { qos }, (error, packet) => {
+    client.publish(topic, payload, { qos, retain }, (error, packet) => {
       client.off('close', onClose);
       if (error) {
         const code = (error as { code?: number }).code;
