@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import type { IClientOptions, MqttClient } from 'mqtt';
 import { Value } from 'typebox/value';
 import { ConfigSchema } from '../src/config/index.ts';
 import { CastellanError } from '../src/errors/index.ts';
@@ -23,6 +23,8 @@ import {
   startMqttListener,
 } from '../src/gateway/mqtt/index.ts';
 import { createLogger } from '../src/logging/index.ts';
+import { endClient, openMqttClient } from './helpers/mqtt-clients.ts';
+import { connectClient, nextMessages } from './helpers/mqtt-core.ts';
 import { startTestPlatform } from './helpers/test-platform.ts';
 
 const limits = Value.Default(ConfigSchema.properties.mqtt, {}) as BrokerLimits;
@@ -43,49 +45,17 @@ function capturingLogger() {
   return { log: createLogger({ level: 'info', destination }), lines };
 }
 
-function connect(url: string, options: Partial<IClientOptions> = {}): Promise<MqttClient> {
-  return new Promise((resolvePromise, reject) => {
-    const client = mqtt.connect(url, {
-      clientId: '',
-      protocolVersion: 5,
-      clean: true,
-      keepalive: 30,
-      reconnectPeriod: 0,
-      connectTimeout: 5000,
-      ...options,
-    } as IClientOptions);
-    client.once('connect', () => {
-      client.removeAllListeners('error');
-      client.on('error', () => {});
-      resolvePromise(client);
-    });
-    client.once('error', (error) => {
-      client.end(true);
-      reject(error);
-    });
-  });
-}
+/** An anonymous client: an empty client ID unless the test names one. */
+const connect = (url: string, options: Partial<IClientOptions> = {}): Promise<MqttClient> =>
+  connectClient(url, { clientId: '', ...options });
 
-const end = (client: MqttClient) => new Promise<void>((r) => client.end(false, {}, () => r()));
-
-function nextMessages(
-  client: MqttClient,
-  count: number,
-): Promise<Array<{ topic: string; payload: string; qos: number }>> {
-  return new Promise((resolvePromise, reject) => {
-    const got: Array<{ topic: string; payload: string; qos: number }> = [];
-    const timer = setTimeout(() => reject(new Error(`only ${got.length} of ${count} messages arrived`)), 5000);
-    const onMessage = (topic: string, payload: Buffer, packet: { qos: number }) => {
-      got.push({ topic, payload: payload.toString('utf8'), qos: packet.qos });
-      if (got.length === count) {
-        clearTimeout(timer);
-        client.off('message', onMessage);
-        resolvePromise(got);
-      }
-    };
-    client.on('message', onMessage);
-  });
-}
+/** The next `count` messages as topic, UTF-8 payload and QoS. */
+const nextPayloads = async (client: MqttClient, count: number) =>
+  (await nextMessages(client, count)).map(({ topic, payload, packet }) => ({
+    topic,
+    payload: payload.toString('utf8'),
+    qos: packet.qos,
+  }));
 
 describe('MQTT conformance listener (in-process)', () => {
   let broker: MqttBroker;
@@ -120,7 +90,7 @@ describe('MQTT conformance listener (in-process)', () => {
       try {
         const granted = await subscriber.subscribeAsync('a/#', { qos: 1 });
         assert.equal(granted[0]?.qos, 1);
-        const received = nextMessages(subscriber, 2);
+        const received = nextPayloads(subscriber, 2);
         await publisher.publishAsync('a/b', 'zero', { qos: 0 });
         await publisher.publishAsync('a/b', 'one', { qos: 1 });
         const messages = await received;
@@ -132,22 +102,18 @@ describe('MQTT conformance listener (in-process)', () => {
           ],
         );
       } finally {
-        await end(subscriber);
-        await end(publisher);
+        await endClient(subscriber);
+        await endClient(publisher);
       }
     });
   }
 
   test('[CHAN-6] an empty MQTT 5 client ID is assigned one', async () => {
-    const client = mqtt.connect(url, { clientId: '', protocolVersion: 5, clean: true, reconnectPeriod: 0 });
+    const { client, connack } = await openMqttClient(url, { clientId: '' });
     try {
-      const connack = await new Promise<{ properties?: { assignedClientIdentifier?: string } }>((r, reject) => {
-        client.once('connect', (packet) => r(packet));
-        client.once('error', reject);
-      });
       assert.match(connack.properties?.assignedClientIdentifier ?? '', /^conformance-[0-9a-f-]{36}$/);
     } finally {
-      await end(client);
+      await endClient(client);
     }
   });
 
@@ -267,7 +233,7 @@ describe('[CHAN-6] conformance hooks never reach a production listener; the conf
       try {
         assert.equal(isLoopbackHost(listener.address().address), true);
         const client = await connect(listener.url(), { protocolVersion: 4, clientId: 'loopback' });
-        await end(client);
+        await endClient(client);
       } finally {
         await broker.close();
         await listener.close();
@@ -317,11 +283,11 @@ describe('`castellan broker --conformance`', () => {
     });
     const subscriber = await connect(address, { protocolVersion: 5, clientId: 'cli-sub' });
     const publisher = await connect(address, { protocolVersion: 4, clientId: 'cli-pub' });
-    const received = nextMessages(subscriber, 1);
+    const received = nextPayloads(subscriber, 1);
     await subscriber.subscribeAsync('a/#', { qos: 1 });
     await publisher.publishAsync('a/b', 'hello', { qos: 1 });
     assert.deepEqual(await received, [{ topic: 'a/b', payload: 'hello', qos: 1 }]);
-    await end(publisher);
+    await endClient(publisher);
     const serverClosed = new Promise<void>((r) => subscriber.once('close', () => r()));
     child.kill('SIGTERM');
     assert.equal(await exited, 0, stderr);

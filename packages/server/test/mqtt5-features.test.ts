@@ -421,4 +421,18 @@ describe('MQTT 5 features', () => {
       raw.close();
     });
   });
+
+  test('[MQTT-3.1.2-1] a CONNECT with another protocol name ("MQIsdp") at level 4 is refused (CONNACK 0x01), never processed as MQTT', async () => {
+    const core = await startCoreBroker();
+    try {
+      const raw = await RawClient.open(core.port, 4);
+      raw.send(Buffer.from('10100006' + Buffer.from('MQIsdp').toString('hex') + '0402003c00026964', 'hex'), 4);
+      const connack = (await raw.next('connack')) as mqttPacket.IConnackPacket | undefined;
+      assert.equal(connack?.returnCode, 1);
+      assert.ok(await raw.waitClosed());
+      assert.equal(core.broker.stats.connectsAccepted, 0);
+    } finally {
+      await core.close();
+    }
+  });
 });

@@ -1,9 +1,46 @@
-// MQTT clients for tests: mqtt.js for well-formed sessions, a raw TLS socket for hostile bytes.
-import type tls from 'node:tls';
+// MQTT clients for tests: mqtt.js for well-formed sessions, a raw socket (plain TCP to a broker core,
+// or TLS to a platform's listener) for hostile bytes. Light on purpose: broker-core tests import it
+// without starting a platform.
+import { once } from 'node:events';
+import net from 'node:net';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import mqttPacket, { type Packet } from 'mqtt-packet';
+import mqttPacket, { type IConnackPacket, type Packet } from 'mqtt-packet';
 import type { Platform } from '../../src/platform.ts';
-import { openTls } from './test-platform.ts';
+
+/**
+ * An mqtt.js client (MQTT 5, clean start, keep alive 30 and no reconnects unless `options` say
+ * otherwise). Resolves with the client and its CONNACK; rejects with mqtt.js's error on a refusal (its
+ * numeric `code` is the CONNACK code) or when the connection closes before CONNACK. `onClient` sees
+ * the client before any packet arrives, to listen from the first one.
+ */
+export function openMqttClient(
+  url: string,
+  options: Partial<IClientOptions> = {},
+  onClient?: (client: MqttClient) => void,
+): Promise<{ client: MqttClient; connack: IConnackPacket }> {
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect(url, {
+      protocolVersion: 5,
+      clean: true,
+      keepalive: 30,
+      reconnectPeriod: 0,
+      connectTimeout: 5000,
+      ...options,
+    } as IClientOptions);
+    onClient?.(client);
+    client.once('connect', (connack: IConnackPacket) => {
+      client.removeAllListeners('error');
+      client.on('error', () => {});
+      resolve({ client, connack });
+    });
+    client.once('error', (error) => {
+      client.end(true);
+      reject(error);
+    });
+    // A server that hangs up before CONNACK, with no error; once connected this settles nothing.
+    client.once('close', () => reject(new Error('closed before CONNACK')));
+  });
+}
 
 export interface MqttConnectOptions {
   username?: string;
@@ -45,21 +82,11 @@ export function mqttConnect(
     ...(options.will ? { will: options.will } : {}),
     ...(options.localAddress ? { localAddress: options.localAddress } : {}),
   } as IClientOptions;
-  return new Promise((resolve) => {
-    const client = mqtt.connect(url, clientOptions);
-    client.once('connect', () => {
-      client.removeAllListeners('error');
-      client.on('error', () => {});
-      resolve({ client });
-    });
-    client.once('error', (error: Error & { code?: number }) => {
-      client.end(true);
-      resolve(typeof error.code === 'number' ? { refusedWith: error.code, error } : { error });
-    });
-    client.once('close', () => {
-      resolve({ error: new Error('closed before CONNACK') });
-    });
-  });
+  return openMqttClient(url, clientOptions).then(
+    ({ client }) => ({ client }),
+    (error: Error & { code?: number }) =>
+      typeof error.code === 'number' ? { refusedWith: error.code, error } : { error },
+  );
 }
 
 export async function connectDevice(
@@ -121,15 +148,25 @@ export function subscribeOutcome(client: MqttClient, filters: string[]): Promise
   });
 }
 
-/** A raw TLS connection to the MQTT listener, with a packet reader for MQTT 3.1.1 or 5. */
+/**
+ * Where a raw client connects: a loopback TCP port (a broker core's plain listener, mqtt-core.ts) or
+ * a platform, whose TLS MQTT listener it opens.
+ */
+export type RawTarget = number | Platform;
+
+/**
+ * A raw MQTT client over any connected socket (plain TCP or TLS): sends packets or bytes as given,
+ * reads decoded packets for MQTT 3.1.1 or 5. `send` encodes for MQTT 5 unless told otherwise, so a
+ * test can put a packet of the other level on the wire.
+ */
 export class RawMqtt {
-  readonly socket: tls.TLSSocket;
+  readonly socket: net.Socket;
   readonly packets: Packet[] = [];
   closed = false;
   readonly #parser;
   #waiters: Array<() => void> = [];
 
-  private constructor(socket: tls.TLSSocket, protocolVersion: 4 | 5) {
+  constructor(socket: net.Socket, protocolVersion: 4 | 5 = 5) {
     this.socket = socket;
     this.#parser = mqttPacket.parser({ protocolVersion });
     this.#parser.on('packet', (p: Packet) => {
@@ -145,19 +182,56 @@ export class RawMqtt {
     });
   }
 
-  #notify() {
+  #notify(): void {
     for (const w of this.#waiters.splice(0)) w();
   }
 
-  static async open(platform: Platform, protocolVersion: 4 | 5 = 5): Promise<RawMqtt> {
-    return new RawMqtt(await openTls(platform, platform.mqttPort), protocolVersion);
+  /** Resolves on the next packet or close, or after `ms`. */
+  #wait(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.#waiters.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
   }
 
-  send(bytes: Buffer | Packet, protocolVersion: 4 | 5 = 5): void {
-    this.socket.write(Buffer.isBuffer(bytes) ? bytes : mqttPacket.generate(bytes, { protocolVersion }));
+  static async open(target: RawTarget, protocolVersion: 4 | 5 = 5): Promise<RawMqtt> {
+    if (typeof target === 'number') {
+      const socket = net.connect({ host: '127.0.0.1', port: target });
+      await once(socket, 'connect');
+      return new RawMqtt(socket, protocolVersion);
+    }
+    // Loaded here, not at the top: test-platform.ts brings the whole platform (over a second to
+    // load), which broker-core tests never start.
+    const { openTls } = await import('./test-platform.ts');
+    return new RawMqtt(await openTls(target, target.mqttPort), protocolVersion);
   }
 
-  /** Waits until a packet of `cmd` arrives or the socket closes (then resolves undefined). */
+  /** Opens, sends CONNECT and waits for a successful CONNACK. */
+  static async connect(
+    target: RawTarget,
+    fields: Partial<mqttPacket.IConnectPacket> & { clientId: string },
+    protocolVersion: 4 | 5 = 5,
+  ): Promise<{ raw: RawMqtt; connack: mqttPacket.IConnackPacket }> {
+    const raw = await RawMqtt.open(target, protocolVersion);
+    raw.send(
+      { cmd: 'connect', protocolId: 'MQTT', protocolVersion, clean: true, keepalive: 30, ...fields },
+      protocolVersion,
+    );
+    const connack = (await raw.next('connack')) as mqttPacket.IConnackPacket | undefined;
+    if (!connack) throw new Error('closed before CONNACK');
+    const code = connack.reasonCode ?? connack.returnCode ?? 0;
+    if (code !== 0) throw new Error(`CONNACK refused: ${code}`);
+    return { raw, connack };
+  }
+
+  send(packet: Buffer | Packet, protocolVersion: 4 | 5 = 5): void {
+    this.socket.write(Buffer.isBuffer(packet) ? packet : mqttPacket.generate(packet, { protocolVersion }));
+  }
+
+  /** The next packet of `cmd` (earlier ones of other types stay queued); undefined if the socket closed. */
   async next(cmd: string, timeoutMs = 5000): Promise<Packet | undefined> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -166,27 +240,20 @@ export class RawMqtt {
       if (this.closed) return undefined;
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`timed out waiting for ${cmd}`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.#waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
+      await this.#wait(left);
     }
+  }
+
+  /** Round trip that proves every earlier packet was processed (or the connection closed). */
+  async barrier(protocolVersion: 4 | 5 = 5): Promise<boolean> {
+    if (this.closed) return false;
+    this.send({ cmd: 'pingreq' }, protocolVersion);
+    return (await this.next('pingresp')) !== undefined;
   }
 
   async waitClosed(timeoutMs = 5000): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
-    while (!this.closed && Date.now() < deadline) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, deadline - Date.now());
-        this.#waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
+    while (!this.closed && Date.now() < deadline) await this.#wait(deadline - Date.now());
     return this.closed;
   }
 

@@ -1,11 +1,11 @@
 // The broker core on a plain TCP socket on loopback, in this process, with hooks and store the test
 // chooses: for tests of MQTT features that need the broker object itself (stats, publishSystem, a
-// recording store, presence hooks). Also a raw packet client (mqtt-packet) and a recording BrokerStore
-// that keeps real state, so a "restart" (a new MqttBroker over the same store) can restore from it.
+// recording store, presence hooks). Also a recording BrokerStore that keeps real state, so a
+// "restart" (a new MqttBroker over the same store) can restore from it.
 import { once } from 'node:events';
 import net, { type AddressInfo } from 'node:net';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import mqttPacket, { type Packet } from 'mqtt-packet';
+import type { IClientOptions, MqttClient } from 'mqtt';
+import type mqttPacket from 'mqtt-packet';
 import { Value } from 'typebox/value';
 import { ConfigSchema } from '../../src/config/index.ts';
 import {
@@ -21,6 +21,11 @@ import {
   type StoredSubscription,
 } from '../../src/gateway/mqtt/index.ts';
 import { createLogger } from '../../src/logging/index.ts';
+import { openMqttClient } from './mqtt-clients.ts';
+
+// The raw packet client (RawClient.open(port), RawClient.connect(port, fields)) and endClient are
+// mqtt-clients.ts's, under the names these tests know.
+export { endClient, RawMqtt as RawClient } from './mqtt-clients.ts';
 
 export const defaultLimits = Value.Default(ConfigSchema.properties.mqtt, {}) as BrokerLimits;
 
@@ -85,30 +90,9 @@ export async function startCoreBroker(
 }
 
 /** An mqtt.js client (no reconnects); resolves once connected, rejects on a refusal. */
-export function connectClient(url: string, options: Partial<IClientOptions> = {}): Promise<MqttClient> {
-  return new Promise((resolve, reject) => {
-    const client = mqtt.connect(url, {
-      protocolVersion: 5,
-      clean: true,
-      keepalive: 30,
-      reconnectPeriod: 0,
-      connectTimeout: 5000,
-      ...options,
-    } as IClientOptions);
-    client.once('connect', () => {
-      client.removeAllListeners('error');
-      client.on('error', () => {});
-      resolve(client);
-    });
-    client.once('error', (error) => {
-      client.end(true);
-      reject(error);
-    });
-  });
+export async function connectClient(url: string, options: Partial<IClientOptions> = {}): Promise<MqttClient> {
+  return (await openMqttClient(url, options)).client;
 }
-
-export const endClient = (client: MqttClient): Promise<void> =>
-  new Promise((resolve) => client.end(false, {}, () => resolve()));
 
 export interface Received {
   topic: string;
@@ -134,107 +118,6 @@ export function nextMessages(client: MqttClient, count: number, ms = 5000): Prom
     };
     client.on('message', onMessage);
   });
-}
-
-/** A raw MQTT client on plain TCP: sends packets or bytes, reads decoded packets. */
-export class RawClient {
-  readonly socket: net.Socket;
-  readonly packets: Packet[] = [];
-  closed = false;
-  readonly #parser;
-  #waiters: Array<() => void> = [];
-
-  private constructor(socket: net.Socket, protocolVersion: 4 | 5) {
-    this.socket = socket;
-    this.#parser = mqttPacket.parser({ protocolVersion });
-    this.#parser.on('packet', (p: Packet) => {
-      this.packets.push(p);
-      this.#notify();
-    });
-    this.#parser.on('error', () => {});
-    socket.on('data', (chunk: Buffer) => this.#parser.parse(chunk));
-    socket.on('error', () => {});
-    socket.on('close', () => {
-      this.closed = true;
-      this.#notify();
-    });
-  }
-
-  #notify(): void {
-    for (const w of this.#waiters.splice(0)) w();
-  }
-
-  static async open(port: number, protocolVersion: 4 | 5 = 5): Promise<RawClient> {
-    const socket = net.connect({ host: '127.0.0.1', port });
-    await once(socket, 'connect');
-    return new RawClient(socket, protocolVersion);
-  }
-
-  /** Opens, sends CONNECT and waits for a successful CONNACK. */
-  static async connect(
-    port: number,
-    fields: Partial<mqttPacket.IConnectPacket> & { clientId: string },
-    protocolVersion: 4 | 5 = 5,
-  ): Promise<{ raw: RawClient; connack: mqttPacket.IConnackPacket }> {
-    const raw = await RawClient.open(port, protocolVersion);
-    raw.send(
-      { cmd: 'connect', protocolId: 'MQTT', protocolVersion, clean: true, keepalive: 30, ...fields },
-      protocolVersion,
-    );
-    const connack = (await raw.next('connack')) as mqttPacket.IConnackPacket | undefined;
-    if (!connack) throw new Error('closed before CONNACK');
-    const code = connack.reasonCode ?? connack.returnCode ?? 0;
-    if (code !== 0) throw new Error(`CONNACK refused: ${code}`);
-    return { raw, connack };
-  }
-
-  send(packet: Buffer | Packet, protocolVersion: 4 | 5 = 5): void {
-    this.socket.write(Buffer.isBuffer(packet) ? packet : mqttPacket.generate(packet, { protocolVersion }));
-  }
-
-  /** The next packet of `cmd` (earlier ones of other types stay queued); undefined if the socket closed. */
-  async next(cmd: string, timeoutMs = 5000): Promise<Packet | undefined> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const index = this.packets.findIndex((p) => p.cmd === cmd);
-      if (index >= 0) return this.packets.splice(index, 1)[0];
-      if (this.closed) return undefined;
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out waiting for ${cmd}`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.#waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-  }
-
-  /** Round trip that proves every earlier packet was processed (or the connection closed). */
-  async barrier(protocolVersion: 4 | 5 = 5): Promise<boolean> {
-    if (this.closed) return false;
-    this.send({ cmd: 'pingreq' }, protocolVersion);
-    return (await this.next('pingresp')) !== undefined;
-  }
-
-  async waitClosed(timeoutMs = 5000): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (!this.closed && Date.now() < deadline) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, deadline - Date.now());
-        this.#waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-    return this.closed;
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
 }
 
 export type StoreCall = { op: string; clientId?: string; args: unknown[] };

@@ -74,7 +74,8 @@ export function loadCorpus(dir = CORPUS_DIR): CorpusCase[] {
 
 export const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 
-function connectPacket(ver: 3 | 4 | 5, clientId: string): Buffer {
+/** A clean-start CONNECT (keep alive 60) at protocol level `ver`, MQTT 3.1's 'MQIsdp' name for 3. */
+export function connectPacket(ver: 3 | 4 | 5, clientId: string): Buffer {
   return mqttPacket.generate({
     cmd: 'connect',
     protocolId: ver === 3 ? 'MQIsdp' : 'MQTT',

@@ -24,7 +24,7 @@ import {
 import { LENGTH_MALFORMED, PacketFramer } from '../../src/gateway/mqtt/packet-framer.ts';
 import { readConnectProtocol, validatePacket } from '../../src/gateway/mqtt/packet-validator.ts';
 import { createLogger } from '../../src/logging/index.ts';
-import { corpusAvailable, hex, loadCorpus } from './mqtt-corpus.ts';
+import { connectPacket as corpusConnectPacket, corpusAvailable, hex, loadCorpus } from './mqtt-corpus.ts';
 
 /** The production broker's default limits (config-schema.ts, mqtt.*). */
 export const DEFAULT_LIMITS = Value.Default(ConfigSchema.properties.mqtt, {}) as BrokerLimits;
@@ -46,15 +46,9 @@ export interface FuzzSeed {
   source: string;
 }
 
+/** The corpus replay's CONNECT, as the fuzzer's client unless another is named. */
 export function connectPacket(ver: 3 | 4 | 5, clientId = FUZZ_CLIENT_ID): Buffer {
-  return mqttPacket.generate({
-    cmd: 'connect',
-    protocolId: ver === 3 ? 'MQIsdp' : 'MQTT',
-    protocolVersion: ver,
-    clientId,
-    keepalive: 60,
-    clean: true,
-  });
+  return corpusConnectPacket(ver, clientId);
 }
 
 /** A few packets of every type for both versions, so the fuzzer also runs where the corpus is absent. */

@@ -15,8 +15,15 @@
 // - times are bucketed against the spec's bounds, never compared as numbers.
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
-import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from 'mqtt';
-import mqttPacket, { type IConnackPacket, type IDisconnectPacket, type IPublishPacket, type Packet } from 'mqtt-packet';
+import type { IClientOptions, IClientPublishOptions, MqttClient } from 'mqtt';
+import mqttPacket, {
+  type IConnackPacket,
+  type IConnectPacket,
+  type IDisconnectPacket,
+  type IPublishPacket,
+  type Packet,
+} from 'mqtt-packet';
+import { openMqttClient } from './mqtt-clients.ts';
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 /** What a scenario saw. `info` holds raw values the spec leaves open: reported, not compared. */
@@ -30,6 +37,32 @@ const ARRIVAL_TIMEOUT_MS = 2000;
 function hostPort(url: string): { host: string; port: number } {
   const parsed = new URL(url);
   return { host: parsed.hostname, port: Number(parsed.port) };
+}
+
+/** A client's wake-ups: every packet or close notifies, so waits end on events, not on a clock. */
+class Waiters {
+  #waiters: Array<() => void> = [];
+
+  notify(): void {
+    for (const waiter of this.#waiters.splice(0)) waiter();
+  }
+
+  /** Waits until `done()` holds, something arrives that makes it hold, `closed()` holds or the timeout passes. */
+  async until(done: () => boolean, closed: () => boolean, timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (!done()) {
+      const left = deadline - Date.now();
+      if (left <= 0 || closed()) return done();
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.#waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    return true;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -54,79 +87,41 @@ export class ConnectRefused extends Error {
 
 export class TestClient {
   readonly client: MqttClient;
-  readonly connack: IConnackPacket;
+  connack!: IConnackPacket;
   readonly messages: Received[] = [];
   readonly acks: Packet[] = [];
   serverDisconnect: IDisconnectPacket | undefined;
   closed = false;
-  #waiters: Array<() => void> = [];
+  readonly #events = new Waiters();
 
-  private constructor(client: MqttClient, connack: IConnackPacket) {
+  /** Records from the client's first packet on (mqtt.js reports packets before its 'connect'). */
+  private constructor(client: MqttClient) {
     this.client = client;
-    this.connack = connack;
-  }
-
-  #notify(): void {
-    for (const waiter of this.#waiters.splice(0)) waiter();
-  }
-
-  /** Waits until `done()` holds, something arrives that makes it hold, or the timeout passes. */
-  async #until(done: () => boolean, timeoutMs: number): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (!done()) {
-      const left = deadline - Date.now();
-      if (left <= 0 || this.closed) return done();
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.#waiters.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
-    return true;
-  }
-
-  static connect(url: string, options: Partial<IClientOptions> = {}): Promise<TestClient> {
-    return new Promise((resolve, reject) => {
-      const client = mqtt.connect(url, {
-        protocolVersion: 5,
-        clientId: `d-${uid()}`,
-        clean: true,
-        keepalive: 30,
-        reconnectPeriod: 0,
-        connectTimeout: 5000,
-        ...options,
-      } as IClientOptions);
-      let wrapper: TestClient | undefined;
-      const early: Packet[] = [];
-      client.on('packetreceive', (packet: Packet) => {
-        if (!wrapper) {
-          early.push(packet);
-          return;
-        }
-        wrapper.#record(packet);
-      });
-      client.once('connect', (connack: IConnackPacket) => {
-        client.removeAllListeners('error');
-        client.on('error', () => {});
-        wrapper = new TestClient(client, connack);
-        const self = wrapper;
-        for (const packet of early.splice(0)) if (packet.cmd !== 'connack') self.#record(packet);
-        client.on('close', () => {
-          self.closed = true;
-          self.#notify();
-        });
-        resolve(self);
-      });
-      client.once('error', (error: Error & { code?: number }) => {
-        client.end(true);
-        reject(typeof error.code === 'number' ? new ConnectRefused(error.code) : error);
-      });
-      client.once('close', () => {
-        if (!wrapper) reject(new Error('connection closed before CONNACK'));
-      });
+    client.on('packetreceive', (packet: Packet) => {
+      if (packet.cmd !== 'connack') this.#record(packet);
     });
+    client.on('close', () => {
+      this.closed = true;
+      this.#events.notify();
+    });
+  }
+
+  #until(done: () => boolean, timeoutMs: number): Promise<boolean> {
+    return this.#events.until(done, () => this.closed, timeoutMs);
+  }
+
+  static async connect(url: string, options: Partial<IClientOptions> = {}): Promise<TestClient> {
+    let self!: TestClient;
+    try {
+      const { connack } = await openMqttClient(url, { clientId: `d-${uid()}`, ...options }, (client) => {
+        self = new TestClient(client);
+      });
+      self.connack = connack;
+      return self;
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      throw typeof code === 'number' ? new ConnectRefused(code) : error;
+    }
   }
 
   #record(packet: Packet): void {
@@ -145,7 +140,7 @@ export class TestClient {
     } else {
       this.acks.push(packet);
     }
-    this.#notify();
+    this.#events.notify();
   }
 
   /** Subscribes with one SUBSCRIBE and returns the SUBACK's codes as sent. */
@@ -244,8 +239,23 @@ export class TestClient {
     return this.#until(() => this.messages.some((m) => m.topic === topic), timeoutMs);
   }
 
+  /**
+   * Waits until `count` messages arrived (or the timeout), then a PINGREQ round trip so that nothing
+   * more is on its way; returns all messages so far.
+   */
+  async settled(count: number): Promise<Received[]> {
+    await this.waitFor(count);
+    await this.ping();
+    return this.messages;
+  }
+
   async waitClosed(timeoutMs = ARRIVAL_TIMEOUT_MS): Promise<boolean> {
     return this.#until(() => this.closed, timeoutMs);
+  }
+
+  /** The reason code of a DISCONNECT the server sent, if it sent one. */
+  disconnectReason(): number | undefined {
+    return this.serverDisconnect ? (this.serverDisconnect.reasonCode ?? 0) : undefined;
   }
 
   /** A normal DISCONNECT (or with the given reason code and properties), then waits for the close. */
@@ -285,11 +295,13 @@ export class RawClient {
   lastSentAt = 0;
   /** Incremented on every packet sent or received. */
   seq = 0;
+  /** The answer to connect(), once it came. */
+  connack: IConnackPacket | undefined;
   readonly #taken = new Set<RawPacket>();
   #buffer = Buffer.alloc(0);
   #frame: Buffer = Buffer.alloc(0);
   readonly #parser;
-  #waiters: Array<() => void> = [];
+  readonly #events = new Waiters();
 
   private constructor(socket: net.Socket, protocolVersion: 3 | 4 | 5) {
     this.socket = socket;
@@ -297,7 +309,7 @@ export class RawClient {
     this.#parser = mqttPacket.parser({ protocolVersion: protocolVersion === 3 ? 4 : protocolVersion });
     this.#parser.on('packet', (packet: Packet) => {
       this.log.push({ packet, frame: this.#frame, at: Date.now(), seq: ++this.seq });
-      this.#notify();
+      this.#events.notify();
     });
     this.#parser.on('error', () => {});
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
@@ -305,7 +317,7 @@ export class RawClient {
     socket.on('close', () => {
       this.closed = true;
       this.closedAt = Date.now();
-      this.#notify();
+      this.#events.notify();
     });
   }
 
@@ -322,6 +334,13 @@ export class RawClient {
     });
   }
 
+  /** Opens a connection and sends CONNECT (see connect()); the answer is in `connack`. */
+  static async connected(url: string, fields: Partial<IConnectPacket> = {}): Promise<RawClient> {
+    const raw = await RawClient.open(url);
+    await raw.connect(fields);
+    return raw;
+  }
+
   /** Splits the stream into whole packets so each parsed packet keeps its exact bytes. */
   #onData(chunk: Buffer): void {
     this.#buffer = Buffer.concat([this.#buffer, chunk]);
@@ -336,24 +355,8 @@ export class RawClient {
     }
   }
 
-  #notify(): void {
-    for (const waiter of this.#waiters.splice(0)) waiter();
-  }
-
-  async #until(done: () => boolean, timeoutMs: number): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (!done()) {
-      const left = deadline - Date.now();
-      if (left <= 0 || this.closed) return done();
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.#waiters.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
-    return true;
+  #until(done: () => boolean, timeoutMs: number): Promise<boolean> {
+    return this.#events.until(done, () => this.closed, timeoutMs);
   }
 
   /** Sends a packet (or raw bytes) and returns its sequence number. */
@@ -388,7 +391,7 @@ export class RawClient {
     return this.all(cmd).length;
   }
 
-  async connect(fields: Partial<mqttPacket.IConnectPacket> = {}): Promise<IConnackPacket | undefined> {
+  async connect(fields: Partial<IConnectPacket> = {}): Promise<IConnackPacket | undefined> {
     this.send({
       cmd: 'connect',
       protocolId: this.protocolVersion === 3 ? 'MQIsdp' : 'MQTT',
@@ -398,7 +401,14 @@ export class RawClient {
       keepalive: 30,
       ...fields,
     });
-    return (await this.next('connack'))?.packet as IConnackPacket | undefined;
+    this.connack = (await this.next('connack'))?.packet as IConnackPacket | undefined;
+    return this.connack;
+  }
+
+  /** One SUBSCRIBE (identifier 1) and its SUBACK. */
+  async subscribe(topic: string, qos: 0 | 1 | 2 = 1): Promise<RawPacket | undefined> {
+    this.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic, qos }] });
+    return this.next('suback');
   }
 
   /** A PINGREQ round trip (see TestClient.ping). */
@@ -550,12 +560,30 @@ const closeTiming = (silentMs: number, keepAliveSeconds: number) => {
   return Number.isFinite(silentMs) ? 'late' : 'never';
 };
 /** The class of a server's close: the spec requires the close; a DISCONNECT before it is optional. */
-const closeClass = (closed: boolean, reason: number | undefined, allowed: number) =>
-  !closed
+const closeClass = (client: TestClient | RawClient, allowed: number) => {
+  const reason = client.disconnectReason();
+  return !client.closed
     ? 'still open'
     : reason === undefined || reason === allowed
       ? 'closed'
       : `closed with 0x${reason.toString(16)}`;
+};
+
+/**
+ * Waits (up to `timeoutMs`) for the server to close `raw`, silent since its last packet, and classes
+ * when and how it did against the keep alive in force [MQTT-3.1.2-22].
+ */
+async function closeForSilence(raw: RawClient, keepAliveSeconds: number, timeoutMs: number) {
+  const silentFrom = raw.lastSentAt;
+  await raw.waitClosed(timeoutMs);
+  const silentMs = raw.closed ? raw.closedAt - silentFrom : Infinity;
+  raw.destroy();
+  return {
+    closedAfterSilence: closeTiming(silentMs, keepAliveSeconds),
+    close: closeClass(raw, 0x8d),
+    info: { silentMs: Number.isFinite(silentMs) ? silentMs : null, disconnect: raw.disconnectReason() ?? null },
+  };
+}
 
 /**
  * Subscribes `watcher` to a private barrier topic and returns a function that proves every message
@@ -635,9 +663,7 @@ export const scenarios: Scenario[] = [
       const resumed = await TestClient.connect(url, { ...session, clean: false });
       await resumed.waitFor(1);
       await publisher.publish(topic, 'online', { qos: 1 });
-      await resumed.waitFor(2);
-      await resumed.ping();
-      const resumedMessages = payloads(resumed.messages);
+      const resumedMessages = payloads(await resumed.settled(2));
       await resumed.end();
       const fresh = await TestClient.connect(url, { ...session, clean: true });
       const flush = await barrier(publisher, fresh);
@@ -731,11 +757,8 @@ export const scenarios: Scenario[] = [
         qos2: await publisher.publish(topic, 'p2', { qos: 2 }),
       };
       const received: Json[] = [];
-      for (const sub of subs) {
-        await sub.waitFor(3);
-        await sub.ping();
-        received.push(sub.messages.map((m) => view(m, ['qos', 'retain'])).sort(byPayload));
-      }
+      for (const sub of subs)
+        received.push((await sub.settled(3)).map((m) => view(m, ['qos', 'retain'])).sort(byPayload));
       await endAll(publisher, ...subs);
       return { granted, acks, received };
     },
@@ -769,8 +792,7 @@ export const scenarios: Scenario[] = [
       const topic = `qos2/${uid()}`;
       const sub = await TestClient.connect(url);
       await sub.subscribe(topic, { qos: 2 });
-      const raw = await RawClient.open(url);
-      await raw.connect();
+      const raw = await RawClient.connected(url);
       const publish = (payload: string, dup: boolean) =>
         raw.send({ cmd: 'publish', topic, payload, qos: 2, messageId: 7, dup, retain: false });
       const codes: Json[] = [];
@@ -789,11 +811,8 @@ export const scenarios: Scenario[] = [
       await ack('pubrec');
       raw.send({ cmd: 'pubrel', messageId: 7 });
       await ack('pubcomp');
-      await sub.waitFor(2);
-      await sub.ping();
-      const observation = { publisherAcks: codes, received: payloads(sub.messages) };
-      raw.destroy();
-      await endAll(sub);
+      const observation = { publisherAcks: codes, received: payloads(await sub.settled(2)) };
+      await endAll(raw, sub);
       return observation;
     },
     expected: {
@@ -814,19 +833,15 @@ export const scenarios: Scenario[] = [
       await publisher.publish(`${base}/b`, 'bee', { qos: 1, retain: true });
       const first = await TestClient.connect(url);
       await first.subscribe(`${base}/#`, { qos: 1 });
-      await first.waitFor(2);
-      await first.ping();
-      const onSubscribe = first.messages.map((m) => view(m, ['topic', 'qos', 'retain'], base)).sort(byPayload);
+      const onSubscribe = (await first.settled(2))
+        .map((m) => view(m, ['topic', 'qos', 'retain'], base))
+        .sort(byPayload);
       first.messages.length = 0;
       await publisher.publish(`${base}/a`, '', { qos: 1, retain: true }); // clears [MQTT-3.3.1-6]
-      await first.waitFor(1);
-      await first.ping();
-      const clearSeenLive = first.messages.map((m) => view(m, ['topic', 'retain'], base));
+      const clearSeenLive = (await first.settled(1)).map((m) => view(m, ['topic', 'retain'], base));
       const late = await TestClient.connect(url);
       await late.subscribe(`${base}/#`, { qos: 1 });
-      await late.waitFor(1);
-      await late.ping();
-      const afterClear = late.messages.map((m) => view(m, ['topic', 'retain'], base));
+      const afterClear = (await late.settled(1)).map((m) => view(m, ['topic', 'retain'], base));
       await publisher.publish(`${base}/b`, '', { qos: 1, retain: true });
       await endAll(publisher, first, late);
       return { onSubscribe, clearSeenLive, afterClear };
@@ -858,9 +873,7 @@ export const scenarios: Scenario[] = [
         for (let i = 0; i < subscribes; i++) {
           await c.subscribe(topic, { qos: 1, rh });
           const expect = rh === 0 ? i + 1 : rh === 1 ? 1 : 0;
-          await c.waitFor(expect);
-          await c.ping();
-          seen.push(c.messages.length);
+          seen.push((await c.settled(expect)).length);
         }
         counts[`rh${rh}`] = seen;
         await c.end();
@@ -1001,24 +1014,17 @@ export const scenarios: Scenario[] = [
     profile: 'default',
     slow: true,
     async run(url) {
-      const raw = await RawClient.open(url);
-      const connack = await raw.connect({ keepalive: 1 });
+      const raw = await RawClient.connected(url, { keepalive: 1 });
       // Activity keeps it open well past 1.5 s from CONNECT.
       for (let i = 0; i < 4; i++) {
         await sleep(500);
         await raw.ping();
       }
       const aliveWhilePinging = !raw.closed;
-      const silentFrom = raw.lastSentAt;
-      await raw.waitClosed(5000);
-      const silentMs = raw.closed ? raw.closedAt - silentFrom : Infinity;
-      raw.destroy();
       return {
-        serverKeepAlive: connack?.properties?.serverKeepAlive ?? null,
+        serverKeepAlive: raw.connack?.properties?.serverKeepAlive ?? null,
         aliveWhilePinging,
-        closedAfterSilence: closeTiming(silentMs, 1),
-        close: closeClass(raw.closed, raw.disconnectReason(), 0x8d),
-        info: { silentMs: Number.isFinite(silentMs) ? silentMs : null, disconnect: raw.disconnectReason() ?? null },
+        ...(await closeForSilence(raw, 1, 5000)),
       };
     },
     expected: { serverKeepAlive: null, aliveWhilePinging: true, closedAfterSilence: 'in time', close: 'closed' },
@@ -1058,17 +1064,10 @@ export const scenarios: Scenario[] = [
     profile: 'keepalive-10',
     slow: true,
     async run(url) {
-      const raw = await RawClient.open(url);
-      const connack = await raw.connect({ keepalive: 60 });
-      const silentFrom = raw.lastSentAt;
-      await raw.waitClosed(20_000);
-      const silentMs = raw.closed ? raw.closedAt - silentFrom : Infinity;
-      raw.destroy();
+      const raw = await RawClient.connected(url, { keepalive: 60 });
       return {
-        serverKeepAlive: connack?.properties?.serverKeepAlive ?? null,
-        closedAfterSilence: closeTiming(silentMs, 10),
-        close: closeClass(raw.closed, raw.disconnectReason(), 0x8d),
-        info: { silentMs: Number.isFinite(silentMs) ? silentMs : null, disconnect: raw.disconnectReason() ?? null },
+        serverKeepAlive: raw.connack?.properties?.serverKeepAlive ?? null,
+        ...(await closeForSilence(raw, 10, 20_000)),
       };
     },
     expected: { serverKeepAlive: 10, closedAfterSilence: 'in time', close: 'closed' },
@@ -1097,11 +1096,9 @@ export const scenarios: Scenario[] = [
       await send('', 'use'); // alias only
       await send(`${base}/u`, 'remap'); // a new topic for the same alias
       await send('', 'use-remapped');
-      await sub.waitFor(4);
-      await sub.ping();
+      await sub.settled(4);
       // An alias above the advertised maximum is a protocol error (0x94, 3.3.2.3.4).
-      const raw = await RawClient.open(url);
-      await raw.connect();
+      const raw = await RawClient.connected(url);
       raw.send({
         cmd: 'publish',
         topic: `${base}/t`,
@@ -1120,11 +1117,10 @@ export const scenarios: Scenario[] = [
           topic: m.topic.slice(base.length + 1),
           alias: (m.properties.topicAlias as number | undefined) ?? null,
         })),
-        aliasAboveMaximum: closeClass(raw.closed, raw.disconnectReason(), 0x94),
+        aliasAboveMaximum: closeClass(raw, 0x94),
         info: { topicAliasMaximum: aliasMaximum },
       };
-      raw.destroy();
-      await endAll(publisher, sub);
+      await endAll(raw, publisher, sub);
       return observation;
     },
     expected: {
@@ -1146,10 +1142,8 @@ export const scenarios: Scenario[] = [
     profile: 'default',
     async run(url) {
       const topic = `rm/${uid()}`;
-      const raw = await RawClient.open(url);
-      await raw.connect({ properties: { receiveMaximum: 2 } });
-      raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic, qos: 1 }] });
-      await raw.next('suback');
+      const raw = await RawClient.connected(url, { properties: { receiveMaximum: 2 } });
+      await raw.subscribe(topic);
       const publisher = await TestClient.connect(url);
       for (let i = 1; i <= 5; i++) await publisher.publish(topic, `m${i}`, { qos: 1 });
       const received = () => raw.all('publish').map((p) => p.packet as IPublishPacket);
@@ -1191,8 +1185,7 @@ export const scenarios: Scenario[] = [
         receivedAfterOneAck,
         receivedInTotal: received().map((p) => p.payload.toString()),
       };
-      raw.destroy();
-      await endAll(publisher);
+      await endAll(raw, publisher);
       return observation;
     },
     expected: {
@@ -1218,10 +1211,8 @@ export const scenarios: Scenario[] = [
     profile: 'default',
     async run(url) {
       const topic = `mps/${uid()}`;
-      const raw = await RawClient.open(url);
-      await raw.connect({ properties: { maximumPacketSize: 256 } });
-      raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic, qos: 1 }] });
-      await raw.next('suback');
+      const raw = await RawClient.connected(url, { properties: { maximumPacketSize: 256 } });
+      await raw.subscribe(topic);
       const publisher = await TestClient.connect(url);
       await publisher.publish(topic, 'x'.repeat(1000), { qos: 1 });
       await publisher.publish(topic, 'small', { qos: 1 });
@@ -1237,8 +1228,7 @@ export const scenarios: Scenario[] = [
         largestPacketSent: Math.max(0, ...all.map((p) => p.frame.length)) <= 256,
         stillConnected: !raw.closed,
       };
-      raw.destroy();
-      await endAll(publisher);
+      await endAll(raw, publisher);
       return observation;
     },
     expected: { received: ['small'], largestPacketSent: true, stillConnected: true },
@@ -1251,9 +1241,8 @@ export const scenarios: Scenario[] = [
       const topic = `mps/${uid()}`;
       const watcher = await TestClient.connect(url);
       await watcher.subscribe(topic, { qos: 0 });
-      const raw = await RawClient.open(url);
-      const connack = await raw.connect();
-      const limit = connack?.properties?.maximumPacketSize ?? 0;
+      const raw = await RawClient.connected(url);
+      const limit = raw.connack?.properties?.maximumPacketSize ?? 0;
       raw.send(publishOfSize(topic, limit)); // exactly the limit: allowed
       await raw.ping();
       await watcher.waitFor(1);
@@ -1262,22 +1251,19 @@ export const scenarios: Scenario[] = [
       await watcher.ping();
       const overTheLimitDelivered = watcher.messages.length > 1;
       // Far over, in case a broker counts only part of the packet.
-      const far = await RawClient.open(url);
-      await far.connect();
+      const far = await RawClient.connected(url);
       far.send(publishOfSize(topic, limit + 1000));
       await far.waitClosed();
       await watcher.ping();
       const observation = {
         maximumPacketSize: limit,
         atTheLimit: watcher.messages.length >= 1 ? 'delivered' : 'lost',
-        oneByteOver: closeClass(raw.closed, raw.disconnectReason(), 0x95),
+        oneByteOver: closeClass(raw, 0x95),
         oneByteOverDelivered: overTheLimitDelivered,
-        farOver: closeClass(far.closed, far.disconnectReason(), 0x95),
+        farOver: closeClass(far, 0x95),
         messagesDelivered: watcher.messages.length,
       };
-      raw.destroy();
-      far.destroy();
-      await endAll(watcher);
+      await endAll(raw, far, watcher);
       return observation;
     },
     expected: {
@@ -1335,11 +1321,9 @@ export const scenarios: Scenario[] = [
       const idsFor = async (topic: string) => {
         sub.messages.length = 0;
         await publisher.publish(topic, topic.slice(base.length + 1), { qos: 1 });
-        await sub.waitFor(1);
-        await sub.ping();
         // One copy with every identifier [MQTT-3.3.4-4] or one copy per subscription, each with its
         // own [MQTT-3.3.4-5]: the union is what both must show.
-        return [...new Set(sub.messages.flatMap(subscriptionIds))].sort((a, b) => a - b);
+        return [...new Set((await sub.settled(1)).flatMap(subscriptionIds))].sort((a, b) => a - b);
       };
       const x = await idsFor(`${base}/x`);
       const y = await idsFor(`${base}/y`);
@@ -1385,9 +1369,7 @@ export const scenarios: Scenario[] = [
         groupReceived: groupPayloads.length,
         groupDistinct: new Set(groupPayloads).size,
         nonSharedReceived: plain.messages.length,
-        noLocalOnShared: bad.closed
-          ? closeClass(true, bad.serverDisconnect ? (bad.serverDisconnect.reasonCode ?? 0) : undefined, 0x82)
-          : `still open, SUBACK ${JSON.stringify(badSuback)}`,
+        noLocalOnShared: bad.closed ? closeClass(bad, 0x82) : `still open, SUBACK ${JSON.stringify(badSuback)}`,
         info: { perMember: members.map((m) => m.messages.length) },
       } as Observation;
       await endAll(publisher, plain, bad, ...members);
@@ -1430,8 +1412,7 @@ export const scenarios: Scenario[] = [
         number | undefined;
       await sleep(2200); // time is the feature: 'short' expires while queued
       const back = await TestClient.connect(url, { ...session, clean: false });
-      await back.waitFor(2);
-      await back.ping();
+      await back.settled(2);
       const expiry = (m: Received | undefined) => m?.properties.messageExpiryInterval as number | undefined;
       const longBack = expiry(back.messages.find((m) => m.payload === 'long'));
       const observation = {
@@ -1508,12 +1489,9 @@ export const scenarios: Scenario[] = [
     profile: 'default',
     async run(url) {
       const topic = `up/${uid()}`;
-      const sub = await RawClient.open(url);
-      await sub.connect();
-      sub.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic, qos: 1 }] });
-      await sub.next('suback');
-      const pub = await RawClient.open(url);
-      await pub.connect();
+      const sub = await RawClient.connected(url);
+      await sub.subscribe(topic);
+      const pub = await RawClient.connected(url);
       const sent: Array<[string, string]> = [
         ['b', '2'],
         ['a', '1'],
@@ -1528,8 +1506,7 @@ export const scenarios: Scenario[] = [
         puback: puback ? (puback.reasonCode ?? 0) : 'missing',
         forwarded: got ? (userPropertiesInOrder(got.frame) as Json) : 'nothing received',
       };
-      sub.destroy();
-      pub.destroy();
+      await endAll(sub, pub);
       return observation;
     },
     expected: {
@@ -1656,30 +1633,34 @@ export const scenarios: Scenario[] = [
     async run(url) {
       const id = `dup-${uid()}`;
       const topic = `dup/${id}`;
-      const first = await RawClient.open(url);
-      await first.connect({ clientId: id, clean: true, properties: { sessionExpiryInterval: 60 } });
-      first.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic, qos: 1 }] });
-      await first.next('suback');
+      const first = await RawClient.connected(url, {
+        clientId: id,
+        clean: true,
+        properties: { sessionExpiryInterval: 60 },
+      });
+      await first.subscribe(topic);
       const publisher = await TestClient.connect(url);
       await publisher.publish(topic, 'unacked', { qos: 1 });
       const original = (await first.next('publish'))?.packet as IPublishPacket | undefined;
       first.destroy(); // no PUBACK, no DISCONNECT
       await first.waitClosed();
-      const second = await RawClient.open(url);
-      const connack = await second.connect({ clientId: id, clean: false, properties: { sessionExpiryInterval: 60 } });
+      const second = await RawClient.connected(url, {
+        clientId: id,
+        clean: false,
+        properties: { sessionExpiryInterval: 60 },
+      });
       const resent = (await second.next('publish'))?.packet as IPublishPacket | undefined;
       if (resent?.messageId) second.send({ cmd: 'puback', messageId: resent.messageId });
       await second.ping();
       const observation = {
-        sessionPresent: connack?.sessionPresent ?? null,
+        sessionPresent: second.connack?.sessionPresent ?? null,
         original: original ? { payload: original.payload.toString(), dup: original.dup } : null,
         resent: resent ? { payload: resent.payload.toString(), dup: resent.dup } : null,
         sameIdentifier: !!original && !!resent && original.messageId === resent.messageId,
         extraCopies: second.all('publish').length - 1,
       };
       second.send({ cmd: 'disconnect', reasonCode: 0, properties: { sessionExpiryInterval: 0 } });
-      second.destroy();
-      await endAll(publisher);
+      await endAll(second, publisher);
       return observation;
     },
     expected: {

@@ -164,7 +164,10 @@ export class MqttConnection implements DeliverySink {
         // answers CONNACK 0x01 and closes [MQTT-3.1.2-2].
         const protocol = readConnectProtocol(packet)!;
         if (protocol.protocolId !== 'MQTT' || (protocol.level !== 4 && protocol.level !== 5)) {
-          this.#onPacket({ cmd: 'connect', protocolVersion: protocol.level, clientId: '' } as unknown as Packet);
+          // Another protocol name (e.g. MQTT 3.1's "MQIsdp") is another protocol, whatever its level
+          // [MQTT-3.1.2-1]: answered as an unsupported level, never processed as MQTT.
+          const level = protocol.protocolId === 'MQTT' ? protocol.level : 3;
+          this.#onPacket({ cmd: 'connect', protocolVersion: level, clientId: '' } as unknown as Packet);
           return;
         }
         this.#declaredVersion = protocol.level;

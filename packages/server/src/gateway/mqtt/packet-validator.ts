@@ -625,14 +625,18 @@ function validateConnect(
   return r.verdict;
 }
 
+/** A Packet Identifier, which must not be 0 [MQTT-2.2.1-3] (v3.1.1 [MQTT-2.3.1-1]); false when malformed. */
+function packetIdentifier(r: Reader, packetName: string): boolean {
+  const id = r.u16('the Packet Identifier');
+  if (id < 0) return false;
+  if (id === 0) r.protocol(r.v5 ? 'MQTT-2.2.1-3' : 'MQTT-2.3.1-1', `${packetName} with Packet Identifier 0`);
+  return true;
+}
+
 function validatePublish(r: Reader, qos: number): void {
   const topicLength = r.string('the Topic Name', WILDCARDS_MALFORMED);
   if (topicLength < 0) return;
-  if (qos > 0) {
-    const id = r.u16('the Packet Identifier');
-    if (id < 0) return;
-    if (id === 0) r.protocol(r.v5 ? 'MQTT-2.2.1-3' : 'MQTT-2.3.1-1', 'PUBLISH with Packet Identifier 0');
-  }
+  if (qos > 0 && !packetIdentifier(r, 'PUBLISH')) return;
   if (r.v5) {
     if (!r.properties(IN_PUBLISH, 'PUBLISH', true)) return;
     // An empty Topic Name needs a Topic Alias (3.3.2.1); alias values are the publish handler's.
@@ -646,9 +650,7 @@ function validatePublish(r: Reader, qos: number): void {
 
 function validateAcknowledgement(r: Reader, type: number): void {
   const name = PACKET_NAMES[type]!;
-  const id = r.u16('the Packet Identifier');
-  if (id < 0) return;
-  if (id === 0) r.protocol(r.v5 ? 'MQTT-2.2.1-3' : 'MQTT-2.3.1-1', `${name} with Packet Identifier 0`);
+  if (!packetIdentifier(r, name)) return;
   if (!r.v5 || r.pos === r.end) return; // v5: the Reason Code and properties may be omitted
   const code = r.u8('the Reason Code');
   const valid = type === PUBACK || type === PUBREC ? PUBACK_CODES : PUBREL_CODES;
@@ -683,24 +685,38 @@ function sharedFilterProblem(buf: Buffer, start: number, end: number): [rule: st
   return null;
 }
 
+/**
+ * What SUBSCRIBE and UNSUBSCRIBE start with: a Packet Identifier, v5 properties valid `where`, and a
+ * payload that is not empty (v5: a Protocol Error [emptyRuleV5]; v3.1.1: malformed [emptyRuleV4]).
+ * False when there is nothing more to read.
+ */
+function subscriptionHeader(
+  r: Reader,
+  where: number,
+  packetName: string,
+  emptyRuleV5: string,
+  emptyRuleV4: string,
+): boolean {
+  if (!packetIdentifier(r, packetName)) return false;
+  if (r.v5 && !r.properties(where, packetName)) return false;
+  if (r.pos !== r.end) return true;
+  if (r.v5) r.protocol(emptyRuleV5, `${packetName} without a Topic Filter`);
+  else r.fail(emptyRuleV4, `${packetName} without a Topic Filter`);
+  return false;
+}
+
+/** A Topic Filter: its byte length, or -1 when malformed (empty: [MQTT-4.7.3-1]). */
+function topicFilter(r: Reader): number {
+  const length = r.string('a Topic Filter');
+  return length === 0 ? r.fail('MQTT-4.7.3-1', 'empty Topic Filter') : length;
+}
+
 function validateSubscribe(r: Reader): void {
-  const id = r.u16('the Packet Identifier');
-  if (id < 0) return;
-  if (id === 0) r.protocol(r.v5 ? 'MQTT-2.2.1-3' : 'MQTT-2.3.1-1', 'SUBSCRIBE with Packet Identifier 0');
-  if (r.v5 && !r.properties(IN_SUBSCRIBE, 'SUBSCRIBE')) return;
-  if (r.pos === r.end) {
-    // v5: "A SUBSCRIBE packet with no Payload is a Protocol Error" (3.8.3).
-    if (r.v5) r.protocol('MQTT-3.8.3-2', 'SUBSCRIBE without a Topic Filter');
-    else r.fail('MQTT-3.8.3-3', 'SUBSCRIBE without a Topic Filter');
-    return;
-  }
+  // v5: "A SUBSCRIBE packet with no Payload is a Protocol Error" (3.8.3).
+  if (!subscriptionHeader(r, IN_SUBSCRIBE, 'SUBSCRIBE', 'MQTT-3.8.3-2', 'MQTT-3.8.3-3')) return;
   while (r.pos < r.end) {
-    const length = r.string('a Topic Filter');
+    const length = topicFilter(r);
     if (length < 0) return;
-    if (length === 0) {
-      r.fail('MQTT-4.7.3-1', 'empty Topic Filter');
-      return;
-    }
     const filterStart = r.pos - length;
     const options = r.u8('the Subscription Options');
     if (options < 0) return;
@@ -727,24 +743,9 @@ function validateSubscribe(r: Reader): void {
 }
 
 function validateUnsubscribe(r: Reader): void {
-  const id = r.u16('the Packet Identifier');
-  if (id < 0) return;
-  if (id === 0) r.protocol(r.v5 ? 'MQTT-2.2.1-3' : 'MQTT-2.3.1-1', 'UNSUBSCRIBE with Packet Identifier 0');
-  if (r.v5 && !r.properties(IN_UNSUBSCRIBE, 'UNSUBSCRIBE')) return;
-  if (r.pos === r.end) {
-    // v5: "An UNSUBSCRIBE packet with no Payload is a Protocol Error" (3.10.3).
-    if (r.v5) r.protocol('MQTT-3.10.3-2', 'UNSUBSCRIBE without a Topic Filter');
-    else r.fail('MQTT-3.10.3-2', 'UNSUBSCRIBE without a Topic Filter');
-    return;
-  }
-  while (r.pos < r.end) {
-    const length = r.string('a Topic Filter');
-    if (length < 0) return;
-    if (length === 0) {
-      r.fail('MQTT-4.7.3-1', 'empty Topic Filter');
-      return;
-    }
-  }
+  // v5: "An UNSUBSCRIBE packet with no Payload is a Protocol Error" (3.10.3).
+  if (!subscriptionHeader(r, IN_UNSUBSCRIBE, 'UNSUBSCRIBE', 'MQTT-3.10.3-2', 'MQTT-3.10.3-2')) return;
+  while (r.pos < r.end) if (topicFilter(r) < 0) return;
 }
 
 function validateDisconnect(r: Reader): void {

@@ -6,8 +6,9 @@ export interface TopicLimits {
 }
 
 function hasForbiddenChars(value: string): boolean {
-  // [MQTT-1.5.3-2] U+0000 must not appear; U+FFFD marks bytes that were not valid UTF-8 [MQTT-1.5.3-1].
-  return value.includes('\u0000') || value.includes('\uFFFD');
+  // [MQTT-1.5.4-2] U+0000 must not appear. Ill-formed UTF-8 never gets this far: the packet validator
+  // checks the raw bytes (mqtt-packet would have decoded them to U+FFFD, a legitimate character).
+  return value.includes('\u0000');
 }
 
 /** A concrete topic a client publishes to. Returns a reason when invalid. */
