@@ -38,7 +38,8 @@ async function start(opts: ServerStartOptions): Promise<void> {
       log: { level: 'warn' },
       database: { url: opts.databaseUrl, schema: opts.schema },
       http: { host: '127.0.0.1', port: 0 },
-      mqtt: { host: '127.0.0.1', port: 0 },
+      // The load generator connects every device from one address: the connect limiter is opened wide.
+      mqtt: { host: '127.0.0.1', port: 0, connectsPerIpPerSecond: 1_000_000, connectBurstPerIp: 1_000_000 },
       devices: { maxBatch: Math.max(1, opts.devices) },
       admin: { enabled: false },
       // The load generator is one IP with many devices: the telemetry measure is about the device

@@ -1,9 +1,23 @@
 // The device SDK's MQTT client: connects over TLS with the device's own ID and secret, pins the
-// platform's CA, reports telemetry (QoS 1: resolves once the platform has stored it).
+// platform's CA, reports telemetry (QoS 1: resolves once the platform has stored it). With `reconnect`,
+// it retries a refused or failed connect and re-establishes a lost connection, waiting out the
+// platform's `retry-after` and otherwise backing off exponentially with full jitter, so a fleet cut
+// off at once does not come back at once (docs/protocol.md, Admission control).
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { deviceTopic, isDeviceId } from '@castellan/protocol';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type MqttClient, type Packet } from 'mqtt';
+
+export interface DeviceReconnectOptions {
+  /** Backoff ceiling after the first failure, ms; doubles with each failure in a row (default 1000). */
+  initialDelayMs?: number;
+  /** Largest backoff ceiling, ms (default 120000). A server's `retry-after` may ask for longer. */
+  maxDelayMs?: number;
+  /** Connection attempts in a row that may fail before the client gives up (default: unlimited). */
+  maxAttempts?: number;
+  /** Called once when reconnecting a lost connection stops: a permanent refusal, or maxAttempts. */
+  onGiveUp?: (error: DeviceConnectError) => void;
+}
 
 export interface DeviceClientOptions {
   /** mqtts://host:port */
@@ -17,38 +31,117 @@ export interface DeviceClientOptions {
   connectTimeoutMs?: number;
   /** SNI / certificate name to check; defaults to the URL's host. */
   servername?: string;
+  /**
+   * Retry a connect that failed for a transient reason and re-establish a lost connection (default:
+   * off, connect() rejects on the first failure and a lost connection stays closed).
+   */
+  reconnect?: boolean | DeviceReconnectOptions;
 }
+
+/** CONNACK codes that say "later": MQTT 5 0x88, 0x89, 0x9F; MQTT 3.1.1 0x03 Server unavailable. */
+const RETRYABLE_CONNACK: Readonly<Record<4 | 5, ReadonlySet<number>>> = {
+  4: new Set([0x03]),
+  5: new Set([0x88, 0x89, 0x9f]),
+};
 
 export class DeviceConnectError extends Error {
   readonly code: string;
-  constructor(code: string, message: string) {
+  /** The platform's `retry-after` (MQTT 5 CONNACK User Property) in ms, when it gave one. */
+  readonly retryAfterMs: number | null;
+  /**
+   * Worth trying again later: a network or TLS failure, or a CONNACK saying the server is busy,
+   * unavailable or rate-limiting. Refused credentials, bans and the like are not.
+   */
+  readonly retryable: boolean;
+  constructor(code: string, message: string, details: { retryAfterMs?: number | null; retryable?: boolean } = {}) {
     super(message);
     this.name = 'DeviceConnectError';
     this.code = code;
+    this.retryAfterMs = details.retryAfterMs ?? null;
+    this.retryable = details.retryable ?? false;
   }
+}
+
+/** The `retry-after` User Property of a CONNACK, in ms (decimal seconds; absent or malformed: null). */
+function retryAfterOf(connack: Packet | undefined): number | null {
+  if (connack?.cmd !== 'connack') return null;
+  const value = connack.properties?.userProperties?.['retry-after'];
+  const text = Array.isArray(value) ? value[0] : value;
+  if (text === undefined || !/^\d{1,6}$/.test(text)) return null;
+  return Number(text) * 1000;
+}
+
+/**
+ * How long to wait before attempt `failures + 1`, after `failures` (≥ 1) failures in a row:
+ * exponential backoff with full jitter (uniform in [0, min(max, initial·2^(failures-1))]), and never
+ * less than the server's `retry-after`.
+ */
+export function reconnectDelayMs(
+  failures: number,
+  retryAfterMs: number | null,
+  options: Pick<DeviceReconnectOptions, 'initialDelayMs' | 'maxDelayMs'> = {},
+  random: () => number = Math.random,
+): number {
+  const initial = options.initialDelayMs ?? 1000;
+  const max = options.maxDelayMs ?? 120_000;
+  const ceiling = Math.min(max, initial * 2 ** Math.min(Math.max(failures - 1, 0), 30));
+  return Math.max(Math.floor(random() * ceiling), retryAfterMs ?? 0);
+}
+
+/** Errors after the connect are reported through 'close' (and publish callbacks); never thrown. */
+function ignoreError(): void {}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Turns what mqtt.js reported into a DeviceConnectError, with the CONNACK's advice if there was one. */
+function connectError(error: Error, protocolVersion: 4 | 5, connack: Packet | undefined): DeviceConnectError {
+  const code = (error as { code?: number | string }).code;
+  if (typeof code === 'number') {
+    return new DeviceConnectError(`MQTT_CONNACK_${code}`, error.message, {
+      retryAfterMs: retryAfterOf(connack),
+      retryable: RETRYABLE_CONNACK[protocolVersion].has(code),
+    });
+  }
+  return new DeviceConnectError('ERR_DEVICE_CONNECT', error.message, { retryable: true });
 }
 
 export class DeviceClient {
   readonly deviceId: string;
   readonly mqtt: MqttClient;
+  #closing = false;
+  #reconnectTimer: NodeJS.Timeout | undefined;
 
-  private constructor(deviceId: string, client: MqttClient) {
+  private constructor(deviceId: string, client: MqttClient, reconnect: DeviceReconnectOptions | null) {
     this.deviceId = deviceId;
     this.mqtt = client;
+    if (reconnect) this.#keepConnected(reconnect, (client.options.protocolVersion ?? 5) === 4 ? 4 : 5);
   }
 
-  static connect(options: DeviceClientOptions): Promise<DeviceClient> {
+  static async connect(options: DeviceClientOptions): Promise<DeviceClient> {
     if (!isDeviceId(options.deviceId)) {
-      return Promise.reject(
-        new DeviceConnectError('ERR_DEVICE_ID_INVALID', 'device ID must be 24 lower-case hex digits'),
-      );
+      throw new DeviceConnectError('ERR_DEVICE_ID_INVALID', 'device ID must be 24 lower-case hex digits');
     }
     const url = new URL(options.url);
     if (url.protocol !== 'mqtts:') {
-      return Promise.reject(
-        new DeviceConnectError('ERR_DEVICE_INSECURE_URL', 'only mqtts:// (MQTT over TLS) is allowed'),
-      );
+      throw new DeviceConnectError('ERR_DEVICE_INSECURE_URL', 'only mqtts:// (MQTT over TLS) is allowed');
     }
+    const reconnect = options.reconnect === true ? {} : options.reconnect || null;
+    for (let failures = 0; ;) {
+      try {
+        return new DeviceClient(options.deviceId, await DeviceClient.#attempt(options, url), reconnect);
+      } catch (error) {
+        const failure = error as DeviceConnectError;
+        failures++;
+        if (!reconnect || !failure.retryable || failures >= (reconnect.maxAttempts ?? Infinity)) throw failure;
+        await sleep(reconnectDelayMs(failures, failure.retryAfterMs, reconnect));
+      }
+    }
+  }
+
+  /** One connection attempt; resolves with the connected client, rejects with a DeviceConnectError. */
+  static #attempt(options: DeviceClientOptions, url: URL): Promise<MqttClient> {
     const tlsOptions: ConnectionOptions = {
       ca: options.ca,
       rejectUnauthorized: true,
@@ -59,37 +152,83 @@ export class DeviceClient {
           ? {}
           : { servername: url.hostname }),
     };
+    const protocolVersion = options.protocolVersion ?? 5;
     const clientOptions: IClientOptions = {
       ...(tlsOptions as IClientOptions),
       clientId: options.deviceId,
       username: options.deviceId,
       password: options.secret,
-      protocolVersion: options.protocolVersion ?? 5,
+      protocolVersion,
       keepalive: options.keepaliveSeconds ?? 60,
       clean: true,
+      // mqtt.js's own reconnect waits a fixed period; ours backs off (#keepConnected).
       reconnectPeriod: 0,
       connectTimeout: options.connectTimeoutMs ?? 10_000,
     };
     return new Promise((resolve, reject) => {
       const client = mqtt.connect(options.url, clientOptions);
+      let connack: Packet | undefined;
+      const onPacket = (packet: Packet) => {
+        if (packet.cmd === 'connack') connack = packet;
+      };
+      client.on('packetreceive', onPacket);
       const fail = (error: Error) => {
         client.end(true);
-        const code = (error as { code?: number | string }).code;
-        reject(
-          new DeviceConnectError(
-            typeof code === 'number' ? `MQTT_CONNACK_${code}` : 'ERR_DEVICE_CONNECT',
-            error.message,
-          ),
-        );
+        reject(connectError(error, protocolVersion, connack));
       };
+      const onClose = () => fail(new Error('connection closed before CONNACK'));
       client.once('error', fail);
-      client.once('close', () => fail(new Error('connection closed before CONNACK')));
+      client.once('close', onClose);
       client.once('connect', () => {
-        client.removeAllListeners('error');
-        client.removeAllListeners('close');
-        client.on('error', () => {});
-        resolve(new DeviceClient(options.deviceId, client));
+        // Only our own listeners: mqtt.js keeps its state (`connected`) with a 'close' listener of its own.
+        client.off('error', fail);
+        client.off('close', onClose);
+        client.off('packetreceive', onPacket);
+        client.on('error', ignoreError);
+        resolve(client);
       });
+    });
+  }
+
+  /**
+   * Re-establishes a lost connection on the same MqttClient (so `mqtt` stays valid), each attempt
+   * after reconnectDelayMs; stops on a refusal that is not retryable, after maxAttempts, or close().
+   */
+  #keepConnected(options: DeviceReconnectOptions, protocolVersion: 4 | 5): void {
+    const client = this.mqtt;
+    let failures = 0;
+    let lastError: Error | undefined;
+    let connack: Packet | undefined;
+    client.off('error', ignoreError);
+    client.on('error', (error: Error) => {
+      lastError = error;
+    });
+    client.on('packetreceive', (packet: Packet) => {
+      if (packet.cmd === 'connack') connack = packet;
+    });
+    client.on('connect', () => {
+      failures = 0;
+    });
+    client.on('close', () => {
+      // Ended on purpose (close(), or mqtt.end() called directly): nothing to re-establish.
+      if (this.#closing || client.disconnecting || this.#reconnectTimer) return;
+      const failure = connectError(lastError ?? new Error('connection lost'), protocolVersion, connack);
+      lastError = undefined;
+      connack = undefined;
+      failures++;
+      if (!failure.retryable || failures >= (options.maxAttempts ?? Infinity) + 1) {
+        this.#closing = true;
+        client.end(true);
+        options.onGiveUp?.(failure);
+        return;
+      }
+      this.#reconnectTimer = setTimeout(
+        () => {
+          this.#reconnectTimer = undefined;
+          if (!this.#closing) client.reconnect();
+        },
+        reconnectDelayMs(failures, failure.retryAfterMs, options),
+      );
     });
   }
 
@@ -117,6 +256,9 @@ export class DeviceClient {
   }
 
   close(): Promise<void> {
+    this.#closing = true;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = undefined;
     return new Promise((resolve) => this.mqtt.end(false, {}, () => resolve()));
   }
 }

@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { Redis } from 'ioredis';
 import type { DestinationStream } from 'pino';
+import { Counter } from 'prom-client';
 import {
   type AccountsContext,
   AccountsService,
@@ -368,14 +369,10 @@ export async function startPlatform(
         host: config.mqtt.host,
         port: config.mqtt.port,
         maxConnections: config.mqtt.maxConnections,
+        // Judged before TLS (CHAN-5, issue 6): lists, known blocks, connect rate, handshake cap.
+        admission: { ...config.mqtt, isBlocked: (ip) => blocks.isBlockedLocally(ip) },
       },
       brokerLog,
-    );
-    const mqttAdmit = createAddressFilter(config.mqtt);
-    filterConnections(
-      listener.server,
-      (ip) => mqttAdmit(ip) && !blocks.isBlockedLocally(ip),
-      () => broker.stats.connectsRefused++,
     );
     cleanups.push(async () => {
       const closing = listener.close();
@@ -460,10 +457,12 @@ export async function startPlatform(
       ],
     });
     const httpAdmit = createAddressFilter(config.http);
-    filterConnections(
+    const httpLog = log.child({ component: 'http' });
+    const httpFiltered = filterConnections(
       http.server,
       (ip) => httpAdmit(ip) && !blocks.isBlockedLocally(ip),
-      () => {},
+      // No address in the log (PRIV-4); counted on /metrics.
+      () => httpLog.debug('https: connection refused before TLS (http.allow, http.deny or an IP block)'),
     );
     try {
       await http.listen({ host: config.http.host, port: config.http.port });
@@ -484,6 +483,15 @@ export async function startPlatform(
         audit: () => ({ ...audit.stats, size: audit.size }),
         limits: () => limits.refusals,
         detections: () => guard.detections,
+      });
+      new Counter({
+        name: 'castellan_https_connections_refused_total',
+        help: 'HTTPS connections refused before TLS (http.allow, http.deny, IP blocks)',
+        registers: [registry],
+        collect() {
+          this.reset();
+          this.inc(httpFiltered.refused);
+        },
       });
       let admin: AdminServer;
       try {

@@ -72,6 +72,13 @@ for (const dialect of await dialectCases()) {
           protocolVersion: version,
         });
         assert.equal(spoof.refusedWith, IDENTIFIER_REJECTED[version]);
+        // Authenticated, then refused: audited as a denied connect with why (no CONNACK 0x00, no presence).
+        await tp.platform.audit.flush();
+        const denied = (await tp.platform.audit.query({ type: 'device.connect', target: d.id, limit: 50 })).filter(
+          (e) => e.result === 'denied' && e.details.reason === 'client-id-mismatch',
+        );
+        assert.ok(denied.length >= 1, 'the refusal is audited');
+        assert.ok(denied.every((e) => e.details.reasonCode === 0x85 && e.tenant === tenant.vendorId));
       });
     }
 

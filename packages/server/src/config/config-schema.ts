@@ -208,17 +208,49 @@ export const ConfigSchema = Type.Object(
           default: 100000,
           description: 'Connections accepted by this process',
         }),
+        connectsPerIpPerSecond: Type.Integer({
+          minimum: 1,
+          maximum: 1000000,
+          default: 10,
+          description:
+            'Connection attempts per second one client network (IPv4 address, IPv6 /64) may make before TLS; beyond it and its burst allowance the socket is closed',
+        }),
+        connectBurstPerIp: Type.Integer({
+          minimum: 0,
+          maximum: 1000000,
+          default: 100,
+          description:
+            'Connection attempts a client network may make above connectsPerIpPerSecond in a burst (renewed every connectBurstPerIp / connectsPerIpPerSecond seconds)',
+        }),
+        maxPendingHandshakes: Type.Integer({
+          minimum: 1,
+          maximum: 1000000,
+          default: 256,
+          description: 'TLS handshakes in progress at once on the MQTT listener; beyond it new sockets are closed',
+        }),
+        retryAfterMinSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 3600,
+          default: 5,
+          description: 'Least retry-after (s) an MQTT 5 CONNACK 0x9F, 0x89 or 0x88 tells the client',
+        }),
+        retryAfterMaxSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 86400,
+          default: 30,
+          description: 'Most retry-after (s) an MQTT 5 CONNACK 0x9F, 0x89 or 0x88 tells the client',
+        }),
         maxInflight: Type.Integer({
           minimum: 1,
           maximum: 65535,
           default: 64,
-          description: 'Unacknowledged QoS 1 messages per session (MQTT 5 receive maximum)',
+          description: 'Unacknowledged inbound QoS 1/2 messages per connection (MQTT 5 receive maximum)',
         }),
         maxQueuedMessages: Type.Integer({
           minimum: 0,
           maximum: 100000,
           default: 1000,
-          description: 'QoS 1 messages queued per session beyond the in-flight window',
+          description: 'QoS 1/2 messages queued per session beyond the in-flight window',
         }),
         maxSubscriptionsPerClient: Type.Integer({
           minimum: 1,

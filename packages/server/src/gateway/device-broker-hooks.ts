@@ -184,6 +184,18 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
       }
     },
 
+    onConnectRefused(identity, info) {
+      audit({
+        actor: { type: 'device', id: identity.principalId },
+        tenant: identity.attributes.vendorId ?? null,
+        type: 'device.connect',
+        target: identity.principalId,
+        sourceIp: normaliseIp(info.remoteAddress),
+        result: 'denied',
+        details: { reason: info.reason, reasonCode: info.reasonCode },
+      });
+    },
+
     onConnected(identity, info) {
       if (identity.kind !== 'device') return;
       const vendorId = identity.attributes.vendorId ?? '';

@@ -78,19 +78,65 @@ export function createAddressFilter(lists: AddressLists): AddressCheck {
 }
 
 /**
+ * Puts `decide` in front of the 'connection' listeners a server has when this is called (for a
+ * tls.Server, the one that starts the TLS handshake): a refused socket is destroyed at once and never
+ * reaches them, so no TLS work is done, nothing is sent, and no handshake error is logged for it.
+ * `decide` may answer through a promise (an in-memory limiter answers within a microtask); meanwhile
+ * the socket is held, its bytes stay buffered in it for the TLS layer, and an error on it is absorbed.
+ */
+export function gateConnections(server: Server, decide: (socket: Socket) => boolean | PromiseLike<boolean>): void {
+  const listeners = server.listeners('connection') as Array<(socket: Socket) => void>;
+  server.removeAllListeners('connection');
+  const forward = (socket: Socket) => {
+    for (const listener of listeners) listener.call(server, socket);
+  };
+  server.on('connection', (socket: Socket) => {
+    let verdict: boolean | PromiseLike<boolean>;
+    try {
+      verdict = decide(socket);
+    } catch {
+      verdict = false; // fail closed
+    }
+    if (typeof verdict === 'boolean') {
+      if (verdict) forward(socket);
+      else socket.destroy();
+      return;
+    }
+    const absorb = () => {};
+    socket.on('error', absorb);
+    verdict.then(
+      (admitted) => {
+        socket.off('error', absorb);
+        if (socket.destroyed) return;
+        if (admitted) forward(socket);
+        else socket.destroy();
+      },
+      () => socket.destroy(),
+    );
+  });
+}
+
+/** Connections a filter refused since it was attached (for metrics). */
+export interface FilterCounts {
+  refused: number;
+}
+
+/**
  * Refuses connections from disallowed or blocked addresses on a listening server, before any TLS
- * work: the socket is destroyed, so nothing is sent.
+ * work: the socket is destroyed, so nothing is sent. Every refusal is counted in the returned object.
  */
 export function filterConnections(
   server: Server,
   admit: (ip: string) => boolean,
-  onRefused: (ip: string) => void,
-): void {
-  server.prependListener('connection', (socket: Socket) => {
+  onRefused: (ip: string) => void = () => {},
+): FilterCounts {
+  const counts: FilterCounts = { refused: 0 };
+  gateConnections(server, (socket) => {
     const ip = normaliseIp(socket.remoteAddress ?? '');
-    if (!admit(ip)) {
-      onRefused(ip);
-      socket.destroy();
-    }
+    if (admit(ip)) return true;
+    counts.refused++;
+    onRefused(ip);
+    return false;
   });
+  return counts;
 }

@@ -57,7 +57,16 @@ export async function startTestPlatform(
       dataDir,
       log: { level: 'debug', ...overrides.log },
       http: { host: '127.0.0.1', port: 0, ...overrides.http },
-      mqtt: { host: '127.0.0.1', port: 0, connectTimeoutMs: 5000, ...overrides.mqtt },
+      // Every test client shares 127.0.0.1: the per-address connect limiter before TLS is opened wide
+      // (admission tests set their own).
+      mqtt: {
+        host: '127.0.0.1',
+        port: 0,
+        connectTimeoutMs: 5000,
+        connectsPerIpPerSecond: 1_000_000,
+        connectBurstPerIp: 1_000_000,
+        ...overrides.mqtt,
+      },
       admin: { port: 0, ...overrides.admin },
       // Generous guard thresholds: every test client shares 127.0.0.1, so one test's failures must not
       // block the next. Guard tests set their own.

@@ -74,6 +74,14 @@ export interface BrokerHooks {
   onViolation?(violation: Violation): void;
   /** Optional observer of a client ID taken over by a new connection (conflicting clients). */
   onTakeover?(identity: ClientIdentity, remoteAddresses: { previous: string; next: string }): void;
+  /**
+   * Optional observer: a client that authenticated was refused at CONNECT all the same (a client ID
+   * that is not its own, a will it may not publish). No CONNACK 0x00 was sent, so no onConnected.
+   */
+  onConnectRefused?(
+    identity: ClientIdentity,
+    info: { remoteAddress: string; reasonCode: number; reason: 'client-id-mismatch' | 'will-refused' },
+  ): void;
   /** Optional observer (presence): a client's CONNACK was sent. */
   onConnected?(identity: ClientIdentity, info: ConnectionInfo): void;
   /** Optional observer (presence): a connected client's connection ended, with why. */

@@ -4,6 +4,12 @@ import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { CastellanError } from '../../errors/index.ts';
 import { isConformanceHooks } from './conformance-hooks.ts';
+import {
+  type AdmissionOptions,
+  adviseRetriesFor,
+  ConnectionAdmission,
+  DEFAULT_ADMISSION,
+} from './connection-admission.ts';
 import type { MqttBroker } from './mqtt-broker.ts';
 
 export interface TlsServerOptions {
@@ -41,13 +47,21 @@ export function tlsServerOptions(options: TlsServerOptions, handshakeTimeoutMs: 
 
 export interface MqttListener {
   readonly server: tls.Server;
+  /** The pre-TLS gate (connection-admission.ts). */
+  readonly admission: ConnectionAdmission;
   address(): AddressInfo;
   close(): Promise<void>;
 }
 
 export async function startMqttListener(
   broker: MqttBroker,
-  options: TlsServerOptions & { host: string; port: number; maxConnections: number },
+  options: TlsServerOptions & {
+    host: string;
+    port: number;
+    maxConnections: number;
+    /** Allow/deny lists, IP blocks, connect limits, handshake cap; the schema's defaults otherwise. */
+    admission?: Partial<AdmissionOptions>;
+  },
   log: Logger,
 ): Promise<MqttListener> {
   // [CHAN-6] anonymous access never reaches a production listener: fail closed before binding.
@@ -63,6 +77,10 @@ export async function startMqttListener(
     broker.handle(socket, socket.remoteAddress ?? 'unknown');
   });
   server.maxConnections = options.maxConnections;
+  // Before the TLS layer sees a socket (CHAN-5, issue 6): refused ones are closed without a TLS byte.
+  const admission = new ConnectionAdmission({ ...DEFAULT_ADMISSION, ...options.admission }, broker.stats, log);
+  admission.attach(server);
+  adviseRetriesFor(broker, admission);
   // A refused handshake (old TLS version, no shared cipher, plain TCP) is the client's problem, not ours.
   // Node reports a handshake timeout here without closing the socket: destroy it, or a client that
   // connects and never sends a ClientHello holds a connection slot (maxConnections) for ever.
@@ -88,6 +106,7 @@ export async function startMqttListener(
   });
   return {
     server,
+    admission,
     address: () => server.address() as AddressInfo,
     close: () =>
       new Promise<void>((resolve) => {

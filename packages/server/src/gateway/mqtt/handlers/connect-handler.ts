@@ -3,6 +3,7 @@
 import { isUtf8 } from 'node:buffer';
 import mqttPacket, { type IConnackPacket, type IConnectPacket } from 'mqtt-packet';
 import type { ClientIdentity } from '../broker-hooks.ts';
+import { refusalProperties } from '../connection-admission.ts';
 import type { MqttConnection, PendingWill } from '../mqtt-connection.ts';
 import { ConnackReturnCode, ReasonCode } from '../reason-codes.ts';
 import { checkTopicName } from '../topic-rules.ts';
@@ -10,15 +11,38 @@ import { messageProperties } from './publish-handler.ts';
 
 const MAX_CLIENT_ID_LENGTH = 256;
 
-/** Sends a refusing CONNACK in the client's protocol version and closes [MQTT-3.2.2-5]. */
-function refuse(conn: MqttConnection, v4Code: number, v5Code: number): void {
+/**
+ * Sends a refusing CONNACK in the client's protocol version and closes [MQTT-3.2.2-5]. MQTT 5 refusals
+ * for load or rate (0x9F, 0x89, 0x88) carry a `retry-after` User Property (connection-admission.ts);
+ * MQTT 3.1.1 has no properties to carry it.
+ */
+function refuse(conn: MqttConnection, v4Code: number, v5Code: number, connect?: IConnectPacket): void {
   conn.broker.stats.connectsRefused++;
   const packet: IConnackPacket =
     conn.protocolVersion === 5
-      ? { cmd: 'connack', sessionPresent: false, reasonCode: v5Code }
+      ? {
+          cmd: 'connack',
+          sessionPresent: false,
+          reasonCode: v5Code,
+          ...refusalProperties(conn.broker, conn.remoteAddress, v5Code, connect?.properties?.maximumPacketSize),
+        }
       : { cmd: 'connack', sessionPresent: false, returnCode: v4Code };
   conn.write(packet);
   conn.destroy();
+}
+
+/** An authenticated client refused all the same: the hook hears of it (it may audit), safely. */
+function refusedAfterAuthentication(
+  conn: MqttConnection,
+  identity: ClientIdentity,
+  reasonCode: number,
+  reason: 'client-id-mismatch' | 'will-refused',
+): void {
+  try {
+    conn.broker.hooks.onConnectRefused?.(identity, { remoteAddress: conn.remoteAddress, reasonCode, reason });
+  } catch (error) {
+    conn.broker.log.error({ err: error }, 'mqtt: onConnectRefused hook failed');
+  }
 }
 
 function checkWill(
@@ -72,7 +96,7 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
   conn.protocolVersion = version;
   const clientId = packet.clientId ?? '';
   const clean = packet.clean !== false;
-  if (clientId.length > MAX_CLIENT_ID_LENGTH || clientId.includes('\u0000') || clientId.includes('\uFFFD')) {
+  if (clientId.length > MAX_CLIENT_ID_LENGTH || clientId.includes('\u0000')) {
     refuse(conn, ConnackReturnCode.IdentifierRejected, ReasonCode.ClientIdentifierNotValid);
     return;
   }
@@ -105,10 +129,11 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
         if (conn.state !== 'authenticating') return; // the client went away meanwhile
         if (!result.ok) {
           broker.stats.authFailures++;
-          if (result.reason === 'server-busy') refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerBusy);
-          else if (result.reason === 'banned') refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.Banned);
+          if (result.reason === 'server-busy') {
+            refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerBusy, packet);
+          } else if (result.reason === 'banned') refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.Banned);
           else if (result.reason === 'rate-limited') {
-            refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ConnectionRateExceeded);
+            refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ConnectionRateExceeded, packet);
           } else if (result.reason === 'not-authorized')
             refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.NotAuthorized);
           else refuse(conn, ConnackReturnCode.BadUserNameOrPassword, ReasonCode.BadUserNameOrPassword);
@@ -119,7 +144,7 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
       (error: unknown) => {
         broker.log.error({ err: error }, 'mqtt: authentication hook failed');
         if (conn.state === 'authenticating') {
-          refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerUnavailable);
+          refuse(conn, ConnackReturnCode.ServerUnavailable, ReasonCode.ServerUnavailable, packet);
         }
       },
     )
@@ -137,12 +162,14 @@ function accept(
   const limits = broker.limits;
   // A principal may only use its own client identifier; an empty one is assigned.
   if (requestedClientId !== '' && requestedClientId !== identity.clientId) {
+    refusedAfterAuthentication(conn, identity, ReasonCode.ClientIdentifierNotValid, 'client-id-mismatch');
     refuse(conn, ConnackReturnCode.IdentifierRejected, ReasonCode.ClientIdentifierNotValid);
     return;
   }
   const clientId = identity.clientId;
   const will = checkWill(conn, packet, identity);
   if (will && 'v4' in will) {
+    refusedAfterAuthentication(conn, identity, will.v5, 'will-refused');
     refuse(conn, will.v4, will.v5);
     return;
   }
