@@ -1,1 +1,7 @@
-export { DeviceClient, type DeviceClientOptions, DeviceConnectError } from './device-client.ts';
+export {
+  DeviceClient,
+  type DeviceClientOptions,
+  DeviceConnectError,
+  type DeviceReconnectOptions,
+  reconnectDelayMs,
+} from './device-client.ts';

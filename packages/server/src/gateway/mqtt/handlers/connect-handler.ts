@@ -112,6 +112,7 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
   }
   if (version === 5 && (packet.properties?.receiveMaximum === 0 || packet.properties?.maximumPacketSize === 0)) {
     // Receive Maximum 0 and Maximum Packet Size 0 are Protocol Errors (MQTT 5 3.1.2.11.3, 3.1.2.11.4).
+    // The packet validator closes such a CONNECT first; kept so this handler is safe on its own.
     refuse(conn, ConnackReturnCode.IdentifierRejected, ReasonCode.ProtocolError);
     return;
   }
