@@ -3,6 +3,11 @@
 // Mosquitto started for a differential run. Each case gets its own connection; "still connected" is
 // proved by a PINGREQ/PINGRESP round trip and "disconnected" by the socket closing, so no case waits
 // for a time-out unless the broker misbehaves.
+//
+// Options let the same replay reach a real listener (a TLS socket factory, an authenticated default
+// CONNECT) and judge it by the README's simpler rule for real listeners ('robust'): the sequence ends in
+// a closed connection or one that still answers a PINGREQ, never a hang; the expected bytes are not
+// compared there (a real listener refuses what Mosquitto's anonymous broker accepts).
 import { once } from 'node:events';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -36,6 +41,47 @@ export interface CaseOutcome {
   /** What went differently, when not ok. */
   detail?: string;
   ms: number;
+  /** 'robust' judge only: how the connection ended up after the case's messages. */
+  ended?: 'closed' | 'open';
+  /** 'robust' judge only: the answer to the default CONNECT (hex), when the case used one and got one. */
+  connack?: string;
+  /** 'robust' judge only: the broker's packets (hex), but for the default CONNECT's answer and the last PINGRESP. */
+  received?: string[];
+}
+
+/** How a replay reaches the broker and how it judges a case; every field is optional. */
+export interface ReplayOptions {
+  /** Bounds every single wait (default 2,000 ms). */
+  ms?: number;
+  /**
+   * Opens a connected socket (e.g. TLS to a real listener): for the case itself, or for the second
+   * client of a `publish` message. Default: plain TCP to host:port.
+   */
+  connectSocket?: (role: 'case' | 'publisher') => Promise<net.Socket>;
+  /** The CONNECT sent for a case that uses the default one. Default: anonymous, see connectPacket. */
+  defaultConnect?: (c: CorpusCase) => Buffer;
+  /** The second client's CONNECT for a `publish` message (level 4 or 5). Default: anonymous. */
+  publisherConnect?: (ver: 4 | 5) => Buffer;
+  /**
+   * 'expected' (default): the corpus's expected bytes and disconnects. 'robust': the rule for real
+   * listeners; a `recv` only paces the replay (it waits up to recvMs per expected packet, or for the
+   * close) and the case fails only on a hang: neither closed nor answering a PINGREQ within ms.
+   */
+  judge?: 'expected' | 'robust';
+  /** 'robust' only: the wait per packet a `recv` expects (default 250 ms). */
+  recvMs?: number;
+}
+
+async function plainSocket(host: string, port: number): Promise<net.Socket> {
+  const socket = net.connect({ host, port });
+  socket.setNoDelay(true);
+  try {
+    await once(socket, 'connect');
+  } catch (error) {
+    socket.destroy();
+    throw error;
+  }
+  return socket;
 }
 
 interface RawGroup {
@@ -169,11 +215,19 @@ function sameConnack(expected: Buffer, actual: Buffer): boolean {
   return actual[0] === 0x20 && header(expected).equals(header(actual));
 }
 
-async function publishFromSecondClient(host: string, port: number, msg: CorpusMessage, ver: 3 | 4 | 5) {
-  const socket = net.connect({ host, port });
-  await once(socket, 'connect');
+async function publishFromSecondClient(
+  host: string,
+  port: number,
+  msg: CorpusMessage,
+  ver: 3 | 4 | 5,
+  options: ReplayOptions = {},
+) {
+  const socket = options.connectSocket ? await options.connectSocket('publisher') : await plainSocket(host, port);
   const reader = new Reader(socket);
-  socket.write(connectPacket(ver === 3 ? 4 : ver, `corpus-publisher-${process.pid}-${Math.random()}`));
+  const level = ver === 3 ? 4 : ver;
+  socket.write(
+    options.publisherConnect?.(level) ?? connectPacket(level, `corpus-publisher-${process.pid}-${Math.random()}`),
+  );
   await reader.packet(2_000);
   const qos = (msg.qos ?? 0) as 0 | 1 | 2;
   socket.write(
@@ -201,6 +255,7 @@ async function publishFromSecondClient(host: string, port: number, msg: CorpusMe
   socket.write(hex('E0 00'));
   socket.end();
   await reader.closedWithin(2_000);
+  socket.destroy();
 }
 
 /** Splits bytes into whole packets (fixed header + remaining length); null if they do not split evenly. */
@@ -252,17 +307,27 @@ export function connectLevel(bytes: Buffer): number | undefined {
   return bytes[at + 2 + nameLength];
 }
 
-/** Replays one case; `ms` bounds every single wait. */
-export async function replayCase(host: string, port: number, c: CorpusCase, ms = 2_000): Promise<CaseOutcome> {
+/**
+ * Replays one case; `ms` (a number, or options.ms) bounds every single wait. With options, the case can
+ * run over another socket (e.g. TLS) with another default CONNECT, and be judged by the 'robust' rule.
+ */
+export async function replayCase(
+  host: string,
+  port: number,
+  c: CorpusCase,
+  msOrOptions: number | ReplayOptions = 2_000,
+): Promise<CaseOutcome> {
+  const options: ReplayOptions = typeof msOrOptions === 'number' ? { ms: msOrOptions } : msOrOptions;
+  if (options.judge === 'robust') return replayRobust(host, port, c, options);
+  const ms = options.ms ?? 2_000;
   const started = Date.now();
-  const socket = net.connect({ host, port });
-  socket.setNoDelay(true);
+  let socket: net.Socket | undefined;
   const fail = (detail: string): CaseOutcome => ({ case: c, ok: false, detail, ms: Date.now() - started });
   try {
-    await once(socket, 'connect');
+    socket = options.connectSocket ? await options.connectSocket('case') : await plainSocket(host, port);
     const reader = new Reader(socket);
     if (c.connect) {
-      socket.write(connectPacket(c.ver, `${c.group} ${c.name}`.slice(0, 23)));
+      socket.write(options.defaultConnect?.(c) ?? connectPacket(c.ver, `${c.group} ${c.name}`.slice(0, 23)));
       const connack = await reader.packet(ms);
       if (connack === null || connack === 'timeout') return fail(`default CONNECT: ${connack ?? 'closed'}`);
       const reasonAt = connack[1]! < 0x80 ? 3 : 4;
@@ -301,7 +366,7 @@ export async function replayCase(host: string, port: number, c: CorpusCase, ms =
           if (!same) return fail(`msg ${i}: received ${actual.toString('hex')}, expected ${want.toString('hex')}`);
         }
       } else if (msg.type === 'publish') {
-        await publishFromSecondClient(host, port, msg, c.ver);
+        await publishFromSecondClient(host, port, msg, c.ver, options);
       }
     }
     if (c.expectDisconnect) {
@@ -319,7 +384,84 @@ export async function replayCase(host: string, port: number, c: CorpusCase, ms =
   } catch (error) {
     return fail(`error: ${(error as Error).message}`);
   } finally {
-    socket.destroy();
+    socket?.destroy();
+  }
+}
+
+/**
+ * The rule for real listeners (the corpus README): whatever the case sends, the connection ends up
+ * closed, or still answers a PINGREQ with a PINGRESP within `ms`; a default CONNECT the listener refuses
+ * must be followed by the close. What the broker answers on the way is recorded, not compared.
+ */
+async function replayRobust(host: string, port: number, c: CorpusCase, options: ReplayOptions): Promise<CaseOutcome> {
+  const ms = options.ms ?? 2_000;
+  const recvMs = options.recvMs ?? 250;
+  const started = Date.now();
+  const received: string[] = [];
+  let connack: string | undefined;
+  let socket: net.Socket | undefined;
+  const done = (ended: 'closed' | 'open'): CaseOutcome => ({
+    case: c,
+    ok: true,
+    ms: Date.now() - started,
+    ended,
+    received,
+    ...(connack === undefined ? {} : { connack }),
+  });
+  const fail = (detail: string): CaseOutcome => ({
+    case: c,
+    ok: false,
+    detail,
+    ms: Date.now() - started,
+    received,
+    ...(connack === undefined ? {} : { connack }),
+  });
+  try {
+    socket = options.connectSocket ? await options.connectSocket('case') : await plainSocket(host, port);
+    const reader = new Reader(socket);
+    if (c.connect) {
+      socket.write(options.defaultConnect?.(c) ?? connectPacket(c.ver, `${c.group} ${c.name}`.slice(0, 23)));
+      const answer = await reader.packet(ms);
+      if (answer === 'timeout') return fail('default CONNECT: no CONNACK and no close (a hang)');
+      if (answer === null) return done('closed');
+      connack = answer.toString('hex');
+      const reasonAt = answer[1]! < 0x80 ? 3 : 4;
+      if (answer[0] !== 0x20 || answer[reasonAt] !== 0) {
+        // A refusal: the server closes the network connection after it [MQTT-3.2.2-5].
+        if (!(await reader.closedWithin(ms))) return fail(`default CONNECT refused (${connack}) but left open`);
+        return done('closed');
+      }
+    }
+    for (const msg of c.msgs) {
+      if (reader.closed) break; // ended early: a refusal by disconnect; the rest cannot be sent
+      if (msg.type === 'send') {
+        socket.write(hex(msg.payload ?? ''));
+      } else if (msg.type === 'recv') {
+        // Paces the replay (later sends may answer these packets); what arrives is not compared.
+        const expected = splitPackets(hex(msg.payload ?? ''))?.length ?? 1;
+        for (let i = 0; i < expected; i++) {
+          const packet = await reader.packet(recvMs);
+          if (packet === null || packet === 'timeout') break;
+          received.push(packet.toString('hex'));
+        }
+      } else if (msg.type === 'publish') {
+        await publishFromSecondClient(host, port, msg, c.ver, options);
+      }
+    }
+    if (reader.closed) return done('closed');
+    // The barrier: a live connection answers the PINGREQ after whatever it still had to send.
+    socket.write(hex('C0 00'));
+    for (;;) {
+      const packet = await reader.packet(ms);
+      if (packet === null) return done('closed');
+      if (packet === 'timeout') return fail(`neither closed nor answered a PINGREQ within ${ms} ms (a hang)`);
+      if (packet.equals(hex('D0 00'))) return done('open');
+      received.push(packet.toString('hex'));
+    }
+  } catch (error) {
+    return fail(`error: ${(error as Error).message}`);
+  } finally {
+    socket?.destroy();
   }
 }
 
@@ -328,14 +470,14 @@ export async function replayCorpus(
   host: string,
   port: number,
   cases: CorpusCase[],
-  options: { concurrency?: number; ms?: number } = {},
+  options: ReplayOptions & { concurrency?: number } = {},
 ): Promise<CaseOutcome[]> {
   const out: CaseOutcome[] = new Array<CaseOutcome>(cases.length);
   let next = 0;
   const worker = async () => {
     while (next < cases.length) {
       const i = next++;
-      out[i] = await replayCase(host, port, cases[i]!, options.ms);
+      out[i] = await replayCase(host, port, cases[i]!, options);
     }
   };
   await Promise.all(Array.from({ length: options.concurrency ?? 1 }, worker));
