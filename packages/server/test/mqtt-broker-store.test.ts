@@ -19,8 +19,8 @@ import type {
 import { pino } from 'pino';
 import { SqlBrokerStore } from '../src/gateway/mqtt/index.ts';
 import type { StoredMessage, StoredPending, StoredSubscription } from '../src/gateway/mqtt/broker-store.ts';
-import { migrateToLatest, openStore, type Store } from '../src/store/index.ts';
-import { dialectCases, dropSchema, POSTGRES_URL, uniqueSchema } from './helpers/dialects.ts';
+import { openStore, type Store } from '../src/store/index.ts';
+import { dialectCases, openTestStore, POSTGRES_URL, type TestStore } from './helpers/dialects.ts';
 
 /** Makes every query fail while `failing` is set: a storage outage on demand, on either database. */
 class OutagePlugin implements KyselyPlugin {
@@ -72,8 +72,8 @@ const sub = (filter: string, extra: Partial<StoredSubscription> = {}): StoredSub
 
 for (const dialect of await dialectCases()) {
   describe(`MQTT broker store on ${dialect.name}`, { skip: dialect.skip }, () => {
+    let testStore: TestStore;
     let store: Store;
-    let dataDir: string;
     let schema: string | undefined;
     let outage: OutagePlugin;
     let nextClient = 0;
@@ -100,23 +100,11 @@ for (const dialect of await dialectCases()) {
       );
 
     before(async () => {
-      dataDir = mkdtempSync(join(tmpdir(), 'castellan-broker-store-'));
-      schema = dialect.name === 'postgres' ? uniqueSchema() : undefined;
-      store = await openStore({
-        url: dialect.name === 'postgres' ? POSTGRES_URL : '',
-        dataDir,
-        sqliteFile: 'store.db',
-        poolMax: 4,
-        ...(schema ? { schema } : {}),
-      });
-      await migrateToLatest(store.db, store.dialect);
+      testStore = await openTestStore(dialect.name, 'broker-store');
+      ({ store, schema } = testStore);
       outage = new OutagePlugin();
     });
-    after(async () => {
-      await store?.close();
-      if (schema) await dropSchema(schema);
-      rmSync(dataDir, { recursive: true, force: true });
-    });
+    after(() => testStore?.dispose());
 
     test('a session round-trips: meta, subscriptions, pending in seq order, inbound QoS 2, binary and properties', async () => {
       const { brokerStore } = open();

@@ -8,8 +8,7 @@ import { resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import type { IClientOptions, MqttClient } from 'mqtt';
-import { Value } from 'typebox/value';
-import { ConfigSchema } from '../src/config/index.ts';
+import { defaultMqttConfig } from '../src/config/index.ts';
 import { CastellanError } from '../src/errors/index.ts';
 import {
   type BrokerLimits,
@@ -27,7 +26,7 @@ import { endClient, openMqttClient } from './helpers/mqtt-clients.ts';
 import { connectClient, nextMessages } from './helpers/mqtt-core.ts';
 import { startTestPlatform } from './helpers/test-platform.ts';
 
-const limits = Value.Default(ConfigSchema.properties.mqtt, {}) as BrokerLimits;
+const limits: BrokerLimits = defaultMqttConfig();
 const silent = createLogger({ level: 'silent' });
 const bin = resolve(import.meta.dirname, '../bin/castellan.js');
 const baseEnv: NodeJS.ProcessEnv = Object.fromEntries(

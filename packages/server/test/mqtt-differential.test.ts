@@ -8,8 +8,7 @@
 import assert from 'node:assert/strict';
 import { isDeepStrictEqual } from 'node:util';
 import { after, before, describe, test } from 'node:test';
-import { Value } from 'typebox/value';
-import { ConfigSchema } from '../src/config/index.ts';
+import { defaultMqttConfig } from '../src/config/index.ts';
 import { type BrokerLimits, conformanceHooks, MqttBroker, startConformanceListener } from '../src/gateway/index.ts';
 import { createLogger } from '../src/logging/index.ts';
 import { startConformanceBroker } from './helpers/conformance-broker.ts';
@@ -19,7 +18,7 @@ import { type Json, type Observation, type Scenario, scenarios } from './helpers
 /** A scenario that has not finished by then is reported as such (the slowest waits about 17 s on the clock). */
 const SCENARIO_TIMEOUT_MS = 25_000;
 
-const defaults = Value.Default(ConfigSchema.properties.mqtt, {}) as BrokerLimits;
+const defaults: BrokerLimits = defaultMqttConfig();
 
 // Locally a missing Mosquitto skips the Mosquitto half; on CI it fails "Mosquitto is present on CI".
 let mosquittoMissing: string | undefined;

@@ -12,35 +12,30 @@ import { pino } from 'pino';
 import { AccountsService } from '../src/accounts/index.ts';
 import { DevicesService, TelemetryQueueFullError, TelemetryWriter } from '../src/devices/index.ts';
 import { SecretBox } from '../src/keys/index.ts';
-import { migrateToLatest, openStore, type Store } from '../src/store/index.ts';
-import { dialectCases, dropSchema, POSTGRES_URL, uniqueSchema } from './helpers/dialects.ts';
+import { migrateToLatest, type Store } from '../src/store/index.ts';
+import {
+  dialectCases,
+  dropSchema,
+  openTestStore,
+  POSTGRES_URL,
+  type TestStore,
+  uniqueSchema,
+} from './helpers/dialects.ts';
 
 const silent = pino({ level: 'silent' });
 const execFileAsync = promisify(execFile);
 
 for (const dialect of await dialectCases()) {
   describe(`storage on ${dialect.name}`, { skip: dialect.skip }, () => {
+    let testStore: TestStore;
     let store: Store;
     let dataDir: string;
-    let schema: string | undefined;
 
     before(async () => {
-      dataDir = mkdtempSync(join(tmpdir(), 'castellan-store-'));
-      schema = dialect.name === 'postgres' ? uniqueSchema() : undefined;
-      store = await openStore({
-        url: dialect.name === 'postgres' ? POSTGRES_URL : '',
-        dataDir,
-        sqliteFile: 'store.db',
-        poolMax: 4,
-        ...(schema ? { schema } : {}),
-      });
-      await migrateToLatest(store.db, store.dialect);
+      testStore = await openTestStore(dialect.name, 'store');
+      ({ store, dataDir } = testStore);
     });
-    after(async () => {
-      await store?.close();
-      if (schema) await dropSchema(schema);
-      rmSync(dataDir, { recursive: true, force: true });
-    });
+    after(() => testStore?.dispose());
 
     const count = async () =>
       Number(

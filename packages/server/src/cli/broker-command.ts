@@ -1,10 +1,10 @@
 // `castellan broker --conformance`: only the MQTT broker core, with the anonymous conformance hooks, on
 // the plain-TCP loopback conformance listener. No database, no HTTP API, no devices. For third-party
 // conformance suites and fuzzers; the production broker runs inside `castellan up`.
-import { Value } from 'typebox/value';
-import { ConfigSchema } from '../config/index.ts';
+import { defaultMqttConfig } from '../config/index.ts';
 import { conformanceHooks, MqttBroker, startConformanceListener } from '../gateway/mqtt/index.ts';
 import { createLogger } from '../logging/index.ts';
+import { runUntilSignal } from './run-until-signal.ts';
 
 export const brokerHelp = `Usage: castellan broker --conformance --port <n> [--host <loopback address>]
 
@@ -39,35 +39,13 @@ export async function brokerCommand(values: { conformance?: boolean; port?: stri
   // Logs go to stderr: stdout carries only the listening address, for scripts to read.
   const log = createLogger({ level: 'info', destination: process.stderr }).child({ component: 'mqtt-conformance' });
   // The same limits as the production broker's defaults (config-schema.ts, mqtt.*).
-  const limits = Value.Default(ConfigSchema.properties.mqtt, {}) as ConstructorParameters<
-    typeof MqttBroker
-  >[0]['limits'];
-  const broker = new MqttBroker({ hooks: conformanceHooks(), limits, log });
+  const broker = new MqttBroker({ hooks: conformanceHooks(), limits: defaultMqttConfig(), log });
   // Throws ERR_BROKER_CONFORMANCE_NOT_LOOPBACK for a non-loopback host (main.ts prints it, exit 1).
   const listener = await startConformanceListener(broker, { host, port }, log);
   process.stderr.write(`\n  ${listener.warning}\n\n`);
   process.stdout.write(`listening on ${listener.url()}\n`);
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) {
-        process.stderr.write('castellan: second signal, exiting now\n');
-        process.exit(1);
-      }
-      stopping = true;
-      log.info({ signal }, 'shutting down');
-      broker
-        .close()
-        .then(() => listener.close())
-        .then(
-          () => resolve(0),
-          (error: unknown) => {
-            log.error({ err: error }, 'shutdown failed');
-            resolve(1);
-          },
-        );
-    };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
+  return runUntilSignal(log, async () => {
+    await broker.close();
+    await listener.close();
   });
 }

@@ -1,6 +1,7 @@
 // `castellan up`: the whole platform in this process, until SIGTERM/SIGINT, then a graceful stop.
 import { loadConfig } from '../config/index.ts';
 import { startPlatform } from '../platform.ts';
+import { runUntilSignal } from './run-until-signal.ts';
 
 export const upHelp = `Usage: castellan up [options]
 
@@ -23,24 +24,5 @@ export async function upCommand(values: { config?: string; 'data-dir'?: string }
     `\n  Castellan is up.\n    HTTPS API:     ${platform.httpUrl}\n    MQTT over TLS: ${platform.mqttUrl}\n` +
       '  Try it: run `npx castellan demo` in a second terminal from this folder. Stop with Ctrl-C.\n\n',
   );
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) {
-        process.stderr.write('castellan: second signal, exiting now\n');
-        process.exit(1);
-      }
-      stopping = true;
-      platform.log.info({ signal }, 'shutting down');
-      platform.close().then(
-        () => resolve(0),
-        (error: unknown) => {
-          platform.log.error({ err: error }, 'shutdown failed');
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-  });
+  return runUntilSignal(platform.log, () => platform.close());
 }

@@ -1,2 +1,9 @@
 export { type CastellanConfig, ConfigSchema, SECRET_CONFIG_KEYS } from './config-schema.ts';
-export { CONFIG_KEYS, type DeepPartial, type LoadConfigOptions, loadConfig, redactConfig } from './load-config.ts';
+export {
+  CONFIG_KEYS,
+  type DeepPartial,
+  defaultMqttConfig,
+  type LoadConfigOptions,
+  loadConfig,
+  redactConfig,
+} from './load-config.ts';

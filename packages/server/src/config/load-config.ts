@@ -280,3 +280,8 @@ export function redactConfig(config: CastellanConfig): Record<string, unknown> {
   for (const path of SECRET_CONFIG_KEYS) redact(copy, path.split('.'));
   return copy;
 }
+
+/** The `mqtt.*` section with every default: the broker limits of a broker started without a config file. */
+export function defaultMqttConfig(): CastellanConfig['mqtt'] {
+  return Value.Default(ConfigSchema.properties.mqtt, {}) as CastellanConfig['mqtt'];
+}

@@ -62,6 +62,20 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
     });
   };
 
+  /** An audit event about a connected (authenticated) device, from the address it connected from. */
+  const auditDevice = (
+    identity: ClientIdentity,
+    remoteAddress: string,
+    event: Pick<AuditEvent, 'type' | 'result' | 'details'>,
+  ) =>
+    audit({
+      actor: { type: 'device', id: identity.principalId },
+      tenant: identity.attributes.vendorId || null,
+      target: identity.principalId,
+      sourceIp: normaliseIp(remoteAddress),
+      ...event,
+    });
+
   return {
     async authenticate(request) {
       const ip = normaliseIp(request.remoteAddress);
@@ -145,11 +159,11 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
 
     async onPublish(identity, message) {
       const deviceId = identity.principalId;
+      const parsed = parseDeviceTopic(message.topic);
       if (message.retain === true && message.payload.length > 0) {
         // Each device may keep one retained message, its last state: retained topics of its own
         // choosing would let one device fill the broker's retained store (mqtt.maxRetainedMessages)
         // for everyone. Clearing (empty payload) is always allowed.
-        const parsed = parseDeviceTopic(message.topic);
         if (parsed?.channel !== 'state' || parsed.rest.length > 0) {
           throw new PublishRefusedError('quota-exceeded', 'only devices/{id}/state may be retained');
         }
@@ -167,7 +181,6 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
           disconnect: verdict.disconnect,
         });
       }
-      const parsed = parseDeviceTopic(message.topic);
       if (parsed?.channel === 'state') await guard.stateChange(deviceId, tenant);
       if (parsed?.channel === 'events') {
         const usage = resourceUsage(message.payload);
@@ -185,12 +198,8 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
     },
 
     onConnectRefused(identity, info) {
-      audit({
-        actor: { type: 'device', id: identity.principalId },
-        tenant: identity.attributes.vendorId ?? null,
+      auditDevice(identity, info.remoteAddress, {
         type: 'device.connect',
-        target: identity.principalId,
-        sourceIp: normaliseIp(info.remoteAddress),
         result: 'denied',
         details: { reason: info.reason, reasonCode: info.reasonCode },
       });
@@ -199,12 +208,8 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
     onConnected(identity, info) {
       if (identity.kind !== 'device') return;
       const vendorId = identity.attributes.vendorId ?? '';
-      audit({
-        actor: { type: 'device', id: identity.principalId },
-        tenant: vendorId || null,
+      auditDevice(identity, info.remoteAddress, {
         type: 'device.connect',
-        target: identity.principalId,
-        sourceIp: normaliseIp(info.remoteAddress),
         result: 'success',
         details: {
           protocolVersion: info.protocolVersion,
@@ -230,12 +235,8 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
         remoteAddress: info.remoteAddress,
         ...(info.reasonCode === undefined ? {} : { reasonCode: info.reasonCode }),
       });
-      audit({
-        actor: { type: 'device', id: identity.principalId },
-        tenant: identity.attributes.vendorId ?? null,
+      auditDevice(identity, info.remoteAddress, {
         type: 'device.disconnect',
-        target: identity.principalId,
-        sourceIp: normaliseIp(info.remoteAddress),
         // Only a DISCONNECT from the device is an orderly end; everything else is worth a look.
         result: info.reason === 'client' ? 'success' : 'failure',
         details: {
@@ -256,12 +257,8 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
       const next = normaliseIp(addresses.next);
       // One entry holds one source IP (encrypted under the day key, PRIV-4): this one the new
       // connection's; the taken-over connection's is on its `device.disconnect` (reason takeover).
-      audit({
-        actor: { type: 'device', id: identity.principalId },
-        tenant: identity.attributes.vendorId ?? null,
+      auditDevice(identity, addresses.next, {
         type: 'device.session-takeover',
-        target: identity.principalId,
-        sourceIp: next,
         result: 'success',
         details: { sameAddress: previous === next },
       });

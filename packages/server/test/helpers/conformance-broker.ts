@@ -1,17 +1,13 @@
 // Castellan's broker core behind the conformance listener (anonymous, open topics, plain TCP on
 // loopback), in this process: what the MQTT corpus replay and the differential tests talk to.
-import { Value } from 'typebox/value';
-import { ConfigSchema } from '../../src/config/index.ts';
+import { defaultMqttConfig } from '../../src/config/index.ts';
 import { conformanceHooks, MqttBroker, startConformanceListener } from '../../src/gateway/index.ts';
 import { createLogger } from '../../src/logging/index.ts';
 
 export async function startConformanceBroker(): Promise<{ port: number; close(): Promise<void> }> {
   const log = createLogger({ level: 'silent' });
   // The production broker's default limits (config-schema.ts, mqtt.*).
-  const limits = Value.Default(ConfigSchema.properties.mqtt, {}) as ConstructorParameters<
-    typeof MqttBroker
-  >[0]['limits'];
-  const broker = new MqttBroker({ hooks: conformanceHooks(), limits, log });
+  const broker = new MqttBroker({ hooks: conformanceHooks(), limits: defaultMqttConfig(), log });
   const listener = await startConformanceListener(broker, { host: '127.0.0.1', port: 0 }, log);
   return {
     port: listener.address().port,

@@ -2,7 +2,11 @@
 // TEST_DATABASE_URL (default: the local server's `test` database). On CI (CI=true) an unreachable
 // PostgreSQL fails the run instead of skipping it.
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import pg from 'pg';
+import { migrateToLatest, openStore, type Store } from '../../src/store/index.ts';
 
 export type DialectName = 'sqlite' | 'postgres';
 
@@ -71,4 +75,38 @@ export async function pgQuery<T = Record<string, unknown>>(
   } finally {
     await client.end();
   }
+}
+
+export interface TestStore {
+  readonly store: Store;
+  /** The SQLite file's directory (also a scratch directory on PostgreSQL). */
+  readonly dataDir: string;
+  /** The PostgreSQL schema, undefined on SQLite. */
+  readonly schema: string | undefined;
+  /** Closes the store and removes its schema and directory. */
+  dispose(): Promise<void>;
+}
+
+/** A migrated store of its own for a storage test: a temporary SQLite file or a fresh PostgreSQL schema. */
+export async function openTestStore(dialect: DialectName, prefix: string): Promise<TestStore> {
+  const dataDir = mkdtempSync(join(tmpdir(), `castellan-${prefix}-`));
+  const schema = dialect === 'postgres' ? uniqueSchema() : undefined;
+  const store = await openStore({
+    url: dialect === 'postgres' ? POSTGRES_URL : '',
+    dataDir,
+    sqliteFile: 'store.db',
+    poolMax: 4,
+    ...(schema ? { schema } : {}),
+  });
+  await migrateToLatest(store.db, store.dialect);
+  return {
+    store,
+    dataDir,
+    schema,
+    async dispose() {
+      await store.close();
+      if (schema) await dropSchema(schema);
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
 }

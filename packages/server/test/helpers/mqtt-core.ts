@@ -6,8 +6,7 @@ import { once } from 'node:events';
 import net, { type AddressInfo } from 'node:net';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import type mqttPacket from 'mqtt-packet';
-import { Value } from 'typebox/value';
-import { ConfigSchema } from '../../src/config/index.ts';
+import { defaultMqttConfig } from '../../src/config/index.ts';
 import {
   type BrokerHooks,
   type BrokerLimits,
@@ -27,7 +26,7 @@ import { openMqttClient } from './mqtt-clients.ts';
 // mqtt-clients.ts's, under the names these tests know.
 export { endClient, RawMqtt as RawClient } from './mqtt-clients.ts';
 
-export const defaultLimits = Value.Default(ConfigSchema.properties.mqtt, {}) as BrokerLimits;
+export const defaultLimits: BrokerLimits = defaultMqttConfig();
 
 /**
  * Open hooks for tests (NOT the branded conformance hooks): every client is accepted and every topic

@@ -12,8 +12,7 @@ import { once } from 'node:events';
 import net from 'node:net';
 import fc from 'fast-check';
 import mqttPacket from 'mqtt-packet';
-import { Value } from 'typebox/value';
-import { ConfigSchema } from '../../src/config/index.ts';
+import { defaultMqttConfig } from '../../src/config/index.ts';
 import {
   type BrokerLimits,
   type ConformanceListener,
@@ -27,7 +26,7 @@ import { createLogger } from '../../src/logging/index.ts';
 import { connectPacket as corpusConnectPacket, corpusAvailable, hex, loadCorpus } from './mqtt-corpus.ts';
 
 /** The production broker's default limits (config-schema.ts, mqtt.*). */
-export const DEFAULT_LIMITS = Value.Default(ConfigSchema.properties.mqtt, {}) as BrokerLimits;
+export const DEFAULT_LIMITS: BrokerLimits = defaultMqttConfig();
 
 export const FUZZ_CLIENT_ID = 'castellan-fuzz';
 export const WITNESS_TOPIC = 'castellan-fuzz/witness';
