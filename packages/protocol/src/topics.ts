@@ -3,7 +3,9 @@
 //   devices/{deviceId}/telemetry          device → cloud, stored durably (QoS 0 or 1)
 //   devices/{deviceId}/state              device → cloud
 //   devices/{deviceId}/events             device → cloud
-//   devices/{deviceId}/commands/{name}    cloud → device
+//   devices/{deviceId}/acks/{commandId}   device → cloud, a command's result (QoS 1)
+//   devices/{deviceId}/commands/{name}    cloud → device, a command (QoS 1)
+//   devices/{deviceId}/shadow/desired     cloud → device, desired state with its version (retained)
 //
 // A device may publish and subscribe only under its own `devices/{deviceId}/` prefix (CHAN-6).
 import { isDeviceId } from './device-id.ts';
@@ -17,9 +19,12 @@ export const deviceTopic = {
   events: (deviceId: string) => `${TOPIC_ROOT}/${deviceId}/events`,
   commands: (deviceId: string) => `${TOPIC_ROOT}/${deviceId}/commands/#`,
   command: (deviceId: string, name: string) => `${TOPIC_ROOT}/${deviceId}/commands/${name}`,
+  ack: (deviceId: string, commandId: string) => `${TOPIC_ROOT}/${deviceId}/acks/${commandId}`,
+  shadowDesired: (deviceId: string) => `${TOPIC_ROOT}/${deviceId}/shadow/desired`,
+  shadow: (deviceId: string) => `${TOPIC_ROOT}/${deviceId}/shadow/#`,
 };
 
-export type DeviceChannel = 'telemetry' | 'state' | 'events' | 'commands';
+export type DeviceChannel = 'telemetry' | 'state' | 'events' | 'acks' | 'commands' | 'shadow';
 
 export interface ParsedDeviceTopic {
   readonly deviceId: string;
@@ -27,7 +32,7 @@ export interface ParsedDeviceTopic {
   readonly rest: readonly string[];
 }
 
-const CHANNELS = new Set<string>(['telemetry', 'state', 'events', 'commands']);
+const CHANNELS = new Set<string>(['telemetry', 'state', 'events', 'acks', 'commands', 'shadow']);
 
 /** Parses a concrete (wildcard-free) device topic; null when it is not one. */
 export function parseDeviceTopic(topic: string): ParsedDeviceTopic | null {

@@ -25,7 +25,7 @@ import {
 } from './accounts/index.ts';
 import { type AuditEvent, AuditLog, auditRequest, auditRoutes } from './audit/index.ts';
 import type { CastellanConfig } from './config/index.ts';
-import { DevicesService, devicesRoutes, TelemetryWriter } from './devices/index.ts';
+import { DeviceEvents, DevicesService, devicesRoutes, TelemetryWriter } from './devices/index.ts';
 import { CastellanError } from './errors/index.ts';
 import {
   deviceBrokerHooks,
@@ -82,6 +82,9 @@ export interface Platform {
   /** Shared by the accounts features (sessions, TOTP, sender…); tests reach into it. */
   readonly accountsContext: AccountsContext;
   readonly devices: DevicesService;
+  /** Accepted device messages and platform-made device changes (push and webhooks listen). */
+  readonly deviceEvents: DeviceEvents;
+  // [issue 7 wiring: Platform fields]
   readonly broker: MqttBroker;
   /** Per-tenant `$SYS/tenants/{vendorId}/broker/...` topics (read-only for devices). */
   readonly sysTopics: SysTopicsPublisher;
@@ -345,8 +348,24 @@ export async function startPlatform(
     }, 300_000);
     brokerPurgeTimer.unref();
     cleanups.push(() => clearInterval(brokerPurgeTimer));
+    const deviceEvents = new DeviceEvents();
+    // [issue 7 wiring: services built before the broker]
+    const deviceChannels: NonNullable<Parameters<typeof deviceBrokerHooks>[0]['channels']> = {
+      telemetry: [],
+      state: [],
+      events: [],
+      acks: [],
+    };
+    // [issue 7 wiring: device channel handlers]
     const broker = new MqttBroker({
-      hooks: deviceBrokerHooks({ devices, guard, audit: recordSoon, log: brokerLog }),
+      hooks: deviceBrokerHooks({
+        devices,
+        guard,
+        audit: recordSoon,
+        log: brokerLog,
+        events: deviceEvents,
+        channels: deviceChannels,
+      }),
       limits: config.mqtt,
       log: brokerLog,
       store: brokerStore,
@@ -454,6 +473,7 @@ export async function startPlatform(
         (app) => app.register(auditRoutes, { audit, authenticate }),
         (app) => app.register(guardRoutes, { guard, devices, authenticate, audit: recordRequest }),
         (app) => app.register(keyRoutes, { keys, authenticate }),
+        // [issue 7 wiring: routes]
       ],
     });
     const httpAdmit = createAddressFilter(config.http);
@@ -543,6 +563,7 @@ export async function startPlatform(
     cleanups.push(() => rmSync(runtimeFile, { force: true }));
     log.info({ httpUrl, mqttUrl, adminUrl, version: VERSION }, 'castellan is up');
 
+    // [issue 7 wiring: after the listeners]
     let closed: Promise<void> | undefined;
     return {
       config,
@@ -551,6 +572,8 @@ export async function startPlatform(
       accounts,
       accountsContext,
       devices,
+      deviceEvents,
+      // [issue 7 wiring: Platform values]
       broker,
       sysTopics,
       telemetry,

@@ -71,6 +71,15 @@ for (const dialect of await dialectCases()) {
           '0005_accounts',
           '0006_broker',
           '0007_presence',
+          '0008_device_requests',
+          '0009_device_identity',
+          '0010_device_certificates',
+          '0011_manufacturing',
+          '0012_bindings',
+          '0013_shadow_commands',
+          '0014_telemetry_history',
+          '0015_webhooks_posture',
+          '0016_lock_passcodes',
         ]);
       } finally {
         if (fresh) await dropSchema(fresh);

@@ -5,6 +5,15 @@ export {
   PresenceTracker,
   type PresenceTrackerOptions,
 } from './device-presence.ts';
+export {
+  DEVICE_ROLES,
+  type DeviceAccess,
+  type DeviceAction,
+  type DeviceRole,
+  deviceRoleAllows,
+  mayGrant,
+} from './device-access.ts';
+export { type DeviceChange, DeviceEvents, type DeviceEventMap, type DeviceMessage } from './device-events.ts';
 export { devicesRoutes } from './devices-routes.ts';
 export {
   type Device,

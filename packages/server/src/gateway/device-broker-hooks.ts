@@ -6,6 +6,7 @@
 import { isDeviceId, isWithinDeviceNamespace, parseDeviceTopic } from '@castellan/protocol';
 import type { Logger } from 'pino';
 import type { AuditEvent } from '../audit/index.ts';
+import type { DeviceEvents } from '../devices/device-events.ts';
 import type { DevicesService } from '../devices/devices-service.ts';
 import { checkTelemetryPayload } from '../devices/telemetry-payload.ts';
 import { TelemetryQueueFullError } from '../devices/telemetry-writer.ts';
@@ -13,7 +14,24 @@ import { type GuardService, normaliseIp } from '../guard/index.ts';
 import { type BrokerHooks, type ClientIdentity, PublishRefusedError } from './mqtt/index.ts';
 import { isTopicLevel, sysTenantPrefix } from './sys-topics-publisher.ts';
 
-const DEVICE_PUBLISH_CHANNELS = new Set(['telemetry', 'state', 'events']);
+const DEVICE_PUBLISH_CHANNELS = new Set(['telemetry', 'state', 'events', 'acks']);
+
+/** A device as the broker knows it after CONNECT. */
+export interface ConnectedDevice {
+  readonly id: string;
+  readonly vendorId: string;
+  readonly productId: string;
+}
+
+/**
+ * Handles an accepted message on one device channel before QoS 1 is acknowledged; may refuse it by
+ * throwing PublishRefusedError (e.g. `payload-invalid`). Registered by the devices subsystem's parts
+ * (shadow for `state`, commands for `acks`, posture for `events`).
+ */
+export type DeviceChannelHandler = (
+  device: ConnectedDevice,
+  message: { rest: readonly string[]; payload: Buffer; receivedAt: number },
+) => Promise<void> | void;
 
 export interface DeviceBrokerHooksOptions {
   devices: DevicesService;
@@ -21,6 +39,10 @@ export interface DeviceBrokerHooksOptions {
   /** Records an audit event without waiting (the connect path stays fast). */
   audit: (event: AuditEvent) => void;
   log: Logger;
+  /** Accepted messages are emitted here after their handler (push, webhooks). */
+  events?: DeviceEvents;
+  /** Per-channel handlers, run in order; telemetry is stored by the hooks themselves. */
+  channels?: Partial<Record<'telemetry' | 'state' | 'events' | 'acks', DeviceChannelHandler[]>>;
 }
 
 const RESOURCES = ['cpuPercent', 'memoryPercent', 'storagePercent'] as const;
@@ -49,7 +71,14 @@ function tenantOf(identity: ClientIdentity): string | null {
   return vendorId !== undefined && isTopicLevel(vendorId) ? vendorId : null;
 }
 
-export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHooksOptions): BrokerHooks {
+export function deviceBrokerHooks({
+  devices,
+  guard,
+  audit,
+  log,
+  events,
+  channels = {},
+}: DeviceBrokerHooksOptions): BrokerHooks {
   const refuse = (ip: string, deviceId: string | undefined, reason: string) => {
     const known = deviceId !== undefined && isDeviceId(deviceId);
     audit({
@@ -139,8 +168,9 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
         parsed !== null &&
         parsed.deviceId === identity.principalId &&
         DEVICE_PUBLISH_CHANNELS.has(parsed.channel) &&
-        // Telemetry has exactly one topic, the one that is stored.
-        (parsed.channel !== 'telemetry' || parsed.rest.length === 0)
+        // Telemetry has exactly one topic, the one that is stored; an ack names exactly one command.
+        (parsed.channel !== 'telemetry' || parsed.rest.length === 0) &&
+        (parsed.channel !== 'acks' || parsed.rest.length === 1)
       );
     },
 
@@ -186,15 +216,29 @@ export function deviceBrokerHooks({ devices, guard, audit, log }: DeviceBrokerHo
         const usage = resourceUsage(message.payload);
         if (usage) await guard.resourceReport(deviceId, tenant, usage);
       }
-      if (parsed?.channel !== 'telemetry' || parsed.rest.length > 0) return;
-      const check = checkTelemetryPayload(message.payload);
-      if (!check.ok) throw new PublishRefusedError('payload-invalid', check.reason);
-      try {
-        await devices.recordTelemetry(deviceId, message.payload, message.receivedAt);
-      } catch (error) {
-        if (error instanceof TelemetryQueueFullError) throw new PublishRefusedError('quota-exceeded', error.message);
-        throw new PublishRefusedError('unavailable', 'telemetry could not be stored');
+      if (parsed === null || parsed.channel === 'commands' || parsed.channel === 'shadow') return;
+      const device = { id: deviceId, vendorId: tenant ?? '', productId };
+      const body = { rest: parsed.rest, payload: message.payload, receivedAt: message.receivedAt };
+      if (parsed.channel === 'telemetry') {
+        const check = checkTelemetryPayload(message.payload);
+        if (!check.ok) throw new PublishRefusedError('payload-invalid', check.reason);
       }
+      for (const handle of channels[parsed.channel] ?? []) await handle(device, body);
+      if (parsed.channel === 'telemetry') {
+        try {
+          await devices.recordTelemetry(deviceId, message.payload, message.receivedAt);
+        } catch (error) {
+          if (error instanceof TelemetryQueueFullError) throw new PublishRefusedError('quota-exceeded', error.message);
+          throw new PublishRefusedError('unavailable', 'telemetry could not be stored');
+        }
+      }
+      events?.emit('message', {
+        deviceId,
+        vendorId: device.vendorId,
+        productId,
+        channel: parsed.channel,
+        ...body,
+      });
     },
 
     onConnectRefused(identity, info) {

@@ -497,6 +497,42 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
         await db.schema.createIndex('device_presence_online_idx').on('device_presence').columns(['online']).execute();
       },
     },
+    '0008_device_requests': {
+      // Reserved (issue 7): device HTTPS requests (challenges, device tokens, nonces).
+      async up(_db: AnyDb) {},
+    },
+    '0009_device_identity': {
+      // Reserved (issue 7): products v2 (schema, security level, auth modes), hardware IDs.
+      async up(_db: AnyDb) {},
+    },
+    '0010_device_certificates': {
+      // Reserved (issue 7): vendor CAs, device certificates, credential lifecycle.
+      async up(_db: AnyDb) {},
+    },
+    '0011_manufacturing': {
+      // Reserved (issue 7): factory credentials, batches, burn receipts.
+      async up(_db: AnyDb) {},
+    },
+    '0012_bindings': {
+      // Reserved (issue 7): binding tokens, bindings, shares.
+      async up(_db: AnyDb) {},
+    },
+    '0013_shadow_commands': {
+      // Reserved (issue 7): device shadow and commands.
+      async up(_db: AnyDb) {},
+    },
+    '0014_telemetry_history': {
+      // Reserved (issue 7): telemetry history: data-point index, retention.
+      async up(_db: AnyDb) {},
+    },
+    '0015_webhooks_posture': {
+      // Reserved (issue 7): webhooks, deliveries, posture golden values.
+      async up(_db: AnyDb) {},
+    },
+    '0016_lock_passcodes': {
+      // Reserved (issue 7): smart-lock passcodes.
+      async up(_db: AnyDb) {},
+    },
   };
 }
 

@@ -383,6 +383,15 @@ export interface Database {
   broker_pending: BrokerPendingTable;
   broker_inbound_qos2: BrokerInboundQos2Table;
   broker_retained: BrokerRetainedTable;
+  // 0008_device_requests
+  // 0009_device_identity
+  // 0010_device_certificates
+  // 0011_manufacturing
+  // 0012_bindings
+  // 0013_shadow_commands
+  // 0014_telemetry_history
+  // 0015_webhooks_posture
+  // 0016_lock_passcodes
 }
 
 /** keys (key store, kept apart from the data): versions of tenant key-encryption keys. */
