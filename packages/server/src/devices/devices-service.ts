@@ -89,6 +89,17 @@ export interface FieldCipher {
   decrypt(tenant: string, sealed: Uint8Array, context: string, scope?: { product?: string }): Promise<Buffer>;
 }
 
+/** How a device proved who it is: its secret, a certificate (mutual TLS), or a device token (DEV-6). */
+export type DeviceAuthMethod = 'secret' | 'certificate' | 'token';
+
+/**
+ * A check every authenticated device passes before it may connect or call the device API (MQTT and
+ * HTTPS alike): null admits, a string refuses with that reason (audited, never shown to the device).
+ * Registered by the parts of the devices subsystem (allowed auth modes of the product, burn receipts,
+ * credential lifecycle…).
+ */
+export type DeviceAdmissionCheck = (device: Device, method: DeviceAuthMethod) => Promise<string | null> | string | null;
+
 /** The platform's own tenant in the key hierarchy (used for the timing decoy). */
 const PLATFORM_TENANT = 'platform';
 
@@ -103,6 +114,7 @@ export class DevicesService {
   readonly #now: () => number;
   readonly #drawId: (vendorCode: string, productCode: string) => string;
   readonly #limitsCache = new Map<string, { limits: ProductReportLimits; until: number }>();
+  readonly #admissionChecks: DeviceAdmissionCheck[] = [];
   /** Decrypted when a device ID is unknown, so that both refusals cost the same. */
   #decoy: Promise<{ id: string; sealed: Buffer }> | undefined;
 
@@ -323,6 +335,24 @@ export class DevicesService {
       this.#decoy = undefined;
     });
     return this.#decoy;
+  }
+
+  /** Adds a check run by admit(), in registration order. */
+  addAdmissionCheck(check: DeviceAdmissionCheck): void {
+    this.#admissionChecks.push(check);
+  }
+
+  /**
+   * Whether an authenticated device may proceed: its status first (only `active` devices), then every
+   * registered check. Null admits; otherwise the reason of the first refusal.
+   */
+  async admit(device: Device, method: DeviceAuthMethod): Promise<string | null> {
+    if (device.status !== 'active') return device.status;
+    for (const check of this.#admissionChecks) {
+      const reason = await check(device, method);
+      if (reason !== null) return reason;
+    }
+    return null;
   }
 
   /** Report-rate limits of a product, cached briefly: they are read on every device message. */

@@ -17,6 +17,8 @@ export { type DeviceChange, DeviceEvents, type DeviceEventMap, type DeviceMessag
 export { devicesRoutes } from './devices-routes.ts';
 export {
   type Device,
+  type DeviceAdmissionCheck,
+  type DeviceAuthMethod,
   type DeviceStatus,
   type ProductReportLimits,
   DevicesService,

@@ -135,7 +135,8 @@ export function deviceBrokerHooks({
         await guard.authFailure(ip, { kind: 'device', id: request.username });
         return { ok: false, reason: 'bad-credentials' };
       }
-      if (device.status !== 'active') {
+      const refusal = await devices.admit(device, 'secret');
+      if (refusal !== null) {
         audit({
           actor: { type: 'device', id: device.id },
           tenant: device.vendorId,
@@ -143,9 +144,9 @@ export function deviceBrokerHooks({
           target: device.id,
           sourceIp: ip,
           result: 'denied',
-          details: { reason: device.status },
+          details: { reason: refusal },
         });
-        return { ok: false, reason: device.status === 'quarantined' ? 'banned' : 'not-authorized' };
+        return { ok: false, reason: refusal === 'quarantined' ? 'banned' : 'not-authorized' };
       }
       // The successful connect is audited in onConnected: CONNACK can still fail after this point.
       return {
