@@ -1,5 +1,6 @@
-// The device SDK's MQTT client: connects over TLS with the device's own ID and secret, pins the
-// platform's CA, reports telemetry (QoS 1: resolves once the platform has stored it). With `reconnect`,
+// The device SDK's MQTT client: connects over TLS with the device's own ID and secret (or a client
+// certificate, or a device token), pins the platform's CA, reports telemetry (QoS 1: resolves once
+// the platform has stored it). With `reconnect`,
 // it retries a refused or failed connect and re-establishes a lost connection, waiting out the
 // platform's `retry-after` and otherwise backing off exponentially with full jitter, so a fleet cut
 // off at once does not come back at once (docs/protocol.md, Admission control).
@@ -7,6 +8,14 @@ import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { deviceTopic, isDeviceId } from '@castellan/protocol';
 import mqtt, { type IClientOptions, type MqttClient, type Packet } from 'mqtt';
+import {
+  type BuiltinCommandHooks,
+  type CommandHandler,
+  DeviceCommands,
+  useBuiltinCommands,
+} from './device-commands.ts';
+import { type DesiredHandler, DeviceShadow, type ShadowState, type ShadowSyncResult } from './device-shadow.ts';
+import { type PostureInput, type PostureReportMessage, reportPosture } from './device-posture.ts';
 
 export interface DeviceReconnectOptions {
   /** Backoff ceiling after the first failure, ms; doubles with each failure in a row (default 1000). */
@@ -23,7 +32,18 @@ export interface DeviceClientOptions {
   /** mqtts://host:port */
   url: string;
   deviceId: string;
-  secret: string;
+  /**
+   * How the device proves who it is, exactly one of: `secret` (DEV-3); `cert` + `key` (PEM, mutual TLS
+   * with a certificate of the vendor's device CA, P-256 or RSA: DEV-5); `token` (a device token,
+   * `cas_dvt_…`, from the HTTPS challenge-response, e.g. signed with an SM2 key: DEV-5/DEV-6).
+   */
+  secret?: string;
+  /** Client certificate (PEM) for mutual TLS; with `key`. */
+  cert?: string | Buffer;
+  /** The certificate's private key (PEM); never sent anywhere. */
+  key?: string | Buffer;
+  /** A device token presented as the MQTT password. */
+  token?: string;
   /** PEM CA certificate of the platform (pinned: no system trust store). */
   ca: string | Buffer;
   protocolVersion?: 4 | 5;
@@ -123,6 +143,10 @@ export class DeviceClient {
     if (!isDeviceId(options.deviceId)) {
       throw new DeviceConnectError('ERR_DEVICE_ID_INVALID', 'device ID must be 24 lower-case hex digits');
     }
+    const credentials = [options.secret, options.cert ?? options.key, options.token].filter((c) => c !== undefined);
+    if (credentials.length !== 1 || (options.cert === undefined) !== (options.key === undefined)) {
+      throw new DeviceConnectError('ERR_DEVICE_CREDENTIALS', 'give exactly one of: secret, cert with key, token');
+    }
     const url = new URL(options.url);
     if (url.protocol !== 'mqtts:') {
       throw new DeviceConnectError('ERR_DEVICE_INSECURE_URL', 'only mqtts:// (MQTT over TLS) is allowed');
@@ -144,6 +168,7 @@ export class DeviceClient {
   static #attempt(options: DeviceClientOptions, url: URL): Promise<MqttClient> {
     const tlsOptions: ConnectionOptions = {
       ca: options.ca,
+      ...(options.cert !== undefined && options.key !== undefined ? { cert: options.cert, key: options.key } : {}),
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
       ...(options.servername
@@ -157,7 +182,10 @@ export class DeviceClient {
       ...(tlsOptions as IClientOptions),
       clientId: options.deviceId,
       username: options.deviceId,
-      password: options.secret,
+      // Mutual TLS: the certificate is the credential, no password is sent.
+      ...(options.secret !== undefined || options.token !== undefined
+        ? { password: options.secret ?? options.token }
+        : {}),
       protocolVersion,
       keepalive: options.keepaliveSeconds ?? 60,
       clean: true,
@@ -253,6 +281,76 @@ export class DeviceClient {
         resolve();
       });
     });
+  }
+
+  #commands: DeviceCommands | undefined;
+  #shadow: DeviceShadow | undefined;
+
+  /** Commands from the platform (CHAN-7): created on first use. */
+  get commands(): DeviceCommands {
+    this.#commands ??= new DeviceCommands(this);
+    return this.#commands;
+  }
+
+  /** The device's shadow (CHAN-7): created on first use. */
+  get shadow(): DeviceShadow {
+    this.#shadow ??= new DeviceShadow(this);
+    return this.#shadow;
+  }
+
+  /** Handles commands named `name` ('*': any other name); the SDK acknowledges with the result. */
+  onCommand(name: string, handler: CommandHandler): Promise<void> {
+    return this.commands.on(name, handler);
+  }
+
+  /** reboot, factory-reset and wipe (DEV-9) as a simulator handles them. */
+  useBuiltinCommands(hooks: BuiltinCommandHooks = {}): Promise<void> {
+    return useBuiltinCommands(this, hooks);
+  }
+
+  /** Reports state (the shadow's `reported`); resolves once the platform has taken it. */
+  reportState(state: ShadowState): Promise<void> {
+    return this.shadow.report(state);
+  }
+
+  /** Applies desired state as it changes (then reports it back). */
+  onDesired(handler: DesiredHandler): Promise<void> {
+    return this.shadow.onDesired(handler);
+  }
+
+  /** Fetches the latest desired state (retained), applies what differs and reports it back. */
+  syncShadow(options: { settleMs?: number } = {}): Promise<ShadowSyncResult> {
+    return this.shadow.sync(options);
+  }
+
+  /** Reports firmware version, security level and core-file digests (DEV-10); resolves once checked. */
+  reportPosture(input: PostureInput): Promise<PostureReportMessage> {
+    return reportPosture(this, input);
+  }
+
+  /**
+   * Drops the connection and connects again (a simulated reboot). Resolves once connected again and
+   * the command and shadow subscriptions are confirmed (nothing sent meanwhile is missed after that).
+   */
+  async restart(): Promise<void> {
+    const client = this.mqtt;
+    await new Promise<void>((resolve, reject) => {
+      client.end(true, {}, () => {
+        const onConnect = () => {
+          client.off('error', onError);
+          resolve();
+        };
+        const onError = (error: Error) => {
+          client.off('connect', onConnect);
+          reject(error);
+        };
+        client.once('connect', onConnect);
+        client.once('error', onError);
+        client.reconnect();
+      });
+    });
+    await this.#commands?.renew();
+    await this.#shadow?.renew();
   }
 
   close(): Promise<void> {

@@ -22,10 +22,46 @@ import {
   TotpService,
   UserDirectory,
   verifySignedBody,
+  requireRecentAuthentication,
 } from './accounts/index.ts';
 import { type AuditEvent, AuditLog, auditRequest, auditRoutes } from './audit/index.ts';
 import type { CastellanConfig } from './config/index.ts';
-import { DeviceEvents, DevicesService, devicesRoutes, TelemetryWriter } from './devices/index.ts';
+import {
+  BindingsService,
+  bindingDeviceRoutes,
+  bindingRoutes,
+  type DeviceAccess,
+  DeviceEvents,
+  DevicesService,
+  devicesRoutes,
+  TelemetryWriter,
+} from './devices/index.ts';
+import { ManufacturingService, manufacturingRoutes } from './devices/index.ts';
+import { PostureService, postureRoutes, WebhooksService, webhooksRoutes } from './devices/index.ts';
+import { LockPasscodesService, lockPasscodeRoutes } from './devices/index.ts';
+import { CommandsService, commandsRoutes, productChecks, ShadowService, shadowRoutes } from './devices/index.ts';
+import {
+  PushHub,
+  pushRoutes,
+  TelemetryHistory,
+  telemetryHistoryRoutes,
+  TelemetryPointAggregates,
+} from './devices/index.ts';
+import {
+  CredentialLifecycle,
+  credentialLifecycleRoutes,
+  DeviceCertificatesService,
+  deviceCertificatesRoutes,
+  signedChallengeVerifier,
+} from './devices/index.ts';
+import {
+  DeviceHttpAuth,
+  deviceApiRoutes,
+  HardwareIdsService,
+  hardwareIdsRoutes,
+  productAuthModeCheck,
+  productTelemetryHandler,
+} from './devices/index.ts';
 import { CastellanError } from './errors/index.ts';
 import {
   deviceBrokerHooks,
@@ -85,6 +121,34 @@ export interface Platform {
   /** Accepted device messages and platform-made device changes (push and webhooks listen). */
   readonly deviceEvents: DeviceEvents;
   // [issue 7 wiring: Platform fields]
+  /** Device certificates, vendor CAs and SM2 keys (DEV-5). */
+  readonly deviceCertificates: DeviceCertificatesService;
+  /** Rotation, revocation, disable/enable, decommissioning and the live-connection sweep (DEV-8). */
+  readonly credentialLifecycle: CredentialLifecycle;
+  /** Device HTTPS authentication (DEV-6): timestamp mode, challenge-response, device tokens. */
+  readonly deviceHttpAuth: DeviceHttpAuth;
+  /** Registered hardware IDs and product secrets (DEV-4). */
+  readonly hardwareIds: HardwareIdsService;
+  /** Telemetry history: range queries, data-point downsampling, retention purge, the BIND-5 wipe. */
+  readonly telemetryHistory: TelemetryHistory;
+  /** Push (BIND-4): Server-Sent Events streams of device events to people and vendors. */
+  readonly push: PushHub;
+  /** Smart-lock offline passcodes (LOCK-1). */
+  readonly lockPasscodes: LockPasscodesService;
+  /** Device shadows: desired and reported state with versions (CHAN-7). */
+  readonly shadows: ShadowService;
+  /** Commands to devices with acknowledgement and timeout, and the DEV-9 built-ins. */
+  readonly commands: CommandsService;
+  /** Signed webhooks to the tenants' business systems: endpoints, the delivery outbox and its worker. */
+  readonly webhooks: WebhooksService;
+  /** Device posture against golden values per product and firmware version (DEV-10). */
+  readonly posture: PostureService;
+  /** Factory stations, batches, burn receipts and activation on first connection (DEV-7). */
+  readonly manufacturing: ManufacturingService;
+  /** Who may do what with a device (BIND-2): the bindings service behind the DeviceAccess interface. */
+  readonly deviceAccess: DeviceAccess;
+  /** Binding tokens, bindings, shares and unbinding (BIND-1/3/5). */
+  readonly bindings: BindingsService;
   readonly broker: MqttBroker;
   /** Per-tenant `$SYS/tenants/{vendorId}/broker/...` topics (read-only for devices). */
   readonly sysTopics: SysTopicsPublisher;
@@ -195,7 +259,12 @@ export async function startPlatform(
     }
     await migrateToLatest(keyStore.db, keyStore.dialect, 'keys');
     // Objects built later that earlier ones call back into (bound once they exist).
-    const late: { broker?: MqttBroker; devices?: DevicesService; operatorKeys?: OperatorKeysService } = {};
+    const late: {
+      broker?: MqttBroker;
+      devices?: DevicesService;
+      operatorKeys?: OperatorKeysService;
+      deviceCertificates?: DeviceCertificatesService;
+    } = {};
     const keys = new KeyService({
       db: keyStore.db,
       rootKey: rootKey.key,
@@ -206,6 +275,10 @@ export async function startPlatform(
           late.devices?.rewrapSecrets(tenant).then(
             (moved) => log.info({ tenant, moved }, 'keys: device secrets re-wrapped after rotation'),
             (error: unknown) => log.error({ err: error, tenant }, 'keys: re-wrap failed'),
+          );
+          late.deviceCertificates?.rewrapCaKeys(tenant).then(
+            (moved) => log.info({ tenant, moved }, 'keys: device CA keys re-wrapped after rotation'),
+            (error: unknown) => log.error({ err: error, tenant }, 'keys: device CA key re-wrap failed'),
           );
           late.operatorKeys?.rewrapSecrets(tenant).then(
             (moved) => log.info({ tenant, moved }, 'keys: access-key secrets re-wrapped after rotation'),
@@ -278,6 +351,8 @@ export async function startPlatform(
       batchMaxRows: config.telemetry.batchMaxRows,
       flushIntervalMs: config.telemetry.flushIntervalMs,
       queueMaxRows: config.telemetry.queueMaxRows,
+      // Per-minute data-point aggregates for telemetry history, in the batch's transaction.
+      derive: new TelemetryPointAggregates(store.db).derive,
     });
     cleanups.push(() => telemetry.close());
     const devices = new DevicesService({
@@ -350,13 +425,209 @@ export async function startPlatform(
     cleanups.push(() => clearInterval(brokerPurgeTimer));
     const deviceEvents = new DeviceEvents();
     // [issue 7 wiring: services built before the broker]
-    const deviceChannels: NonNullable<Parameters<typeof deviceBrokerHooks>[0]['channels']> = {
+    // DEV-6 device HTTPS authentication, DEV-4 hardware IDs, and the product's allowed authentication
+    // modes at every admission (DEV-5: an L2/L3 product refuses a device that proves itself by secret).
+    const deviceHttpAuth = new DeviceHttpAuth({
+      db: store.db,
+      devices,
+      record: recordSoon,
+      authFailure: (ip, subject) => guard.authFailure(ip, subject),
+    });
+    cleanups.push(() => deviceHttpAuth.close());
+    const hardwareIds = new HardwareIdsService({
+      db: store.db,
+      devices,
+      keys,
+      auth: deviceHttpAuth,
+      record: recordSoon,
+      authFailure: (ip) => guard.authFailure(ip, null),
+    });
+    devices.addAdmissionCheck(productAuthModeCheck(devices, hardwareIds));
+    // DEV-5 device certificates (per-vendor platform CA, uploaded vendor CAs, SM2 keys) and DEV-8
+    // credential lifecycle. SM2 devices answer the HTTPS challenge with a signature; a connection whose
+    // credential or status no longer holds is dropped here at once and by every process's sweep.
+    const deviceCertificates = new DeviceCertificatesService({
+      db: store.db,
+      secrets: keys,
+      devices,
+      certificateDays: config.devices.certificateDays,
+    });
+    late.deviceCertificates = deviceCertificates;
+    deviceHttpAuth.challengeVerifiers.push(signedChallengeVerifier(deviceCertificates));
+    const credentialLifecycle = new CredentialLifecycle({
+      db: store.db,
+      devices,
+      certificates: deviceCertificates,
+      events: deviceEvents,
+      audit: recordSoon,
+      log: log.child({ component: 'devices' }),
+      disconnect: (deviceId, cause) =>
+        late.broker?.disconnectClient(
+          deviceId,
+          cause === 'status' ? ReasonCode.AdministrativeAction : ReasonCode.NotAuthorized,
+        ) ?? false,
+      connections: () =>
+        (late.broker?.connectedIdentities() ?? [])
+          .filter((identity) => identity.kind === 'device')
+          .map((identity) => ({
+            deviceId: identity.principalId,
+            vendorId: identity.attributes.vendorId,
+            method: identity.attributes.authMethod,
+            credential: identity.attributes.credential,
+            authenticatedAt: Number(identity.attributes.authenticatedAt ?? 0),
+          })),
+      revokeTokens: (deviceId) => deviceHttpAuth.revokeTokens(deviceId),
+      sweepIntervalMs: config.devices.credentialSweepSeconds * 1000,
+    });
+    cleanups.push(() => credentialLifecycle.close());
+    // CHAN-7 shadow and commands (DEV-9 built-ins). They publish to devices through the broker, built
+    // below; desired state and custom commands are checked against the product's data points.
+    const publishToDevice = (topic: string, payload: Buffer, options: { qos: 0 | 1; retain: boolean }) =>
+      late.broker?.publishSystem(topic, payload, options);
+    const schemaChecks = productChecks(devices);
+    const shadows = new ShadowService({
+      db: store.db,
+      publish: publishToDevice,
+      log: log.child({ component: 'shadow' }),
+      events: deviceEvents,
+      checkDesired: schemaChecks.checkDesired,
+    });
+    const commands = new CommandsService({
+      db: store.db,
+      publish: publishToDevice,
+      isOnline: (deviceId) => late.broker?.isConnected(deviceId) ?? false,
+      audit: recordSoon,
+      log: log.child({ component: 'commands' }),
+      events: deviceEvents,
+      checkCommand: schemaChecks.checkCommand,
+      // DEV-9: a factory reset forgets the owner: the shadow, then the binding (its wipers run too).
+      onFactoryReset: async ({ id }) => {
+        const shadowCleared = await shadows.clear(id);
+        const device = await devices.getDevice(id);
+        const unbound = device ? await bindings.unbind(device, { type: 'device', id }, 'factory-reset') : false;
+        return { shadowCleared, unbound };
+      },
+    });
+    commands.start();
+    cleanups.push(() => commands.close());
+    // Webhooks: device events to the tenants' business systems, signed, from an outbox that survives
+    // restarts. allowTargets opens non-public addresses to them: development and tests only.
+    if (config.webhooks.allowTargets.length > 0) {
+      if (config.environment === 'production') {
+        throw new CastellanError('ERR_CONFIG_INVALID', {
+          message:
+            'Invalid configuration: webhooks.allowTargets must be empty in production (development and tests only)',
+        });
+      }
+      log.warn(
+        { allowTargets: config.webhooks.allowTargets },
+        'DEVELOPMENT DEFAULTS ACTIVE: webhooks may reach non-public addresses',
+      );
+      notice(
+        `  !!! webhooks.allowTargets lets webhooks reach non-public addresses (${config.webhooks.allowTargets.join(', ')}): development and tests only.\n`,
+      );
+    }
+    const webhooks = new WebhooksService({
+      db: store.db,
+      cipher: keys,
+      config: config.webhooks,
+      log: log.child({ component: 'webhooks' }),
+      record: recordSoon,
+      userAgent: `Castellan-Webhooks/${VERSION}`,
+    });
+    webhooks.start({ deviceEvents, presence: devices.presence.events });
+    cleanups.push(() => webhooks.close());
+    const posture = new PostureService({
+      db: store.db,
+      guard,
+      record: recordSoon,
+      events: deviceEvents,
+      log: log.child({ component: 'posture' }),
+    });
+    // DEV-7: a batch device connects only with a recorded burn receipt (admission check); its first
+    // connection activates it. Device images name the listeners, known once they listen (set below).
+    const manufacturingEndpoints = { mqttUrl: null as string | null, httpUrl: null as string | null, caPem: tls.ca };
+    const manufacturing = new ManufacturingService({
+      db: store.db,
+      devices,
+      events: deviceEvents,
+      record: recordSoon,
+      endpoints: () => manufacturingEndpoints,
+      log: log.child({ component: 'manufacturing' }),
+    });
+    manufacturing.start();
+    cleanups.push(() => manufacturing.close());
+    const bindings = new BindingsService({
+      db: store.db,
+      devices,
+      users: new UserDirectory({ db: store.db, keys }),
+      events: deviceEvents,
+      record: recordSoon,
+      log: log.child({ component: 'bindings' }),
+      tokenTtlMs: config.devices.bindingTokenTtlSeconds * 1000,
+      tokensPerUser: config.devices.bindingTokensPerUser,
+    });
+    const bindingsPurgeTimer = setInterval(() => {
+      bindings.purgeExpired().catch((e: unknown) => log.warn({ err: e }, 'bindings: purge failed'));
+    }, 600_000);
+    bindingsPurgeTimer.unref();
+    cleanups.push(() => clearInterval(bindingsPurgeTimer));
+    const deviceChannels: Required<NonNullable<Parameters<typeof deviceBrokerHooks>[0]['channels']>> = {
       telemetry: [],
       state: [],
       events: [],
       acks: [],
     };
     // [issue 7 wiring: device channel handlers]
+    // DEV-2: telemetry must fit the product's data points (products without properties accept any object).
+    deviceChannels.telemetry.push(productTelemetryHandler(devices));
+    // Telemetry history: retention per product (periodic purge); unbinding wipes the device's telemetry
+    // kept for the previous owner (BIND-5).
+    const telemetryHistory = new TelemetryHistory({
+      db: store.db,
+      log: log.child({ component: 'telemetry' }),
+      writer: telemetry,
+      defaultRetentionDays: config.telemetry.retentionDays,
+      purgeIntervalMs: config.telemetry.purgeIntervalMinutes * 60_000,
+    });
+    telemetryHistory.start();
+    cleanups.push(() => telemetryHistory.close());
+    bindings.onUnbind(async (deviceId) => {
+      await telemetryHistory.wipeDevice(deviceId);
+    });
+    // Push (BIND-4): device messages, platform changes and presence to the people who may see them.
+    const push = new PushHub({
+      deviceEvents,
+      presence: devices.presence.events,
+      access: bindings,
+      log: log.child({ component: 'push' }),
+      streamsPerPrincipal: config.devices.pushStreamsPerPrincipal,
+      maxStreams: config.devices.pushMaxStreams,
+      bufferBytes: config.devices.pushBufferBytes,
+      heartbeatMs: config.devices.pushHeartbeatSeconds * 1000,
+      maxStreamMs: config.devices.pushMaxStreamMinutes * 60_000,
+      resumeEvents: config.devices.pushResumeEvents,
+    });
+    cleanups.push(() => push.close());
+    // Lock passcodes (LOCK-1): uses reported on the events channel; live codes revoked at unbind (BIND-5).
+    const lockPasscodes = new LockPasscodesService({
+      db: store.db,
+      devices,
+      publish: (topic, payload, options) => late.broker?.publishSystem(topic, payload, options),
+      audit: recordSoon,
+      log: log.child({ component: 'lock-passcodes' }),
+      events: deviceEvents,
+    });
+    deviceChannels.events.push(lockPasscodes.eventsHandler);
+    bindings.onUnbind((deviceId) => lockPasscodes.wipe(deviceId));
+    (deviceChannels.state ??= []).push(shadows.handleReport);
+    (deviceChannels.acks ??= []).push(commands.handleAck);
+    // BIND-5: unbinding deletes the shadow and the command history kept for the previous owner.
+    bindings.onUnbind(async (deviceId) => {
+      await shadows.clear(deviceId);
+      await commands.deleteForDevice(deviceId);
+    });
+    deviceChannels.events.push(posture.channelHandler);
     const broker = new MqttBroker({
       hooks: deviceBrokerHooks({
         devices,
@@ -365,6 +636,8 @@ export async function startPlatform(
         log: brokerLog,
         events: deviceEvents,
         channels: deviceChannels,
+        certificates: deviceCertificates,
+        deviceTokens: { verify: (deviceId, token) => deviceHttpAuth.deviceForToken(deviceId, token) },
       }),
       limits: config.mqtt,
       log: brokerLog,
@@ -469,11 +742,61 @@ export async function startPlatform(
         (app) => app.register(accountsRoutes, { accounts, totp, authenticate, audit: recordRequest }),
         (app) => app.register(accountFeatureRoutes, accountsContext),
         (app) => app.register(staffRoutes, { ctx: accountsContext, accounts }),
-        (app) => app.register(devicesRoutes, { devices, authenticate, audit: recordRequest }),
+        (app) => app.register(devicesRoutes, { devices, access: bindings, authenticate, audit: recordRequest }),
         (app) => app.register(auditRoutes, { audit, authenticate }),
         (app) => app.register(guardRoutes, { guard, devices, authenticate, audit: recordRequest }),
         (app) => app.register(keyRoutes, { keys, authenticate }),
         // [issue 7 wiring: routes]
+        (app) =>
+          app.register(deviceCertificatesRoutes, {
+            devices,
+            certificates: deviceCertificates,
+            authenticate,
+            audit: recordRequest,
+          }),
+        (app) =>
+          app.register(credentialLifecycleRoutes, {
+            devices,
+            lifecycle: credentialLifecycle,
+            authenticate,
+            audit: recordRequest,
+            requireRecentAuthentication: (principal) => requireRecentAuthentication(principal, accountsContext),
+          }),
+        (app) =>
+          app.register(deviceApiRoutes, {
+            devices,
+            auth: deviceHttpAuth,
+            guard,
+            channels: deviceChannels,
+            events: deviceEvents,
+            hardwareIds,
+          }),
+        (app) => app.register(hardwareIdsRoutes, { devices, hardwareIds, authenticate, audit: recordRequest }),
+        (app) =>
+          app.register(telemetryHistoryRoutes, { devices, history: telemetryHistory, access: bindings, authenticate }),
+        (app) => app.register(pushRoutes, { hub: push, devices, access: bindings, authenticate }),
+        (app) =>
+          app.register(lockPasscodeRoutes, {
+            passcodes: lockPasscodes,
+            access: bindings,
+            authenticate,
+            audit: recordRequest,
+            stepUp: accountsContext,
+          }),
+        (app) => app.register(shadowRoutes, { shadows, access: bindings, authenticate, audit: recordRequest }),
+        (app) => app.register(commandsRoutes, { commands, access: bindings, authenticate, audit: recordRequest }),
+        (app) => app.register(webhooksRoutes, { webhooks, authenticate, audit: recordRequest }),
+        (app) => app.register(postureRoutes, { posture, devices, authenticate, audit: recordRequest }),
+        (app) =>
+          app.register(manufacturingRoutes, {
+            manufacturing,
+            devices,
+            authenticate,
+            audit: recordRequest,
+            record: (event) => audit.record(event),
+          }),
+        (app) => app.register(bindingRoutes, { bindings, authenticate, audit: recordRequest, stepUp: accountsContext }),
+        (app) => app.register(bindingDeviceRoutes, { bindings, auth: deviceHttpAuth }),
       ],
     });
     const httpAdmit = createAddressFilter(config.http);
@@ -564,6 +887,9 @@ export async function startPlatform(
     log.info({ httpUrl, mqttUrl, adminUrl, version: VERSION }, 'castellan is up');
 
     // [issue 7 wiring: after the listeners]
+    credentialLifecycle.start();
+    manufacturingEndpoints.mqttUrl = mqttUrl;
+    manufacturingEndpoints.httpUrl = httpUrl;
     let closed: Promise<void> | undefined;
     return {
       config,
@@ -574,6 +900,20 @@ export async function startPlatform(
       devices,
       deviceEvents,
       // [issue 7 wiring: Platform values]
+      deviceCertificates,
+      credentialLifecycle,
+      deviceHttpAuth,
+      hardwareIds,
+      telemetryHistory,
+      push,
+      lockPasscodes,
+      shadows,
+      commands,
+      webhooks,
+      posture,
+      manufacturing,
+      deviceAccess: bindings,
+      bindings,
       broker,
       sysTopics,
       telemetry,

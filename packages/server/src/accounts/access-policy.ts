@@ -25,6 +25,7 @@ export type Action =
   | 'device.create'
   | 'device.list'
   | 'device.read'
+  | 'device.command'
   | 'telemetry.read'
   | 'audit.read'
   | 'audit.read-all'
@@ -33,7 +34,14 @@ export type Action =
   | 'guard.alerts.read-all'
   | 'guard.blocks.manage'
   | 'device.release'
-  | 'keys.manage';
+  | 'keys.manage'
+  | 'webhook.read'
+  | 'webhook.manage'
+  | 'posture.golden.manage'
+  | 'device.credentials.manage'
+  | 'product.update'
+  | 'product.hardware-ids.manage'
+  | 'product.secret.issue';
 
 export interface ResourceScope {
   /** The vendor (tenant) that owns the resource. */
@@ -79,6 +87,8 @@ const RULES: Readonly<Record<Action, Rule>> = {
   'device.create': tenant('devices:write', 'owner'),
   'device.list': tenant('devices:read', 'viewer'),
   'device.read': tenant('devices:read', 'viewer'),
+  // Commands and desired state on the tenant's devices (BIND-2's vendor side; bindings/device-access.ts).
+  'device.command': tenant('devices:write', 'admin'),
   'telemetry.read': tenant('telemetry:read', 'viewer'),
   'audit.read': either(staff('auditor', 'security'), tenant('audit:read', 'admin')),
   'audit.read-all': staff('auditor', 'security'),
@@ -88,6 +98,20 @@ const RULES: Readonly<Record<Action, Rule>> = {
   'guard.blocks.manage': staff('security'),
   'device.release': either(staff('security'), tenant('devices:release', 'admin')),
   'keys.manage': staff('security'),
+  // Webhooks (issue 7): deliveries carry device data, so reading needs devices:read; endpoints send the
+  // tenant's device data elsewhere and their secret is shown once, so managing them needs an admin.
+  'webhook.read': tenant('devices:read', 'admin'),
+  'webhook.manage': tenant('devices:write', 'admin'),
+  // Golden firmware values (DEV-10) are product definitions.
+  'posture.golden.manage': tenant('products:write', 'admin'),
+  // Device certificates, vendor CAs, secret rotation, revocation, disable and decommission (DEV-5, DEV-8): a
+  // rotated secret is shown once, so owners only among people, as for issuing devices.
+  'device.credentials.manage': tenant('devices:write', 'owner'),
+  // Products v2 (DEV-2): schema, limits, retention, level and modes; registered hardware IDs (DEV-4). The
+  // product secret is shown once and lets listed hardware register: owners only among people.
+  'product.update': tenant('products:write', 'admin'),
+  'product.hardware-ids.manage': tenant('products:write', 'admin'),
+  'product.secret.issue': tenant('products:write', 'owner'),
 };
 
 export function can(principal: Principal | undefined, action: Action, scope: ResourceScope = {}): boolean {

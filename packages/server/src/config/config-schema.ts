@@ -75,6 +75,18 @@ export const ConfigSchema = Type.Object(
           default: 50000,
           description: 'Rows waiting to be written before publishers are refused',
         }),
+        retentionDays: Type.Integer({
+          minimum: 1,
+          maximum: 36500,
+          default: 365,
+          description: 'Days telemetry (rows and per-minute aggregates) is kept unless its product sets its own',
+        }),
+        purgeIntervalMinutes: Type.Integer({
+          minimum: 1,
+          maximum: 1440,
+          default: 10,
+          description: 'How often telemetry older than its retention is deleted (in small batches)',
+        }),
       },
       strict,
     ),
@@ -648,6 +660,47 @@ export const ConfigSchema = Type.Object(
       },
       strict,
     ),
+    webhooks: Type.Object(
+      {
+        maxAttempts: Type.Integer({
+          minimum: 1,
+          maximum: 100,
+          default: 12,
+          description: 'Attempts per webhook delivery before it is dead-lettered',
+        }),
+        initialBackoffMs: Type.Integer({
+          minimum: 1,
+          maximum: 3600000,
+          default: 10000,
+          description: 'Wait before the second attempt; doubles with each failure (with jitter)',
+        }),
+        maxBackoffMs: Type.Integer({
+          minimum: 1,
+          maximum: 86400000,
+          default: 3600000,
+          description: 'Longest wait between two attempts',
+        }),
+        timeoutMs: Type.Integer({
+          minimum: 100,
+          maximum: 60000,
+          default: 10000,
+          description: 'Time one attempt may take (connect, TLS, request and response)',
+        }),
+        concurrency: Type.Integer({
+          minimum: 1,
+          maximum: 1000,
+          default: 16,
+          description: 'Webhook requests in flight at once in this process',
+        }),
+        allowTargets: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), {
+          default: [],
+          maxItems: 64,
+          description:
+            'Development and tests only: CIDR ranges webhooks may reach although not public (http allowed there); refused in production',
+        }),
+      },
+      strict,
+    ),
     devices: Type.Object(
       {
         maxBatch: Type.Integer({
@@ -655,6 +708,66 @@ export const ConfigSchema = Type.Object(
           maximum: 100000,
           default: 1000,
           description: 'Most devices created by one request',
+        }),
+        certificateDays: Type.Integer({
+          minimum: 1,
+          maximum: 3650,
+          default: 365,
+          description: 'Validity of a device certificate the platform issues from a CSR (DEV-5)',
+        }),
+        credentialSweepSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 3600,
+          default: 5,
+          description: 'How often connected devices are re-checked and dropped once revoked or disabled (DEV-8)',
+        }),
+        bindingTokenTtlSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 3600,
+          default: 600,
+          description: 'Lifetime of a one-time binding token (BIND-1; Tuya: 10 minutes)',
+        }),
+        bindingTokensPerUser: Type.Integer({
+          minimum: 1,
+          maximum: 100,
+          default: 5,
+          description: 'Unused, unexpired binding tokens one person may hold at once',
+        }),
+        pushStreamsPerPrincipal: Type.Integer({
+          minimum: 1,
+          maximum: 100,
+          default: 5,
+          description: 'Event streams (push, BIND-4) one person or access key may hold open at once',
+        }),
+        pushMaxStreams: Type.Integer({
+          minimum: 1,
+          maximum: 1000000,
+          default: 10000,
+          description: 'Event streams this process holds open at once',
+        }),
+        pushBufferBytes: Type.Integer({
+          minimum: 4096,
+          maximum: 67108864,
+          default: 1048576,
+          description: 'Unsent bytes an event stream may hold before its slow client is disconnected',
+        }),
+        pushHeartbeatSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 300,
+          default: 20,
+          description: 'Interval of the heartbeat comment on an idle event stream (also re-checks the session)',
+        }),
+        pushMaxStreamMinutes: Type.Integer({
+          minimum: 1,
+          maximum: 1440,
+          default: 60,
+          description: 'Lifetime of one event stream; the client reconnects (and is authenticated again)',
+        }),
+        pushResumeEvents: Type.Integer({
+          minimum: 0,
+          maximum: 100000,
+          default: 1000,
+          description: 'Recent events kept for Last-Event-ID resume after a reconnect',
         }),
       },
       strict,

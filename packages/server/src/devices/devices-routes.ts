@@ -1,4 +1,5 @@
-// Devices routes for vendors: products, device identities (secrets shown once), telemetry.
+// Devices routes for vendors: products, device identities (secrets shown once), presence. Telemetry
+// routes (latest, history, data points) are in telemetry-history-routes.ts.
 // Object-level authorisation: a resource of another tenant answers exactly like a missing one.
 import { DeviceIdError, parseDeviceId, type SuiteName } from '@castellan/protocol';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
@@ -14,11 +15,20 @@ import {
   type RecordAudit,
   StrictObject,
 } from '../http/index.ts';
-import type { Device, DevicesService, Product, TelemetryItem } from './devices-service.ts';
+import type { DeviceAccess } from './device-access.ts';
+import type { Device, DevicesService, Product, ProductSettings } from './devices-service.ts';
 import type { DevicePresence } from './presence-events.ts';
+import {
+  presentProductIdentity,
+  ProductPatchBody,
+  productIdentityInput,
+  productIdentityView,
+} from './product-views.ts';
 
 export interface DevicesRoutesOptions {
   devices: DevicesService;
+  /** Bound and shared people reach a device through its role (BIND-2). */
+  access: DeviceAccess;
   authenticate: AuthenticateHook;
   audit: RecordAudit;
 }
@@ -42,6 +52,7 @@ const ProductView = StrictObject({
   cryptoSuite: Type.Union([Type.Literal('intl'), Type.Literal('sm'), Type.Null()], {
     description: "the product's own crypto suite for device secrets; null: the vendor's",
   }),
+  ...productIdentityView,
 });
 
 const ReportLimitsInput = StrictObject(
@@ -88,13 +99,6 @@ const PresenceView = StrictObject(
 
 const DeviceDetailView = StrictObject({ ...DeviceView.properties, presence: PresenceView });
 
-const TelemetryView = StrictObject({
-  seq: Type.Integer(),
-  deviceId: Type.String(),
-  receivedAt: Type.Integer(),
-  payload: Type.Object({}, { additionalProperties: true }),
-});
-
 const presentProduct = (p: Product) => ({
   id: p.id,
   vendorId: p.vendorId,
@@ -104,6 +108,7 @@ const presentProduct = (p: Product) => ({
   createdAt: p.createdAt,
   reportLimits: { perSecond: p.reportLimits.perSecond, perDay: p.reportLimits.perDay },
   cryptoSuite: p.cryptoSuite,
+  ...presentProductIdentity(p),
 });
 const presentDevice = (d: Device) => ({
   id: d.id,
@@ -118,12 +123,6 @@ const presentPresence = (p: DevicePresence) => ({
   lastConnectedAt: p.lastConnectedAt,
   lastDisconnectedAt: p.lastDisconnectedAt,
   lastDisconnectReason: p.lastDisconnectReason,
-});
-const presentTelemetry = (t: TelemetryItem) => ({
-  seq: t.seq,
-  deviceId: t.deviceId,
-  receivedAt: t.receivedAt,
-  payload: t.payload,
 });
 
 function deviceIdFrom(request: FastifyRequest): string {
@@ -156,8 +155,14 @@ function tenantOf(request: FastifyRequest, requested: string | undefined): strin
   return requested ?? defaultTenant(principal);
 }
 
-export async function devicesRoutes(app: FastifyInstance, { devices, authenticate, audit }: DevicesRoutesOptions) {
-  async function ownedProduct(request: FastifyRequest, action: 'product.read' | 'device.create' | 'device.list') {
+export async function devicesRoutes(
+  app: FastifyInstance,
+  { devices, access, authenticate, audit }: DevicesRoutesOptions,
+) {
+  async function ownedProduct(
+    request: FastifyRequest,
+    action: 'product.read' | 'product.update' | 'device.create' | 'device.list',
+  ) {
     const product = await devices.getProduct((request.params as { productId: string }).productId);
     if (!product || !can(principalOf(request), action, { vendorId: product.vendorId })) {
       throw new CastellanError('ERR_PRODUCT_NOT_FOUND');
@@ -166,7 +171,11 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
   }
 
   async function ownedDevice(request: FastifyRequest, action: 'device.read' | 'telemetry.read') {
-    const device = await devices.getDevice(deviceIdFrom(request));
+    const deviceId = deviceIdFrom(request);
+    const principal = principalOf(request);
+    // People: by their role on the device (owner, share) or their organisation (BIND-2).
+    if (principal.kind === 'user') return access.authorize(principal, deviceId, 'device.view');
+    const device = await devices.getDevice(deviceId);
     if (!device || !can(principalOf(request), action, { vendorId: device.vendorId })) {
       throw new CastellanError('ERR_DEVICE_NOT_FOUND');
     }
@@ -192,6 +201,7 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
                 "device secrets of this product under its own key in this suite (KEY-4); default: the vendor's",
             }),
           ),
+          ...productIdentityInput,
         }),
         response: { 201: ProductView, ...authenticatedErrors },
       },
@@ -203,7 +213,7 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
         category: string;
         reportLimits?: { perSecond?: number; perDay?: number };
         cryptoSuite?: SuiteName;
-      };
+      } & ProductSettings;
       const vendorId = tenantOf(request, requested);
       if (vendorId === undefined || !can(principalOf(request), 'product.create', { vendorId })) {
         throw new CastellanError('ERR_AUTH_FORBIDDEN');
@@ -213,9 +223,41 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
         type: 'product.create',
         tenant: vendorId,
         target: product.id,
-        details: { code: product.code, cryptoSuite: product.cryptoSuite },
+        details: {
+          code: product.code,
+          cryptoSuite: product.cryptoSuite,
+          securityLevel: product.securityLevel,
+          authModes: product.authModes,
+        },
       });
       return reply.status(201).send(presentProduct(product));
+    },
+  );
+
+  app.patch(
+    '/v1/products/:productId',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary: "Change a product's data points, report limits, telemetry retention, security level or modes",
+        tags: ['devices'],
+        security: bearerSecurity,
+        params: StrictObject({ productId: ProductId }),
+        body: ProductPatchBody,
+        response: { 200: ProductView, ...authenticatedErrors },
+      },
+    },
+    async (request) => {
+      const product = await ownedProduct(request, 'product.update');
+      const patch = request.body as Parameters<DevicesService['updateProduct']>[1];
+      const updated = await devices.updateProduct(product.id, patch);
+      await audit(request, {
+        type: 'product.update',
+        tenant: product.vendorId,
+        target: product.id,
+        details: { fields: Object.keys(patch), securityLevel: updated.securityLevel, authModes: updated.authModes },
+      });
+      return presentProduct(updated);
     },
   );
 
@@ -336,59 +378,6 @@ export async function devicesRoutes(app: FastifyInstance, { devices, authenticat
     async (request) => {
       const device = await ownedDevice(request, 'device.read');
       return { ...presentDevice(device), presence: presentPresence(await devices.presence.get(device.id)) };
-    },
-  );
-
-  app.get(
-    '/v1/devices/:deviceId/telemetry/latest',
-    {
-      onRequest: authenticate,
-      schema: {
-        summary: "A device's most recent telemetry message",
-        tags: ['devices'],
-        security: bearerSecurity,
-        params: StrictObject({ deviceId: DeviceIdParam }),
-        response: { 200: TelemetryView, ...authenticatedErrors },
-      },
-    },
-    async (request) => {
-      const device = await ownedDevice(request, 'telemetry.read');
-      const latest = await devices.latestTelemetry(device.id);
-      if (!latest) throw new CastellanError('ERR_TELEMETRY_NOT_FOUND');
-      return presentTelemetry(latest);
-    },
-  );
-
-  app.get(
-    '/v1/devices/:deviceId/telemetry',
-    {
-      onRequest: authenticate,
-      schema: {
-        summary: "A device's telemetry, newest first; page with beforeSeq",
-        tags: ['devices'],
-        security: bearerSecurity,
-        params: StrictObject({ deviceId: DeviceIdParam }),
-        querystring: StrictObject({
-          limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
-          beforeSeq: Type.Optional(Type.Integer({ minimum: 1 })),
-        }),
-        response: {
-          200: StrictObject({
-            items: Type.Array(TelemetryView),
-            nextBeforeSeq: Type.Union([Type.Integer(), Type.Null()]),
-          }),
-          ...authenticatedErrors,
-        },
-      },
-    },
-    async (request) => {
-      const device = await ownedDevice(request, 'telemetry.read');
-      const { limit, beforeSeq } = request.query as { limit: number; beforeSeq?: number };
-      const items = await devices.listTelemetry(device.id, { limit, ...(beforeSeq ? { beforeSeq } : {}) });
-      return {
-        items: items.map(presentTelemetry),
-        nextBeforeSeq: items.length === limit ? items.at(-1)!.seq : null,
-      };
     },
   );
 }

@@ -2,12 +2,19 @@
 // The devices issue grows products (schemas, security levels), authentication modes, binding and the
 // rest on top of these tables.
 import { randomBytes } from 'node:crypto';
-import { generateCode, generateDeviceId, type SuiteName } from '@castellan/protocol';
+import {
+  deviceRequestKey as deriveDeviceRequestKey,
+  deriveLockPasscodeKey,
+  generateCode,
+  generateDeviceId,
+  type SuiteName,
+} from '@castellan/protocol';
 import type { Kysely } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
 import { constantTimeEqual, newId } from '../lib/random-ids.ts';
 import type { Database } from '../store/index.ts';
 import { PresenceTracker, type PresenceTrackerOptions } from './device-presence.ts';
+import { type DataPointSchema, parseDataPointSchema, ProductSchemaError } from './product-schema.ts';
 import type { TelemetryWriter } from './telemetry-writer.ts';
 import { asBuffer } from '../lib/bytes.ts';
 
@@ -22,6 +29,66 @@ export interface Product {
   readonly reportLimits: ProductReportLimits;
   /** The product's own crypto suite for device secrets (KEY-4); null: the vendor's key and suite. */
   readonly cryptoSuite: SuiteName | null;
+  /** S 8.1.1 security level; L2/L3 products accept only the certificate mode (DEV-5). */
+  readonly securityLevel: SecurityLevel;
+  /** How its devices may authenticate (DEV-3..5). */
+  readonly authModes: readonly ProductAuthMode[];
+  /** Declared data points (product-schema.ts); null: none, any telemetry object is accepted. */
+  readonly dataPoints: DataPointSchema | null;
+  /** Days telemetry is kept; null: the platform default. */
+  readonly telemetryRetentionDays: number | null;
+  /** When the hardware-ID registration secret (DEV-4) was last issued; null: never. */
+  readonly secretIssuedAt: number | null;
+}
+
+export type SecurityLevel = 'L1' | 'L2' | 'L3';
+export const SECURITY_LEVELS: readonly SecurityLevel[] = ['L1', 'L2', 'L3'];
+export type ProductAuthMode = 'secret' | 'hardware-id' | 'certificate';
+export const PRODUCT_AUTH_MODES: readonly ProductAuthMode[] = ['secret', 'hardware-id', 'certificate'];
+
+/** What a product definition may set (POST /v1/products) or change (PATCH). */
+export interface ProductSettings {
+  securityLevel?: SecurityLevel;
+  authModes?: ProductAuthMode[];
+  /** Validated by parseDataPointSchema; null (PATCH) removes it. */
+  dataPoints?: unknown;
+  telemetryRetentionDays?: number | null;
+}
+
+/**
+ * DEV-5: L2/L3 products accept only the asymmetric mode. Returns the modes (defaulted per level), or
+ * throws ERR_PRODUCT_AUTH_MODE_NOT_ALLOWED naming the modes that are not allowed.
+ */
+export function checkAuthModes(level: SecurityLevel, modes: readonly ProductAuthMode[] | undefined): ProductAuthMode[] {
+  const chosen = modes ?? (level === 'L1' ? ['secret'] : ['certificate']);
+  if (chosen.length === 0 || new Set(chosen).size !== chosen.length) {
+    throw new CastellanError('ERR_VALIDATION_FAILED', {
+      message: 'authModes must list one or more distinct modes',
+      details: { field: 'authModes' },
+    });
+  }
+  const refused = level === 'L1' ? [] : chosen.filter((m) => m !== 'certificate');
+  if (refused.length > 0) {
+    throw new CastellanError('ERR_PRODUCT_AUTH_MODE_NOT_ALLOWED', {
+      message: `Products of security level ${level} accept only the certificate authentication mode; not allowed: ${refused.join(', ')}`,
+      details: { securityLevel: level, notAllowed: refused },
+    });
+  }
+  return [...chosen];
+}
+
+function schemaFrom(raw: unknown): DataPointSchema | null {
+  if (raw === undefined || raw === null) return null;
+  try {
+    return parseDataPointSchema(raw);
+  } catch (error) {
+    if (error instanceof ProductSchemaError) {
+      throw new CastellanError('ERR_PRODUCT_SCHEMA_INVALID', {
+        message: `The data-point schema is invalid: ${error.message}`,
+      });
+    }
+    throw error;
+  }
 }
 
 export interface ProductReportLimits {
@@ -29,7 +96,8 @@ export interface ProductReportLimits {
   readonly perDay: number | null;
 }
 
-export type DeviceStatus = 'active' | 'disabled' | 'quarantined';
+/** 'decommissioned' is final (DEV-8): credentials destroyed, never connects again, the ID never reused. */
+export type DeviceStatus = 'active' | 'disabled' | 'quarantined' | 'decommissioned';
 
 export interface Device {
   readonly id: string;
@@ -114,6 +182,7 @@ export class DevicesService {
   readonly #now: () => number;
   readonly #drawId: (vendorCode: string, productCode: string) => string;
   readonly #limitsCache = new Map<string, { limits: ProductReportLimits; until: number }>();
+  readonly #productCache = new Map<string, { product: Product | null; until: number }>();
   readonly #admissionChecks: DeviceAdmissionCheck[] = [];
   /** Decrypted when a device ID is unknown, so that both refusals cost the same. */
   #decoy: Promise<{ id: string; sealed: Buffer }> | undefined;
@@ -136,8 +205,11 @@ export class DevicesService {
       category: string;
       reportLimits?: Partial<ProductReportLimits>;
       cryptoSuite?: SuiteName;
-    },
+    } & ProductSettings,
   ): Promise<Product> {
+    const securityLevel = input.securityLevel ?? 'L1';
+    const authModes = checkAuthModes(securityLevel, input.authModes);
+    const dataPoints = schemaFrom(input.dataPoints);
     const vendor = await this.#vendors.getVendor(vendorId);
     if (!vendor) throw new CastellanError('ERR_VENDOR_NOT_FOUND');
     const id = newId('prd');
@@ -154,6 +226,12 @@ export class DevicesService {
         messages_per_second: input.reportLimits?.perSecond ?? null,
         messages_per_day: input.reportLimits?.perDay ?? null,
         crypto_suite: input.cryptoSuite ?? null,
+        security_level: securityLevel,
+        auth_modes: JSON.stringify(authModes),
+        data_points: dataPoints ? JSON.stringify(dataPoints) : null,
+        telemetry_retention_days: input.telemetryRetentionDays ?? null,
+        secret_ciphertext: null,
+        secret_issued_at: null,
       };
       const inserted = await this.#db
         .insertInto('products')
@@ -169,6 +247,54 @@ export class DevicesService {
   async getProduct(productId: string): Promise<Product | null> {
     const row = await this.#db.selectFrom('products').selectAll().where('id', '=', productId).executeTakeFirst();
     return row ? toProduct(row) : null;
+  }
+
+  /**
+   * Changes a product's schema, limits, retention, level or modes (DEV-2). The level and modes are
+   * checked together (DEV-5); the caches of this process drop the product at once, other processes
+   * within their 10 s cache lifetime.
+   */
+  async updateProduct(
+    productId: string,
+    patch: {
+      name?: string;
+      reportLimits?: { perSecond?: number | null; perDay?: number | null };
+    } & ProductSettings,
+  ): Promise<Product> {
+    const current = await this.getProduct(productId);
+    if (!current) throw new CastellanError('ERR_PRODUCT_NOT_FOUND');
+    const securityLevel = patch.securityLevel ?? current.securityLevel;
+    const authModes =
+      patch.authModes !== undefined || patch.securityLevel !== undefined
+        ? checkAuthModes(securityLevel, patch.authModes ?? current.authModes)
+        : [...current.authModes];
+    const set: Partial<Database['products']> = {
+      security_level: securityLevel,
+      auth_modes: JSON.stringify(authModes),
+    };
+    if (patch.name !== undefined) set.name = patch.name;
+    if (patch.dataPoints !== undefined) {
+      const schema = schemaFrom(patch.dataPoints);
+      set.data_points = schema ? JSON.stringify(schema) : null;
+    }
+    if (patch.telemetryRetentionDays !== undefined) set.telemetry_retention_days = patch.telemetryRetentionDays;
+    if (patch.reportLimits?.perSecond !== undefined) set.messages_per_second = patch.reportLimits.perSecond;
+    if (patch.reportLimits?.perDay !== undefined) set.messages_per_day = patch.reportLimits.perDay;
+    await this.#db.updateTable('products').set(set).where('id', '=', productId).execute();
+    this.#limitsCache.delete(productId);
+    this.#productCache.delete(productId);
+    return (await this.getProduct(productId))!;
+  }
+
+  /** A product as of at most 10 s ago (read on every device message: schema checks, auth modes). */
+  async cachedProduct(productId: string): Promise<Product | null> {
+    const now = this.#now();
+    const hit = this.#productCache.get(productId);
+    if (hit && hit.until > now) return hit.product;
+    const product = await this.getProduct(productId);
+    this.#productCache.set(productId, { product, until: now + 10_000 });
+    if (this.#productCache.size > 10_000) this.#productCache.delete(this.#productCache.keys().next().value!);
+    return product;
   }
 
   async listProducts(vendorId: string): Promise<Product[]> {
@@ -291,6 +417,59 @@ export class DevicesService {
   }
 
   /**
+   * The HTTPS request key of a device (DEV-6): HKDF of its secret (@castellan/protocol
+   * deviceRequestKey), so the secret itself never travels. An unknown device, or one whose tenant key
+   * is unusable, takes the same path (a decryption and a derivation) and yields a key of no device with
+   * `device: null`: the caller runs its HMAC check either way and refuses alike.
+   */
+  async deviceRequestKey(deviceId: string): Promise<{ device: Device | null; key: Buffer }> {
+    const row = await this.#db
+      .selectFrom('devices')
+      .select(['id', 'vendor_id', 'product_id', 'status', 'created_at', 'secret_ciphertext'])
+      .where('id', '=', deviceId)
+      .executeTakeFirst();
+    let secret: Buffer;
+    let known = row !== undefined;
+    try {
+      if (row) {
+        secret = await this.#secrets.decrypt(row.vendor_id, asBuffer(row.secret_ciphertext), secretAad(row.id), {
+          product: row.product_id,
+        });
+      } else {
+        const decoy = await this.#decoySecret();
+        secret = await this.#secrets.decrypt(PLATFORM_TENANT, decoy.sealed, secretAad(decoy.id));
+      }
+    } catch {
+      known = false;
+      secret = randomBytes(DEVICE_SECRET_BYTES);
+    }
+    const key = deriveDeviceRequestKey(secret);
+    return { device: row && known ? toDevice(row) : null, key };
+  }
+
+  /**
+   * The passcode key of a lock (LOCK-1): HKDF of its secret (@castellan/protocol deriveLockPasscodeKey),
+   * the same key the lock derives from its own copy, so the secret never leaves this service. Null when
+   * the device is unknown or has no usable secret (destroyed, certificate-only, tenant key unusable).
+   */
+  async lockPasscodeKey(deviceId: string): Promise<Buffer | null> {
+    const row = await this.#db
+      .selectFrom('devices')
+      .select(['id', 'vendor_id', 'product_id', 'secret_ciphertext'])
+      .where('id', '=', deviceId)
+      .executeTakeFirst();
+    if (!row || !row.secret_ciphertext || asBuffer(row.secret_ciphertext).length === 0) return null;
+    try {
+      const secret = await this.#secrets.decrypt(row.vendor_id, asBuffer(row.secret_ciphertext), secretAad(row.id), {
+        product: row.product_id,
+      });
+      return secret.length > 0 ? deriveLockPasscodeKey(secret, row.id) : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /**
    * Re-wraps a vendor's device secrets under its current key version (after a rotation), a page at a
    * time, one short write per device so devices keep authenticating throughout. Returns how many moved.
    */
@@ -309,6 +488,8 @@ export class DevicesService {
       if (rows.length === 0) return moved;
       for (const row of rows) {
         const current = asBuffer(row.secret_ciphertext);
+        // A destroyed secret (decommissioned device) has nothing to re-wrap.
+        if (current.length === 0) continue;
         const rewrapped = await this.#secrets.rewrap(vendorId, current, secretAad(row.id));
         if (!rewrapped) continue;
         // Only if unchanged meanwhile (a concurrent rotation of the credential wins).
@@ -366,12 +547,60 @@ export class DevicesService {
     return limits;
   }
 
-  /** Sets a device's status; returns the device as it was, or null when it does not exist. */
+  /**
+   * Sets a device's status; returns the device as it was, or null when it does not exist.
+   * 'decommissioned' is final (DEV-8): such a device keeps that status whatever is asked.
+   */
   async setStatus(deviceId: string, status: DeviceStatus): Promise<Device | null> {
     const device = await this.getDevice(deviceId);
     if (!device) return null;
-    await this.#db.updateTable('devices').set({ status }).where('id', '=', deviceId).execute();
+    await this.#db
+      .updateTable('devices')
+      .set({ status })
+      .where('id', '=', deviceId)
+      .where('status', '!=', 'decommissioned')
+      .execute();
     return device;
+  }
+
+  /**
+   * Replaces a device's secret with a new random one (DEV-8 rotation): the old one stops working at
+   * once. Returns the new secret (shown once), or null when the device does not exist or is
+   * decommissioned.
+   */
+  async replaceSecret(deviceId: string): Promise<string | null> {
+    const device = await this.getDevice(deviceId);
+    if (!device || device.status === 'decommissioned') return null;
+    const product = await this.getProduct(device.productId);
+    const scope = product?.cryptoSuite ? { product: device.productId } : {};
+    await this.#secrets.ensureKey(device.vendorId, scope);
+    const secret = randomBytes(DEVICE_SECRET_BYTES).toString('base64url');
+    const sealed = await this.#secrets.encrypt(
+      device.vendorId,
+      Buffer.from(secret, 'utf8'),
+      secretAad(deviceId),
+      scope,
+    );
+    const result = await this.#db
+      .updateTable('devices')
+      .set({ secret_ciphertext: sealed })
+      .where('id', '=', deviceId)
+      .where('status', '!=', 'decommissioned')
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows) === 1 ? secret : null;
+  }
+
+  /**
+   * Destroys a device's secret (DEV-8 decommissioning): the column keeps an empty value, which never
+   * decrypts, so no secret can authenticate the device again. Returns false for an unknown device.
+   */
+  async destroySecret(deviceId: string): Promise<boolean> {
+    const result = await this.#db
+      .updateTable('devices')
+      .set({ secret_ciphertext: Buffer.alloc(0) })
+      .where('id', '=', deviceId)
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows) === 1;
   }
 
   /** Queues a telemetry message; settles when it is committed. */
@@ -407,6 +636,11 @@ function toProduct(row: Database['products']): Product {
     createdAt: row.created_at,
     reportLimits: { perSecond: row.messages_per_second, perDay: row.messages_per_day },
     cryptoSuite: (row.crypto_suite as SuiteName | null) ?? null,
+    securityLevel: (row.security_level as SecurityLevel | undefined) ?? 'L1',
+    authModes: JSON.parse(row.auth_modes ?? '["secret"]') as ProductAuthMode[],
+    dataPoints: row.data_points ? (JSON.parse(row.data_points) as DataPointSchema) : null,
+    telemetryRetentionDays: row.telemetry_retention_days ?? null,
+    secretIssuedAt: row.secret_issued_at === null ? null : Number(row.secret_issued_at),
   };
 }
 

@@ -23,6 +23,12 @@ export interface TelemetryWriterOptions {
   batchMaxRows: number;
   flushIntervalMs: number;
   queueMaxRows: number;
+  /**
+   * Rows derived from a batch (the telemetry history's per-minute data-point aggregates): prepared before
+   * the batch's transaction (it may look up or create IDs), the returned write runs inside it, after the
+   * rows, so the rows and what is derived from them commit or fail together.
+   */
+  derive?: (batch: readonly TelemetryRecord[]) => Promise<((trx: Kysely<Database>) => Promise<void>) | null>;
 }
 
 export class TelemetryQueueFullError extends Error {
@@ -89,10 +95,16 @@ export class TelemetryWriter {
       first = false;
       const batch = this.#queue.splice(0, this.#options.batchMaxRows);
       try {
-        await this.#options.db
-          .insertInto('telemetry')
-          .values(batch.map((r) => ({ device_id: r.deviceId, received_at: r.receivedAt, payload: r.payload })))
-          .execute();
+        const rows = batch.map((r) => ({ device_id: r.deviceId, received_at: r.receivedAt, payload: r.payload }));
+        const derived = this.#options.derive ? await this.#options.derive(batch) : null;
+        if (derived) {
+          await this.#options.db.transaction().execute(async (trx) => {
+            await trx.insertInto('telemetry').values(rows).execute();
+            await derived(trx);
+          });
+        } else {
+          await this.#options.db.insertInto('telemetry').values(rows).execute();
+        }
         this.stats.rowsWritten += batch.length;
         this.stats.batchesWritten++;
         for (const r of batch) r.resolve();
@@ -103,6 +115,12 @@ export class TelemetryWriter {
         for (const r of batch) r.reject(error);
       }
     }
+  }
+
+  /** Resolves once everything queued before the call is committed (or has failed). */
+  async flush(): Promise<void> {
+    if (this.#queue.length > 0) this.#kick();
+    while (this.#flushing) await this.#flushing;
   }
 
   /** Writes what is queued, then refuses further appends. */

@@ -7,11 +7,11 @@ import { isDeviceId, isWithinDeviceNamespace, parseDeviceTopic } from '@castella
 import type { Logger } from 'pino';
 import type { AuditEvent } from '../audit/index.ts';
 import type { DeviceEvents } from '../devices/device-events.ts';
-import type { DevicesService } from '../devices/devices-service.ts';
+import type { Device, DeviceAuthMethod, DevicesService } from '../devices/devices-service.ts';
 import { checkTelemetryPayload } from '../devices/telemetry-payload.ts';
 import { TelemetryQueueFullError } from '../devices/telemetry-writer.ts';
 import { type GuardService, normaliseIp } from '../guard/index.ts';
-import { type BrokerHooks, type ClientIdentity, PublishRefusedError } from './mqtt/index.ts';
+import { type AuthenticateResult, type BrokerHooks, type ClientIdentity, PublishRefusedError } from './mqtt/index.ts';
 import { isTopicLevel, sysTenantPrefix } from './sys-topics-publisher.ts';
 
 const DEVICE_PUBLISH_CHANNELS = new Set(['telemetry', 'state', 'events', 'acks']);
@@ -43,7 +43,19 @@ export interface DeviceBrokerHooksOptions {
   events?: DeviceEvents;
   /** Per-channel handlers, run in order; telemetry is stored by the hooks themselves. */
   channels?: Partial<Record<'telemetry' | 'state' | 'events' | 'acks', DeviceChannelHandler[]>>;
+  /** Verifies TLS client certificates (DEV-5 mutual TLS); without it a presented certificate is ignored. */
+  certificates?: {
+    authenticate(
+      der: Uint8Array,
+      claimedDeviceId: string | undefined,
+    ): Promise<{ ok: true; device: Device; certificate: { fingerprint: string } } | { ok: false; reason: string }>;
+  };
+  /** Verifies a device token (`cas_dvt_…`, DEV-6) presented as the MQTT password; null refuses. */
+  deviceTokens?: { verify(deviceId: string, token: string): Promise<Device | null> };
 }
+
+/** Device tokens start with this; a password that does not is a device secret. */
+const DEVICE_TOKEN_PREFIX = Buffer.from('cas_dvt_');
 
 const RESOURCES = ['cpuPercent', 'memoryPercent', 'storagePercent'] as const;
 
@@ -78,8 +90,10 @@ export function deviceBrokerHooks({
   log,
   events,
   channels = {},
+  certificates,
+  deviceTokens,
 }: DeviceBrokerHooksOptions): BrokerHooks {
-  const refuse = (ip: string, deviceId: string | undefined, reason: string) => {
+  const refuse = (ip: string, deviceId: string | undefined, reason: string, extra: Record<string, unknown> = {}) => {
     const known = deviceId !== undefined && isDeviceId(deviceId);
     audit({
       actor: { type: 'device', id: known ? deviceId : 'unknown' },
@@ -87,8 +101,47 @@ export function deviceBrokerHooks({
       target: known ? deviceId : null,
       sourceIp: ip,
       result: 'failure',
-      details: { reason },
+      details: { reason, ...extra },
     });
+  };
+
+  /** A device that proved who it is: the admission checks (status, auth modes, lifecycle) decide. */
+  const admitted = async (
+    device: Device,
+    method: DeviceAuthMethod,
+    ip: string,
+    credential?: string,
+  ): Promise<AuthenticateResult> => {
+    const refusal = await devices.admit(device, method);
+    if (refusal !== null) {
+      audit({
+        actor: { type: 'device', id: device.id },
+        tenant: device.vendorId,
+        type: 'device.connect',
+        target: device.id,
+        sourceIp: ip,
+        result: 'denied',
+        details: { reason: refusal, method },
+      });
+      return { ok: false, reason: refusal === 'quarantined' ? 'banned' : 'not-authorized' };
+    }
+    // The successful connect is audited in onConnected: CONNACK can still fail after this point.
+    // How and when it authenticated lets the credential sweep re-check the connection (DEV-8).
+    return {
+      ok: true,
+      identity: {
+        principalId: device.id,
+        kind: 'device',
+        clientId: device.id,
+        attributes: {
+          vendorId: device.vendorId,
+          productId: device.productId,
+          authMethod: method,
+          authenticatedAt: String(Date.now()),
+          ...(credential === undefined ? {} : { credential }),
+        },
+      },
+    };
   };
 
   /** An audit event about a connected (authenticated) device, from the address it connected from. */
@@ -120,11 +173,35 @@ export function deviceBrokerHooks({
         });
         return { ok: false, reason: 'rate-limited' };
       }
+      // Mutual TLS (DEV-5): a presented client certificate decides on its own (the username, when
+      // given, must be the device it names); one that does not verify is refused, never skipped.
+      const claimed = request.username === undefined || request.username === '' ? undefined : request.username;
+      if (certificates && request.peerCertificate && (claimed === undefined || isDeviceId(claimed))) {
+        const verdict = await certificates.authenticate(request.peerCertificate, claimed);
+        if (!verdict.ok) {
+          log.info({ deviceId: claimed ?? null, reason: verdict.reason }, 'mqtt: device certificate refused');
+          refuse(ip, claimed, 'bad-credentials', { certificate: verdict.reason });
+          await guard.authFailure(ip, claimed === undefined ? null : { kind: 'device', id: claimed });
+          return { ok: false, reason: 'bad-credentials' };
+        }
+        return admitted(verdict.device, 'certificate', ip, verdict.certificate.fingerprint);
+      }
       // The device ID alone is never a credential (DEV-3): a secret must be presented and match.
       if (!isDeviceId(request.username) || !request.password || request.password.length === 0) {
         refuse(ip, request.username, 'bad-credentials');
         await guard.authFailure(ip, null);
         return { ok: false, reason: 'bad-credentials' };
+      }
+      // A device token as the password (SM2 devices after a signed challenge, DEV-5/DEV-6).
+      if (deviceTokens && request.password.subarray(0, DEVICE_TOKEN_PREFIX.length).equals(DEVICE_TOKEN_PREFIX)) {
+        const device = await deviceTokens.verify(request.username, request.password.toString('utf8'));
+        if (!device) {
+          log.info({ deviceId: request.username }, 'mqtt: device token refused');
+          refuse(ip, request.username, 'bad-credentials', { method: 'token' });
+          await guard.authFailure(ip, { kind: 'device', id: request.username });
+          return { ok: false, reason: 'bad-credentials' };
+        }
+        return admitted(device, 'token', ip);
       }
       const device = await devices.authenticateDevice(request.username, request.password);
       if (!device) {
@@ -135,29 +212,7 @@ export function deviceBrokerHooks({
         await guard.authFailure(ip, { kind: 'device', id: request.username });
         return { ok: false, reason: 'bad-credentials' };
       }
-      const refusal = await devices.admit(device, 'secret');
-      if (refusal !== null) {
-        audit({
-          actor: { type: 'device', id: device.id },
-          tenant: device.vendorId,
-          type: 'device.connect',
-          target: device.id,
-          sourceIp: ip,
-          result: 'denied',
-          details: { reason: refusal },
-        });
-        return { ok: false, reason: refusal === 'quarantined' ? 'banned' : 'not-authorized' };
-      }
-      // The successful connect is audited in onConnected: CONNACK can still fail after this point.
-      return {
-        ok: true,
-        identity: {
-          principalId: device.id,
-          kind: 'device',
-          clientId: device.id,
-          attributes: { vendorId: device.vendorId, productId: device.productId },
-        },
-      };
+      return admitted(device, 'secret', ip);
     },
 
     authorizePublish(identity, topic) {
@@ -260,6 +315,7 @@ export function deviceBrokerHooks({
           protocolVersion: info.protocolVersion,
           sessionPresent: info.sessionPresent,
           keepAliveSeconds: info.keepAliveSeconds,
+          method: identity.attributes.authMethod ?? null,
         },
       });
       devices.presence.connected(

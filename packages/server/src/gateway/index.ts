@@ -1,8 +1,4 @@
-export {
-  type ConnectedDevice,
-  type DeviceChannelHandler,
-  deviceBrokerHooks,
-} from './device-broker-hooks.ts';
+export { type ConnectedDevice, type DeviceChannelHandler, deviceBrokerHooks } from './device-broker-hooks.ts';
 export * from './mqtt/index.ts';
 export {
   SYS_TENANTS_ROOT,

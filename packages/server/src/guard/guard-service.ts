@@ -42,7 +42,9 @@ export type DetectionKind =
   | 'state-flapping'
   | 'credential-shared'
   | 'connection-flapping'
-  | 'resource-exhaustion';
+  | 'resource-exhaustion'
+  /** A device's posture differs from its golden values (DEV-10; raised by devices/posture). */
+  | 'posture-deviation';
 
 export interface Alert {
   id: string;
@@ -73,6 +75,8 @@ const MINUTE = 60;
 /** How much one detection about a device adds to its risk (capped at three of a kind). */
 const RISK_WEIGHTS: Readonly<Record<string, number>> = {
   'credential-shared': 40,
+  // Modified firmware or core files (DEV-10): as telling as a cloned credential.
+  'posture-deviation': 40,
   'device-auth-failure-storm': 25,
   'message-flood': 20,
   'state-flapping': 15,

@@ -184,6 +184,13 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     messages_per_second: c('internal'),
     messages_per_day: c('internal'),
     crypto_suite: c('internal'),
+    security_level: c('internal'),
+    auth_modes: c('internal'),
+    data_points: c('internal'),
+    telemetry_retention_days: c('internal'),
+    // The product secret of hardware-ID registration (DEV-4): shown once, stored encrypted.
+    secret_ciphertext: c('secret', 'encrypted'),
+    secret_issued_at: c('internal'),
   },
   devices: {
     id: c('internal'),
@@ -202,7 +209,12 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     last_disconnected_at: c('confidential'),
     last_disconnect_reason: c('confidential'),
   },
-  telemetry: { seq: c('internal'), device_id: c('internal'), received_at: c('internal'), payload: c('confidential') },
+  telemetry: {
+    seq: c('internal'),
+    device_id: c('internal'),
+    received_at: c('internal'),
+    payload: c('confidential', 'none', 'telemetry.retentionDays or the product override; wiped on unbind'),
+  },
   audit_entries: {
     seq: c('internal', 'merkle-covered'),
     time: c('internal', 'merkle-covered', 'audit.retentionDays'),
@@ -276,6 +288,269 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     updated_at: c('internal'),
   },
   castellan_migrations: { name: c('internal'), applied_at: c('internal') },
+  // Binding tokens: the token is a bearer secret (hashed); used and expired rows purged after a day.
+  binding_tokens: {
+    id: c('internal'),
+    token_hash: c('secret', 'hashed', '1 day after expiry'),
+    user_id: c('internal'),
+    created_at: c('internal'),
+    expires_at: c('internal'),
+    used_at: c('internal'),
+    device_id: c('internal'),
+  },
+  // Who owns which device links a person to a household's devices: kept until unbind (BIND-5).
+  device_bindings: {
+    device_id: c('internal'),
+    user_id: c('confidential', 'none', 'until unbind or factory reset'),
+    vendor_id: c('internal'),
+    bound_at: c('confidential', 'none', 'until unbind or factory reset'),
+    token_id: c('internal'),
+  },
+  // Shares: deleted on revocation, expiry (purged) and unbind.
+  device_shares: {
+    id: c('internal'),
+    device_id: c('internal'),
+    user_id: c('confidential', 'none', 'until revoked, expired or unbound'),
+    role: c('internal'),
+    created_by: c('confidential', 'none', 'until revoked, expired or unbound'),
+    created_at: c('internal'),
+    expires_at: c('internal'),
+  },
+  // Device shadow (CHAN-7): device data, deleted on unbind (BIND-5) and on a factory reset (DEV-9).
+  device_shadows: {
+    device_id: c('internal'),
+    vendor_id: c('internal'),
+    version: c('internal'),
+    desired_version: c('internal'),
+    desired: c('confidential', 'none', 'until unbind or factory reset'),
+    reported: c('confidential', 'none', 'until unbind or factory reset'),
+    metadata: c('confidential', 'none', 'until unbind or factory reset'),
+    desired_updated_at: c('confidential'),
+    reported_updated_at: c('confidential'),
+    stale_reports: c('internal'),
+  },
+  // Commands to devices (CHAN-7, DEV-9): parameters and results are device data; the issuer links a
+  // person to the household's device (like device_bindings.user_id). Deleted on unbind, otherwise
+  // after 90 days.
+  device_commands: {
+    id: c('internal'),
+    device_id: c('internal'),
+    vendor_id: c('internal'),
+    name: c('internal'),
+    params: c('confidential', 'none', '90 days, or until unbind'),
+    status: c('internal'),
+    result: c('confidential', 'none', '90 days, or until unbind'),
+    error: c('confidential', 'none', '90 days, or until unbind'),
+    issued_by_type: c('internal'),
+    issued_by_id: c('confidential', 'none', '90 days, or until unbind'),
+    issued_at: c('internal'),
+    expires_at: c('internal'),
+    delivered_at: c('internal'),
+    completed_at: c('internal'),
+  },
+  // Device HTTPS authentication (DEV-6): replay memory, open challenges (hash only), device tokens (hash only).
+  device_request_nonces: {
+    subject: c('internal'),
+    nonce: c('internal'),
+    expires_at: c('internal', 'none', 'replay window'),
+  },
+  device_challenges: {
+    challenge_hash: c('secret', 'hashed'),
+    device_id: c('internal'),
+    client_nonce: c('internal'),
+    expires_at: c('internal', 'none', '60 seconds'),
+  },
+  device_tokens: {
+    token_hash: c('secret', 'hashed'),
+    device_id: c('internal'),
+    method: c('internal'),
+    created_at: c('internal'),
+    expires_at: c('internal', 'none', '15 minutes'),
+  },
+  // Registered MAC/IMEI values (DEV-4): a keyed blind index only, never the value itself.
+  product_hardware_ids: {
+    product_id: c('internal'),
+    hardware_index: c('confidential', 'hashed'),
+    kind: c('internal'),
+    created_at: c('internal'),
+    device_id: c('internal'),
+    used_at: c('internal'),
+  },
+  // Device CAs (DEV-5): certificates are public; the platform CA's private key is sealed under the
+  // vendor's key. Kept while the vendor exists (a revoked CA stays, so its certificates stay refused).
+  device_cas: {
+    id: c('internal'),
+    vendor_id: c('internal'),
+    kind: c('internal'),
+    slot: c('internal'),
+    fingerprint: c('public'),
+    subject: c('public'),
+    certificate_pem: c('public'),
+    key_ciphertext: c('secret', 'encrypted'),
+    not_before: c('public'),
+    not_after: c('public'),
+    created_at: c('internal'),
+    revoked_at: c('internal'),
+  },
+  // Registration codes of the uploaded-CA proof of possession: SHA-256 only, one hour, single use.
+  device_ca_registration_codes: {
+    code_hash: c('secret', 'hashed', '1 hour'),
+    vendor_id: c('internal'),
+    expires_at: c('internal'),
+    used_at: c('internal'),
+  },
+  // Device certificates and SM2 public keys (DEV-5): public material; no private key ever reaches the
+  // platform. Revoked rows stay so that a revoked certificate stays refused.
+  device_certificates: {
+    id: c('internal'),
+    device_id: c('internal'),
+    vendor_id: c('internal'),
+    ca_id: c('internal'),
+    kind: c('internal'),
+    algorithm: c('internal'),
+    serial: c('public'),
+    fingerprint: c('public'),
+    public_key: c('public'),
+    certificate_pem: c('public'),
+    not_before: c('public'),
+    not_after: c('public'),
+    created_at: c('internal'),
+    revoked_at: c('internal'),
+    revoke_reason: c('internal'),
+  },
+  // Credential lifecycle (DEV-8): times only.
+  device_credential_state: {
+    device_id: c('internal'),
+    secret_changed_at: c('internal'),
+    tokens_revoked_at: c('internal'),
+  },
+  // Webhooks (0015_webhooks_posture). The URL is the tenant's own business endpoint (confidential: it may
+  // carry a token in its query); the signing secret is encrypted under the tenant key, shown once.
+  webhook_endpoints: {
+    id: c('internal'),
+    vendor_id: c('internal'),
+    url: c('confidential'),
+    events: c('internal'),
+    description: c('confidential'),
+    secret_ciphertext: c('secret', 'encrypted'),
+    previous_secret_ciphertext: c('secret', 'encrypted', 'until previous_secret_expires_at, then set to NULL'),
+    previous_secret_expires_at: c('internal'),
+    created_at: c('internal'),
+    secret_rotated_at: c('internal'),
+  },
+  // The webhook outbox: bodies are device data (like telemetry.payload); no IPs. Delivered rows are
+  // purged after 7 days, dead letters after 30.
+  webhook_deliveries: {
+    seq: c('internal'),
+    id: c('internal'),
+    endpoint_id: c('internal'),
+    vendor_id: c('internal'),
+    event_type: c('internal'),
+    device_id: c('internal'),
+    body: c('confidential', 'none', '7 days after delivery, 30 days after dead-lettering'),
+    state: c('internal'),
+    attempts: c('internal'),
+    created_at: c('internal'),
+    next_attempt_at: c('internal'),
+    last_attempt_at: c('internal'),
+    last_status: c('internal'),
+    last_error: c('internal'),
+    delivered_at: c('internal'),
+    dead_at: c('internal'),
+  },
+  // Posture (DEV-10): firmware versions, security levels and file digests are the vendor's product
+  // data, and a device's deviations are security findings (confidential, like guard_alerts.details).
+  product_firmware_golden: {
+    product_id: c('internal'),
+    firmware_version: c('internal'),
+    vendor_id: c('internal'),
+    security_level: c('internal'),
+    digests: c('confidential'),
+    updated_at: c('internal'),
+  },
+  device_posture: {
+    device_id: c('internal'),
+    vendor_id: c('internal'),
+    product_id: c('internal'),
+    firmware_version: c('internal'),
+    security_level: c('internal'),
+    digests: c('confidential'),
+    reported_at: c('internal'),
+    checked_at: c('internal'),
+    deviations: c('confidential'),
+    compliant: c('internal'),
+  },
+  // Telemetry history (0014_telemetry_history). Series name a device's data points (identifiers, no
+  // readings; kept so IDs cached by any process stay valid). The per-minute aggregates are device data like
+  // telemetry.payload: purged with the rows (per-product retention) and wiped on unbind (BIND-5).
+  telemetry_series: { id: c('internal'), device_id: c('internal'), point: c('internal') },
+  telemetry_point_minutes: {
+    series_id: c('internal'),
+    minute: c('internal'),
+    n: c('confidential'),
+    total: c('confidential', 'none', 'telemetry.retentionDays or the product override; wiped on unbind'),
+    min_value: c('confidential'),
+    max_value: c('confidential'),
+    last_at: c('internal'),
+    last_value: c('confidential'),
+  },
+  // Manufacturing (0011_manufacturing, DEV-7). Restored by H6 after an accidental deletion: reconstructed
+  // from the migration; the manufacturing helper should confirm these levels. Station tokens are kept
+  // only as SHA-256; a batch file is sealed to the station's public key (the platform cannot read it).
+  factory_stations: {
+    id: c('internal'),
+    vendor_id: c('internal'),
+    product_id: c('internal'),
+    name: c('confidential'),
+    token_hash: c('secret', 'hashed'),
+    encryption_curve: c('internal'),
+    encryption_public_key: c('public'),
+    signing_public_key: c('public'),
+    created_by: c('internal'),
+    created_at: c('internal'),
+    expires_at: c('internal'),
+    revoked_at: c('internal'),
+    last_used_at: c('internal'),
+  },
+  manufacturing_batches: {
+    id: c('internal'),
+    vendor_id: c('internal'),
+    product_id: c('internal'),
+    station_id: c('internal'),
+    device_count: c('internal'),
+    sealed_file: c('secret', 'encrypted'),
+    created_by: c('internal'),
+    created_at: c('internal'),
+    first_fetched_at: c('internal'),
+    fetch_count: c('internal'),
+  },
+  manufacturing_devices: {
+    device_id: c('internal'),
+    batch_id: c('internal'),
+    vendor_id: c('internal'),
+    image_digest: c('internal'),
+    receipt: c('confidential'),
+    receipt_signature: c('internal'),
+    burned_at: c('internal'),
+    receipt_recorded_at: c('internal'),
+    activated_at: c('internal'),
+  },
+  // Lock passcodes (LOCK-1): never the code. Who issued it, its label and its use are household data,
+  // cleared on unbind (BIND-5); the rest is the lock's revocation list, purged 30 days after the window.
+  lock_passcodes: {
+    id: c('internal'),
+    device_id: c('internal'),
+    kind: c('internal'),
+    counter: c('internal'),
+    valid_from: c('confidential'),
+    valid_until: c('confidential', 'none', '30 days after the window ends'),
+    label: c('confidential', 'none', 'until unbind'),
+    issued_by: c('confidential', 'none', 'until unbind'),
+    created_at: c('internal'),
+    revoked_at: c('internal'),
+    use_count: c('confidential', 'none', 'until unbind'),
+    last_used_at: c('confidential', 'none', 'until unbind'),
+  },
 };
 
 /** The key store's tables (a separate database). */

@@ -498,40 +498,462 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
       },
     },
     '0008_device_requests': {
-      // Reserved (issue 7): device HTTPS requests (challenges, device tokens, nonces).
-      async up(_db: AnyDb) {},
+      // devices (DEV-6): device HTTPS authentication. Nonces of timestamp-mode requests (and of hardware-ID
+      // registrations, subject = the product) within the replay window, shared by every process.
+      async up(db: AnyDb) {
+        await db.schema
+          .createTable('device_request_nonces')
+          .addColumn('subject', 'text', (c) => c.notNull())
+          .addColumn('nonce', 'text', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .addPrimaryKeyConstraint('device_request_nonces_pk', ['subject', 'nonce'])
+          .execute();
+        await db.schema
+          .createIndex('device_request_nonces_expiry_idx')
+          .on('device_request_nonces')
+          .columns(['expires_at'])
+          .execute();
+        // Challenges of challenge-response mode: single use, 60 s; only their SHA-256 is kept.
+        await db.schema
+          .createTable('device_challenges')
+          .addColumn('challenge_hash', t.binary, (c) => c.primaryKey())
+          .addColumn('device_id', 'text', (c) => c.notNull())
+          .addColumn('client_nonce', 'text', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createIndex('device_challenges_expiry_idx')
+          .on('device_challenges')
+          .columns(['expires_at'])
+          .execute();
+        // Short-lived device tokens (cas_dvt_…), stored as SHA-256; `method` is how the device proved itself.
+        await db.schema
+          .createTable('device_tokens')
+          .addColumn('token_hash', t.binary, (c) => c.primaryKey())
+          .addColumn('device_id', 'text', (c) => c.notNull())
+          .addColumn('method', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('device_tokens_device_idx').on('device_tokens').columns(['device_id']).execute();
+        await db.schema.createIndex('device_tokens_expiry_idx').on('device_tokens').columns(['expires_at']).execute();
+      },
     },
     '0009_device_identity': {
-      // Reserved (issue 7): products v2 (schema, security level, auth modes), hardware IDs.
-      async up(_db: AnyDb) {},
+      // devices (DEV-2, DEV-4, DEV-5): products v2 and registered hardware IDs.
+      async up(db: AnyDb) {
+        await db.schema
+          .alterTable('products')
+          .addColumn('security_level', 'text', (c) => c.notNull().defaultTo('L1'))
+          .execute();
+        await db.schema
+          .alterTable('products')
+          .addColumn('auth_modes', 'text', (c) => c.notNull().defaultTo('["secret"]'))
+          .execute();
+        // The data-point schema (JSON); NULL: none declared, any telemetry object is accepted.
+        await db.schema.alterTable('products').addColumn('data_points', 'text').execute();
+        await db.schema.alterTable('products').addColumn('telemetry_retention_days', 'integer').execute();
+        // The product secret of hardware-ID registration (DEV-4), encrypted under the vendor's key.
+        await db.schema.alterTable('products').addColumn('secret_ciphertext', t.binary).execute();
+        await db.schema.alterTable('products').addColumn('secret_issued_at', 'bigint').execute();
+        // Registered MAC/IMEI values, kept only as a keyed blind index (KEY-3); device_id once used.
+        await db.schema
+          .createTable('product_hardware_ids')
+          .addColumn('product_id', 'text', (c) => c.notNull())
+          .addColumn('hardware_index', t.binary, (c) => c.notNull())
+          .addColumn('kind', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('device_id', 'text')
+          .addColumn('used_at', 'bigint')
+          .addPrimaryKeyConstraint('product_hardware_ids_pk', ['product_id', 'hardware_index'])
+          .execute();
+        await db.schema
+          .createIndex('product_hardware_ids_device_idx')
+          .on('product_hardware_ids')
+          .columns(['device_id'])
+          .execute();
+      },
     },
     '0010_device_certificates': {
-      // Reserved (issue 7): vendor CAs, device certificates, credential lifecycle.
-      async up(_db: AnyDb) {},
+      // devices: vendor CAs, device certificates and raw SM2 keys (DEV-5), credential lifecycle (DEV-8).
+      async up(db: AnyDb) {
+        // The platform's CA per vendor (slot 'platform', key sealed under the vendor's key) and CAs the
+        // vendors uploaded with proof of possession (slot = their fingerprint, no key).
+        await db.schema
+          .createTable('device_cas')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('kind', 'text', (c) => c.notNull())
+          .addColumn('slot', 'text', (c) => c.notNull())
+          .addColumn('fingerprint', 'text', (c) => c.notNull().unique())
+          .addColumn('subject', 'text', (c) => c.notNull())
+          .addColumn('certificate_pem', 'text', (c) => c.notNull())
+          .addColumn('key_ciphertext', t.binary)
+          .addColumn('not_before', 'bigint', (c) => c.notNull())
+          .addColumn('not_after', 'bigint', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('revoked_at', 'bigint')
+          .addUniqueConstraint('device_cas_vendor_slot_unique', ['vendor_id', 'slot'])
+          .execute();
+        // Registration codes of the uploaded-CA proof of possession: SHA-256 only, single use, short-lived.
+        await db.schema
+          .createTable('device_ca_registration_codes')
+          .addColumn('code_hash', t.binary, (c) => c.primaryKey())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .addColumn('used_at', 'bigint')
+          .execute();
+        // A device's certificates (issued from a CSR, or from an uploaded CA) and raw SM2 public keys.
+        await db.schema
+          .createTable('device_certificates')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('device_id', 'text', (c) => c.notNull())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('ca_id', 'text')
+          .addColumn('kind', 'text', (c) => c.notNull())
+          .addColumn('algorithm', 'text', (c) => c.notNull())
+          .addColumn('serial', 'text', (c) => c.notNull())
+          .addColumn('fingerprint', 'text', (c) => c.notNull().unique())
+          .addColumn('public_key', t.binary, (c) => c.notNull())
+          .addColumn('certificate_pem', 'text')
+          .addColumn('not_before', 'bigint', (c) => c.notNull())
+          .addColumn('not_after', 'bigint', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('revoked_at', 'bigint')
+          .addColumn('revoke_reason', 'text')
+          .execute();
+        await db.schema
+          .createIndex('device_certificates_device_idx')
+          .on('device_certificates')
+          .columns(['device_id', 'serial'])
+          .execute();
+        // When a device's secret was last replaced and its device tokens last revoked: a connection
+        // authenticated before then is dropped by the sweep of every process.
+        await db.schema
+          .createTable('device_credential_state')
+          .addColumn('device_id', 'text', (c) => c.primaryKey())
+          .addColumn('secret_changed_at', 'bigint')
+          .addColumn('tokens_revoked_at', 'bigint')
+          .execute();
+      },
     },
     '0011_manufacturing': {
-      // Reserved (issue 7): factory credentials, batches, burn receipts.
-      async up(_db: AnyDb) {},
+      async up(db: AnyDb) {
+        // devices/manufacturing (DEV-7): factory stations, one product each. The token is kept only as
+        // its SHA-256 (high-entropy bearer secret); the public keys are what batches are sealed to and
+        // what burn receipts are verified with.
+        await db.schema
+          .createTable('factory_stations')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('product_id', 'text', (c) => c.notNull())
+          .addColumn('name', 'text', (c) => c.notNull())
+          .addColumn('token_hash', t.binary, (c) => c.notNull().unique())
+          .addColumn('encryption_curve', 'text', (c) => c.notNull())
+          .addColumn('encryption_public_key', 'text', (c) => c.notNull())
+          .addColumn('signing_public_key', 'text', (c) => c.notNull())
+          .addColumn('created_by', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .addColumn('revoked_at', 'bigint')
+          .addColumn('last_used_at', 'bigint')
+          .execute();
+        await db.schema
+          .createIndex('factory_stations_product_idx')
+          .on('factory_stations')
+          .columns(['product_id'])
+          .execute();
+        // A batch keeps only its file sealed to the station's key: the platform cannot read it back.
+        await db.schema
+          .createTable('manufacturing_batches')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('product_id', 'text', (c) => c.notNull())
+          .addColumn('station_id', 'text', (c) => c.notNull())
+          .addColumn('device_count', 'integer', (c) => c.notNull())
+          .addColumn('sealed_file', t.binary, (c) => c.notNull())
+          .addColumn('created_by', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('first_fetched_at', 'bigint')
+          .addColumn('fetch_count', 'integer', (c) => c.notNull().defaultTo(0))
+          .execute();
+        await db.schema
+          .createIndex('manufacturing_batches_product_idx')
+          .on('manufacturing_batches')
+          .columns(['product_id'])
+          .execute();
+        // One row per batch device: the digest of the image it must be burned with, its receipt, and
+        // when it first connected (activation). A device without a row was not made by a batch.
+        await db.schema
+          .createTable('manufacturing_devices')
+          .addColumn('device_id', 'text', (c) => c.primaryKey())
+          .addColumn('batch_id', 'text', (c) => c.notNull())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('image_digest', t.binary, (c) => c.notNull())
+          .addColumn('receipt', 'text')
+          .addColumn('receipt_signature', t.binary)
+          .addColumn('burned_at', 'bigint')
+          .addColumn('receipt_recorded_at', 'bigint')
+          .addColumn('activated_at', 'bigint')
+          .execute();
+        await db.schema
+          .createIndex('manufacturing_devices_batch_idx')
+          .on('manufacturing_devices')
+          .columns(['batch_id', 'device_id'])
+          .execute();
+      },
     },
     '0012_bindings': {
-      // Reserved (issue 7): binding tokens, bindings, shares.
-      async up(_db: AnyDb) {},
+      // Binding tokens, bindings, shares (BIND-1, BIND-3, BIND-5).
+      async up(db: AnyDb) {
+        // One-time binding tokens: only the SHA-256 of the token is kept; used_at set once (single use).
+        await db.schema
+          .createTable('binding_tokens')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('token_hash', t.binary, (c) => c.notNull().unique())
+          .addColumn('user_id', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .addColumn('used_at', 'bigint')
+          .addColumn('device_id', 'text')
+          .execute();
+        await db.schema
+          .createIndex('binding_tokens_user_idx')
+          .on('binding_tokens')
+          .columns(['user_id', 'expires_at'])
+          .execute();
+        await db.schema.createIndex('binding_tokens_device_idx').on('binding_tokens').columns(['device_id']).execute();
+        // One owner per device: the primary key is what refuses a second binding (BIND-5).
+        await db.schema
+          .createTable('device_bindings')
+          .addColumn('device_id', 'text', (c) => c.primaryKey())
+          .addColumn('user_id', 'text', (c) => c.notNull())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('bound_at', 'bigint', (c) => c.notNull())
+          .addColumn('token_id', 'text')
+          .execute();
+        await db.schema.createIndex('device_bindings_user_idx').on('device_bindings').columns(['user_id']).execute();
+        // At most one share per person and device; revocation deletes the row.
+        await db.schema
+          .createTable('device_shares')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('device_id', 'text', (c) => c.notNull())
+          .addColumn('user_id', 'text', (c) => c.notNull())
+          .addColumn('role', 'text', (c) => c.notNull())
+          .addColumn('created_by', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint')
+          .addUniqueConstraint('device_shares_device_user_uq', ['device_id', 'user_id'])
+          .execute();
+        await db.schema.createIndex('device_shares_user_idx').on('device_shares').columns(['user_id']).execute();
+      },
     },
     '0013_shadow_commands': {
-      // Reserved (issue 7): device shadow and commands.
-      async up(_db: AnyDb) {},
+      async up(db: AnyDb) {
+        // devices: the shadow (CHAN-7), one row per device with desired and reported state as JSON text.
+        // `version` grows on every change (optimistic concurrency for apps); `desired_version` is the
+        // version of the last desired change, against which a device's report is judged stale.
+        await db.schema
+          .createTable('device_shadows')
+          .addColumn('device_id', 'text', (c) => c.primaryKey())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('version', 'bigint', (c) => c.notNull())
+          .addColumn('desired_version', 'bigint', (c) => c.notNull())
+          .addColumn('desired', 'text', (c) => c.notNull())
+          .addColumn('reported', 'text', (c) => c.notNull())
+          .addColumn('metadata', 'text', (c) => c.notNull())
+          .addColumn('desired_updated_at', 'bigint')
+          .addColumn('reported_updated_at', 'bigint')
+          .addColumn('stale_reports', 'bigint', (c) => c.notNull().defaultTo(0))
+          .execute();
+        // devices: commands (CHAN-7, DEV-9) and their outcome. The deadline is stored, so a restart
+        // still times out what was open.
+        await db.schema
+          .createTable('device_commands')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('device_id', 'text', (c) => c.notNull())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('name', 'text', (c) => c.notNull())
+          .addColumn('params', 'text', (c) => c.notNull())
+          .addColumn('status', 'text', (c) => c.notNull())
+          .addColumn('result', 'text')
+          .addColumn('error', 'text')
+          .addColumn('issued_by_type', 'text', (c) => c.notNull())
+          .addColumn('issued_by_id', 'text', (c) => c.notNull())
+          .addColumn('issued_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .addColumn('delivered_at', 'bigint')
+          .addColumn('completed_at', 'bigint')
+          .execute();
+        await db.schema
+          .createIndex('device_commands_device_idx')
+          .on('device_commands')
+          .columns(['device_id', 'issued_at', 'id'])
+          .execute();
+        // The timeout sweep: open commands past their deadline, one indexed range.
+        await db.schema
+          .createIndex('device_commands_open_idx')
+          .on('device_commands')
+          .columns(['status', 'expires_at'])
+          .execute();
+      },
     },
     '0014_telemetry_history': {
-      // Reserved (issue 7): telemetry history: data-point index, retention.
-      async up(_db: AnyDb) {},
+      // Telemetry history: time-range queries per device and per data point (docs: telemetry and push).
+      async up(db: AnyDb) {
+        // Range queries and paging run on (device_id, received_at, seq); SQLite appends the rowid (seq)
+        // to every index by itself.
+        await db.schema
+          .createIndex('telemetry_device_time_idx')
+          .on('telemetry')
+          .columns(dialect === 'sqlite' ? ['device_id', 'received_at'] : ['device_id', 'received_at', 'seq'])
+          .execute();
+        // A series is one data point of one device; its integer ID keeps the aggregate rows compact (a
+        // third smaller and faster to write than text keys, measured). Series are never deleted, so an ID
+        // cached by any process stays valid; their rows carry no readings.
+        await db.schema
+          .createTable('telemetry_series')
+          .addColumn('id', t.serial, (c) => (dialect === 'sqlite' ? c.primaryKey().autoIncrement() : c.primaryKey()))
+          .addColumn('device_id', 'text', (c) => c.notNull())
+          .addColumn('point', 'text', (c) => c.notNull())
+          .addUniqueConstraint('telemetry_series_device_point_unique', ['device_id', 'point'])
+          .execute();
+        // One row per series and minute: count, sum, min, max and the last value of the minute's numeric
+        // readings, kept by the telemetry writer in the same transaction as the rows. Every bucket the API
+        // offers (1m, 5m, 1h, 1d) is a whole number of minutes, so downsampling reads these instead of
+        // parsing JSON payloads (measured: docs/telemetry-and-push.md).
+        await db.schema
+          .createTable('telemetry_point_minutes')
+          .addColumn('series_id', 'bigint', (c) => c.notNull())
+          .addColumn('minute', 'bigint', (c) => c.notNull())
+          .addColumn('n', 'integer', (c) => c.notNull())
+          .addColumn('total', 'double precision', (c) => c.notNull())
+          .addColumn('min_value', 'double precision', (c) => c.notNull())
+          .addColumn('max_value', 'double precision', (c) => c.notNull())
+          .addColumn('last_at', 'bigint', (c) => c.notNull())
+          .addColumn('last_value', 'double precision', (c) => c.notNull())
+          .addPrimaryKeyConstraint('telemetry_point_minutes_pk', ['series_id', 'minute'])
+          // SQLite: the table is its primary-key B-tree (no rowid, no second copy of the key).
+          .$call((b) => (dialect === 'sqlite' ? b.modifyEnd(sql`without rowid`) : b))
+          .execute();
+      },
     },
     '0015_webhooks_posture': {
-      // Reserved (issue 7): webhooks, deliveries, posture golden values.
-      async up(_db: AnyDb) {},
+      // Webhooks (endpoints, the delivery outbox) and device posture (golden values, latest report).
+      async up(db: AnyDb) {
+        await db.schema
+          .createTable('webhook_endpoints')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('url', 'text', (c) => c.notNull())
+          .addColumn('events', 'text', (c) => c.notNull())
+          .addColumn('description', 'text')
+          .addColumn('secret_ciphertext', t.binary, (c) => c.notNull())
+          .addColumn('previous_secret_ciphertext', t.binary)
+          .addColumn('previous_secret_expires_at', 'bigint')
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('secret_rotated_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createIndex('webhook_endpoints_vendor_idx')
+          .on('webhook_endpoints')
+          .columns(['vendor_id'])
+          .execute();
+        // The outbox: written before any attempt, so a restart loses nothing; the worker finds due rows
+        // by (state, next_attempt_at), the API pages by seq.
+        await db.schema
+          .createTable('webhook_deliveries')
+          .addColumn('seq', t.serial, (c) => (dialect === 'sqlite' ? c.primaryKey().autoIncrement() : c.primaryKey()))
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('endpoint_id', 'text', (c) => c.notNull())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('event_type', 'text', (c) => c.notNull())
+          .addColumn('device_id', 'text', (c) => c.notNull())
+          .addColumn('body', 'text', (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('attempts', 'integer', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('next_attempt_at', 'bigint')
+          .addColumn('last_attempt_at', 'bigint')
+          .addColumn('last_status', 'integer')
+          .addColumn('last_error', 'text')
+          .addColumn('delivered_at', 'bigint')
+          .addColumn('dead_at', 'bigint')
+          .execute();
+        await db.schema
+          .createIndex('webhook_deliveries_due_idx')
+          .on('webhook_deliveries')
+          .columns(['state', 'next_attempt_at'])
+          .execute();
+        await db.schema
+          .createIndex('webhook_deliveries_endpoint_idx')
+          .on('webhook_deliveries')
+          .columns(['endpoint_id', 'seq'])
+          .execute();
+        await db.schema
+          .createIndex('webhook_deliveries_vendor_idx')
+          .on('webhook_deliveries')
+          .columns(['vendor_id', 'state', 'seq'])
+          .execute();
+        await db.schema
+          .createTable('product_firmware_golden')
+          .addColumn('product_id', 'text', (c) => c.notNull())
+          .addColumn('firmware_version', 'text', (c) => c.notNull())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('security_level', 'text', (c) => c.notNull())
+          .addColumn('digests', 'text', (c) => c.notNull())
+          .addColumn('updated_at', 'bigint', (c) => c.notNull())
+          .addPrimaryKeyConstraint('product_firmware_golden_pk', ['product_id', 'firmware_version'])
+          .execute();
+        await db.schema
+          .createTable('device_posture')
+          .addColumn('device_id', 'text', (c) => c.primaryKey())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('product_id', 'text', (c) => c.notNull())
+          .addColumn('firmware_version', 'text', (c) => c.notNull())
+          .addColumn('security_level', 'text', (c) => c.notNull())
+          .addColumn('digests', 'text', (c) => c.notNull())
+          .addColumn('reported_at', 'bigint', (c) => c.notNull())
+          .addColumn('checked_at', 'bigint', (c) => c.notNull())
+          .addColumn('deviations', 'text', (c) => c.notNull())
+          .addColumn('compliant', 'integer', (c) => c.notNull())
+          .execute();
+      },
     },
     '0016_lock_passcodes': {
-      // Reserved (issue 7): smart-lock passcodes.
-      async up(_db: AnyDb) {},
+      // Smart-lock offline passcodes (LOCK-1): what was issued, never the code itself (the lock verifies
+      // it offline). One row per code; (device, kind, window, counter) names a code uniquely, so two
+      // issuers racing for a counter cannot both get it. On unbind (BIND-5) the person-linked columns are
+      // cleared; rows stay as the lock's revocation list until their window ends, then are purged.
+      async up(db: AnyDb) {
+        await db.schema
+          .createTable('lock_passcodes')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('device_id', 'text', (c) => c.notNull())
+          .addColumn('kind', 'text', (c) => c.notNull())
+          .addColumn('counter', 'integer', (c) => c.notNull())
+          .addColumn('valid_from', 'bigint', (c) => c.notNull())
+          .addColumn('valid_until', 'bigint', (c) => c.notNull())
+          .addColumn('label', 'text')
+          .addColumn('issued_by', 'text')
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('revoked_at', 'bigint')
+          .addColumn('use_count', 'integer', (c) => c.notNull().defaultTo(0))
+          .addColumn('last_used_at', 'bigint')
+          .addUniqueConstraint('lock_passcodes_code_unique', [
+            'device_id',
+            'kind',
+            'valid_from',
+            'valid_until',
+            'counter',
+          ])
+          .execute();
+        await db.schema
+          .createIndex('lock_passcodes_device_until_idx')
+          .on('lock_passcodes')
+          .columns(['device_id', 'valid_until'])
+          .execute();
+      },
     },
   };
 }

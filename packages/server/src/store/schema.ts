@@ -215,6 +215,16 @@ export interface ProductTable {
   messages_per_day: number | null;
   /** The product's own crypto suite for its device secrets (KEY-4); null follows the vendor's key. */
   crypto_suite: string | null;
+  /** 'L1' | 'L2' | 'L3' (DEV-2, S 8.1.1). */
+  security_level: string;
+  /** JSON array of 'secret' | 'hardware-id' | 'certificate'. */
+  auth_modes: string;
+  /** The data-point schema (JSON); null: none declared. */
+  data_points: string | null;
+  telemetry_retention_days: number | null;
+  /** The product secret of hardware-ID registration (DEV-4), encrypted; null until issued. */
+  secret_ciphertext: Uint8Array | null;
+  secret_issued_at: number | null;
 }
 
 /** devices: device identities and their encrypted secrets. */
@@ -223,7 +233,7 @@ export interface DeviceTable {
   vendor_id: string;
   product_id: string;
   secret_ciphertext: Uint8Array;
-  status: 'active' | 'disabled' | 'quarantined';
+  status: 'active' | 'disabled' | 'quarantined' | 'decommissioned';
   created_at: number;
 }
 
@@ -350,6 +360,321 @@ export interface BrokerRetainedTable {
   updated_at: number;
 }
 
+/** devices (bindings): one-time binding tokens; only the token's SHA-256 is stored (BIND-1). */
+export interface BindingTokenTable {
+  id: string;
+  token_hash: Uint8Array;
+  user_id: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+  /** The device the token bound, once used. */
+  device_id: string | null;
+}
+
+/** devices (bindings): the owner of a bound device (one row per device). */
+export interface DeviceBindingTable {
+  device_id: string;
+  user_id: string;
+  vendor_id: string;
+  bound_at: number;
+  token_id: string | null;
+}
+
+/** devices (bindings): a device shared with another person, with a role and an optional expiry (BIND-3). */
+export interface DeviceShareTable {
+  id: string;
+  device_id: string;
+  user_id: string;
+  role: 'admin' | 'member' | 'guest';
+  created_by: string;
+  created_at: number;
+  expires_at: number | null;
+}
+
+/** devices (certificates, DEV-5): the platform's CA of a vendor, or a CA the vendor uploaded. */
+export interface DeviceCaTable {
+  id: string;
+  vendor_id: string;
+  kind: 'platform' | 'uploaded';
+  /** 'platform' (one per vendor) or the uploaded CA's fingerprint. */
+  slot: string;
+  /** SHA-256 of the DER certificate, lower-case hex. */
+  fingerprint: string;
+  subject: string;
+  certificate_pem: string;
+  /** The platform CA's PKCS#8 private key sealed under the vendor's key; null for uploaded CAs. */
+  key_ciphertext: Uint8Array | null;
+  not_before: number;
+  not_after: number;
+  created_at: number;
+  revoked_at: number | null;
+}
+
+/** devices (certificates, DEV-5): one-time codes of the uploaded-CA proof of possession (SHA-256). */
+export interface DeviceCaRegistrationCodeTable {
+  code_hash: Uint8Array;
+  vendor_id: string;
+  expires_at: number;
+  used_at: number | null;
+}
+
+/** devices (certificates, DEV-5): device certificates and raw SM2 device keys. */
+export interface DeviceCertificateTable {
+  id: string;
+  device_id: string;
+  vendor_id: string;
+  /** The CA that issued the certificate; null for a raw SM2 key. */
+  ca_id: string | null;
+  kind: 'issued' | 'vendor-ca' | 'sm2-key';
+  algorithm: 'p256' | 'rsa' | 'sm2';
+  /** Lower-case hex. */
+  serial: string;
+  /** SHA-256 of the DER certificate (of the SubjectPublicKeyInfo for a raw key), lower-case hex. */
+  fingerprint: string;
+  /** SubjectPublicKeyInfo, DER. */
+  public_key: Uint8Array;
+  certificate_pem: string | null;
+  not_before: number;
+  not_after: number;
+  created_at: number;
+  revoked_at: number | null;
+  revoke_reason: string | null;
+}
+
+/** devices (credential lifecycle, DEV-8): when a device's secret and device tokens last stopped working. */
+export interface DeviceCredentialStateTable {
+  device_id: string;
+  secret_changed_at: number | null;
+  tokens_revoked_at: number | null;
+}
+
+/** devices: the shadow (CHAN-7), desired and reported state as JSON text. */
+export interface DeviceShadowTable {
+  device_id: string;
+  vendor_id: string;
+  /** Grows on every change of either document. */
+  version: number;
+  /** `version` as of the last desired change: reports based on an older one are stale. */
+  desired_version: number;
+  desired: string;
+  reported: string;
+  /** JSON: per top-level key, when it last changed (`{desired: {key: ms}, reported: {key: ms}}`). */
+  metadata: string;
+  desired_updated_at: number | null;
+  reported_updated_at: number | null;
+  /** Reports ignored because they were based on an older desired version. */
+  stale_reports: number;
+}
+
+/** devices: commands sent to devices (CHAN-7, DEV-9) and their outcome. */
+export interface DeviceCommandTable {
+  id: string;
+  device_id: string;
+  vendor_id: string;
+  name: string;
+  /** JSON object. */
+  params: string;
+  /** pending, delivered, succeeded, failed, rejected, timed-out or expired. */
+  status: string;
+  /** JSON value the device returned, if any. */
+  result: string | null;
+  error: string | null;
+  issued_by_type: string;
+  issued_by_id: string;
+  issued_at: number;
+  expires_at: number;
+  delivered_at: number | null;
+  completed_at: number | null;
+}
+
+/** devices (DEV-6): nonces of signed device requests and registrations within the replay window. */
+export interface DeviceRequestNonceTable {
+  /** A device ID, or `product:<id>` for a hardware-ID registration. */
+  subject: string;
+  nonce: string;
+  expires_at: number;
+}
+
+/** devices (DEV-6): open challenges of challenge-response mode (single use). */
+export interface DeviceChallengeTable {
+  challenge_hash: Uint8Array;
+  device_id: string;
+  client_nonce: string;
+  expires_at: number;
+}
+
+/** devices (DEV-6): short-lived device tokens, SHA-256 only. */
+export interface DeviceTokenTable {
+  token_hash: Uint8Array;
+  device_id: string;
+  /** How the device proved itself to obtain it: 'secret' or 'certificate'. */
+  method: string;
+  created_at: number;
+  expires_at: number;
+}
+
+/** devices (DEV-4): registered hardware IDs of a product, as a keyed blind index. */
+export interface ProductHardwareIdTable {
+  product_id: string;
+  hardware_index: Uint8Array;
+  /** 'mac' | 'imei' */
+  kind: string;
+  created_at: number;
+  device_id: string | null;
+  used_at: number | null;
+}
+
+/** devices/webhooks: a tenant's webhook endpoints; the signing secret is encrypted under the tenant key. */
+export interface WebhookEndpointTable {
+  id: string;
+  vendor_id: string;
+  url: string;
+  /** JSON array of event types. */
+  events: string;
+  description: string | null;
+  secret_ciphertext: Uint8Array;
+  /** The secret before the last rotation, still signing until previous_secret_expires_at. */
+  previous_secret_ciphertext: Uint8Array | null;
+  previous_secret_expires_at: number | null;
+  created_at: number;
+  secret_rotated_at: number;
+}
+
+/** devices/webhooks: the outbox, one row per event and endpoint (pending, delivered or dead). */
+export interface WebhookDeliveryTable {
+  seq: Generated<number>;
+  id: string;
+  endpoint_id: string;
+  vendor_id: string;
+  event_type: string;
+  device_id: string;
+  /** The exact JSON body sent on every attempt. */
+  body: string;
+  state: string;
+  attempts: number;
+  created_at: number;
+  /** When a pending delivery is next due (also pushed forward while an attempt holds it). */
+  next_attempt_at: number | null;
+  last_attempt_at: number | null;
+  last_status: number | null;
+  last_error: string | null;
+  delivered_at: number | null;
+  dead_at: number | null;
+}
+
+/** devices/posture: golden values per product and firmware version (DEV-10). */
+export interface ProductFirmwareGoldenTable {
+  product_id: string;
+  firmware_version: string;
+  vendor_id: string;
+  security_level: string;
+  /** JSON object: core file path → SHA-256 hex. */
+  digests: string;
+  updated_at: number;
+}
+
+/** devices/posture: the latest posture each device reported, and how it compared (DEV-10). */
+export interface DevicePostureTable {
+  device_id: string;
+  vendor_id: string;
+  product_id: string;
+  firmware_version: string;
+  security_level: string;
+  digests: string;
+  reported_at: number;
+  checked_at: number;
+  /** JSON array of deviations; empty when compliant. */
+  deviations: string;
+  compliant: number;
+}
+
+/** devices (telemetry history): a series is one data point of one device (never deleted; no readings). */
+export interface TelemetrySeriesTable {
+  id: Generated<number>;
+  device_id: string;
+  /** A top-level key of the telemetry JSON object. */
+  point: string;
+}
+
+/** devices (telemetry history): per series and minute, aggregates of the numeric readings. */
+export interface TelemetryPointMinuteTable {
+  series_id: number;
+  /** Start of the minute, ms since the epoch (a multiple of 60000). */
+  minute: number;
+  n: number;
+  total: number;
+  min_value: number;
+  max_value: number;
+  /** received_at of the minute's last reading, and its value. */
+  last_at: number;
+  last_value: number;
+}
+
+/**
+ * devices (lock passcodes, LOCK-1): an offline passcode issued for a lock; the code is not stored.
+ * `issued_by` and `label` are cleared on unbind (BIND-5), the row kept as a revocation until its window ends.
+ */
+export interface LockPasscodeTable {
+  id: string;
+  device_id: string;
+  kind: 'one-time' | 'time-window';
+  counter: number;
+  valid_from: number;
+  valid_until: number;
+  label: string | null;
+  issued_by: string | null;
+  created_at: number;
+  revoked_at: number | null;
+  use_count: number;
+  last_used_at: number | null;
+}
+
+/** devices/manufacturing (DEV-7): factory stations, one product each (token kept only as its SHA-256). */
+export interface FactoryStationTable {
+  id: string;
+  vendor_id: string;
+  product_id: string;
+  name: string;
+  token_hash: Uint8Array;
+  /** X25519 or P-256. */
+  encryption_curve: 'X25519' | 'P-256';
+  encryption_public_key: string;
+  signing_public_key: string;
+  created_by: string;
+  created_at: number;
+  expires_at: number;
+  revoked_at: number | null;
+  last_used_at: number | null;
+}
+
+/** devices/manufacturing: a batch keeps only its file sealed to the station's key. */
+export interface ManufacturingBatchTable {
+  id: string;
+  vendor_id: string;
+  product_id: string;
+  station_id: string;
+  device_count: number;
+  sealed_file: Uint8Array;
+  created_by: string;
+  created_at: number;
+  first_fetched_at: number | null;
+  fetch_count: Generated<number>;
+}
+
+/** devices/manufacturing: one row per batch device: image digest, burn receipt, activation. */
+export interface ManufacturingDeviceTable {
+  device_id: string;
+  batch_id: string;
+  vendor_id: string;
+  image_digest: Uint8Array;
+  receipt: string | null;
+  receipt_signature: Uint8Array | null;
+  burned_at: number | null;
+  receipt_recorded_at: number | null;
+  activated_at: number | null;
+}
+
 export interface Database {
   guard_alerts: GuardAlertTable;
   audit_entries: AuditEntryTable;
@@ -384,14 +709,37 @@ export interface Database {
   broker_inbound_qos2: BrokerInboundQos2Table;
   broker_retained: BrokerRetainedTable;
   // 0008_device_requests
+  device_request_nonces: DeviceRequestNonceTable;
+  device_challenges: DeviceChallengeTable;
+  device_tokens: DeviceTokenTable;
   // 0009_device_identity
+  product_hardware_ids: ProductHardwareIdTable;
   // 0010_device_certificates
+  device_cas: DeviceCaTable;
+  device_ca_registration_codes: DeviceCaRegistrationCodeTable;
+  device_certificates: DeviceCertificateTable;
+  device_credential_state: DeviceCredentialStateTable;
   // 0011_manufacturing
+  factory_stations: FactoryStationTable;
+  manufacturing_batches: ManufacturingBatchTable;
+  manufacturing_devices: ManufacturingDeviceTable;
   // 0012_bindings
+  binding_tokens: BindingTokenTable;
+  device_bindings: DeviceBindingTable;
+  device_shares: DeviceShareTable;
   // 0013_shadow_commands
+  device_shadows: DeviceShadowTable;
+  device_commands: DeviceCommandTable;
   // 0014_telemetry_history
+  telemetry_series: TelemetrySeriesTable;
+  telemetry_point_minutes: TelemetryPointMinuteTable;
   // 0015_webhooks_posture
+  webhook_endpoints: WebhookEndpointTable;
+  webhook_deliveries: WebhookDeliveryTable;
+  product_firmware_golden: ProductFirmwareGoldenTable;
+  device_posture: DevicePostureTable;
   // 0016_lock_passcodes
+  lock_passcodes: LockPasscodeTable;
 }
 
 /** keys (key store, kept apart from the data): versions of tenant key-encryption keys. */

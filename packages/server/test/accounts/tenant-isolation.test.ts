@@ -205,6 +205,7 @@ for (const dialect of await dialectCases()) {
         ip: '203.0.113.9',
         credentialId: 'AAAAAAAAAAAAAAAAAAAAAA',
         provider: 'nowhere',
+        point: 'temp',
       };
       const value = fixtures[name];
       assert.ok(value, `${key}: no fixture for path parameter "${name}"; add one so the route is covered`);

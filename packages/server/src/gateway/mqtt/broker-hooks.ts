@@ -10,6 +10,11 @@ export interface ConnectRequest {
   readonly password: Buffer | undefined;
   readonly protocolVersion: ProtocolVersion;
   readonly remoteAddress: string;
+  /**
+   * The TLS client certificate (DER), when the client presented one. The listener asks for one but
+   * lets OpenSSL accept any: the hook decides (DEV-5 mutual TLS).
+   */
+  readonly peerCertificate?: Buffer;
 }
 
 export interface ClientIdentity {

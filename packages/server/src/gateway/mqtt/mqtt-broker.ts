@@ -218,6 +218,13 @@ export class MqttBroker {
     return true;
   }
 
+  /** Identities of the clients connected to this process (e.g. to re-check their credentials, DEV-8). */
+  connectedIdentities(): ClientIdentity[] {
+    const identities: ClientIdentity[] = [];
+    for (const conn of this.#clients.values()) if (conn.identity) identities.push(conn.identity);
+    return identities;
+  }
+
   /** Is a client with this ID connected to this process? */
   isConnected(clientId: string): boolean {
     return this.#clients.has(clientId);

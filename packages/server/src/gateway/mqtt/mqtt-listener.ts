@@ -42,6 +42,10 @@ export function tlsServerOptions(options: TlsServerOptions, handshakeTimeoutMs: 
     ciphers: AEAD_CIPHERS,
     honorCipherOrder: true,
     handshakeTimeout: handshakeTimeoutMs,
+    // Mutual TLS for devices (DEV-5): a client certificate is asked for but not required, and OpenSSL
+    // does not judge it; the authenticate hook verifies it against the platform's records.
+    requestCert: true,
+    rejectUnauthorized: false,
   };
 }
 

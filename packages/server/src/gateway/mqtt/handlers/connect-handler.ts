@@ -1,6 +1,8 @@
 // CONNECT (MQTT 3.1.1 3.1, MQTT 5 3.1): protocol checks, authentication through the hook, client ID
 // policy, will validation, session takeover or resumption, CONNACK.
 import { isUtf8 } from 'node:buffer';
+import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
 import mqttPacket, { type IConnackPacket, type IConnectPacket } from 'mqtt-packet';
 import type { ClientIdentity } from '../broker-hooks.ts';
 import { refusalProperties } from '../connection-admission.ts';
@@ -10,6 +12,13 @@ import { checkTopicName } from '../topic-rules.ts';
 import { messageProperties } from './publish-handler.ts';
 
 const MAX_CLIENT_ID_LENGTH = 256;
+
+/** The TLS client certificate (DER) of the connection, when one was presented (DEV-5 mutual TLS). */
+function peerCertificateOf(socket: Duplex): { peerCertificate?: Buffer } {
+  if (!(socket instanceof TLSSocket)) return {};
+  const cert = socket.getPeerX509Certificate();
+  return cert ? { peerCertificate: cert.raw } : {};
+}
 
 /**
  * Sends a refusing CONNACK in the client's protocol version and closes [MQTT-3.2.2-5]. MQTT 5 refusals
@@ -124,6 +133,7 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
       password: packet.password,
       protocolVersion: conn.protocolVersion,
       remoteAddress: conn.remoteAddress,
+      ...peerCertificateOf(conn.socket),
     })
     .then(
       (result) => {

@@ -1,0 +1,80 @@
+// Device posture reports (DEV-10, S 6.1.5e, S 8.1.4p): the device tells the platform which firmware it
+// runs, its security level and the SHA-256 digests of its core files; the platform compares them with
+// the vendor's golden values for that product and firmware and alerts on any deviation. Published on
+// devices/{id}/events at QoS 1: the promise settles once the platform has checked and stored the
+// report, and rejects (MQTT_PUBACK_153, Payload format invalid) if it refused it as malformed.
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { deviceTopic } from '@castellan/protocol';
+
+export type PostureSecurityLevel = 'L1' | 'L2' | 'L3';
+
+/**
+ * One core file: its bytes, a file on disk (streamed, so large images are fine), or a SHA-256 digest
+ * computed elsewhere (64 hex digits, e.g. by a secure element that measured the boot image).
+ */
+export type PostureSource = Uint8Array | { readonly file: string } | { readonly sha256: string };
+
+export interface PostureInput {
+  readonly firmwareVersion: string;
+  readonly securityLevel: PostureSecurityLevel;
+  /** Core file path (as the vendor names it in the golden values) → its content. */
+  readonly digests: Readonly<Record<string, PostureSource>>;
+}
+
+/** The message sent on the events topic. */
+export interface PostureReportMessage {
+  readonly type: 'posture';
+  readonly firmwareVersion: string;
+  readonly securityLevel: PostureSecurityLevel;
+  readonly digests: Readonly<Record<string, string>>;
+}
+
+function sha256Stream(file: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    createReadStream(file)
+      .on('error', reject)
+      .on('data', (chunk) => hash.update(chunk))
+      .on('end', () => resolve(hash.digest('hex')));
+  });
+}
+
+/** SHA-256 (lower-case hex) of each source, keyed as given. */
+export async function computePostureDigests(
+  sources: Readonly<Record<string, PostureSource>>,
+): Promise<Record<string, string>> {
+  const entries = await Promise.all(
+    Object.entries(sources).map(async ([path, source]): Promise<[string, string]> => {
+      if (source instanceof Uint8Array) return [path, createHash('sha256').update(source).digest('hex')];
+      if ('file' in source) return [path, await sha256Stream(source.file)];
+      if (!/^[0-9a-fA-F]{64}$/.test(source.sha256)) {
+        throw new TypeError(`the digest of ${JSON.stringify(path)} must be 64 hex digits (SHA-256)`);
+      }
+      return [path, source.sha256.toLowerCase()];
+    }),
+  );
+  return Object.fromEntries(entries);
+}
+
+export async function buildPostureReport(input: PostureInput): Promise<PostureReportMessage> {
+  return {
+    type: 'posture',
+    firmwareVersion: input.firmwareVersion,
+    securityLevel: input.securityLevel,
+    digests: await computePostureDigests(input.digests),
+  };
+}
+
+/** Anything that can publish as the device (a DeviceClient). */
+export interface PosturePublisher {
+  readonly deviceId: string;
+  publish(topic: string, payload: string | Buffer, qos: 0 | 1): Promise<void>;
+}
+
+/** Computes the digests and publishes the report; resolves with what was sent once the platform acked it. */
+export async function reportPosture(device: PosturePublisher, input: PostureInput): Promise<PostureReportMessage> {
+  const report = await buildPostureReport(input);
+  await device.publish(deviceTopic.events(device.deviceId), JSON.stringify(report), 1);
+  return report;
+}
