@@ -44,7 +44,7 @@ const RULES: Rule[] = [
   {
     // Castellan's own credentials (prefix + 256 random bits); placeholders like cas_rft_AAAA… are not.
     name: 'castellan-token',
-    pattern: /\bcas_(?:adm|vnd|setup|ops|ses|rft|enr|inv)_[A-Za-z0-9_-]{43}\b/,
+    pattern: /\bcas_(?:adm|vnd|setup|ops|ses|rft|enr|inv|dvt|fac|whsec|prs)_[A-Za-z0-9_-]{43}\b/,
     accept: (value) => randomLooking(value.slice(value.lastIndexOf('_', 12) + 1), 3.5),
   },
   { name: 'aws-access-key', pattern: /\b(AKIA|ASIA)[0-9A-Z]{16}\b/ },

@@ -3,8 +3,7 @@
 // issues codes, the lock verifies them with nothing but that key, its clock and a little state (used
 // one-time codes, revoked codes). Nothing about a code is ever sent to the lock in advance.
 //
-// A code is 12 decimal digits, V = mac · PAYLOAD_SPACE + payload (docs/device-lifecycle.md, Lock
-// passcodes):
+// A code is 12 decimal digits, V = mac · PAYLOAD_SPACE + payload (docs/protocol.md, Lock passcodes):
 //
 //   payload = classOffset + counter · ℓ + (start mod ℓ)     < PAYLOAD_SPACE = 11 760
 //   mac     = HMAC-SHA-256(key, "CLP1" ‖ kind ‖ ℓ ‖ counter ‖ start)[0..8] mod MAC_SPACE

@@ -24,7 +24,7 @@ import {
   verifyPasscode,
 } from '../src/index.ts';
 
-// Known-answer vectors (docs/device-lifecycle.md, Lock passcodes): the secret is the bytes 0..31 in
+// Known-answer vectors (docs/protocol.md, Lock passcodes): the secret is the bytes 0..31 in
 // base64url (built from its bytes: the secret scan rightly flags secret-looking literals).
 const SECRET = Buffer.from([...Array(32).keys()]).toString('base64url');
 const DEVICE_ID = '01a1b2c3d4e5f6a7b8c9d000';

@@ -259,31 +259,22 @@ export async function startPlatform(
     }
     await migrateToLatest(keyStore.db, keyStore.dialect, 'keys');
     // Objects built later that earlier ones call back into (bound once they exist).
-    const late: {
-      broker?: MqttBroker;
-      devices?: DevicesService;
-      operatorKeys?: OperatorKeysService;
-      deviceCertificates?: DeviceCertificatesService;
-    } = {};
+    const late: { broker?: MqttBroker } = {};
+    // Values sealed under tenant keys, re-wrapped in the background after a rotation (KEY-2) so the old
+    // version can be destroyed; each part that seals values registers itself once it exists.
+    const rewrappers: Array<{ what: string; rewrap: (tenant: string) => Promise<number> }> = [];
     const keys = new KeyService({
       db: keyStore.db,
       rootKey: rootKey.key,
       defaultSuite: config.keys.defaultSuite,
-      // Background re-wrap (KEY-2): values move to the new version so the old one can be destroyed.
       onRotated: (tenant) =>
         setImmediate(() => {
-          late.devices?.rewrapSecrets(tenant).then(
-            (moved) => log.info({ tenant, moved }, 'keys: device secrets re-wrapped after rotation'),
-            (error: unknown) => log.error({ err: error, tenant }, 'keys: re-wrap failed'),
-          );
-          late.deviceCertificates?.rewrapCaKeys(tenant).then(
-            (moved) => log.info({ tenant, moved }, 'keys: device CA keys re-wrapped after rotation'),
-            (error: unknown) => log.error({ err: error, tenant }, 'keys: device CA key re-wrap failed'),
-          );
-          late.operatorKeys?.rewrapSecrets(tenant).then(
-            (moved) => log.info({ tenant, moved }, 'keys: access-key secrets re-wrapped after rotation'),
-            (error: unknown) => log.error({ err: error, tenant }, 'keys: access-key re-wrap failed'),
-          );
+          for (const { what, rewrap } of rewrappers) {
+            rewrap(tenant).then(
+              (moved) => log.info({ tenant, moved }, `keys: ${what} re-wrapped after rotation`),
+              (error: unknown) => log.error({ err: error, tenant }, `keys: ${what} re-wrap failed`),
+            );
+          }
         }),
       audit: (event) =>
         audit.record({
@@ -308,7 +299,8 @@ export async function startPlatform(
           },
         }),
     });
-    late.operatorKeys = new OperatorKeysService({ db: store.db, keys, now: Date.now });
+    const operatorKeys = new OperatorKeysService({ db: store.db, keys, now: Date.now });
+    rewrappers.push({ what: 'access-key secrets', rewrap: (tenant) => operatorKeys.rewrapSecrets(tenant) });
     const totp = new TotpService({ db: store.db, cipher: keys });
     const accounts = new AccountsService({
       db: store.db,
@@ -363,7 +355,7 @@ export async function startPlatform(
       maxBatch: config.devices.maxBatch,
       presence: { log: log.child({ component: 'devices' }) },
     });
-    late.devices = devices;
+    rewrappers.push({ what: 'device secrets', rewrap: (tenant) => devices.rewrapSecrets(tenant) });
     // Devices a crashed process left online are offline now. Closed after the broker (pushed before
     // it), so the broker's last disconnects are stored.
     await devices.presence.start();
@@ -452,7 +444,7 @@ export async function startPlatform(
       devices,
       certificateDays: config.devices.certificateDays,
     });
-    late.deviceCertificates = deviceCertificates;
+    rewrappers.push({ what: 'device CA keys', rewrap: (tenant) => deviceCertificates.rewrapCaKeys(tenant) });
     deviceHttpAuth.challengeVerifiers.push(signedChallengeVerifier(deviceCertificates));
     const credentialLifecycle = new CredentialLifecycle({
       db: store.db,
@@ -535,6 +527,7 @@ export async function startPlatform(
       record: recordSoon,
       userAgent: `Castellan-Webhooks/${VERSION}`,
     });
+    rewrappers.push({ what: 'webhook secrets', rewrap: (tenant) => webhooks.rewrapSecrets(tenant) });
     webhooks.start({ deviceEvents, presence: devices.presence.events });
     cleanups.push(() => webhooks.close());
     const posture = new PostureService({
@@ -556,6 +549,7 @@ export async function startPlatform(
       log: log.child({ component: 'manufacturing' }),
     });
     manufacturing.start();
+    deviceHttpAuth.onAdmitted.push((device) => manufacturing.recordActivation(device.id, device.vendorId, Date.now()));
     cleanups.push(() => manufacturing.close());
     const bindings = new BindingsService({
       db: store.db,

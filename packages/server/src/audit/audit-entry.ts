@@ -5,7 +5,8 @@ import { asBufferOrNull } from '../lib/bytes.ts';
 import type { AuditEntryTable } from '../store/index.ts';
 import { leafHash } from './merkle-tree.ts';
 
-export type ActorType = 'admin' | 'operator' | 'user' | 'device' | 'system';
+/** `factory`: a factory station's credential (DEV-7). */
+export type ActorType = 'admin' | 'operator' | 'user' | 'device' | 'factory' | 'system';
 export type AuditResult = 'success' | 'failure' | 'denied';
 
 export interface AuditEvent {

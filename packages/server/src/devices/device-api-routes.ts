@@ -8,7 +8,7 @@ import { CastellanError } from '../errors/index.ts';
 import type { DeviceChannelHandler } from '../gateway/index.ts';
 import { PublishRefusedError } from '../gateway/mqtt/broker-hooks.ts';
 import type { GuardService } from '../guard/index.ts';
-import { StrictObject } from '../http/index.ts';
+import { deviceSecurity, StrictObject } from '../http/index.ts';
 import type { DeviceEvents } from './device-events.ts';
 import { type DeviceHttpAuth, deviceOf, verifyDeviceBody } from './device-http-auth.ts';
 import type { DevicesService } from './devices-service.ts';
@@ -158,6 +158,7 @@ export async function deviceApiRoutes(
       {
         onRequest: auth.authenticate,
         schema: {
+          security: deviceSecurity,
           summary: `Report ${channel} over HTTPS (the same checks as devices/{id}/${channel} over MQTT)`,
           tags: ['device-api'],
           description:

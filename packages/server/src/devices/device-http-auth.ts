@@ -120,6 +120,8 @@ const sha256 = (value: string): Buffer => createHash('sha256').update(value, 'ut
 export class DeviceHttpAuth {
   /** Extra challenge-response proofs (certificate devices); tried in order when the HMAC does not match. */
   readonly challengeVerifiers: DeviceChallengeVerifier[] = [];
+  /** Told of every admitted device request (first use activates a batch device, DEV-7); must not throw. */
+  readonly onAdmitted: Array<(device: Device, method: DeviceAuthMethod) => void> = [];
   /** The onRequest hook of every /v1/device-api route that needs an authenticated device. */
   readonly authenticate: DeviceAuthenticateHook;
   readonly #db: Kysely<Database>;
@@ -270,6 +272,7 @@ export class DeviceHttpAuth {
       throw new CastellanError('ERR_DEVICE_AUTH_FAILED');
     }
     request.device = device;
+    for (const listener of this.onAdmitted) listener(device, method);
   }
 
   async #fail(

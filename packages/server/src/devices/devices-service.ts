@@ -9,7 +9,7 @@ import {
   generateDeviceId,
   type SuiteName,
 } from '@castellan/protocol';
-import type { Kysely } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
 import { constantTimeEqual, newId } from '../lib/random-ids.ts';
 import type { Database } from '../store/index.ts';
@@ -313,7 +313,14 @@ export class DevicesService {
    * collide, so the store's primary key decides and colliding IDs are drawn again. All rows of one call
    * are written in one transaction: a failure leaves none behind.
    */
-  async createDevices(productId: string, count: number): Promise<IssuedDevice[]> {
+  async createDevices(
+    productId: string,
+    count: number,
+    options: {
+      /** Runs inside the issuing transaction: what it writes commits or rolls back with the devices. */
+      within?: (trx: Transaction<Database>, issued: readonly IssuedDevice[]) => Promise<void>;
+    } = {},
+  ): Promise<IssuedDevice[]> {
     if (!Number.isInteger(count) || count < 1 || count > this.#maxBatch) {
       throw new CastellanError('ERR_VALIDATION_FAILED', {
         message: `count must be an integer from 1 to ${this.#maxBatch}`,
@@ -365,6 +372,7 @@ export class DevicesService {
         missing = count - issued.length;
       }
       if (missing > 0) throw new CastellanError('ERR_DEVICE_ID_EXHAUSTED');
+      await options.within?.(trx, issued);
       return issued;
     });
   }

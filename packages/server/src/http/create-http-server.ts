@@ -9,7 +9,7 @@ import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { CastellanError } from '../errors/index.ts';
-import { AEAD_CIPHERS } from '../gateway/index.ts';
+import { AEAD_CIPHERS } from '../lib/tls-ciphers.ts';
 import { ErrorResponseSchema, sendError } from './error-responses.ts';
 import { type HealthRoutesOptions, healthRoutes } from './health-routes.ts';
 import { createValidatorCompiler } from './validator-compilers.ts';
@@ -129,6 +129,18 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
             name: 'Authorization',
             description:
               'CASTELLAN-HMAC-SHA256 signed request of an operator access key (docs/api-signing.md), with X-Castellan-Date, X-Castellan-Nonce and X-Castellan-Content-SHA256',
+          },
+          deviceSignature: {
+            type: 'apiKey',
+            in: 'header',
+            name: 'Authorization',
+            description:
+              'CAS-DEVICE-HMAC-SHA256 request signed with a key derived from the device secret, with x-castellan-content-sha256 (docs/protocol.md, device HTTPS authentication)',
+          },
+          deviceToken: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'A short-lived device token (cas_dvt_…) from the challenge-response exchange (DEV-6)',
           },
         },
       },

@@ -20,3 +20,5 @@ export const bearerSecurity: { [scheme: string]: string[] }[] = [
   { sessionCookie: [] },
   { operatorSignature: [] },
 ];
+/** A device's own request: signed with its secret (timestamp mode) or a device token (DEV-6). */
+export const deviceSecurity: { [scheme: string]: string[] }[] = [{ deviceSignature: [] }, { deviceToken: [] }];

@@ -7,8 +7,10 @@
 // tenant A's rows are exactly as they were.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { generateDeviceKeyPair, generateStationKeys, spkiPem } from '@castellan/device';
 import { normaliseIdentifier } from '../../src/accounts/index.ts';
 import { dialectCases } from '../helpers/dialects.ts';
+import { csrFor } from '../helpers/device-pki.ts';
 import {
   type HttpResult,
   provisionTenant,
@@ -43,7 +45,16 @@ const PUBLIC_ROUTES = new Set([
   'GET /v1/auth/oidc/{provider}/start',
   'GET /v1/auth/oidc/{provider}/callback',
   'GET /v1/audit/public-key',
+  // The device API's own ceremonies (DEV-6, DEV-4): they hand out a challenge or a token, or register
+  // a listed hardware ID against the product secret's proof.
+  'GET /v1/device-api/time',
+  'POST /v1/device-api/challenges',
+  'POST /v1/device-api/tokens',
+  'POST /v1/device-api/register',
 ]);
+
+/** Routes only a device's own credential opens (deviceSignature / deviceToken): no person's or operator's. */
+const DEVICE_ROUTE = /^\/v1\/device-api\//;
 
 /**
  * A person's own account and sign-in ceremonies: checked for the anonymous case only (they act on the
@@ -80,6 +91,9 @@ type JsonSchema = {
   minLength?: number;
   maxLength?: number;
   minItems?: number;
+  minProperties?: number;
+  patternProperties?: Record<string, JsonSchema>;
+  additionalProperties?: boolean | JsonSchema;
   pattern?: string;
   format?: string;
   default?: unknown;
@@ -96,6 +110,13 @@ for (const dialect of await dialectCases()) {
     let auditor: string;
     let aKeyVersionId: string;
     let aOperatorKeyId: string;
+    /** DEV-7: tenant A's factory station and batch; tenant B's station token (factory routes). */
+    let aStationId: string;
+    let aBatch: { id: string; deviceIds: string[] };
+    let bFactoryToken: string;
+    /** DEV-5: a certificate of tenant A's first device (the revoke route names its serial). */
+    let aCertificateSerial: string;
+    let aCaId: string;
     let operations: Operation[];
     const markers: string[] = [];
 
@@ -140,7 +161,36 @@ for (const dialect of await dialectCases()) {
       aKeyVersionId = keys.body.items.find((k: { tenant: string }) => k.tenant === a.vendorId).id;
       aOperatorKeyId = (a.vendorToken as unknown as { id: string }).id;
       const product = await request(tp.platform, 'GET', `/v1/products/${a.productId}`, { token: a.vendorToken });
+      const station = async (t: Tenant) => {
+        const keys = generateStationKeys();
+        const res = await request(tp.platform, 'POST', `/v1/products/${t.productId}/factory-stations`, {
+          token: t.vendorToken,
+          body: {
+            name: 'Line',
+            encryptionPublicKey: spkiPem(keys.encryption.publicKey),
+            signingPublicKey: spkiPem(keys.signing.publicKey),
+          },
+        });
+        assert.equal(res.status, 201, res.text);
+        return res.body as { id: string; token: string };
+      };
+      const certificate = await request(tp.platform, 'POST', `/v1/devices/${a.devices[0]!.id}/certificates`, {
+        token: a.vendorToken,
+        body: { csr: await csrFor(generateDeviceKeyPair('p256')) },
+      });
+      assert.equal(certificate.status, 201, certificate.text);
+      aCertificateSerial = certificate.body.certificate.serial;
+      aCaId = certificate.body.certificate.caId;
+      aStationId = (await station(a)).id;
+      bFactoryToken = (await station(b)).token;
+      const batch = await request(tp.platform, 'POST', `/v1/products/${a.productId}/batches`, {
+        token: a.vendorToken,
+        body: { count: 1, stationId: aStationId },
+      });
+      assert.equal(batch.status, 201, batch.text);
+      aBatch = batch.body;
       markers.push(a.vendorId, a.productId, ...a.devices.map((d) => d.id), ownerA, aKeyVersionId, aOperatorKeyId);
+      markers.push(aStationId, aBatch.id, ...aBatch.deviceIds, aCertificateSerial, aCaId);
       assert.equal(product.status, 200);
 
       const doc = (await request(tp.platform, 'GET', '/openapi.json')).body as {
@@ -205,6 +255,19 @@ for (const dialect of await dialectCases()) {
         ip: '203.0.113.9',
         credentialId: 'AAAAAAAAAAAAAAAAAAAAAA',
         provider: 'nowhere',
+        stationId: aStationId,
+        serial: aCertificateSerial,
+        caId: aCaId,
+        // Objects that need a bound, online or lock device: well-formed IDs, so the route's own
+        // authorisation answers (tenant A's device or product is in the same path).
+        commandId: 'cmd_AAAAAAAAAAAAAAAAAAAAAA',
+        deliveryId: 'whd_AAAAAAAAAAAAAAAAAAAAAA',
+        passcodeId: 'lpc_AAAAAAAAAAAAAAAAAAAAAA',
+        shareId: 'shr_AAAAAAAAAAAAAAAAAAAAAA',
+        tokenId: 'bnt_AAAAAAAAAAAAAAAAAAAAAA',
+        webhookId: 'whk_AAAAAAAAAAAAAAAAAAAAAA',
+        version: '1.0.0',
+        batchId: aBatch.id,
         point: 'temp',
       };
       const value = fixtures[name];
@@ -224,6 +287,19 @@ for (const dialect of await dialectCases()) {
         case 'object': {
           const out: Record<string, unknown> = {};
           for (const name of schema.required ?? []) out[name] = sample(schema.properties![name]!, `${where}.${name}`);
+          // A record (no declared properties): one entry whose key and value fit its schemas.
+          if (!schema.properties && (schema.minProperties ?? 0) > 0) {
+            const valueSchema =
+              Object.values(schema.patternProperties ?? {})[0] ??
+              (typeof schema.additionalProperties === 'object' ? schema.additionalProperties : { type: 'string' });
+            out['/sample'] = sample(valueSchema, `${where}[key]`);
+          }
+          // At least minProperties: optional properties in order (a PATCH needs one change).
+          for (const name of Object.keys(schema.properties ?? {})) {
+            if (Object.keys(out).length >= (schema.minProperties ?? 0)) break;
+            if (!(name in out) && name !== 'vendorId')
+              out[name] = sample(schema.properties![name]!, `${where}.${name}`);
+          }
           // A tenant named in the body is always tenant A: the attack is naming someone else's.
           if (schema.properties?.vendorId) out.vendorId = a.vendorId;
           return out;
@@ -245,7 +321,13 @@ for (const dialect of await dialectCases()) {
             '127.0.0.1/32',
             '-----BEGIN PUBLIC KEY-----',
             ...['inv', 'enr', 'rft', 'ses'].map((p) => `cas_${p}_${'A'.repeat(43)}`),
-            ...['usr', 'vnd', 'opk', 'adm'].map((p) => `${p}_${'A'.repeat(22)}`),
+            ...['usr', 'vnd', 'opk', 'adm', 'fst', 'bat'].map((p) => `${p}_${'A'.repeat(22)}`),
+            // A SHA-256 in lower-case hex (posture digests).
+            'a'.repeat(64),
+            // A device ID, a SHA-256 in hex, an Ed25519 signature in base64url (burn receipts, DEV-7).
+            '0'.repeat(24),
+            '0'.repeat(64),
+            'A'.repeat(86),
           ];
           const fits = (v: string) =>
             v.length >= (schema.minLength ?? 0) &&
@@ -296,7 +378,8 @@ for (const dialect of await dialectCases()) {
         }
         const res = await call(op);
         assert.equal(res.status, 401, `${op.key} anonymous: ${res.text}`);
-        assert.equal((res.body as { error: { code: string } }).error.code, 'ERR_AUTH_REQUIRED', op.key);
+        const expected = DEVICE_ROUTE.test(op.path) ? 'ERR_DEVICE_AUTH_FAILED' : 'ERR_AUTH_REQUIRED';
+        assert.equal((res.body as { error: { code: string } }).error.code, expected, op.key);
       }
       assert.deepEqual(unlisted, [], 'routes without security that are not on the public list');
     });
@@ -306,14 +389,23 @@ for (const dialect of await dialectCases()) {
       for (const op of operations) {
         if (!op.secured || SELF_SERVICE.test(op.path)) continue;
         const targetsA = op.targetsA;
-        const principals: [string, () => Promise<unknown>][] = [
-          ['operator B', async () => b.vendorToken],
-          ['owner B', () => session('user', ownerB)],
-          ['consumer', () => session('user', consumer)],
-        ];
+        // /v1/factory/* takes only a factory station's token (DEV-7): there the attacker is B's station.
+        const principals: [string, () => Promise<unknown>][] = op.path.startsWith('/v1/factory/')
+          ? [['factory station B', async () => bFactoryToken]]
+          : [
+              ['operator B', async () => b.vendorToken],
+              ['owner B', () => session('user', ownerB)],
+              ['consumer', () => session('user', consumer)],
+            ];
         for (const [who, credential] of principals) {
           const res = await call(op, await credential());
           const where = `${op.key} as ${who}: ${res.status} ${res.text.slice(0, 300)}`;
+          // A person's or operator's credential is no device credential: not even recognised there.
+          if (DEVICE_ROUTE.test(op.path)) {
+            assert.equal(res.status, 401, where);
+            assert.equal((res.body as { error: { code: string } }).error.code, 'ERR_DEVICE_AUTH_FAILED', where);
+            continue;
+          }
           assert.notEqual(res.status, 401, `${where} (the credential is valid: a 401 proves nothing)`);
           assert.notEqual(
             res.status,
@@ -334,6 +426,11 @@ for (const dialect of await dialectCases()) {
         if (!op.secured || op.method === 'GET' || SELF_SERVICE.test(op.path) || AUDITOR_MAY_WRITE.has(op.key)) continue;
         const res = await call(op, await session('staff', auditor));
         const where = `${op.key} as auditor: ${res.status} ${res.text.slice(0, 300)}`;
+        // Staff credentials are no factory or device credentials: there they are not even recognised.
+        if (op.path.startsWith('/v1/factory/') || DEVICE_ROUTE.test(op.path)) {
+          assert.equal(res.status, 401, where);
+          continue;
+        }
         assert.notEqual(res.status, 400, `${where} (fix the sample)`);
         assert.ok([403, 404].includes(res.status), where);
       }
@@ -352,7 +449,7 @@ for (const dialect of await dialectCases()) {
       );
       assert.deepEqual(
         devices.map((d) => d.id),
-        a.devices.map((d) => d.id).sort(),
+        [...a.devices.map((d) => d.id), ...aBatch.deviceIds].sort(),
       );
       assert.ok(devices.every((d) => d.status === 'active'));
       const members = await q<{ user_id: string; role: string }>(

@@ -17,6 +17,7 @@ import {
   burnDevices,
   DeviceClient,
   DeviceConnectError,
+  DeviceHttpClient,
   fetchBatch,
   FactoryError,
   generateStationKeys,
@@ -364,6 +365,28 @@ for (const dialect of await dialectCases()) {
         [first!.deviceId]: 'activated',
         [second!.deviceId]: 'issued',
       });
+    });
+
+    test('[DEV-7] a burned device that only uses the HTTPS device API is activated by its first admitted request', async () => {
+      const station = await registerStation(tenant);
+      const batch = await issueBatch(tenant, station.id, 1);
+      const outDir = newDir('https-only');
+      await burnBatch({ ...connection(station.token), keys: station.keysDir, batchId: batch.id, outDir });
+      const creds = loadDeviceCredentials(join(outDir, `${batch.deviceIds[0]}.json`));
+      const http = new DeviceHttpClient({
+        baseUrl: creds.httpUrl!,
+        deviceId: creds.deviceId,
+        secret: creds.secret,
+        ca: creds.ca,
+      });
+      assert.deepEqual(await counts(tenant, batch.id), { issued: 1, burned: 1, activated: 0 });
+      const reported = await http.request('POST', '/v1/device-api/telemetry', { temperature: 21 });
+      assert.equal(reported.status, 202, JSON.stringify(reported.body));
+      await waitFor('activation', async () => (await counts(tenant, batch.id)).activated === 1);
+      // Later requests change nothing: one activation, one event.
+      await http.request('POST', '/v1/device-api/telemetry', { temperature: 22 });
+      await sleep(100);
+      assert.equal(changes.filter((c) => c.kind === 'device.activated' && c.deviceId === creds.deviceId).length, 1);
     });
 
     test('[DEV-7] a factory token works only on /v1/factory/* and only for its own batches', async () => {

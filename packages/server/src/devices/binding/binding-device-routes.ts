@@ -3,7 +3,7 @@
 // provisioning payload, or reports a factory reset.
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
-import { StrictObject } from '../../http/index.ts';
+import { deviceSecurity, StrictObject } from '../../http/index.ts';
 import { type DeviceHttpAuth, deviceOf, verifyDeviceBody } from '../device-http-auth.ts';
 import type { BindingsService } from './bindings-service.ts';
 
@@ -25,6 +25,7 @@ export async function bindingDeviceRoutes(app: FastifyInstance, { bindings, auth
     {
       onRequest: auth.authenticate,
       schema: {
+        security: deviceSecurity,
         summary:
           "Device (signed request or device token): bind to the issuer of this binding token (from the app's provisioning payload)",
         tags: ['device-api'],
@@ -52,6 +53,7 @@ export async function bindingDeviceRoutes(app: FastifyInstance, { bindings, auth
     {
       onRequest: auth.authenticate,
       schema: {
+        security: deviceSecurity,
         summary:
           'Device (signed request or device token): report a factory reset; the binding, shares and data held for the owner are wiped',
         tags: ['device-api'],

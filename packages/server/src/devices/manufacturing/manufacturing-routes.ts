@@ -178,7 +178,7 @@ export async function manufacturingRoutes(app: FastifyInstance, options: Manufac
     const station = stationOf(request);
     try {
       await options.record({
-        actor: { type: 'system', id: station.id },
+        actor: { type: 'factory', id: station.id },
         tenant: station.vendorId,
         sourceIp: request.ip,
         ...event,

@@ -124,6 +124,8 @@ export class ManufacturingService {
   readonly #record: (event: AuditEvent) => void;
   readonly #endpoints: () => PlatformEndpoints;
   readonly #log: NonNullable<ManufacturingServiceOptions['log']>;
+  /** Devices whose activation is recorded or that are not batch devices (bounded). */
+  readonly #handled = new Set<string>();
   readonly #now: () => number;
   #unsubscribe: (() => void) | undefined;
 
@@ -145,9 +147,7 @@ export class ManufacturingService {
     this.#devices.addAdmissionCheck((device) => this.admissionCheck(device));
     const listener = (change: PresenceChange) => {
       if (change.type !== 'connected') return;
-      this.#activate(change.deviceId, change.vendorId, change.at).catch((error: unknown) =>
-        this.#log.warn({ err: error, deviceId: change.deviceId }, 'manufacturing: activation not recorded'),
-      );
+      this.recordActivation(change.deviceId, change.vendorId, change.at);
     };
     this.#devices.presence.events.on('change', listener);
     this.#unsubscribe = () => this.#devices.presence.events.off('change', listener);
@@ -279,34 +279,35 @@ export class ManufacturingService {
     if (!station) throw new CastellanError('ERR_FACTORY_STATION_NOT_FOUND');
     if (stationStatus(station, this.#now()) !== 'active') throw new CastellanError('ERR_FACTORY_STATION_INACTIVE');
     const endpoints = this.#endpoints();
-    const issued = await this.#devices.createDevices(product.id, input.count);
     const batchId = newId('bat');
     const createdAt = this.#now();
-    try {
-      const devices = issued.map((device) => ({
-        deviceId: device.id,
-        image: deviceImageText({
+    // The batch rows are written in the devices' own transaction: devices without their batch (and so
+    // outside the receipt gate) never exist, and a failure leaves neither behind.
+    const issued = await this.#devices.createDevices(product.id, input.count, {
+      within: async (trx, issuedDevices) => {
+        const devices = issuedDevices.map((device) => ({
           deviceId: device.id,
-          secret: device.secret,
-          productId: product.id,
-          batchId,
-          mqttUrl: endpoints.mqttUrl,
-          httpUrl: endpoints.httpUrl,
-          caPem: endpoints.caPem,
-        }),
-      }));
-      const file = sealBatch(
-        { batchId, stationId: station.id, productId: product.id, devices },
-        station.encryption_public_key,
-        { createdAt },
-      );
-      const rows = devices.map((device) => ({
-        device_id: device.deviceId,
-        batch_id: batchId,
-        vendor_id: product.vendorId,
-        image_digest: createHash('sha256').update(device.image, 'utf8').digest(),
-      }));
-      await this.#db.transaction().execute(async (trx) => {
+          image: deviceImageText({
+            deviceId: device.id,
+            secret: device.secret,
+            productId: product.id,
+            batchId,
+            mqttUrl: endpoints.mqttUrl,
+            httpUrl: endpoints.httpUrl,
+            caPem: endpoints.caPem,
+          }),
+        }));
+        const file = sealBatch(
+          { batchId, stationId: station.id, productId: product.id, devices },
+          station.encryption_public_key,
+          { createdAt },
+        );
+        const rows = devices.map((device) => ({
+          device_id: device.deviceId,
+          batch_id: batchId,
+          vendor_id: product.vendorId,
+          image_digest: createHash('sha256').update(device.image, 'utf8').digest(),
+        }));
         await trx
           .insertInto('manufacturing_batches')
           .values({
@@ -327,14 +328,8 @@ export class ManufacturingService {
             .values(rows.slice(i, i + CHUNK))
             .execute();
         }
-      });
-    } catch (error) {
-      // The devices exist but their secrets are lost with this call: disable them, so that no
-      // identity outside a batch (and so outside the receipt gate) is left able to connect.
-      await Promise.allSettled(issued.map((device) => this.#devices.setStatus(device.id, 'disabled')));
-      this.#log.warn({ err: error, productId: product.id, devices: issued.length }, 'manufacturing: batch not stored');
-      throw error;
-    }
+      },
+    });
     const batch: Batch = {
       id: batchId,
       vendorId: product.vendorId,
@@ -563,6 +558,21 @@ export class ManufacturingService {
   }
 
   /** First successful connection of a burned batch device: record it once, tell the listeners. */
+  /**
+   * A device's first successful use (an MQTT connection, or an admitted device-API request) activates
+   * it. Remembers devices already handled so that later requests cost no write.
+   */
+  recordActivation(deviceId: string, vendorId: string, at: number): void {
+    if (this.#handled.has(deviceId)) return;
+    this.#activate(deviceId, vendorId, at).then(
+      () => {
+        if (this.#handled.size >= 100_000) this.#handled.clear();
+        this.#handled.add(deviceId);
+      },
+      (error: unknown) => this.#log.warn({ err: error, deviceId }, 'manufacturing: activation not recorded'),
+    );
+  }
+
   async #activate(deviceId: string, vendorId: string, at: number): Promise<void> {
     const activated = await this.#db
       .updateTable('manufacturing_devices')

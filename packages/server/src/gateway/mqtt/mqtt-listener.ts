@@ -11,6 +11,7 @@ import {
   DEFAULT_ADMISSION,
 } from './connection-admission.ts';
 import type { MqttBroker } from './mqtt-broker.ts';
+import { AEAD_CIPHERS } from '../../lib/tls-ciphers.ts';
 
 export interface TlsServerOptions {
   cert: string;
@@ -18,21 +19,7 @@ export interface TlsServerOptions {
   minVersion: 'TLSv1.2' | 'TLSv1.3';
 }
 
-/**
- * TLS 1.2 suites with forward secrecy and AEAD only (CHAN-1); TLS 1.3 suites are all AEAD. ECDSA first:
- * the development PKI and the lightweight device profile use P-256 keys.
- */
-export const AEAD_CIPHERS = [
-  'TLS_AES_128_GCM_SHA256',
-  'TLS_AES_256_GCM_SHA384',
-  'TLS_CHACHA20_POLY1305_SHA256',
-  'ECDHE-ECDSA-AES128-GCM-SHA256',
-  'ECDHE-ECDSA-AES256-GCM-SHA384',
-  'ECDHE-ECDSA-CHACHA20-POLY1305',
-  'ECDHE-RSA-AES128-GCM-SHA256',
-  'ECDHE-RSA-AES256-GCM-SHA384',
-  'ECDHE-RSA-CHACHA20-POLY1305',
-].join(':');
+export { AEAD_CIPHERS };
 
 export function tlsServerOptions(options: TlsServerOptions, handshakeTimeoutMs: number): tls.TlsOptions {
   return {
