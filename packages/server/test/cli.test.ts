@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -106,7 +106,7 @@ describe('castellan CLI', () => {
     assert.match(result.stdout, /demo failed: no running platform found/);
   });
 
-  test('[DEV-3] [SESS-5] [AUD-2] `up` then `demo` (twice) complete and verify the audit log; SIGTERM stops gracefully; no secret reaches the logs', async () => {
+  test('[DEV-3] [DEV-7] [BIND-1] [BIND-3] [BIND-5] [CHAN-7] [SESS-5] [AUD-2] `up` then `demo` (twice) complete the device lifecycle and verify the audit log; SIGTERM stops gracefully; no secret reaches the logs', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'castellan-cli-'));
     dirs.push(dir);
     const up = spawn(process.execPath, [bin, 'up', '--data-dir', join(dir, 'data')], {
@@ -139,7 +139,6 @@ describe('castellan CLI', () => {
     assert.match(demo.stdout, /✔ consumer registered: demo-consumer-\d+@example\.com/);
     assert.match(demo.stdout, /✔ activation code read from the development outbox and confirmed: account active/);
     assert.match(demo.stdout, /✔ consumer signed in: usr_/);
-    assert.match(demo.stdout, /✔ consumer signed out; the old session token is refused: ERR_AUTH_INVALID/);
     assert.ok(
       demo.stdout.indexOf('consumer signed in') < demo.stdout.indexOf('setup token used'),
       'the demo starts with the consumer',
@@ -147,6 +146,42 @@ describe('castellan CLI', () => {
     assert.match(demo.stdout, /✔ setup token used: first administrator created, TOTP factor confirmed/);
     assert.match(demo.stdout, /✔ connection with the device ID alone refused: MQTT_CONNACK_134/);
     assert.match(demo.stdout, /✔ vendor read every device's latest telemetry over HTTPS: matches what was sent/);
+    // The device lifecycle (issue 7's demo story), in this order.
+    const lifecycle = [
+      /✔ factory station registered: fst_\S+ \(X25519 \+ Ed25519 keys made at the station; token shown once, not printed\)/,
+      /✔ batch issued to the station: bat_\S+, 2 device IDs, no secrets in the response/,
+      /✔ factory opened the sealed batch and burned the device files: 2 files \(0600\) in \S+demo-factory\/bat_\S+, 2 signed receipts/,
+      /✔ a burned device without a recorded burn receipt is refused: MQTT_CONNACK_135/,
+      /✔ burn receipts uploaded and accepted: 2 accepted \(2 new\); batch counts: issued 2, burned 2, activated 0/,
+      /✔ consumer requested a one-time binding token: bnt_\S+, valid until .+ \(token not printed\)/,
+      /✔ app sealed the SoftAP payload to the device's pairing key; the device opened it: Castellan-[0-9A-F]{6}: \d+ bytes/,
+      /✔ device connected over MQTT\/TLS with its burned credentials: first connection activated it: [0-9a-f]{24}; batch counts: burned 2, activated 1/,
+      /✔ device presented the binding token over the device API and was bound: at .+; the token is spent/,
+      /✔ the consumer sees the device in GET \/v1\/me\/devices: [0-9a-f]{24}, role owner/,
+      /✔ consumer set desired state; the device received it and reported back: desired \{"power":"on","brightness":80\} \(version \d+\); device got \{"power":"on","brightness":80\}; shadow version \d+, delta empty/,
+      /✔ consumer sent a command; the device answered: cmd_\S+ blink → succeeded, result \{"blinked":3\}/,
+      /✔ the device reported telemetry; the owner reads it: \{"power_w":42,"voltage_v":230\}/,
+      /✔ second consumer registered \(proof of work, activation code\) and signed in: usr_\S+, demo-guest-\d+@example\.com/,
+      /✔ owner shared the device with the second consumer as guest: shr_\S+, until /,
+      /✔ the second consumer reads the device and its shadow; as guest it cannot control it: [0-9a-f]{24} active, reported power on; desired change refused: ERR_DEVICE_NOT_FOUND/,
+      /✔ owner revoked the share; the second consumer now gets 404: ERR_DEVICE_NOT_FOUND/,
+      /✔ owner unbound the device: the owner's data is wiped: former owner: shadow ERR_DEVICE_NOT_FOUND, not in \/v1\/me\/devices; vendor sees shadow version 0, 0 commands, telemetry ERR_TELEMETRY_NOT_FOUND/,
+      /✔ the unbound device can be bound again: the second consumer paired it over BLE and owns it now/,
+      /✔ consumer signed out; the old session token is refused: ERR_AUTH_INVALID/,
+      /✔ the device's lifecycle is in the audit log: \d+ entries for [0-9a-f]{24}: device\.connect \(refused\), device\.activate, device\.bind, device\.shadow\.desired, device\.command\.issue, device\.share, device\.share\.revoke, device\.unbind/,
+      /✔ audit checkpoints verified with the published key/,
+    ];
+    let from = 0;
+    for (const line of lifecycle) {
+      const at = demo.stdout.slice(from).search(line);
+      assert.ok(at >= 0, `${line} (in order) in:\n${demo.stdout}`);
+      from += at;
+    }
+    const batchDir = /in (\S+demo-factory\/bat_\S+), 2 signed receipts/.exec(demo.stdout)![1]!;
+    const burnedFiles = readdirSync(batchDir).filter((f) => /^[0-9a-f]{24}\.json$/.test(f));
+    assert.equal(burnedFiles.length, 2);
+    for (const file of burnedFiles) assert.equal(statSync(join(batchDir, file)).mode & 0o777, 0o600);
+    const deviceSecrets = burnedFiles.map((f) => JSON.parse(readFileSync(join(batchDir, f), 'utf8')).secret as string);
     assert.match(
       demo.stdout,
       /✔ audit checkpoints verified with the published key: \d+ entries appended during the demo/,
@@ -172,6 +207,13 @@ describe('castellan CLI', () => {
       summary.steps.some((s: { step: string }) => s.step === 'consumer signed in'),
       'a new consumer each run',
     );
+    const step = (name: string) => summary.steps.find((s: { step: string }) => s.step === name)?.detail as string;
+    assert.match(
+      step('burn receipts uploaded and accepted'),
+      /^1 accepted \(1 new\); batch counts: issued 1, burned 1,/,
+    );
+    assert.match(step("owner unbound the device: the owner's data is wiped"), /telemetry ERR_TELEMETRY_NOT_FOUND$/);
+    assert.equal(summary.steps.at(-1).step, 'audit log verified entry by entry', 'the audit verification comes last');
 
     const keysRun = (...args: string[]) =>
       spawnSync(process.execPath, [bin, 'keys', ...args, '--data-dir', join(dir, 'data')], {
@@ -274,5 +316,8 @@ describe('castellan CLI', () => {
     for (const secret of [setupToken, adminToken])
       assert.equal(output.includes(secret), false, 'a token reached the output');
     assert.equal(demo.stdout.includes(adminToken) || again.stdout.includes(adminToken), false);
+    for (const secret of deviceSecrets) {
+      assert.equal(output.includes(secret) || demo.stdout.includes(secret), false, 'a burned device secret leaked');
+    }
   });
 });
