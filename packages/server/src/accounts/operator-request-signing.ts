@@ -4,12 +4,9 @@
 // process shares the replay memory) → later, the body actually received must hash to the signed
 // X-Castellan-Content-SHA256 (a preParsing hook hashes it as it streams past).
 // Every refusal is the same ERR_AUTH_INVALID; the reason goes only to the debug log and the audit log.
-import { createHash } from 'node:crypto';
-import { Transform } from 'node:stream';
 import {
   CONTENT_SHA256_HEADER,
   canonicalString,
-  contentSha256,
   DATE_HEADER,
   isContentSha256,
   isSigningNonce,
@@ -18,7 +15,7 @@ import {
   parseSigningDate,
   requestSignature,
 } from '@castellan/protocol';
-import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyRequest } from 'fastify';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import type { AuditEvent } from '../audit/index.ts';
@@ -30,6 +27,7 @@ import { isUniqueViolation } from './accounts-service.ts';
 import { addressAllowed, parseJsonList, plainIp, secretContext } from './operator-keys-service.ts';
 import { OPERATOR_SCOPES, type OperatorPrincipal, type OperatorScope } from './principal.ts';
 import type { SignedRequestVerifier } from './request-authenticator.ts';
+import { SignedBodies } from '../http/index.ts';
 
 /** last_used_at is written at most this often per key (it is a hint, not an audit record). */
 const LAST_USED_RESOLUTION_MS = 60_000;
@@ -55,20 +53,13 @@ export interface OperatorRequestVerifierOptions {
   now?: () => number;
 }
 
-/** Requests whose signature checked out, with the body hash they promised (read by the preParsing hook). */
-const promisedBodies = new WeakMap<FastifyRequest, { sha256: string; refuse: () => void }>();
+/** Bodies of requests whose signature checked out, compared with the hash they promised. */
+const signedBodies = new SignedBodies(() => new CastellanError('ERR_AUTH_INVALID'));
 
 const header = (request: FastifyRequest, name: string): string | undefined => {
   const value = request.headers[name];
   return typeof value === 'string' ? value : undefined;
 };
-
-/** True when the request carries a body (RFC 9112 §6.3: Content-Length or Transfer-Encoding). */
-function hasBody(request: FastifyRequest): boolean {
-  if (request.headers['transfer-encoding'] !== undefined) return true;
-  const length = request.headers['content-length'];
-  return length !== undefined && length !== '0';
-}
 
 export class OperatorRequestVerifier implements SignedRequestVerifier {
   readonly #db: Kysely<Database>;
@@ -162,10 +153,11 @@ export class OperatorRequestVerifier implements SignedRequestVerifier {
     if (key.last_used_at === null || now - Number(key.last_used_at) >= LAST_USED_RESOLUTION_MS) {
       await this.#db.updateTable('operator_keys').set({ last_used_at: now }).where('id', '=', key.id).execute();
     }
-    promisedBodies.set(request, {
-      sha256: declaredSha,
-      refuse: () => void this.#refuse(request, 'body-hash-mismatch', key.id, key.vendor_id),
-    });
+    signedBodies.promise(
+      request,
+      declaredSha,
+      () => void this.#refuse(request, 'body-hash-mismatch', key.id, key.vendor_id),
+    );
     const scopes = parseJsonList(key.scopes).filter((s): s is OperatorScope =>
       (OPERATOR_SCOPES as readonly string[]).includes(s),
     );
@@ -192,34 +184,4 @@ export class OperatorRequestVerifier implements SignedRequestVerifier {
  * body must be exactly the bytes whose hash was signed. The payload is hashed as it streams to the
  * parser; a mismatch fails the stream, so the handler never runs.
  */
-export async function verifySignedBody(
-  request: FastifyRequest,
-  _reply: FastifyReply,
-  payload: NodeJS.ReadableStream,
-): Promise<NodeJS.ReadableStream> {
-  const promise = promisedBodies.get(request);
-  if (!promise) return payload;
-  promisedBodies.delete(request);
-  if (!hasBody(request)) {
-    if (!constantTimeEqual(Buffer.from(contentSha256()), Buffer.from(promise.sha256))) {
-      promise.refuse();
-      throw new CastellanError('ERR_AUTH_INVALID');
-    }
-    return payload;
-  }
-  const hash = createHash('sha256');
-  const checked = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      hash.update(chunk);
-      callback(null, chunk);
-    },
-    flush(callback) {
-      if (constantTimeEqual(Buffer.from(hash.digest('hex')), Buffer.from(promise.sha256))) return callback();
-      promise.refuse();
-      callback(new CastellanError('ERR_AUTH_INVALID'));
-    },
-  });
-  // A client that aborts mid-body must not leave the parser waiting.
-  payload.on('error', (error: Error) => checked.destroy(error));
-  return payload.pipe(checked);
-}
+export const verifySignedBody = signedBodies.verify;

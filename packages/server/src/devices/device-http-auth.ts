@@ -14,12 +14,10 @@
 //
 // Every refusal is the same 401 ERR_DEVICE_AUTH_FAILED; the reason goes only to the audit log.
 import { createHash, randomBytes } from 'node:crypto';
-import { Transform } from 'node:stream';
 import {
   challengeDeviceResponse,
   challengeServerProof,
   constantTimeStringEqual,
-  contentSha256,
   DEVICE_CONTENT_SHA256_HEADER,
   DEVICE_REQUEST_WINDOW_MS,
   deviceCanonicalString,
@@ -37,9 +35,10 @@ import type { AuditEvent } from '../audit/index.ts';
 import { CastellanError } from '../errors/index.ts';
 // The leaf module, not guard/index.ts: that imports the HTTP and accounts layers, which import this one.
 import { normaliseIp } from '../guard/address-filter.ts';
-import { constantTimeEqual, hashToken, newToken } from '../lib/random-ids.ts';
+import { hashToken, newToken } from '../lib/random-ids.ts';
 import type { Database } from '../store/index.ts';
 import type { Device, DeviceAuthMethod, DevicesService } from './devices-service.ts';
+import { SignedBodies } from '../http/index.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -99,21 +98,13 @@ export interface IssuedDeviceToken {
   deviceId: string;
 }
 
-/** Requests whose signature checked out, with the body hash they promised (read by verifyDeviceBody). */
-const promisedBodies = new WeakMap<FastifyRequest, { sha256: string; refuse: () => void }>();
-/** Requests whose body was verified (or that need no check): deviceOf() refuses any other. */
-const verifiedBodies = new WeakSet<FastifyRequest>();
+/** Bodies of signed device requests, compared with the hash they promised; deviceOf() needs a verified one. */
+const signedBodies = new SignedBodies(() => new CastellanError('ERR_DEVICE_AUTH_FAILED'));
 
 const header = (request: FastifyRequest, name: string): string | undefined => {
   const value = request.headers[name];
   return typeof value === 'string' ? value : undefined;
 };
-
-function hasBody(request: FastifyRequest): boolean {
-  if (request.headers['transfer-encoding'] !== undefined) return true;
-  const length = request.headers['content-length'];
-  return length !== undefined && length !== '0';
-}
 
 const sha256 = (value: string): Buffer => createHash('sha256').update(value, 'utf8').digest();
 
@@ -211,7 +202,7 @@ export class DeviceHttpAuth {
       const device = await this.#devices.getDevice(row.device_id);
       if (!device) return this.#fail(request, 'unknown-token');
       await this.#admit(request, device, 'token');
-      verifiedBodies.add(request);
+      signedBodies.markVerified(request);
       return;
     }
 
@@ -251,10 +242,11 @@ export class DeviceHttpAuth {
       return this.#fail(request, 'replayed-nonce', device.id, device.vendorId);
     }
     await this.#admit(request, device, 'secret');
-    promisedBodies.set(request, {
-      sha256: declared,
-      refuse: () => void this.#fail(request, 'body-hash-mismatch', device.id, device.vendorId).catch(() => {}),
-    });
+    signedBodies.promise(
+      request,
+      declared,
+      () => void this.#fail(request, 'body-hash-mismatch', device.id, device.vendorId).catch(() => {}),
+    );
   }
 
   async #admit(request: FastifyRequest, device: Device, method: DeviceAuthMethod): Promise<void> {
@@ -387,46 +379,13 @@ export function createDeviceAuthenticate(options: DeviceHttpAuthOptions): Device
  * whose SHA-256 was signed. The payload is hashed as it streams to the parser; a mismatch fails the
  * stream, so the handler never runs.
  */
-export async function verifyDeviceBody(
-  request: FastifyRequest,
-  _reply: FastifyReply,
-  payload: NodeJS.ReadableStream,
-): Promise<NodeJS.ReadableStream> {
-  const promise = promisedBodies.get(request);
-  if (!promise) return payload;
-  promisedBodies.delete(request);
-  if (!hasBody(request)) {
-    if (!constantTimeEqual(Buffer.from(contentSha256()), Buffer.from(promise.sha256))) {
-      promise.refuse();
-      throw new CastellanError('ERR_DEVICE_AUTH_FAILED');
-    }
-    verifiedBodies.add(request);
-    return payload;
-  }
-  const hash = createHash('sha256');
-  const checked = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      hash.update(chunk);
-      callback(null, chunk);
-    },
-    flush(callback) {
-      if (constantTimeEqual(Buffer.from(hash.digest('hex')), Buffer.from(promise.sha256))) {
-        verifiedBodies.add(request);
-        return callback();
-      }
-      promise.refuse();
-      callback(new CastellanError('ERR_DEVICE_AUTH_FAILED'));
-    },
-  });
-  payload.on('error', (error: Error) => checked.destroy(error));
-  return payload.pipe(checked);
-}
+export const verifyDeviceBody = signedBodies.verify;
 
 /**
  * The authenticated device of a request. Fails closed: a route that forgot verifyDeviceBody (so the
  * signed body hash was never compared with the body received) gets no device.
  */
 export function deviceOf(request: FastifyRequest): Device {
-  if (!request.device || !verifiedBodies.has(request)) throw new CastellanError('ERR_DEVICE_AUTH_FAILED');
+  if (!request.device || !signedBodies.isVerified(request)) throw new CastellanError('ERR_DEVICE_AUTH_FAILED');
   return request.device;
 }

@@ -1,7 +1,7 @@
 // Devices routes for vendors: products, device identities (secrets shown once), presence. Telemetry
 // routes (latest, history, data points) are in telemetry-history-routes.ts.
 // Object-level authorisation: a resource of another tenant answers exactly like a missing one.
-import { DeviceIdError, parseDeviceId, type SuiteName } from '@castellan/protocol';
+import { type SuiteName } from '@castellan/protocol';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { can, defaultTenant } from '../accounts/index.ts';
@@ -24,6 +24,7 @@ import {
   productIdentityInput,
   productIdentityView,
 } from './product-views.ts';
+import { DeviceIdParam, deviceIdOf } from './device-route-params.ts';
 
 export interface DevicesRoutesOptions {
   devices: DevicesService;
@@ -35,8 +36,6 @@ export interface DevicesRoutesOptions {
 
 const VendorId = Type.String({ minLength: 1, maxLength: 64, pattern: '^vnd_[A-Za-z0-9_-]{22}$' });
 const ProductId = Type.String({ minLength: 1, maxLength: 64, pattern: '^prd_[A-Za-z0-9_-]{22}$' });
-// The device ID's shape is checked by the protocol codec so the error says exactly what is wrong.
-const DeviceIdParam = Type.String({ minLength: 1, maxLength: 64 });
 
 const ProductView = StrictObject({
   id: Type.String(),
@@ -125,21 +124,6 @@ const presentPresence = (p: DevicePresence) => ({
   lastDisconnectReason: p.lastDisconnectReason,
 });
 
-function deviceIdFrom(request: FastifyRequest): string {
-  const raw = (request.params as { deviceId: string }).deviceId;
-  try {
-    parseDeviceId(raw);
-  } catch (error) {
-    if (error instanceof DeviceIdError) {
-      throw new CastellanError('ERR_DEVICE_ID_INVALID', {
-        message: `Device ID is malformed: ${error.message}`,
-      });
-    }
-    throw error;
-  }
-  return raw;
-}
-
 /**
  * The tenant a product-collection request acts in. An operator's tenant is fixed (its own; naming
  * another is refused by the policy); a signed-in person names one of their organisations (ORG-1),
@@ -171,7 +155,7 @@ export async function devicesRoutes(
   }
 
   async function ownedDevice(request: FastifyRequest, action: 'device.read' | 'telemetry.read') {
-    const deviceId = deviceIdFrom(request);
+    const deviceId = deviceIdOf(request);
     const principal = principalOf(request);
     // People: by their role on the device (owner, share) or their organisation (BIND-2).
     if (principal.kind === 'user') return access.authorize(principal, deviceId, 'device.view');

@@ -2,7 +2,6 @@
 // data points. Readers: the vendor's operators and members (telemetry.read, tenant rules) and the people
 // bound to or sharing the device (DeviceAccess, device.view; BIND-2). Anyone else, and a missing device,
 // get the same ERR_DEVICE_NOT_FOUND.
-import { DeviceIdError, parseDeviceId } from '@castellan/protocol';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { can } from '../accounts/index.ts';
@@ -26,6 +25,7 @@ import {
   type TelemetryHistory,
   type TelemetryOrder,
 } from './telemetry-history.ts';
+import { DeviceIdParam, deviceIdOf } from './device-route-params.ts';
 
 export interface TelemetryHistoryRoutesOptions {
   devices: Pick<DevicesService, 'getDevice'>;
@@ -34,7 +34,6 @@ export interface TelemetryHistoryRoutesOptions {
   authenticate: AuthenticateHook;
 }
 
-const DeviceIdParam = Type.String({ minLength: 1, maxLength: 64 });
 const Time = (description: string) => Type.Integer({ minimum: 0, maximum: 8_640_000_000_000_000, description });
 
 const TelemetryView = StrictObject({
@@ -69,24 +68,6 @@ const presentBucket = (b: PointBucket) => ({
   ...(b.max === undefined ? {} : { max: b.max }),
   ...(b.last === undefined ? {} : { last: b.last }),
 });
-
-/** The `:deviceId` path parameter, checked by the protocol codec so the error says what is wrong. */
-export function deviceIdOf(request: FastifyRequest): string {
-  return checkedDeviceId((request.params as { deviceId: string }).deviceId);
-}
-
-/** A device ID from the request (path or query), or ERR_DEVICE_ID_INVALID naming the problem. */
-export function checkedDeviceId(raw: string): string {
-  try {
-    parseDeviceId(raw);
-  } catch (error) {
-    if (error instanceof DeviceIdError) {
-      throw new CastellanError('ERR_DEVICE_ID_INVALID', { message: `Device ID is malformed: ${error.message}` });
-    }
-    throw error;
-  }
-  return raw;
-}
 
 export async function telemetryHistoryRoutes(
   app: FastifyInstance,

@@ -10,3 +10,4 @@ export {
   publicErrors,
   StrictObject,
 } from './route-schemas.ts';
+export { SignedBodies } from './signed-bodies.ts';

@@ -1,6 +1,5 @@
 // Binding, sharing and unbinding routes for people (BIND-1, BIND-3, BIND-5). Every device route asks
 // the bindings service (DeviceAccess.authorize); a refusal is ERR_DEVICE_NOT_FOUND, like a missing device.
-import { DeviceIdError, parseDeviceId } from '@castellan/protocol';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { type AccountsContext, requireRecentAuthentication, type UserPrincipal } from '../../accounts/index.ts';
@@ -15,6 +14,7 @@ import {
 } from '../../http/index.ts';
 import type { BindingTokenView } from './binding-token-store.ts';
 import type { BindingsService, Share, UserDevice } from './bindings-service.ts';
+import { DeviceIdParam, deviceIdOf } from '../device-route-params.ts';
 
 export interface BindingRoutesOptions {
   bindings: BindingsService;
@@ -25,7 +25,6 @@ export interface BindingRoutesOptions {
 }
 
 const errorRef = { $ref: 'ErrorResponse#' } as const;
-const DeviceIdParam = Type.String({ minLength: 1, maxLength: 64 });
 const TokenId = Type.String({ minLength: 1, maxLength: 64, pattern: '^bnt_[A-Za-z0-9_-]{22}$' });
 const ShareId = Type.String({ minLength: 1, maxLength: 64, pattern: '^shr_[A-Za-z0-9_-]{22}$' });
 const UserId = Type.String({ minLength: 1, maxLength: 64, pattern: '^usr_[A-Za-z0-9_-]{22}$' });
@@ -93,19 +92,6 @@ function personOf(request: FastifyRequest): UserPrincipal {
   const principal = principalOf(request);
   if (principal.kind !== 'user') throw new CastellanError('ERR_AUTH_FORBIDDEN');
   return principal;
-}
-
-function deviceIdFrom(request: FastifyRequest): string {
-  const raw = (request.params as { deviceId: string }).deviceId;
-  try {
-    parseDeviceId(raw);
-  } catch (error) {
-    if (error instanceof DeviceIdError) {
-      throw new CastellanError('ERR_DEVICE_ID_INVALID', { message: `Device ID is malformed: ${error.message}` });
-    }
-    throw error;
-  }
-  return raw;
 }
 
 export async function bindingRoutes(
@@ -230,7 +216,7 @@ export async function bindingRoutes(
       },
     },
     async (request, reply) => {
-      const deviceId = deviceIdFrom(request);
+      const deviceId = deviceIdOf(request);
       const principal = principalOf(request);
       const device = await bindings.authorize(principal, deviceId, 'device.share');
       const person = principal as UserPrincipal;
@@ -280,7 +266,7 @@ export async function bindingRoutes(
       },
     },
     async (request) => {
-      const device = await bindings.authorize(principalOf(request), deviceIdFrom(request), 'device.share');
+      const device = await bindings.authorize(principalOf(request), deviceIdOf(request), 'device.share');
       return { items: (await bindings.listShares(device.id)).map(presentShare) };
     },
   );
@@ -298,7 +284,7 @@ export async function bindingRoutes(
       },
     },
     async (request, reply) => {
-      const deviceId = deviceIdFrom(request);
+      const deviceId = deviceIdOf(request);
       const { shareId } = request.params as { shareId: string };
       const { share: revoked, device } = await bindings.revokeShare(principalOf(request), deviceId, shareId);
       await audit(request, {
@@ -326,7 +312,7 @@ export async function bindingRoutes(
     },
     async (request) => {
       const principal = principalOf(request);
-      const device = await bindings.authorize(principal, deviceIdFrom(request), 'device.unbind');
+      const device = await bindings.authorize(principal, deviceIdOf(request), 'device.unbind');
       requireRecentAuthentication(principal, stepUp);
       // The service audits the unbind (success or a failed wiper) itself, as the device path does.
       const unbound = await bindings.unbind(device, { type: 'user', id: principal.id, sourceIp: request.ip }, 'owner');

@@ -1,6 +1,5 @@
 // Device certificates and vendor CAs (DEV-5), for vendors (operators with devices:write, organisation
 // owners). A device or vendor of another tenant answers exactly like a missing one (ORG-3).
-import { DeviceIdError, parseDeviceId } from '@castellan/protocol';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { type Action, can } from '../../accounts/index.ts';
@@ -15,6 +14,7 @@ import {
 } from '../../http/index.ts';
 import type { Device, DevicesService } from '../devices-service.ts';
 import type { DeviceCa, DeviceCertificate, DeviceCertificatesService } from './device-certificates-service.ts';
+import { DeviceIdParam, deviceIdOf } from '../device-route-params.ts';
 
 export interface DeviceCertificatesRoutesOptions {
   devices: DevicesService;
@@ -25,7 +25,6 @@ export interface DeviceCertificatesRoutesOptions {
 }
 
 const VendorId = Type.String({ minLength: 1, maxLength: 64, pattern: '^vnd_[A-Za-z0-9_-]{22}$' });
-const DeviceIdParam = Type.String({ minLength: 1, maxLength: 64 });
 const Pem = (description: string) => Type.String({ minLength: 1, maxLength: 16384, description });
 
 export const CertificateView = StrictObject({
@@ -91,23 +90,9 @@ const presentCa = (ca: DeviceCa) => ({
   revokedAt: ca.revokedAt,
 });
 
-/** The `:deviceId` parameter, checked by the protocol codec (the error says what is wrong). */
-export function deviceIdParam(request: FastifyRequest): string {
-  const raw = (request.params as { deviceId: string }).deviceId;
-  try {
-    parseDeviceId(raw);
-  } catch (error) {
-    if (error instanceof DeviceIdError) {
-      throw new CastellanError('ERR_DEVICE_ID_INVALID', { message: `Device ID is malformed: ${error.message}` });
-    }
-    throw error;
-  }
-  return raw;
-}
-
 /** The device, when the caller may act on it; otherwise "not found", as for a missing one. */
 export async function deviceFor(request: FastifyRequest, devices: DevicesService, action: Action): Promise<Device> {
-  const device = await devices.getDevice(deviceIdParam(request));
+  const device = await devices.getDevice(deviceIdOf(request));
   if (!device || !can(principalOf(request), action, { vendorId: device.vendorId })) {
     throw new CastellanError('ERR_DEVICE_NOT_FOUND');
   }

@@ -13,7 +13,7 @@ import {
 } from '../../http/index.ts';
 import { CastellanError } from '../../errors/index.ts';
 import type { DeviceAccess } from '../device-access.ts';
-import { DeviceIdParam, deviceIdOf } from '../shadow/device-route-params.ts';
+import { DeviceIdParam, deviceIdOf } from '../device-route-params.ts';
 import { COMMAND_ID_PATTERN, COMMAND_NAME_PATTERN, COMMAND_STATUSES, isBuiltinCommand } from './command-payloads.ts';
 import {
   type Command,

@@ -4,11 +4,11 @@
 //   DELETE /v1/devices/:deviceId/passcodes/:passcodeId  revoke; the lock gets its revocation list
 // Access is DeviceAccess.authorize(…, 'lock.passcode'): anyone else is answered ERR_DEVICE_NOT_FOUND,
 // like a missing device. Revoking needs no step-up: taking access away must never wait for a sign-in.
-import { DeviceIdError, parseDeviceId, type PasscodeKind } from '@castellan/protocol';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { PasscodeKind } from '@castellan/protocol';
+import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import { type AccountsContext, requireRecentAuthentication } from '../../accounts/index.ts';
-import { CastellanError } from '../../errors/index.ts';
+import type { CastellanError } from '../../errors/index.ts';
 import {
   type AuthenticateHook,
   authenticatedErrors,
@@ -20,6 +20,7 @@ import {
 import type { DeviceAccess } from '../device-access.ts';
 import type { Device } from '../devices-service.ts';
 import type { LockPasscode, LockPasscodesService } from './lock-passcodes-service.ts';
+import { DeviceIdParam, deviceIdOf } from '../device-route-params.ts';
 
 export interface LockPasscodeRoutesOptions {
   passcodes: LockPasscodesService;
@@ -31,7 +32,6 @@ export interface LockPasscodeRoutesOptions {
 }
 
 const errorRef = { $ref: 'ErrorResponse#' } as const;
-const DeviceIdParam = Type.String({ minLength: 1, maxLength: 64 });
 const PasscodeId = Type.String({ minLength: 1, maxLength: 64, pattern: '^lpc_[A-Za-z0-9_-]{22}$' });
 const Kind = Type.Union([Type.Literal('one-time'), Type.Literal('time-window')]);
 const WholeHour = (description: string) =>
@@ -76,19 +76,6 @@ const presentPasscode = (p: LockPasscode) => ({
   lastUsedAt: p.lastUsedAt,
 });
 
-function deviceIdFrom(request: FastifyRequest): string {
-  const raw = (request.params as { deviceId: string }).deviceId;
-  try {
-    parseDeviceId(raw);
-  } catch (error) {
-    if (error instanceof DeviceIdError) {
-      throw new CastellanError('ERR_DEVICE_ID_INVALID', { message: `Device ID is malformed: ${error.message}` });
-    }
-    throw error;
-  }
-  return raw;
-}
-
 export async function lockPasscodeRoutes(
   app: FastifyInstance,
   { passcodes, access, authenticate, audit, stepUp }: LockPasscodeRoutesOptions,
@@ -126,7 +113,7 @@ export async function lockPasscodeRoutes(
     },
     async (request, reply) => {
       const principal = principalOf(request);
-      const deviceId = deviceIdFrom(request);
+      const deviceId = deviceIdOf(request);
       const body = request.body as { kind: PasscodeKind; validFrom?: number; validUntil?: number; label?: string };
       let device: Device | undefined;
       let issued: Awaited<ReturnType<LockPasscodesService['issue']>>;
@@ -184,7 +171,7 @@ export async function lockPasscodeRoutes(
       },
     },
     async (request) => {
-      const device = await access.authorize(principalOf(request), deviceIdFrom(request), 'lock.passcode');
+      const device = await access.authorize(principalOf(request), deviceIdOf(request), 'lock.passcode');
       await passcodes.requireLock(device);
       return { items: (await passcodes.list(device.id)).map(presentPasscode) };
     },
@@ -203,7 +190,7 @@ export async function lockPasscodeRoutes(
       },
     },
     async (request, reply) => {
-      const device = await access.authorize(principalOf(request), deviceIdFrom(request), 'lock.passcode');
+      const device = await access.authorize(principalOf(request), deviceIdOf(request), 'lock.passcode');
       await passcodes.requireLock(device);
       const { passcodeId } = request.params as { passcodeId: string };
       const revoked = await passcodes.revoke(device.id, passcodeId);

@@ -1,7 +1,6 @@
 // Posture routes (DEV-10): vendors set golden values per product and firmware version and read a
 // device's latest posture with its deviations. Another tenant's product or device answers exactly like
 // a missing one.
-import { DeviceIdError, parseDeviceId } from '@castellan/protocol';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { can } from '../../accounts/index.ts';
@@ -24,6 +23,7 @@ import {
   type SecurityLevel,
 } from './posture-report.ts';
 import type { FirmwareGolden, PostureService } from './posture-service.ts';
+import { DeviceIdParam, deviceIdOf } from '../device-route-params.ts';
 
 export interface PostureRoutesOptions {
   posture: PostureService;
@@ -163,20 +163,12 @@ export async function postureRoutes(
         summary: "A device's latest posture report, the golden values it was compared with, and its deviations",
         tags: ['devices'],
         security: bearerSecurity,
-        params: StrictObject({ deviceId: Type.String({ minLength: 1, maxLength: 64 }) }),
+        params: StrictObject({ deviceId: DeviceIdParam }),
         response: { 200: PostureView, ...authenticatedErrors },
       },
     },
     async (request) => {
-      const raw = (request.params as { deviceId: string }).deviceId;
-      try {
-        parseDeviceId(raw);
-      } catch (error) {
-        if (error instanceof DeviceIdError) {
-          throw new CastellanError('ERR_DEVICE_ID_INVALID', { message: `Device ID is malformed: ${error.message}` });
-        }
-        throw error;
-      }
+      const raw = deviceIdOf(request);
       const device = await devices.getDevice(raw);
       if (!device || !can(principalOf(request), 'device.read', { vendorId: device.vendorId })) {
         throw new CastellanError('ERR_DEVICE_NOT_FOUND');

@@ -16,7 +16,7 @@ import {
 } from '../../http/index.ts';
 import type { DeviceAccess } from '../device-access.ts';
 import type { DevicesService } from '../devices-service.ts';
-import { checkedDeviceId, deviceIdOf } from '../telemetry-history-routes.ts';
+import { checkedDeviceId, deviceIdOf } from '../device-route-params.ts';
 import type { PushHub } from './push-hub.ts';
 import { DEFAULT_PUSH_TYPES, PUSH_EVENT_TYPES, type PushEventType } from './push-events.ts';
 import type { PushScope } from './push-stream.ts';

@@ -11,7 +11,7 @@ import {
   StrictObject,
 } from '../../http/index.ts';
 import type { DeviceAccess } from '../device-access.ts';
-import { DeviceIdParam, deviceIdOf } from './device-route-params.ts';
+import { DeviceIdParam, deviceIdOf } from '../device-route-params.ts';
 import type { Shadow, ShadowService } from './shadow-service.ts';
 
 export interface ShadowRoutesOptions {
