@@ -181,7 +181,6 @@ export class DevicesService {
   readonly #maxBatch: number;
   readonly #now: () => number;
   readonly #drawId: (vendorCode: string, productCode: string) => string;
-  readonly #limitsCache = new Map<string, { limits: ProductReportLimits; until: number }>();
   readonly #productCache = new Map<string, { product: Product | null; until: number }>();
   readonly #admissionChecks: DeviceAdmissionCheck[] = [];
   /** Decrypted when a device ID is unknown, so that both refusals cost the same. */
@@ -281,7 +280,6 @@ export class DevicesService {
     if (patch.reportLimits?.perSecond !== undefined) set.messages_per_second = patch.reportLimits.perSecond;
     if (patch.reportLimits?.perDay !== undefined) set.messages_per_day = patch.reportLimits.perDay;
     await this.#db.updateTable('products').set(set).where('id', '=', productId).execute();
-    this.#limitsCache.delete(productId);
     this.#productCache.delete(productId);
     return (await this.getProduct(productId))!;
   }
@@ -546,13 +544,7 @@ export class DevicesService {
 
   /** Report-rate limits of a product, cached briefly: they are read on every device message. */
   async productLimits(productId: string): Promise<ProductReportLimits> {
-    const now = this.#now();
-    const hit = this.#limitsCache.get(productId);
-    if (hit && hit.until > now) return hit.limits;
-    const product = await this.getProduct(productId);
-    const limits = product?.reportLimits ?? { perSecond: null, perDay: null };
-    this.#limitsCache.set(productId, { limits, until: now + 10_000 });
-    return limits;
+    return (await this.cachedProduct(productId))?.reportLimits ?? { perSecond: null, perDay: null };
   }
 
   /**

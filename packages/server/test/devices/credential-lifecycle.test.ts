@@ -47,6 +47,14 @@ for (const dialect of await dialectCases()) {
       tp = await startTestPlatform(dialect.name, { devices: { credentialSweepSeconds: 1 } });
       tenant = await provisionTenant(tp, 10);
       other = await provisionTenant(tp, 1, tenant.adminToken);
+      // Both ways in (DEV-5): the products accept certificates besides secrets.
+      for (const t of [tenant, other]) {
+        const res = await request(tp.platform, 'PATCH', `/v1/products/${t.productId}`, {
+          token: t.vendorToken,
+          body: { authModes: ['secret', 'certificate'] },
+        });
+        assert.equal(res.status, 200, res.text);
+      }
       tp.platform.deviceEvents.on('change', (change) => changes.push(change));
     });
     after(() => tp?.close());

@@ -42,6 +42,14 @@ for (const dialect of await dialectCases()) {
       tp = await startTestPlatform(dialect.name);
       tenant = await provisionTenant(tp, 8);
       other = await provisionTenant(tp, 2, tenant.adminToken);
+      // Both ways in (DEV-5): the products accept certificates besides secrets.
+      for (const t of [tenant, other]) {
+        const res = await request(tp.platform, 'PATCH', `/v1/products/${t.productId}`, {
+          token: t.vendorToken,
+          body: { authModes: ['secret', 'certificate'] },
+        });
+        assert.equal(res.status, 200, res.text);
+      }
     });
     after(() => tp?.close());
 
@@ -131,6 +139,35 @@ for (const dialect of await dialectCases()) {
         await bySecret.close();
       });
     }
+
+    test('[DEV-5] a product that allows only secrets refuses a certificate device at connect, audited', async () => {
+      const device = tenant.devices[7]!;
+      const keys = generateDeviceKeyPair('p256');
+      const issued = await issue(tenant, device.id, { csr: await csrFor(keys) });
+      assert.equal(issued.status, 201, issued.text);
+      const only = (authModes: string[]) =>
+        request(p(), 'PATCH', `/v1/products/${tenant.productId}`, { token: tenant.vendorToken, body: { authModes } });
+      try {
+        assert.equal((await only(['secret'])).status, 200);
+        // Products are cached briefly (read on every connect): wait for the change to apply.
+        let code = 'connected';
+        for (let i = 0; i < 60 && code === 'connected'; i++) {
+          code = await refusal(device.id, { cert: issued.body.certificate.certificate, key: keys.privateKeyPem });
+          if (code === 'connected') await sleep(250);
+        }
+        assert.equal(code, 'MQTT_CONNACK_135');
+        assert.equal(p().broker.isConnected(device.id), false);
+        const denied = (await connectAudits(device.id)).filter(
+          (e) => e.result === 'denied' && e.details.reason === 'auth-mode-not-allowed',
+        );
+        assert.ok(denied.length >= 1, 'the refusal is audited with its reason');
+        // The secret still works: the product allows it.
+        const client = await connect(device.id, { secret: device.secret });
+        await client.close();
+      } finally {
+        assert.equal((await only(['secret', 'certificate'])).status, 200);
+      }
+    });
 
     test('[DEV-5] an L2 product: its device connects with a certificate over mutual TLS, never with its secret', async () => {
       const product = await request(p(), 'POST', '/v1/products', {
