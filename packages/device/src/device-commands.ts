@@ -6,6 +6,7 @@
 // A QoS 1 redelivery of a command already handled is acknowledged once only.
 import { deviceTopic } from '@castellan/protocol';
 import type { MqttClient } from 'mqtt';
+import { DeviceSubscription } from './device-subscription.ts';
 
 export interface DeviceCommand {
   readonly id: string;
@@ -45,13 +46,14 @@ export class DeviceCommands {
   readonly #handlers = new Map<string, CommandHandler>();
   readonly #seen = new Set<string>();
   readonly #prefix: string;
-  #subscribed: Promise<void> | undefined;
+  readonly #subscription: DeviceSubscription;
   /** Called when an acknowledgement could not be sent (the connection dropped, the platform refused it). */
   onAckError: ((error: unknown, command: DeviceCommand) => void) | undefined;
 
   constructor(transport: CommandTransport) {
     this.#t = transport;
     this.#prefix = deviceTopic.command(transport.deviceId, '');
+    this.#subscription = new DeviceSubscription(transport.mqtt, deviceTopic.commands(transport.deviceId), 'commands');
     transport.mqtt.on('message', (topic: string, payload: Buffer) => {
       if (topic.startsWith(this.#prefix)) void this.#dispatch(topic.slice(this.#prefix.length), payload);
     });
@@ -60,27 +62,12 @@ export class DeviceCommands {
   /** Handles commands named `name` ('*': every name without a handler of its own); subscribes on first use. */
   async on(name: string, handler: CommandHandler): Promise<void> {
     this.#handlers.set(name, handler);
-    await this.#subscribe();
+    await this.#subscription.ensure();
   }
 
   /** Subscribes again after a new connection (clean start): resolves once the platform confirmed it. */
-  async renew(): Promise<void> {
-    if (this.#subscribed === undefined) return;
-    this.#subscribed = undefined;
-    await this.#subscribe();
-  }
-
-  #subscribe(): Promise<void> {
-    this.#subscribed ??= this.#t.mqtt
-      .subscribeAsync(deviceTopic.commands(this.#t.deviceId), { qos: 1 })
-      .then((granted) => {
-        if (granted.some((g) => g.qos > 1)) throw new Error('subscription to commands refused');
-      })
-      .catch((error: unknown) => {
-        this.#subscribed = undefined;
-        throw error;
-      });
-    return this.#subscribed;
+  renew(): Promise<void> {
+    return this.#subscription.renew();
   }
 
   off(name: string): void {

@@ -7,6 +7,7 @@
 // state arrives and is applied in turn.
 import { deviceTopic } from '@castellan/protocol';
 import type { MqttClient } from 'mqtt';
+import { DeviceSubscription } from './device-subscription.ts';
 
 export type ShadowState = Record<string, unknown>;
 
@@ -89,7 +90,7 @@ export class DeviceShadow {
   readonly #handlers: DesiredHandler[] = [];
   #reported: ShadowState = {};
   #desired: DesiredDocument | null = null;
-  #subscribed: Promise<void> | undefined;
+  readonly #subscription: DeviceSubscription;
   /** Desired documents are applied one at a time, in arrival order. */
   #applying: Promise<unknown> = Promise.resolve();
   #arrived: Array<() => void> = [];
@@ -99,6 +100,7 @@ export class DeviceShadow {
   constructor(transport: ShadowTransport) {
     this.#t = transport;
     const topic = deviceTopic.shadowDesired(transport.deviceId);
+    this.#subscription = new DeviceSubscription(transport.mqtt, topic, 'desired state');
     transport.mqtt.on('message', (received: string, payload: Buffer) => {
       if (received !== topic) return;
       const desired = parseDesired(payload);
@@ -139,7 +141,7 @@ export class DeviceShadow {
   /** Calls `handler` with each desired change the device has not applied yet; subscribes on first use. */
   async onDesired(handler: DesiredHandler): Promise<void> {
     this.#handlers.push(handler);
-    await this.#subscribe();
+    await this.#subscription.ensure();
     if (this.#desired) await this.#enqueueApply();
   }
 
@@ -149,8 +151,8 @@ export class DeviceShadow {
    * registered: taken as applied) and reports it back with the desired version.
    */
   async sync(options: { settleMs?: number } = {}): Promise<ShadowSyncResult> {
-    const first = this.#subscribed === undefined;
-    await this.#subscribe();
+    const first = !this.#subscription.requested;
+    await this.#subscription.ensure();
     if (first && !this.#desired) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, options.settleMs ?? 500);
@@ -170,23 +172,8 @@ export class DeviceShadow {
   }
 
   /** Subscribes again after a new connection (clean start); the retained desired document follows. */
-  async renew(): Promise<void> {
-    if (this.#subscribed === undefined) return;
-    this.#subscribed = undefined;
-    await this.#subscribe();
-  }
-
-  #subscribe(): Promise<void> {
-    this.#subscribed ??= this.#t.mqtt
-      .subscribeAsync(deviceTopic.shadowDesired(this.#t.deviceId), { qos: 1 })
-      .then((granted) => {
-        if (granted.some((g) => g.qos > 1)) throw new Error('subscription to desired state refused');
-      })
-      .catch((error: unknown) => {
-        this.#subscribed = undefined;
-        throw error;
-      });
-    return this.#subscribed;
+  renew(): Promise<void> {
+    return this.#subscription.renew();
   }
 
   #enqueueApply(): Promise<ShadowState> {

@@ -117,6 +117,18 @@ const CHUNK = 500;
 
 const noLog = { warn() {} };
 
+/** The columns a Batch is built from (everything but the sealed file). */
+const BATCH_COLUMNS = [
+  'id',
+  'vendor_id',
+  'product_id',
+  'station_id',
+  'device_count',
+  'created_at',
+  'first_fetched_at',
+  'fetch_count',
+] as const;
+
 export class ManufacturingService {
   readonly #db: Kysely<Database>;
   readonly #devices: DevicesService;
@@ -346,16 +358,7 @@ export class ManufacturingService {
   async getBatch(productId: string, batchId: string): Promise<(Batch & { counts: BatchCounts }) | null> {
     const row = await this.#db
       .selectFrom('manufacturing_batches')
-      .select([
-        'id',
-        'vendor_id',
-        'product_id',
-        'station_id',
-        'device_count',
-        'created_at',
-        'first_fetched_at',
-        'fetch_count',
-      ])
+      .select(BATCH_COLUMNS)
       .where('id', '=', batchId)
       .where('product_id', '=', productId)
       .executeTakeFirst();
@@ -376,19 +379,7 @@ export class ManufacturingService {
   }
 
   async listBatches(productId: string, options: { limit: number; after?: string }): Promise<Batch[]> {
-    let query = this.#db
-      .selectFrom('manufacturing_batches')
-      .select([
-        'id',
-        'vendor_id',
-        'product_id',
-        'station_id',
-        'device_count',
-        'created_at',
-        'first_fetched_at',
-        'fetch_count',
-      ])
-      .where('product_id', '=', productId);
+    let query = this.#db.selectFrom('manufacturing_batches').select(BATCH_COLUMNS).where('product_id', '=', productId);
     if (options.after) query = query.where('id', '>', options.after);
     const rows = await query.orderBy('id').limit(options.limit).execute();
     return rows.map(toBatch);
@@ -453,16 +444,7 @@ export class ManufacturingService {
   }> {
     const batchRow = await this.#db
       .selectFrom('manufacturing_batches')
-      .select([
-        'id',
-        'vendor_id',
-        'product_id',
-        'station_id',
-        'device_count',
-        'created_at',
-        'first_fetched_at',
-        'fetch_count',
-      ])
+      .select(BATCH_COLUMNS)
       .where('id', '=', batchId)
       .where('station_id', '=', station.id)
       .where('product_id', '=', station.productId)
