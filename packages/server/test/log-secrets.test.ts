@@ -1,8 +1,12 @@
 // SESS-5 / OPS-1: the secret and token values issued during a run never appear in its logs. The test
 // collects the actual values (setup token, administrator and vendor tokens, device secrets, and the
-// wrong secrets and tokens an attacker tried) and searches every captured log line for them.
+// wrong secrets and tokens an attacker tried, and the device lifecycle's own: binding tokens, factory
+// station tokens, rotated device secrets, webhook secrets, consumer passwords) and searches every
+// captured log line for them.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { generateStationKeys, spkiPem } from '@castellan/device';
+import { bindingToken, CONSUMER_PASSWORD, newConsumer, provisionWithToken } from './helpers/device-flows.ts';
 import { connectDevice, endClient, mqttConnect, publishOutcome } from './helpers/mqtt-clients.ts';
 import {
   provisionTenant,
@@ -62,6 +66,36 @@ describe('secrets stay out of logs', () => {
     await publishOutcome(client, `devices/${d.id}/telemetry`, JSON.stringify({ note: 'hello' }), 1);
     await publishOutcome(client, `devices/${tenant.devices[1]!.id}/telemetry`, '{"x":1}', 1);
     await endClient(client);
+
+    // Issue 7: a consumer binds the second device with a one-time token (and a forged token is tried).
+    const consumer = await newConsumer(tp, 'logs');
+    secrets.push(CONSUMER_PASSWORD, consumer.userToken);
+    const binding = await bindingToken(tp, consumer.userToken);
+    secrets.push(binding.token);
+    const forgedBinding = `${binding.token.slice(0, -4)}${binding.token.endsWith('EEEE') ? 'FFFF' : 'EEEE'}`;
+    secrets.push(forgedBinding);
+    await provisionWithToken(tp, tenant.devices[1]!, forgedBinding).catch(() => {});
+    await provisionWithToken(tp, tenant.devices[1]!, binding.token);
+    // A factory station's token (shown once), a webhook secret, a rotated device secret.
+    const stationKeys = generateStationKeys();
+    const station = await request(tp.platform, 'POST', `/v1/products/${tenant.productId}/factory-stations`, {
+      token: tenant.vendorToken,
+      body: {
+        name: 'Line 1',
+        encryptionPublicKey: spkiPem(stationKeys.encryption.publicKey),
+        signingPublicKey: spkiPem(stationKeys.signing.publicKey),
+      },
+    });
+    assert.equal(station.status, 201, station.text);
+    secrets.push(station.body.token);
+    await request(tp.platform, 'GET', '/v1/factory/batches/bat_AAAAAAAAAAAAAAAAAAAAAA', { token: station.body.token });
+    const rotated = await request(tp.platform, 'POST', `/v1/devices/${d.id}/credentials/rotate`, {
+      token: tenant.vendorToken,
+      body: {},
+    });
+    assert.equal(rotated.status, 200, rotated.text);
+    secrets.push(rotated.body.secret);
+    await mqttConnect(tp.platform, { username: d.id, password: rotated.body.secret });
     await tp.platform.close(); // flush every last line
   });
   after(() => tp?.close());
@@ -75,6 +109,7 @@ describe('secrets stay out of logs', () => {
     assert.match(text, /castellan stopped/);
     assert.match(text, /unparsable request refused/);
     for (const secret of secrets) {
+      assert.ok(typeof secret === 'string' && secret.length >= 16, 'every searched value is a real secret');
       assert.equal(text.includes(secret), false, 'a secret value was found in the logs');
       // Also a distinctive fragment, in case a value was truncated or wrapped.
       assert.equal(text.includes(secret.slice(-20)), false, 'a fragment of a secret was found in the logs');
