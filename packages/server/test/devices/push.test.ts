@@ -206,6 +206,9 @@ for (const dialect of await dialectCases()) {
       const telemetry = await open(`${path}?types=presence,telemetry`, tenant.vendorToken);
       assert.deepEqual(main.events[0]!.data, { resumed: false, devices: 1, heartbeatSeconds: 1 });
       const client = await sdk(device);
+      // Presence is pushed once stored, messages once accepted: the two sources are ordered each on its
+      // own, so the device speaks after the platform has recorded it online.
+      await main.waitFor((e) => e.event === 'presence' && e.data.online === true, 'online');
       await client.reportState({ power: true, level: 3 });
       await sendEvent(client, { type: 'button', press: 'long', marker: 'ev-1' });
       await client.publishTelemetry({ temp: 21.25, marker: 'tm-1' });
