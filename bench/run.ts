@@ -13,8 +13,15 @@ import { auditMeasure } from './measures/audit.ts';
 import { httpAuthMeasure } from './measures/http-auth.ts';
 import { keysMeasure } from './measures/keys.ts';
 import { telemetryMeasure } from './measures/telemetry.ts';
+import { tlsHandshakesMeasure } from './measures/tls-handshakes.ts';
 
-const MEASURES: readonly Measure[] = [telemetryMeasure, auditMeasure, keysMeasure, httpAuthMeasure];
+const MEASURES: readonly Measure[] = [
+  telemetryMeasure,
+  auditMeasure,
+  keysMeasure,
+  httpAuthMeasure,
+  tlsHandshakesMeasure,
+];
 
 const DEFAULT_POSTGRES_URL = 'postgres://postgres@127.0.0.1:5432/test';
 const RESULTS_FILE = fileURLToPath(new URL('./results/latest.json', import.meta.url));

@@ -5,7 +5,7 @@
 // platform's `retry-after` and otherwise backing off exponentially with full jitter, so a fleet cut
 // off at once does not come back at once (docs/protocol.md, Admission control).
 import { isIP } from 'node:net';
-import type { ConnectionOptions } from 'node:tls';
+import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { deviceTopic, isDeviceId } from '@castellan/protocol';
 import mqtt, { type IClientOptions, type MqttClient, type Packet } from 'mqtt';
 import {
@@ -44,8 +44,11 @@ export interface DeviceClientOptions {
   key?: string | Buffer;
   /** A device token presented as the MQTT password. */
   token?: string;
-  /** PEM CA certificate of the platform (pinned: no system trust store). */
-  ca: string | Buffer;
+  /**
+   * PEM CA certificate of the platform (pinned: no system trust store). Several pins (the current CA
+   * and its successor, shipped ahead of a rollover) are accepted as an array: any of them may anchor.
+   */
+  ca: string | Buffer | ReadonlyArray<string | Buffer>;
   protocolVersion?: 4 | 5;
   keepaliveSeconds?: number;
   connectTimeoutMs?: number;
@@ -108,6 +111,25 @@ export function reconnectDelayMs(
   return Math.max(Math.floor(random() * ceiling), retryAfterMs ?? 0);
 }
 
+/**
+ * OpenSSL's names of the groups (lower-cased: a resumed TLS 1.2 session reports e.g. 'x25519') → their
+ * TLS names.
+ */
+const OPENSSL_CURVE_TO_TLS_GROUP: Readonly<Record<string, string>> = {
+  prime256v1: 'P-256',
+  secp256r1: 'P-256',
+  'p-256': 'P-256',
+  secp384r1: 'P-384',
+  'p-384': 'P-384',
+  secp521r1: 'P-521',
+  'p-521': 'P-521',
+  x25519: 'X25519',
+  x448: 'X448',
+  x25519mlkem768: 'X25519MLKEM768',
+  secp256r1mlkem768: 'SecP256r1MLKEM768',
+  secp384r1mlkem1024: 'SecP384r1MLKEM1024',
+};
+
 /** Errors after the connect are reported through 'close' (and publish callbacks); never thrown. */
 function ignoreError(): void {}
 
@@ -167,7 +189,7 @@ export class DeviceClient {
   /** One connection attempt; resolves with the connected client, rejects with a DeviceConnectError. */
   static #attempt(options: DeviceClientOptions, url: URL): Promise<MqttClient> {
     const tlsOptions: ConnectionOptions = {
-      ca: options.ca,
+      ca: typeof options.ca === 'string' || Buffer.isBuffer(options.ca) ? options.ca : [...options.ca],
       ...(options.cert !== undefined && options.key !== undefined ? { cert: options.cert, key: options.key } : {}),
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
@@ -258,6 +280,19 @@ export class DeviceClient {
         reconnectDelayMs(failures, failure.retryAfterMs, options),
       );
     });
+  }
+
+  /**
+   * The key-exchange group the current TLS connection negotiated (CHAN-8), as TLS names it
+   * ('X25519MLKEM768', 'X25519', 'P-256', …; after a TLS 1.2 resumption, the group of the resumed
+   * session); null when not connected. Only the client can tell: Node gives a server no way to read it.
+   */
+  get negotiatedGroup(): string | null {
+    const stream = this.mqtt.stream as Partial<TLSSocket> | undefined;
+    if (!this.mqtt.connected || typeof stream?.getEphemeralKeyInfo !== 'function') return null;
+    const info = stream.getEphemeralKeyInfo() as { type?: string; name?: string } | null;
+    if (!info?.name) return null;
+    return OPENSSL_CURVE_TO_TLS_GROUP[info.name.toLowerCase()] ?? info.name;
   }
 
   /** Publishes a telemetry object at QoS 1; resolves when the platform acknowledged (stored) it. */

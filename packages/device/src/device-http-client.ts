@@ -4,16 +4,22 @@
 // mode authenticates the platform too: it must prove it holds the device's key (serverProof) before the
 // device answers; the device token it then gets replaces signatures until it expires.
 // Hardware-ID registration (DEV-4) is a static helper: the device's own secret comes back sealed.
+import { X509Certificate } from 'node:crypto';
 import https from 'node:https';
 import { isIP } from 'node:net';
+import { checkServerIdentity, type TLSSocket } from 'node:tls';
 import {
+  certificatePathToPinnedCa,
   challengeDeviceResponse,
   deviceRequestKey,
   newDeviceNonce,
+  newTimeNonce,
   openDeviceSecret,
+  SignedTimeError,
   signDeviceRequest,
   signRegistration,
   verifyServerProof,
+  verifySignedTime,
 } from '@castellan/protocol';
 
 export interface DeviceHttpClientOptions {
@@ -28,6 +34,8 @@ export interface DeviceHttpClientOptions {
   timeoutMs?: number;
   /** The device's clock (ms since the epoch); Date.now by default. syncClock() corrects its offset. */
   clock?: () => number;
+  /** syncClock() accepts only signed time (no fallback to the plain answer of an older platform). */
+  requireSignedTime?: boolean;
 }
 
 export interface DeviceHttpResponse<T> {
@@ -55,6 +63,29 @@ interface PinnedTarget {
 
 /** Tokens are dropped this long before they expire (clock skew, request time). */
 const TOKEN_MARGIN_MS = 30_000;
+/** What the TLS stack says when the certificate's dates disagree with this machine's clock. */
+const DATE_ERRORS = new Set(['CERT_NOT_YET_VALID', 'CERT_HAS_EXPIRED']);
+
+/**
+ * The peer's certificate chain as sent, checked by signature only against the pinned CA, plus the name:
+ * the TLS check for a machine whose clock is wrong (dates are judged later, against signed time).
+ */
+function checkPeerWithoutDates(socket: TLSSocket, target: PinnedTarget, hostname: string): Error | null {
+  const leaf = socket.getPeerX509Certificate();
+  if (!leaf) return new Error('no server certificate');
+  const chain: X509Certificate[] = [];
+  let link = socket.getPeerCertificate(true);
+  while (link.issuerCertificate && link.issuerCertificate !== link && chain.length < 4) {
+    link = link.issuerCertificate;
+    chain.push(new X509Certificate(link.raw));
+  }
+  try {
+    certificatePathToPinnedCa(leaf, chain, target.ca);
+  } catch {
+    return new Error('the server certificate does not chain to the pinned CA');
+  }
+  return checkServerIdentity(target.servername ?? hostname, socket.getPeerCertificate()) ?? null;
+}
 
 function send(
   target: PinnedTarget,
@@ -62,6 +93,8 @@ function send(
   path: string,
   headers: Record<string, string>,
   payload: Buffer | null,
+  /** Signed time only: the chain is checked by signature and name, its dates after the answer verifies. */
+  withoutDates = false,
 ): Promise<{ status: number; text: string }> {
   const url = new URL(path, target.baseUrl);
   if (url.protocol !== 'https:') return Promise.reject(new DeviceHttpError('ERR_NOT_HTTPS', 'baseUrl must be https'));
@@ -72,7 +105,7 @@ function send(
       {
         method,
         ca: target.ca,
-        rejectUnauthorized: true,
+        rejectUnauthorized: !withoutDates,
         minVersion: 'TLSv1.2',
         agent: false,
         ...(servername ? { servername } : {}),
@@ -83,6 +116,14 @@ function send(
         timeout: target.timeoutMs ?? 10_000,
       },
       (res) => {
+        if (withoutDates) {
+          const refused = checkPeerWithoutDates(res.socket as TLSSocket, target, url.hostname);
+          if (refused) {
+            res.destroy();
+            reject(new DeviceHttpError('ERR_PLATFORM_NOT_AUTHENTIC', refused.message));
+            return;
+          }
+        }
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
         res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
@@ -111,6 +152,8 @@ export class DeviceHttpClient {
   readonly #host: string;
   readonly #clock: () => number;
   #offsetMs = 0;
+  #clockSource: 'signed' | 'unsigned' | null = null;
+  readonly #requireSignedTime: boolean;
   #token: { value: string; expiresAt: number } | null = null;
 
   constructor(options: DeviceHttpClientOptions) {
@@ -124,6 +167,7 @@ export class DeviceHttpClient {
     };
     this.#host = new URL(options.baseUrl).host;
     this.#clock = options.clock ?? Date.now;
+    this.#requireSignedTime = options.requireSignedTime ?? false;
   }
 
   /** The device's clock corrected by the offset syncClock() measured. */
@@ -159,17 +203,66 @@ export class DeviceHttpClient {
     return { status: res.status, body: parse<T>(res.text) };
   }
 
-  /** Reads the platform clock (GET /v1/device-api/time) and corrects this client's offset; returns it. */
+  /**
+   * Sets this client's clock from the platform's (GET /v1/device-api/time?nonce=…) and returns the offset
+   * (ms). Trusted time (DEV-6): a fresh nonce goes out and the answer must come back signed with it by a
+   * P-256 certificate under the pinned CA, valid at the signed time (verifySignedTime); a forged answer
+   * or one for another nonce (a replay) is refused with ERR_TIME_NOT_AUTHENTIC and leaves the clock
+   * alone. When this machine's clock is so wrong that TLS refuses the platform's certificate dates, the
+   * request is retried once with the chain checked by signature and name only: the answer itself is
+   * authenticated end to end and the request carries nothing but the nonce. An older platform's unsigned
+   * answer is used only without requireSignedTime, and never on that retry.
+   */
   async syncClock(): Promise<number> {
-    const before = this.#clock();
-    const res = await send(this.#target, 'GET', '/v1/device-api/time', {}, null);
-    const after = this.#clock();
-    const now = parse<{ now?: unknown }>(res.text)?.now;
+    const nonce = newTimeNonce();
+    const path = `/v1/device-api/time?nonce=${nonce}`;
+    let withoutDates = false;
+    let before = this.#clock();
+    let res: { status: number; text: string };
+    try {
+      res = await send(this.#target, 'GET', path, {}, null);
+    } catch (error) {
+      if (!DATE_ERRORS.has((error as NodeJS.ErrnoException).code ?? '')) throw error;
+      withoutDates = true;
+      before = this.#clock();
+      res = await send(this.#target, 'GET', path, {}, null, true);
+    }
+    let after = this.#clock();
+    let answer = parse<{ now?: unknown; signature?: unknown; error?: { code?: unknown } } | null>(res.text);
+    if (res.status === 200 && typeof answer === 'object' && answer !== null && 'signature' in answer) {
+      let time: number;
+      try {
+        time = verifySignedTime(answer, { ca: this.#target.ca, nonce });
+      } catch (error) {
+        const reason = error instanceof SignedTimeError ? error.reason : 'malformed';
+        throw new DeviceHttpError('ERR_TIME_NOT_AUTHENTIC', `the platform's time is not authentic (${reason})`);
+      }
+      this.#clockSource = 'signed';
+      this.#offsetMs = Math.round(time - (before + after) / 2);
+      return this.#offsetMs;
+    }
+    if (this.#requireSignedTime || withoutDates) {
+      throw new DeviceHttpError('ERR_TIME_NOT_AUTHENTIC', 'the platform did not sign its time', res.status);
+    }
+    // A platform that cannot sign (503 ERR_TIME_SIGNING_UNAVAILABLE) still tells its time without a nonce.
+    if (res.status === 503 && answer?.error?.code === 'ERR_TIME_SIGNING_UNAVAILABLE') {
+      before = this.#clock();
+      res = await send(this.#target, 'GET', '/v1/device-api/time', {}, null);
+      after = this.#clock();
+      answer = parse(res.text);
+    }
+    const now = answer?.now;
     if (res.status !== 200 || typeof now !== 'number') {
       throw new DeviceHttpError('ERR_TIME_UNAVAILABLE', 'the platform did not return its time', res.status);
     }
+    this.#clockSource = 'unsigned';
     this.#offsetMs = Math.round(now - (before + after) / 2);
     return this.#offsetMs;
+  }
+
+  /** How the last syncClock() set the clock: 'signed' (trusted time), 'unsigned', or null before any. */
+  get clockSource(): 'signed' | 'unsigned' | null {
+    return this.#clockSource;
   }
 
   /**

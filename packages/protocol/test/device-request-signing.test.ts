@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, createHmac, hkdfSync } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import {
@@ -19,33 +20,34 @@ import {
   verifyServerProof,
 } from '../src/index.ts';
 
-// Known-answer vectors of docs/protocol.md ("Device HTTPS authentication"), value for value. Every input
-// is a byte pattern: the secret is base64url(00 01 … 1f), nonces are repeated bytes.
-const V = {
-  deviceId: '01abcdef1234560a1b2c3d00',
-  secret: Buffer.from([...Array(32).keys()]).toString('base64url'),
-  key: 'fcf889a3d08d079874ad17f4f01bb82eb6cc19d9439897deaaee926d747fd8e3',
-  method: 'POST',
-  path: '/v1/device-api/telemetry?x=%7e1',
-  host: 'castellan.example.com:8443',
-  body: '{"temperature":21.5}',
-  ts: 1748779200000,
-  nonce: 'AAECAwQFBgcICQoLDA0ODw',
-  contentSha256: '8414c31b1f7afd7d0a0af122559cbccfde3906a0e3a40c14a7f1f938db3abf71',
-  canonical:
-    'CAS-DEVICE-HMAC-SHA256\nPOST\n/v1/device-api/telemetry\nx=~1\ncastellan.example.com:8443\n1748779200000\n' +
-    'AAECAwQFBgcICQoLDA0ODw\n01abcdef1234560a1b2c3d00\n8414c31b1f7afd7d0a0af122559cbccfde3906a0e3a40c14a7f1f938db3abf71',
-  sig: 'H7WtlKcrnIoAFnFCvtCow8i7j0fp6WrMbHEYtrpyurc',
-  clientNonce: 'EREREREREREREREREREREQ',
-  challenge: 'IiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiI',
-  serverProof: 'QBwIInbj03OTyV1ddPsIal1qs-ITJc4JBNa-aj4Ox70',
-  response: 'igUvn8-EGgo-4PoxP2LFJnpRZzt3lliCdV7T_L9-Fws',
-  productId: `prd_${Buffer.alloc(16, 0x44).toString('base64url')}`,
-  productSecret: Buffer.alloc(32, 0x33).toString('base64url'),
-  hardwareId: 'mac:aabbcc001122',
-  proof: 'yd05PQFI5AsCoaBYIcTLZ8qf9rROFYzrIj__-aByxR0',
-  sealed: 'VVVVVVVVVVVVVVVVaAniiyZG0spmtqMbv41i_pZ0nY2bq09yGNfNpbrU-4FSgaYDuC2OhYCbpADMc-x_h-OGi2oUTaZGYyk',
-};
+// Known-answer vectors of docs/protocol.md ("Device HTTPS authentication"), value for value, read from
+// vectors/device-request-signing.json (scripts/check-protocol-vectors.py reproduces them independently).
+// Every input is a byte pattern: the secret is base64url(00 01 … 1f), nonces are repeated bytes.
+type VectorField =
+  | 'deviceId'
+  | 'secret'
+  | 'key'
+  | 'method'
+  | 'path'
+  | 'host'
+  | 'body'
+  | 'nonce'
+  | 'contentSha256'
+  | 'canonical'
+  | 'sig'
+  | 'clientNonce'
+  | 'challenge'
+  | 'serverProof'
+  | 'response'
+  | 'productId'
+  | 'productSecret'
+  | 'hardwareId'
+  | 'proof'
+  | 'sealIv'
+  | 'sealed';
+const V = JSON.parse(
+  readFileSync(new URL('../vectors/device-request-signing.json', import.meta.url), 'utf8'),
+) as Record<VectorField, string> & { ts: number };
 
 const hmac64 = (key: Uint8Array, message: string) => createHmac('sha256', key).update(message).digest('base64url');
 
@@ -233,7 +235,7 @@ describe('hardware-ID registration', () => {
     );
     const sealInput = { productId: V.productId, hardwareId: V.hardwareId, deviceId: V.deviceId, nonce: V.nonce };
     assert.equal(
-      sealDeviceSecret(V.productSecret, { ...sealInput, secret: V.secret }, Buffer.alloc(12, 0x55)),
+      sealDeviceSecret(V.productSecret, { ...sealInput, secret: V.secret }, Buffer.from(V.sealIv, 'hex')),
       V.sealed,
     );
     assert.equal(openDeviceSecret(V.productSecret, { ...sealInput, sealed: V.sealed }), V.secret);

@@ -61,6 +61,7 @@ import {
   hardwareIdsRoutes,
   productAuthModeCheck,
   productTelemetryHandler,
+  SignedTimeService,
 } from './devices/index.ts';
 import { CastellanError } from './errors/index.ts';
 import {
@@ -163,6 +164,8 @@ export interface Platform {
   readonly mqttUrl: string;
   readonly httpPort: number;
   readonly mqttPort: number;
+  /** The MQTT over TLS listener (its tls.Server, admission gate and lite-profile ticket keys). */
+  readonly mqttListener: MqttListener;
   /** The CA certificate devices and clients pin. */
   readonly caPem: string;
   /** The setup token issued by this start, if one was (shown once). */
@@ -417,6 +420,11 @@ export async function startPlatform(
     cleanups.push(() => clearInterval(brokerPurgeTimer));
     const deviceEvents = new DeviceEvents();
     // [issue 7 wiring: services built before the broker]
+    // Trusted time (DEV-6, issue 8): signed with the TLS server key when it is ECDSA P-256.
+    const signedTime = new SignedTimeService({ key: tls.key, cert: tls.cert });
+    if (signedTime.unavailableReason) {
+      log.warn({ reason: signedTime.unavailableReason }, 'signed time unavailable: ERR_TIME_SIGNING_UNAVAILABLE');
+    }
     // DEV-6 device HTTPS authentication, DEV-4 hardware IDs, and the product's allowed authentication
     // modes at every admission (DEV-5: an L2/L3 product refuses a device that proves itself by secret).
     const deviceHttpAuth = new DeviceHttpAuth({
@@ -652,6 +660,9 @@ export async function startPlatform(
         cert: tls.cert,
         key: tls.key,
         minVersion: config.tls.minVersion,
+        groups: config.tls.groups,
+        profile: config.mqtt.tlsProfile,
+        ticketKeyRotationMinutes: config.mqtt.ticketKeyRotationMinutes,
         host: config.mqtt.host,
         port: config.mqtt.port,
         maxConnections: config.mqtt.maxConnections,
@@ -689,7 +700,7 @@ export async function startPlatform(
       now: Date.now,
     };
     const http = await createHttpServer({
-      tls: { cert: tls.cert, key: tls.key, minVersion: config.tls.minVersion },
+      tls: { cert: tls.cert, key: tls.key, minVersion: config.tls.minVersion, groups: config.tls.groups },
       bodyLimitBytes: config.http.bodyLimitBytes,
       requestTimeoutMs: config.http.requestTimeoutMs,
       trustProxy: config.http.trustProxy,
@@ -764,6 +775,7 @@ export async function startPlatform(
             channels: deviceChannels,
             events: deviceEvents,
             hardwareIds,
+            signedTime,
           }),
         (app) => app.register(hardwareIdsRoutes, { devices, hardwareIds, authenticate, audit: recordRequest }),
         (app) =>
@@ -836,7 +848,13 @@ export async function startPlatform(
           {
             host: config.admin.host,
             port: config.admin.port,
-            tls: { cert: tls.cert, key: tls.key, minVersion: config.tls.minVersion, ciphers: AEAD_CIPHERS },
+            tls: {
+              cert: tls.cert,
+              key: tls.key,
+              minVersion: config.tls.minVersion,
+              ciphers: AEAD_CIPHERS,
+              groups: config.tls.groups,
+            },
           },
           registry,
           log.child({ component: 'admin' }),
@@ -920,6 +938,7 @@ export async function startPlatform(
       mqttUrl,
       httpPort,
       mqttPort,
+      mqttListener: listener,
       caPem: tls.ca,
       setupToken,
       close() {

@@ -106,6 +106,12 @@ export const ConfigSchema = Type.Object(
           default: 'TLSv1.2',
           description: 'Lowest TLS version accepted by every listener',
         }),
+        groups: Type.String({
+          maxLength: 200,
+          default: 'X25519MLKEM768:X25519:P-256:P-384',
+          description:
+            'Key-exchange groups every listener offers, colon-separated, most preferred first (CHAN-8: hybrid post-quantum first, classical kept)',
+        }),
       },
       strict,
     ),
@@ -294,6 +300,17 @@ export const ConfigSchema = Type.Object(
           maximum: 256,
           default: 16,
           description: 'Most levels in a topic name or filter',
+        }),
+        tlsProfile: Type.Union([Type.Literal('standard'), Type.Literal('lite')], {
+          default: 'standard',
+          description:
+            'standard: every AEAD suite; lite (CHAN-2): ECDHE-ECDSA-AES128-GCM-SHA256 and TLS_AES_128_GCM_SHA256 only, an ECDSA P-256 certificate, rotated session-ticket keys',
+        }),
+        ticketKeyRotationMinutes: Type.Integer({
+          minimum: 1,
+          maximum: 10080,
+          default: 720,
+          description: 'lite profile: minutes between session-ticket key rotations (also the ticket lifetime)',
         }),
       },
       strict,

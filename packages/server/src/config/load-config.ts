@@ -6,6 +6,7 @@ import { resolve } from 'node:path';
 import type { TSchema } from 'typebox';
 import { Value } from 'typebox/value';
 import { CastellanError } from '../errors/index.ts';
+import { assertTlsGroups } from '../lib/tls-groups.ts';
 import {
   type CastellanConfig,
   ConfigSchema,
@@ -235,6 +236,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<CastellanC
     }
   }
   checkOidcProviders((withDefaults.accounts as CastellanConfig['accounts']).oidcProviders);
+  assertTlsGroups((withDefaults.tls as CastellanConfig['tls']).groups);
   return deepFreeze(withDefaults as CastellanConfig);
 }
 

@@ -13,6 +13,7 @@ import type { DeviceEvents } from './device-events.ts';
 import { type DeviceHttpAuth, deviceOf, verifyDeviceBody } from './device-http-auth.ts';
 import type { DevicesService } from './devices-service.ts';
 import type { HardwareIdsService } from './hardware-ids-service.ts';
+import type { SignedTimeService } from './signed-time-service.ts';
 import { checkTelemetryPayload } from './telemetry-payload.ts';
 import { TelemetryQueueFullError } from './telemetry-writer.ts';
 
@@ -26,6 +27,8 @@ export interface DeviceApiRoutesOptions {
   channels: Partial<Record<Channel, DeviceChannelHandler[]>>;
   events?: DeviceEvents;
   hardwareIds?: HardwareIdsService;
+  /** Signs GET /v1/device-api/time?nonce=… answers (trusted time); absent: ERR_TIME_SIGNING_UNAVAILABLE. */
+  signedTime?: SignedTimeService;
   now?: () => number;
 }
 
@@ -40,7 +43,7 @@ const Accepted = StrictObject({ receivedAt: Type.Integer() });
 
 export async function deviceApiRoutes(
   app: FastifyInstance,
-  { devices, auth, guard, channels, events, hardwareIds, now = Date.now }: DeviceApiRoutesOptions,
+  { devices, auth, guard, channels, events, hardwareIds, signedTime, now = Date.now }: DeviceApiRoutesOptions,
 ) {
   if (!app.hasRequestDecorator('device')) app.decorateRequest('device', undefined);
   // Every route of this plugin behind the device hook also compares the body with the signed hash.
@@ -93,10 +96,34 @@ export async function deviceApiRoutes(
       schema: {
         summary: "The platform's clock, for devices to sign requests within the ±300 s window",
         tags: ['device-api'],
-        response: { 200: StrictObject({ now: Type.Integer({ description: 'ms since the epoch' }) }) },
+        description:
+          'With `?nonce=` (22-128 base64url characters, 16+ random bytes), the time comes signed with that nonce by ' +
+          'the key of the TLS server certificate, for devices without a clock (docs/protocol.md, Signed time)',
+        querystring: StrictObject({ nonce: Type.Optional(Nonce) }),
+        response: {
+          200: StrictObject({
+            now: Type.Integer({ description: 'ms since the epoch' }),
+            time: Type.Optional(Type.Integer({ description: 'ms since the epoch, signed (= now)' })),
+            nonce: Type.Optional(Type.String({ description: 'the request nonce, echoed' })),
+            signature: Type.Optional(
+              Type.String({ description: 'base64url(r ‖ s): ECDSA P-256 SHA-256 of castellan-time-v1|nonce|time' }),
+            ),
+            certificate: Type.Optional(Type.String({ description: 'PEM of the signing (TLS server) certificate' })),
+            chain: Type.Optional(Type.Array(Type.String(), { description: 'PEM intermediates, leaf to CA' })),
+          }),
+          400: errorRef,
+          429: errorRef,
+          503: errorRef,
+        },
       },
     },
-    async () => ({ now: now() }),
+    async (request) => {
+      const { nonce } = request.query as { nonce?: string };
+      if (nonce === undefined) return { now: now() };
+      if (!signedTime) throw new CastellanError('ERR_TIME_SIGNING_UNAVAILABLE');
+      const answer = signedTime.answer(nonce);
+      return { now: answer.time, ...answer };
+    },
   );
 
   app.post(

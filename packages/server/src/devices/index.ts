@@ -173,3 +173,4 @@ export {
   type PasscodeStatus,
 } from './locks/lock-passcodes-service.ts';
 export { lockPasscodeRoutes, type LockPasscodeRoutesOptions } from './locks/lock-passcodes-routes.ts';
+export { SignedTimeService, type SignedTimeServiceOptions } from './signed-time-service.ts';

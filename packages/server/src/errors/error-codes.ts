@@ -315,6 +315,11 @@ export const ERROR_CODES = {
   },
   ERR_LOCK_PASSCODE_NOT_FOUND: { status: 404, expose: true, message: 'Passcode not found' },
   ERR_LOCK_KEY_UNAVAILABLE: { status: 409, expose: true, message: 'This lock has no usable device secret' },
+  ERR_TIME_SIGNING_UNAVAILABLE: {
+    status: 503,
+    expose: true,
+    message: 'Signed time is not available: the TLS server key is not ECDSA P-256',
+  },
 } as const satisfies Record<string, ErrorCodeSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

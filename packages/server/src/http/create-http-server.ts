@@ -15,7 +15,8 @@ import { type HealthRoutesOptions, healthRoutes } from './health-routes.ts';
 import { createValidatorCompiler } from './validator-compilers.ts';
 
 export interface HttpServerOptions {
-  tls: { cert: string; key: string; minVersion: 'TLSv1.2' | 'TLSv1.3' };
+  /** groups: tls.groups (CHAN-8), key-exchange groups most preferred first. */
+  tls: { cert: string; key: string; minVersion: 'TLSv1.2' | 'TLSv1.3'; groups?: string };
   bodyLimitBytes: number;
   requestTimeoutMs: number;
   trustProxy: boolean;
@@ -63,6 +64,7 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
       key: options.tls.key,
       minVersion: options.tls.minVersion,
       ciphers: AEAD_CIPHERS,
+      ...(options.tls.groups ? { ecdhCurve: options.tls.groups } : {}),
       honorCipherOrder: true,
       // The handshake is part of receiving a request (Node's default would give it 120 s).
       handshakeTimeout: options.requestTimeoutMs,

@@ -16,3 +16,9 @@ export const AEAD_CIPHERS = [
   'ECDHE-RSA-AES256-GCM-SHA384',
   'ECDHE-RSA-CHACHA20-POLY1305',
 ].join(':');
+
+/**
+ * The lightweight profile (CHAN-2) for small chips: one suite per TLS version, both AES-128-GCM (the
+ * hardware AES most MCUs have) and, for TLS 1.2, ECDSA authentication (a P-256 certificate).
+ */
+export const LITE_CIPHERS = ['TLS_AES_128_GCM_SHA256', 'ECDHE-ECDSA-AES128-GCM-SHA256'].join(':');

@@ -105,7 +105,7 @@ export async function startAdminServer(
   options: {
     host: string;
     port: number;
-    tls: { cert: string; key: string; minVersion: 'TLSv1.2' | 'TLSv1.3'; ciphers: string };
+    tls: { cert: string; key: string; minVersion: 'TLSv1.2' | 'TLSv1.3'; ciphers: string; groups?: string };
   },
   registry: Registry,
   log: Logger,
@@ -140,6 +140,7 @@ export async function startAdminServer(
           key: options.tls.key,
           minVersion: options.tls.minVersion,
           ciphers: options.tls.ciphers,
+          ...(options.tls.groups ? { ecdhCurve: options.tls.groups } : {}),
           honorCipherOrder: true,
         },
         handler,

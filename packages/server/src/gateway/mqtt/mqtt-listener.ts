@@ -11,22 +11,34 @@ import {
   DEFAULT_ADMISSION,
 } from './connection-admission.ts';
 import type { MqttBroker } from './mqtt-broker.ts';
-import { AEAD_CIPHERS } from '../../lib/tls-ciphers.ts';
+import { AEAD_CIPHERS, LITE_CIPHERS } from '../../lib/tls-ciphers.ts';
+import { assertLiteCertificate, TicketKeyRotation } from './tls-lite-profile.ts';
 
 export interface TlsServerOptions {
   cert: string;
   key: string;
   minVersion: 'TLSv1.2' | 'TLSv1.3';
+  /** tls.groups (CHAN-8): key-exchange groups, most preferred first; OpenSSL's default when absent. */
+  groups?: string;
+  /** mqtt.tlsProfile (CHAN-2): 'lite' restricts suites and certificate, and rotates ticket keys. */
+  profile?: 'standard' | 'lite';
+  /** mqtt.ticketKeyRotationMinutes (lite profile; 720 when absent). */
+  ticketKeyRotationMinutes?: number;
 }
 
 export { AEAD_CIPHERS };
 
 export function tlsServerOptions(options: TlsServerOptions, handshakeTimeoutMs: number): tls.TlsOptions {
+  const lite = options.profile === 'lite';
+  if (lite) assertLiteCertificate(options.cert, options.key);
   return {
     cert: options.cert,
     key: options.key,
     minVersion: options.minVersion,
-    ciphers: AEAD_CIPHERS,
+    ciphers: lite ? LITE_CIPHERS : AEAD_CIPHERS,
+    ...(options.groups ? { ecdhCurve: options.groups } : {}),
+    // Lite: a ticket lives as long as the key that sealed it (TicketKeyRotation).
+    ...(lite ? { sessionTimeout: (options.ticketKeyRotationMinutes ?? 720) * 60 } : {}),
     honorCipherOrder: true,
     handshakeTimeout: handshakeTimeoutMs,
     // Mutual TLS for devices (DEV-5): a client certificate is asked for but not required, and OpenSSL
@@ -40,6 +52,8 @@ export interface MqttListener {
   readonly server: tls.Server;
   /** The pre-TLS gate (connection-admission.ts). */
   readonly admission: ConnectionAdmission;
+  /** Session-ticket keys of the lite profile (CHAN-2); null on the standard profile. */
+  readonly ticketKeys: TicketKeyRotation | null;
   address(): AddressInfo;
   close(): Promise<void>;
 }
@@ -68,6 +82,8 @@ export async function startMqttListener(
     broker.handle(socket, socket.remoteAddress ?? 'unknown');
   });
   server.maxConnections = options.maxConnections;
+  const ticketKeys =
+    options.profile === 'lite' ? new TicketKeyRotation(server, options.ticketKeyRotationMinutes ?? 720) : null;
   // Before the TLS layer sees a socket (CHAN-5, issue 6): refused ones are closed without a TLS byte.
   const admission = new ConnectionAdmission({ ...DEFAULT_ADMISSION, ...options.admission }, broker.stats, log);
   admission.attach(server);
@@ -79,6 +95,8 @@ export async function startMqttListener(
     log.debug({ code: (error as NodeJS.ErrnoException).code }, 'mqtt: TLS handshake refused');
     socket.destroy();
   });
+  // The rotation timer is unref'd; stopped here so a failed start leaves nothing behind.
+  server.once('error', () => ticketKeys?.stop());
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) =>
       reject(
@@ -98,9 +116,11 @@ export async function startMqttListener(
   return {
     server,
     admission,
+    ticketKeys,
     address: () => server.address() as AddressInfo,
     close: () =>
       new Promise<void>((resolve) => {
+        ticketKeys?.stop();
         server.close(() => resolve());
       }),
   };
