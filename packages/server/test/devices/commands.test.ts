@@ -6,11 +6,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CommandRejectedError, DeviceClient } from '@castellan/device';
+import type { DeviceClient } from '@castellan/device';
+import { CommandRejectedError } from '@castellan/device';
 import type { MqttClient } from 'mqtt';
 import type { DeviceChange } from '../../src/devices/index.ts';
 import { dialectCases } from '../helpers/dialects.ts';
-import { bindDevice, shareDevice } from '../helpers/device-flows.ts';
+import { bindDevice, shareDevice, sdkDevice } from '../helpers/device-flows.ts';
 import { connectDevice, endClient, publishOutcome, subscribeOutcome } from '../helpers/mqtt-clients.ts';
 import {
   provisionTenant,
@@ -50,18 +51,8 @@ for (const dialect of await dialectCases()) {
       assert.ok(device, 'enough test devices');
       return device;
     };
-    const sdk = async (device: { id: string; secret: string }, protocolVersion: 4 | 5 = 5) => {
-      const client = await DeviceClient.connect({
-        url: tp.platform.mqttUrl,
-        deviceId: device.id,
-        secret: device.secret,
-        ca: tp.platform.caPem,
-        servername: 'localhost',
-        protocolVersion,
-      });
-      clients.push(client);
-      return client;
-    };
+    const sdk = (device: { id: string; secret: string }, protocolVersion: 4 | 5 = 5) =>
+      sdkDevice(tp, device, clients, protocolVersion);
     /** A raw device connection that receives its commands and never acknowledges on its own. */
     const silentDevice = async (device: { id: string; secret: string }) => {
       const client = await connectDevice(tp.platform, device, 5);

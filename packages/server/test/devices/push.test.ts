@@ -11,7 +11,7 @@ import https from 'node:https';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import tls from 'node:tls';
-import { DeviceClient } from '@castellan/device';
+import type { DeviceClient } from '@castellan/device';
 import { deviceTopic, signRequest } from '@castellan/protocol';
 import fc from 'fast-check';
 import pino from 'pino';
@@ -21,7 +21,7 @@ import { PresenceEvents } from '../../src/devices/presence-events.ts';
 import { PushHub } from '../../src/devices/push/push-hub.ts';
 import type { SseSink } from '../../src/devices/push/push-stream.ts';
 import { dialectCases } from '../helpers/dialects.ts';
-import { bindDevice, newConsumer, shareDevice } from '../helpers/device-flows.ts';
+import { bindDevice, newConsumer, shareDevice, sdkDevice } from '../helpers/device-flows.ts';
 import {
   type OperatorKey,
   provisionTenant,
@@ -174,17 +174,7 @@ for (const dialect of await dialectCases()) {
       await tp?.close();
     });
 
-    const sdk = async (device: { id: string; secret: string }) => {
-      const client = await DeviceClient.connect({
-        url: tp.platform.mqttUrl,
-        deviceId: device.id,
-        secret: device.secret,
-        ca: tp.platform.caPem,
-        servername: 'localhost',
-      });
-      clients.push(client);
-      return client;
-    };
+    const sdk = (device: { id: string; secret: string }) => sdkDevice(tp, device, clients);
     const open = async (path: string, token: string | OperatorKey, lastEventId?: string) => {
       const stream = await SseClient.open(tp, path, { token, ...(lastEventId ? { lastEventId } : {}) });
       streams.push(stream);

@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DeviceClient, mergeState, stateDelta } from '@castellan/device';
+import type { DeviceClient } from '@castellan/device';
+import { mergeState, stateDelta } from '@castellan/device';
 import fc from 'fast-check';
 import { parseAck } from '../../src/devices/commands/command-payloads.ts';
 import type { DeviceChange } from '../../src/devices/index.ts';
@@ -18,7 +19,7 @@ import {
   mergeDocument,
 } from '../../src/devices/shadow/json-document.ts';
 import { dialectCases } from '../helpers/dialects.ts';
-import { bindDevice, shareDevice } from '../helpers/device-flows.ts';
+import { bindDevice, shareDevice, sdkDevice } from '../helpers/device-flows.ts';
 import { connectDevice, endClient, publishOutcome, subscribeOutcome } from '../helpers/mqtt-clients.ts';
 import {
   provisionTenant,
@@ -99,18 +100,8 @@ for (const dialect of await dialectCases()) {
       assert.ok(device, 'enough test devices');
       return device;
     };
-    const sdk = async (device: { id: string; secret: string }, protocolVersion: 4 | 5 = 5) => {
-      const client = await DeviceClient.connect({
-        url: tp.platform.mqttUrl,
-        deviceId: device.id,
-        secret: device.secret,
-        ca: tp.platform.caPem,
-        servername: 'localhost',
-        protocolVersion,
-      });
-      clients.push(client);
-      return client;
-    };
+    const sdk = (device: { id: string; secret: string }, protocolVersion: 4 | 5 = 5) =>
+      sdkDevice(tp, device, clients, protocolVersion);
     const putDesired = (deviceId: string, body: unknown, token: Tenant['vendorToken'] | string = tenant.vendorToken) =>
       request(tp.platform, 'PUT', `/v1/devices/${deviceId}/shadow/desired`, { token, body });
     const getShadow = (deviceId: string, token: Tenant['vendorToken'] | string = tenant.vendorToken) =>

@@ -5,11 +5,11 @@
 // device), and unbinding wipes the previous owner's telemetry (BIND-5). Devices report through the SDK.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { DeviceClient } from '@castellan/device';
+import type { DeviceClient } from '@castellan/device';
 import fc from 'fast-check';
 import { numericPoints } from '../../src/devices/telemetry-history.ts';
 import { dialectCases } from '../helpers/dialects.ts';
-import { bindDevice, newConsumer, shareDevice } from '../helpers/device-flows.ts';
+import { bindDevice, newConsumer, shareDevice, sdkDevice } from '../helpers/device-flows.ts';
 import {
   provisionTenant,
   request,
@@ -47,17 +47,7 @@ for (const dialect of await dialectCases()) {
       await tp?.close();
     });
 
-    const sdk = async (device: { id: string; secret: string }) => {
-      const client = await DeviceClient.connect({
-        url: tp.platform.mqttUrl,
-        deviceId: device.id,
-        secret: device.secret,
-        ca: tp.platform.caPem,
-        servername: 'localhost',
-      });
-      clients.push(client);
-      return client;
-    };
+    const sdk = (device: { id: string; secret: string }) => sdkDevice(tp, device, clients);
     /** Writes rows at chosen times through the platform's telemetry writer (the path MQTT uses). */
     const seed = (deviceId: string, rows: { at: number; payload: unknown }[]) =>
       Promise.all(

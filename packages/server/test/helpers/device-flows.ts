@@ -1,9 +1,10 @@
 // Device flows through the real API for tests: a consumer signs up, gets a binding token, the app seals
 // it into the provisioning payload, the simulated device (SDK) opens it and binds over the device API;
-// sharing a bound device with a second consumer.
+// sharing a bound device with a second consumer; a device connected through the SDK.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
+  DeviceClient,
   DeviceProvisioningSimulator,
   deviceApiActivator,
   type DeviceBindResult,
@@ -132,4 +133,26 @@ export async function shareDevice(
   assert.equal(res.status, 201, res.text);
   assert.equal(res.body.userId, invitee.userId);
   return { userToken: invitee.userToken, userId: invitee.userId, shareId: res.body.id as string };
+}
+
+/**
+ * A device connected through the SDK (MQTT over TLS, the platform CA pinned) with its own secret;
+ * `opened` collects the client so the test's `after` can close it.
+ */
+export async function sdkDevice(
+  tp: TestPlatform,
+  device: { id: string; secret: string },
+  opened: DeviceClient[],
+  protocolVersion: 4 | 5 = 5,
+): Promise<DeviceClient> {
+  const client = await DeviceClient.connect({
+    url: tp.platform.mqttUrl,
+    deviceId: device.id,
+    secret: device.secret,
+    ca: tp.platform.caPem,
+    servername: 'localhost',
+    protocolVersion,
+  });
+  opened.push(client);
+  return client;
 }
