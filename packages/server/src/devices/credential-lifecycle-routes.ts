@@ -12,7 +12,8 @@ import {
   type RecordAudit,
   StrictObject,
 } from '../http/index.ts';
-import { deviceFor, vendorFor } from './certificates/device-certificates-routes.ts';
+import { vendorFor } from './certificates/device-certificates-routes.ts';
+import { deviceFor } from './device-route-params.ts';
 import type { CredentialLifecycle } from './credential-lifecycle.ts';
 import type { DevicesService } from './devices-service.ts';
 

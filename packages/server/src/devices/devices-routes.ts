@@ -4,7 +4,7 @@
 import { type SuiteName } from '@castellan/protocol';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
-import { can, defaultTenant } from '../accounts/index.ts';
+import { type Action, can, defaultTenant } from '../accounts/index.ts';
 import { CastellanError } from '../errors/index.ts';
 import {
   type AuthenticateHook,
@@ -24,7 +24,7 @@ import {
   productIdentityInput,
   productIdentityView,
 } from './product-views.ts';
-import { DeviceIdParam, deviceIdOf } from './device-route-params.ts';
+import { DeviceIdParam, deviceFor, deviceIdOf, productFor } from './device-route-params.ts';
 
 export interface DevicesRoutesOptions {
   devices: DevicesService;
@@ -143,27 +143,14 @@ export async function devicesRoutes(
   app: FastifyInstance,
   { devices, access, authenticate, audit }: DevicesRoutesOptions,
 ) {
-  async function ownedProduct(
-    request: FastifyRequest,
-    action: 'product.read' | 'product.update' | 'device.create' | 'device.list',
-  ) {
-    const product = await devices.getProduct((request.params as { productId: string }).productId);
-    if (!product || !can(principalOf(request), action, { vendorId: product.vendorId })) {
-      throw new CastellanError('ERR_PRODUCT_NOT_FOUND');
-    }
-    return product;
-  }
+  const ownedProduct = (request: FastifyRequest, action: Action) => productFor(request, devices, action);
 
   async function ownedDevice(request: FastifyRequest, action: 'device.read' | 'telemetry.read') {
     const deviceId = deviceIdOf(request);
     const principal = principalOf(request);
     // People: by their role on the device (owner, share) or their organisation (BIND-2).
     if (principal.kind === 'user') return access.authorize(principal, deviceId, 'device.view');
-    const device = await devices.getDevice(deviceId);
-    if (!device || !can(principalOf(request), action, { vendorId: device.vendorId })) {
-      throw new CastellanError('ERR_DEVICE_NOT_FOUND');
-    }
-    return device;
+    return deviceFor(request, devices, action);
   }
 
   app.post(

@@ -2,18 +2,17 @@
 // issue or rotate the product secret (shown once). A product of another tenant answers like a missing one.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
-import { type Action, can } from '../accounts/index.ts';
-import { CastellanError } from '../errors/index.ts';
+import { type Action } from '../accounts/index.ts';
 import {
   type AuthenticateHook,
   authenticatedErrors,
   bearerSecurity,
-  principalOf,
   type RecordAudit,
   StrictObject,
 } from '../http/index.ts';
 import type { DevicesService } from './devices-service.ts';
 import { type HardwareIdsService, MAX_HARDWARE_IDS_PER_UPLOAD } from './hardware-ids-service.ts';
+import { productFor } from './device-route-params.ts';
 
 export interface HardwareIdsRoutesOptions {
   devices: DevicesService;
@@ -33,13 +32,7 @@ export async function hardwareIdsRoutes(
   app: FastifyInstance,
   { devices, hardwareIds, authenticate, audit }: HardwareIdsRoutesOptions,
 ) {
-  async function ownedProduct(request: FastifyRequest, action: Action) {
-    const product = await devices.getProduct((request.params as { productId: string }).productId);
-    if (!product || !can(principalOf(request), action, { vendorId: product.vendorId })) {
-      throw new CastellanError('ERR_PRODUCT_NOT_FOUND');
-    }
-    return product;
-  }
+  const ownedProduct = (request: FastifyRequest, action: Action) => productFor(request, devices, action);
 
   app.post(
     '/v1/products/:productId/hardware-ids',

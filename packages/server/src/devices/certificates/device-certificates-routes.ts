@@ -12,9 +12,9 @@ import {
   type RecordAudit,
   StrictObject,
 } from '../../http/index.ts';
-import type { Device, DevicesService } from '../devices-service.ts';
+import type { DevicesService } from '../devices-service.ts';
 import type { DeviceCa, DeviceCertificate, DeviceCertificatesService } from './device-certificates-service.ts';
-import { DeviceIdParam, deviceIdOf } from '../device-route-params.ts';
+import { DeviceIdParam, deviceFor } from '../device-route-params.ts';
 
 export interface DeviceCertificatesRoutesOptions {
   devices: DevicesService;
@@ -89,15 +89,6 @@ const presentCa = (ca: DeviceCa) => ({
   createdAt: ca.createdAt,
   revokedAt: ca.revokedAt,
 });
-
-/** The device, when the caller may act on it; otherwise "not found", as for a missing one. */
-export async function deviceFor(request: FastifyRequest, devices: DevicesService, action: Action): Promise<Device> {
-  const device = await devices.getDevice(deviceIdOf(request));
-  if (!device || !can(principalOf(request), action, { vendorId: device.vendorId })) {
-    throw new CastellanError('ERR_DEVICE_NOT_FOUND');
-  }
-  return device;
-}
 
 /** The `:vendorId` the caller manages device credentials of; another tenant's answers "not found". */
 export function vendorFor(request: FastifyRequest, action: Action): string {

@@ -4,7 +4,7 @@
 // Object-level authorisation: another tenant's product, station or batch answers like a missing one.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
-import { type Action, can } from '../../accounts/index.ts';
+import { type Action } from '../../accounts/index.ts';
 import { type AuditEvent, AuditQueueFullError } from '../../audit/index.ts';
 import { CastellanError } from '../../errors/index.ts';
 import {
@@ -26,6 +26,7 @@ import {
   MAX_STATION_DAYS,
   type ManufacturingService,
 } from './manufacturing-service.ts';
+import { productFor } from '../device-route-params.ts';
 
 export interface ManufacturingRoutesOptions {
   manufacturing: ManufacturingService;
@@ -162,13 +163,7 @@ export async function manufacturingRoutes(app: FastifyInstance, options: Manufac
   const factoryAuthenticate = createFactoryAuthenticate(manufacturing);
   app.decorateRequest('factoryStation', undefined);
 
-  async function ownedProduct(request: FastifyRequest, action: Extract<Action, 'device.create' | 'device.list'>) {
-    const product = await devices.getProduct((request.params as { productId: string }).productId);
-    if (!product || !can(principalOf(request), action, { vendorId: product.vendorId })) {
-      throw new CastellanError('ERR_PRODUCT_NOT_FOUND');
-    }
-    return product;
-  }
+  const ownedProduct = (request: FastifyRequest, action: Action) => productFor(request, devices, action);
 
   /** A factory request's audit entry: the station is the actor; committed before the answer. */
   async function recordFactory(

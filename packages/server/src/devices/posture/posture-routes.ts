@@ -3,13 +3,12 @@
 // a missing one.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
-import { can } from '../../accounts/index.ts';
+import { type Action } from '../../accounts/index.ts';
 import { CastellanError } from '../../errors/index.ts';
 import {
   type AuthenticateHook,
   authenticatedErrors,
   bearerSecurity,
-  principalOf,
   type RecordAudit,
   StrictObject,
 } from '../../http/index.ts';
@@ -23,7 +22,7 @@ import {
   type SecurityLevel,
 } from './posture-report.ts';
 import type { FirmwareGolden, PostureService } from './posture-service.ts';
-import { DeviceIdParam, deviceIdOf } from '../device-route-params.ts';
+import { DeviceIdParam, deviceFor, productFor } from '../device-route-params.ts';
 
 export interface PostureRoutesOptions {
   posture: PostureService;
@@ -83,13 +82,7 @@ export async function postureRoutes(
   app: FastifyInstance,
   { posture, devices, authenticate, audit }: PostureRoutesOptions,
 ) {
-  async function ownedProduct(request: FastifyRequest, action: 'product.read' | 'posture.golden.manage') {
-    const product = await devices.getProduct((request.params as { productId: string }).productId);
-    if (!product || !can(principalOf(request), action, { vendorId: product.vendorId })) {
-      throw new CastellanError('ERR_PRODUCT_NOT_FOUND');
-    }
-    return product;
-  }
+  const ownedProduct = (request: FastifyRequest, action: Action) => productFor(request, devices, action);
 
   const goldenParams = StrictObject({ productId: ProductId, version: FirmwareVersion });
 
@@ -168,11 +161,7 @@ export async function postureRoutes(
       },
     },
     async (request) => {
-      const raw = deviceIdOf(request);
-      const device = await devices.getDevice(raw);
-      if (!device || !can(principalOf(request), 'device.read', { vendorId: device.vendorId })) {
-        throw new CastellanError('ERR_DEVICE_NOT_FOUND');
-      }
+      const device = await deviceFor(request, devices, 'device.read');
       const latest = await posture.getPosture(device.id);
       if (!latest) throw new CastellanError('ERR_POSTURE_NOT_FOUND');
       const golden = await posture.getGolden(latest.productId, latest.reported.firmwareVersion);
