@@ -832,6 +832,7 @@ export async function startPlatform(
         audit: () => ({ ...audit.stats, size: audit.size }),
         limits: () => limits.refusals,
         detections: () => guard.detections,
+        secureChannelRefusals: () => guard.secureChannelRefusals,
       });
       new Counter({
         name: 'castellan_https_connections_refused_total',

@@ -44,7 +44,9 @@ export type DetectionKind =
   | 'connection-flapping'
   | 'resource-exhaustion'
   /** A device's posture differs from its golden values (DEV-10; raised by devices/posture). */
-  | 'posture-deviation';
+  | 'posture-deviation'
+  /** Secure-channel frames or hellos refused for one device past the threshold (CHAN-3, CHAN-4). */
+  | 'secure-channel-abuse';
 
 export interface Alert {
   id: string;
@@ -87,6 +89,8 @@ const DAY = 86_400;
 export class GuardService {
   readonly config: Readonly<GuardConfig>;
   readonly detections = new Map<DetectionKind, number>();
+  /** Secure-channel hellos and frames refused, by reason (`castellan_secure_channel_refusals_total`). */
+  readonly secureChannelRefusals = new Map<string, number>();
   readonly #d: GuardDependencies;
   readonly #now: () => number;
   /** Last audited breach per key: breaches are audited at most once a minute per key (sampling). */
@@ -213,6 +217,38 @@ export class GuardService {
           details: { failures: byDevice.consumed, windowSeconds: window },
         });
       }
+    }
+  }
+
+  /**
+   * A secure-channel hello or frame was refused (CHAN-3, CHAN-4): replayed, reordered beyond the window,
+   * stale, forged, for another device, or malformed. Counted by reason; the source IP counts towards
+   * invalid-request-burst; past authFailuresPerDevice refusals for one device within the window, an
+   * alert. Alert only: frames naming a device can come from anyone who knows its ID.
+   */
+  async secureChannelRefusal(about: {
+    ip: string | null;
+    deviceId: string | null;
+    reason: string;
+    transport: 'http' | 'mqtt';
+  }): Promise<void> {
+    this.secureChannelRefusals.set(about.reason, (this.secureChannelRefusals.get(about.reason) ?? 0) + 1);
+    if (about.ip) await this.invalidRequest(about.ip, `secure-channel:${about.reason}`);
+    if (!about.deviceId) return;
+    const window = this.config.authFailureWindowSeconds;
+    const byDevice = await this.#d.limits.consume(
+      'ids-secure-channel',
+      about.deviceId,
+      this.config.authFailuresPerDevice,
+      window,
+    );
+    if (byDevice.consumed === this.config.authFailuresPerDevice + 1) {
+      await this.detect('secure-channel-abuse', {
+        target: about.deviceId,
+        tenant: null,
+        ip: about.ip,
+        details: { refusals: byDevice.consumed, windowSeconds: window, last: about.reason, transport: about.transport },
+      });
     }
   }
 
@@ -354,7 +390,7 @@ export class GuardService {
     if (tenant === null && (aboutDevice || kind === 'device-auth-failure-storm' || kind === 'resource-exhaustion')) {
       tenant = await this.#d.tenantOfDevice(about.target);
     }
-    if (kind === 'connection-flapping') {
+    if (kind === 'connection-flapping' || kind === 'secure-channel-abuse') {
       tenant ??= await this.#d.tenantOfDevice(about.target);
     }
     if (kind === 'resource-exhaustion' || kind === 'connection-flapping') {

@@ -13,6 +13,8 @@ export interface MetricSources {
   audit: () => { appended: number; refused: number; failedBatches: number; checkpoints: number; size: number };
   limits: () => Map<string, number>;
   detections: () => Map<string, number>;
+  /** Secure-channel refusals by reason (CHAN-3, CHAN-4); absent before the guard counts them. */
+  secureChannelRefusals?: () => Map<string, number>;
 }
 
 /** A registry per platform instance (tests run several in one process). */
@@ -86,6 +88,16 @@ export function createMetrics(sources: MetricSources): Registry {
     collect() {
       this.reset();
       for (const [kind, value] of sources.detections()) this.inc({ kind }, value);
+    },
+  });
+  new Counter({
+    name: 'castellan_secure_channel_refusals_total',
+    help: 'Secure-channel hellos and frames refused (replayed, too old, stale, forged, wrong device...), by reason',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [reason, value] of sources.secureChannelRefusals?.() ?? []) this.inc({ reason }, value);
     },
   });
   return registry;
