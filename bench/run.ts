@@ -12,6 +12,7 @@ import type { CaseResult, Measure, MeasureContext } from './lib/measure.ts';
 import { auditMeasure } from './measures/audit.ts';
 import { httpAuthMeasure } from './measures/http-auth.ts';
 import { keysMeasure } from './measures/keys.ts';
+import { secureChannelMeasure } from './measures/secure-channel.ts';
 import { telemetryMeasure } from './measures/telemetry.ts';
 import { tlsHandshakesMeasure } from './measures/tls-handshakes.ts';
 
@@ -21,6 +22,7 @@ const MEASURES: readonly Measure[] = [
   keysMeasure,
   httpAuthMeasure,
   tlsHandshakesMeasure,
+  secureChannelMeasure,
 ];
 
 const DEFAULT_POSTGRES_URL = 'postgres://postgres@127.0.0.1:5432/test';

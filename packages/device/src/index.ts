@@ -117,11 +117,13 @@ export {
 export {
   buildPostureReport,
   computePostureDigests,
+  connectionTls,
   type PostureInput,
   type PosturePublisher,
   type PostureReportMessage,
   type PostureSecurityLevel,
   type PostureSource,
+  type PostureTls,
   reportPosture,
 } from './device-posture.ts';
 export {

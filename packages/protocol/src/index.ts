@@ -180,5 +180,6 @@ export {
   SecureChannelError,
   type SecureChannelRefusal,
   SecureChannelSession,
+  type SecureChannelSessionState,
   type SessionOptions,
 } from './secure-channel.ts';

@@ -317,7 +317,10 @@ export function createHello(input: CreateHelloInput): { hello: Buffer; ephemeral
 export interface AcceptHelloInput {
   /** The parsed hello (parse first to learn the device ID, then look its secret up). */
   hello: ParsedHandshakeMessage;
-  secret: string | Uint8Array;
+  /** The device secret; or `psk` instead, already derived (the platform keeps secrets in one service). */
+  secret?: string | Uint8Array;
+  /** channelPsk(suite, secret) of the hello's suite, when the caller derived it. */
+  psk?: Uint8Array;
   /** The platform's static key pair for the hello's suite (its public key is pinned in devices). */
   platformKey: ChannelKeyPair;
   now?: number;
@@ -333,7 +336,11 @@ export function acceptHello(input: AcceptHelloInput): { reply: Buffer; session: 
   const suite = hello.suite;
   const options = { ...DEFAULTS, ...input.options };
   const now = Math.floor(input.now ?? Date.now());
-  const psk = channelPsk(suite, input.secret);
+  let psk: Buffer;
+  if (input.psk !== undefined) psk = Buffer.from(input.psk);
+  else if (input.secret !== undefined) psk = channelPsk(suite, input.secret);
+  else throw new TypeError('acceptHello needs secret or psk');
+  if (psk.length !== 32) throw new TypeError('a psk is 32 bytes');
   if (!macEqual(hmac(suite, psk, hello.body), hello.mac)) throw new SecureChannelError('forged', 'hello MAC');
   if (Math.abs(hello.ts - now) > options.toleranceMs) throw new SecureChannelError('stale', 'hello timestamp');
   const ephemeral = input.ephemeral ?? generateChannelKeyPair(suite);
@@ -456,6 +463,36 @@ function frameNonce(epoch: number, seq: bigint): Buffer {
   return n;
 }
 
+/**
+ * Everything a session holds, as plain JSON-serialisable values (keys and the window as hex, big
+ * integers as decimal strings), so a session can live in a database between frames and move between
+ * processes. exportState() after each frame, SecureChannelSession.fromState() before the next; the
+ * caller keeps the keys secret (e.g. sealed at rest) and stores each new state with a compare-and-set
+ * so two processes never both accept the same frame.
+ */
+export interface SecureChannelSessionState {
+  v: 1;
+  role: 'device' | 'platform';
+  suite: SuiteName;
+  deviceId: string;
+  options: Required<SessionOptions>;
+  sendKey: string;
+  sendEpoch: number;
+  sendSeq: string;
+  sendEpochFrames: number;
+  sendEpochStart: number;
+  receiveKey: string;
+  receiveEpoch: number;
+  receiveEpochFrames: number;
+  receiveEpochStart: number;
+  previousKey: string | null;
+  previousUntil: number;
+  /** Highest accepted sequence number, decimal; "-1" before the first frame. */
+  top: string;
+  /** Replay-window bitmap (bit i = top − i accepted), lower-case hex. */
+  seen: string;
+}
+
 interface SessionInit {
   role: 'device' | 'platform';
   suite: SuiteName;
@@ -503,6 +540,79 @@ export class SecureChannelSession {
 
   get receiveEpoch(): number {
     return this.#receiveEpoch;
+  }
+
+  /** The whole state as plain values (see SecureChannelSessionState); the session stays usable. */
+  exportState(): SecureChannelSessionState {
+    return {
+      v: 1,
+      role: this.role,
+      suite: this.suite,
+      deviceId: this.deviceId,
+      options: { ...this.options },
+      sendKey: hex(this.#sendKey),
+      sendEpoch: this.#sendEpoch,
+      sendSeq: this.#sendSeq.toString(),
+      sendEpochFrames: this.#sendEpochFrames,
+      sendEpochStart: this.#sendEpochStart,
+      receiveKey: hex(this.#receiveKey),
+      receiveEpoch: this.#receiveEpoch,
+      receiveEpochFrames: this.#receiveEpochFrames,
+      receiveEpochStart: this.#receiveEpochStart,
+      previousKey: this.#previousKey === null ? null : hex(this.#previousKey),
+      previousUntil: this.#previousUntil,
+      top: this.#top.toString(),
+      seen: this.#seen.toString(16),
+    };
+  }
+
+  /** A session continuing exactly where exportState() left it; throws SecureChannelError('malformed') on a bad state. */
+  static fromState(state: SecureChannelSessionState): SecureChannelSession {
+    const bad = (what: string): never => {
+      throw new SecureChannelError('malformed', `session state: ${what}`);
+    };
+    if (typeof state !== 'object' || state === null || state.v !== 1) bad('version');
+    if (state.role !== 'device' && state.role !== 'platform') bad('role');
+    if (state.suite !== 'intl' && state.suite !== 'sm') bad('suite');
+    if (!isDeviceId(state.deviceId)) bad('deviceId');
+    const key = (value: unknown, what: string): Buffer =>
+      typeof value === 'string' && /^[0-9a-f]{32}$/.test(value) ? Buffer.from(value, 'hex') : bad(what);
+    const int = (value: unknown, what: string, max = Number.MAX_SAFE_INTEGER): number =>
+      Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= max ? (value as number) : bad(what);
+    const big = (value: unknown, what: string, min: bigint): bigint =>
+      typeof value === 'string' && /^-?[0-9]{1,20}$/.test(value) && BigInt(value) >= min && BigInt(value) <= MAX_SEQ + 1n
+        ? BigInt(value)
+        : bad(what);
+    const o = state.options;
+    if (typeof o !== 'object' || o === null) bad('options');
+    const options: Required<SessionOptions> = {
+      rotateAfterFrames: int(o.rotateAfterFrames, 'options.rotateAfterFrames'),
+      rotateAfterMs: int(o.rotateAfterMs, 'options.rotateAfterMs'),
+      graceMs: int(o.graceMs, 'options.graceMs'),
+      toleranceMs: int(o.toleranceMs, 'options.toleranceMs'),
+    };
+    const session = new SecureChannelSession({
+      role: state.role,
+      suite: state.suite,
+      deviceId: state.deviceId,
+      sendKey: key(state.sendKey, 'sendKey'),
+      receiveKey: key(state.receiveKey, 'receiveKey'),
+      now: 0,
+      options,
+    });
+    session.#sendEpoch = int(state.sendEpoch, 'sendEpoch', MAX_EPOCH);
+    session.#sendSeq = big(state.sendSeq, 'sendSeq', 0n);
+    session.#sendEpochFrames = int(state.sendEpochFrames, 'sendEpochFrames');
+    session.#sendEpochStart = int(state.sendEpochStart, 'sendEpochStart');
+    session.#receiveEpoch = int(state.receiveEpoch, 'receiveEpoch', MAX_EPOCH);
+    session.#receiveEpochFrames = int(state.receiveEpochFrames, 'receiveEpochFrames');
+    session.#receiveEpochStart = int(state.receiveEpochStart, 'receiveEpochStart');
+    session.#previousKey = state.previousKey === null ? null : key(state.previousKey, 'previousKey');
+    session.#previousUntil = int(state.previousUntil, 'previousUntil');
+    session.#top = big(state.top, 'top', -1n);
+    if (typeof state.seen !== 'string' || !/^[0-9a-f]{1,16}$/.test(state.seen)) bad('seen');
+    session.#seen = BigInt(`0x${state.seen}`);
+    return session;
   }
 
   /** Seals one frame, rotating the sending key first when its frame or time budget is spent. */

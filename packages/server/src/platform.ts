@@ -25,6 +25,14 @@ import {
   requireRecentAuthentication,
 } from './accounts/index.ts';
 import { type AuditEvent, AuditLog, auditRequest, auditRoutes } from './audit/index.ts';
+import {
+  type BridgedEvents,
+  bridgeDeviceEvents,
+  ClusterBus,
+  ClusterNodes,
+  ClusterRouting,
+  SharedTicketKeys,
+} from './cluster/index.ts';
 import type { CastellanConfig } from './config/index.ts';
 import {
   BindingsService,
@@ -34,6 +42,7 @@ import {
   DeviceEvents,
   DevicesService,
   devicesRoutes,
+  PresenceEvents,
   TelemetryWriter,
 } from './devices/index.ts';
 import { ManufacturingService, manufacturingRoutes } from './devices/index.ts';
@@ -63,7 +72,20 @@ import {
   productTelemetryHandler,
   SignedTimeService,
 } from './devices/index.ts';
+import {
+  devicePollRoutes,
+  type SecureChannelHttpListener,
+  SecureChannelService,
+  secureChannelRoutes,
+  startSecureChannelHttpListener,
+} from './devices/index.ts';
 import { CastellanError } from './errors/index.ts';
+import {
+  type SecureChannelListener,
+  secureChannelProfile,
+  startSecureChannelListener,
+} from './gateway/index.ts';
+import { PlatformChannelKeys } from './devices/index.ts';
 import {
   deviceBrokerHooks,
   formatHostPort,
@@ -74,6 +96,7 @@ import {
   SqlBrokerStore,
   startMqttListener,
   SysTopicsPublisher,
+  TicketKeyRotation,
 } from './gateway/index.ts';
 import {
   createAddressFilter,
@@ -101,6 +124,8 @@ export interface PlatformOptions {
   logDestination?: DestinationStream;
   /** Console notices for the operator (setup token, development warnings); stderr by default. */
   notice?: (message: string) => void;
+  /** Write dataDir/runtime.json (default true; the workers of `castellan up --workers` leave it to the primary). */
+  runtimeFile?: boolean;
 }
 
 export interface RuntimeInfo {
@@ -166,10 +191,26 @@ export interface Platform {
   readonly mqttPort: number;
   /** The MQTT over TLS listener (its tls.Server, admission gate and lite-profile ticket keys). */
   readonly mqttListener: MqttListener;
+  /** The secure channel over HTTP (CHAN-3, CHAN-4): sessions, hellos, frames. */
+  readonly secureChannel: SecureChannelService;
+  /** The plain-HTTP secure-channel listener's URL; null unless secureChannel.httpEnabled. */
+  readonly secureChannelHttpUrl: string | null;
+  /** mqtt://host:port of the plain-TCP secure-channel MQTT listener (CHAN-3); null when disabled. */
+  readonly secureChannelMqttUrl: string | null;
+  readonly secureChannelMqttListener: SecureChannelListener | null;
   /** The CA certificate devices and clients pin. */
   readonly caPem: string;
+  /** The CA file named in runtime.json (the development PKI's, or tls.caFile); null when none. */
+  readonly runtimeCaFile: string | null;
   /** The setup token issued by this start, if one was (shown once). */
   readonly setupToken: string | null;
+  /** Scale mode (RES-2): this process's node, the bus and the cross-process routing; null in one process. */
+  readonly cluster: {
+    readonly nodeId: string;
+    readonly nodes: ClusterNodes;
+    readonly bus: ClusterBus;
+    readonly routing: ClusterRouting;
+  } | null;
   close(): Promise<void>;
 }
 
@@ -261,8 +302,21 @@ export async function startPlatform(
       });
     }
     await migrateToLatest(keyStore.db, keyStore.dialect, 'keys');
+    // Scale mode (RES-2): this process announces itself; what crashed processes left is found by heartbeat.
+    const clusterNodes = config.cluster.enabled
+      ? new ClusterNodes({
+          db: store.db,
+          heartbeatMs: config.cluster.heartbeatSeconds * 1000,
+          log: log.child({ component: 'cluster' }),
+        })
+      : null;
+    if (clusterNodes) {
+      await clusterNodes.start();
+      cleanups.push(() => clusterNodes.stop());
+      log.info({ nodeId: clusterNodes.nodeId }, 'scale mode: cluster node registered');
+    }
     // Objects built later that earlier ones call back into (bound once they exist).
-    const late: { broker?: MqttBroker } = {};
+    const late: { broker?: MqttBroker; routing?: ClusterRouting } = {};
     // Values sealed under tenant keys, re-wrapped in the background after a rotation (KEY-2) so the old
     // version can be destroyed; each part that seals values registers itself once it exists.
     const rewrappers: Array<{ what: string; rewrap: (tenant: string) => Promise<number> }> = [];
@@ -356,7 +410,10 @@ export async function startPlatform(
       vendors: accounts,
       telemetry,
       maxBatch: config.devices.maxBatch,
-      presence: { log: log.child({ component: 'devices' }) },
+      presence: {
+        log: log.child({ component: 'devices' }),
+        ...(clusterNodes ? { nodeId: clusterNodes.nodeId, liveNodes: () => clusterNodes.liveNodes() } : {}),
+      },
     });
     rewrappers.push({ what: 'device secrets', rewrap: (tenant) => devices.rewrapSecrets(tenant) });
     // Devices a crashed process left online are offline now. Closed after the broker (pushed before
@@ -383,6 +440,17 @@ export async function startPlatform(
     const keyPrefix = config.redis.keyPrefix;
     const blocks = new IpBlocks({ ...(redis ? { redis } : {}), keyPrefix });
     const limits = new RateLimits({ ...(redis ? { redis } : {}), keyPrefix });
+    const bus =
+      clusterNodes && redis
+        ? new ClusterBus({ redis, keyPrefix, nodeId: clusterNodes.nodeId, log: log.child({ component: 'cluster' }) })
+        : null;
+    if (bus) {
+      await bus.start();
+      cleanups.push(() => bus.close());
+    }
+    // Ends a client's connection in whichever process holds it (scale mode) or in this one.
+    const disconnectDevice = (clientId: string, reasonCode: number): boolean =>
+      late.routing?.disconnect(clientId, reasonCode) ?? late.broker?.disconnectClient(clientId, reasonCode) ?? false;
     const brokerLog = log.child({ component: 'mqtt' });
     // The guard needs the broker (to end a quarantined device's connection) and the broker's hooks
     // need the guard: the broker is bound late through this reference.
@@ -397,7 +465,7 @@ export async function startPlatform(
         const device = await devices.setStatus(deviceId, 'quarantined');
         if (!device) return null;
         // 0x98 Administrative action: Banned (0x8A) exists only in CONNACK.
-        late.broker?.disconnectClient(deviceId, ReasonCode.AdministrativeAction);
+        disconnectDevice(deviceId, ReasonCode.AdministrativeAction);
         return { tenant: device.vendorId };
       },
     });
@@ -462,10 +530,7 @@ export async function startPlatform(
       audit: recordSoon,
       log: log.child({ component: 'devices' }),
       disconnect: (deviceId, cause) =>
-        late.broker?.disconnectClient(
-          deviceId,
-          cause === 'status' ? ReasonCode.AdministrativeAction : ReasonCode.NotAuthorized,
-        ) ?? false,
+        disconnectDevice(deviceId, cause === 'status' ? ReasonCode.AdministrativeAction : ReasonCode.NotAuthorized),
       connections: () =>
         (late.broker?.connectedIdentities() ?? [])
           .filter((identity) => identity.kind === 'device')
@@ -482,8 +547,9 @@ export async function startPlatform(
     cleanups.push(() => credentialLifecycle.close());
     // CHAN-7 shadow and commands (DEV-9 built-ins). They publish to devices through the broker, built
     // below; desired state and custom commands are checked against the product's data points.
+    // In scale mode through the bus too, so the process holding the device delivers it (RES-2).
     const publishToDevice = (topic: string, payload: Buffer, options: { qos: 0 | 1; retain: boolean }) =>
-      late.broker?.publishSystem(topic, payload, options);
+      late.routing ? late.routing.publishToDevice(topic, payload, options) : late.broker?.publishSystem(topic, payload, options);
     const schemaChecks = productChecks(devices);
     const shadows = new ShadowService({
       db: store.db,
@@ -495,7 +561,10 @@ export async function startPlatform(
     const commands = new CommandsService({
       db: store.db,
       publish: publishToDevice,
-      isOnline: (deviceId) => late.broker?.isConnected(deviceId) ?? false,
+      isOnline: async (deviceId) =>
+        (late.broker?.isConnected(deviceId) ?? false) ||
+        // Scale mode: connected to another process (presence names the holder; RES-2).
+        (bus !== null && (await devices.presence.get(deviceId)).online),
       audit: recordSoon,
       log: log.child({ component: 'commands' }),
       events: deviceEvents,
@@ -597,10 +666,20 @@ export async function startPlatform(
     bindings.onUnbind(async (deviceId) => {
       await telemetryHistory.wipeDevice(deviceId);
     });
-    // Push (BIND-4): device messages, platform changes and presence to the people who may see them.
+    // Push (BIND-4): device messages, platform changes and presence to the people who may see them; in
+    // scale mode also those of devices connected to other processes.
+    const bridged: BridgedEvents | null = bus
+      ? bridgeDeviceEvents(
+          bus,
+          { deviceEvents, presence: devices.presence.events },
+          { deviceEvents: () => new DeviceEvents(), presence: () => new PresenceEvents() },
+          log.child({ component: 'cluster' }),
+        )
+      : null;
+    if (bridged) cleanups.push(() => bridged.close());
     const push = new PushHub({
-      deviceEvents,
-      presence: devices.presence.events,
+      deviceEvents: bridged?.deviceEvents ?? deviceEvents,
+      presence: bridged?.presence ?? devices.presence.events,
       access: bindings,
       log: log.child({ component: 'push' }),
       streamsPerPrincipal: config.devices.pushStreamsPerPrincipal,
@@ -615,7 +694,7 @@ export async function startPlatform(
     const lockPasscodes = new LockPasscodesService({
       db: store.db,
       devices,
-      publish: (topic, payload, options) => late.broker?.publishSystem(topic, payload, options),
+      publish: publishToDevice,
       audit: recordSoon,
       log: log.child({ component: 'lock-passcodes' }),
       events: deviceEvents,
@@ -630,6 +709,38 @@ export async function startPlatform(
       await commands.deleteForDevice(deviceId);
     });
     deviceChannels.events.push(posture.channelHandler);
+    // [issue 8 wiring: secure channel (HTTP) services]
+    // CHAN-3/CHAN-4 over HTTP: sessions in the database (any process serves any frame), keys sealed under
+    // the vendor's tenant key; a tenant key rotation ends the tenant's sessions (devices handshake again).
+    const secureChannel = new SecureChannelService({
+      db: store.db,
+      devices,
+      channelKeys: new PlatformChannelKeys(keys),
+      cipher: keys,
+      useNonce: (subject, nonce, expiresAt) => deviceHttpAuth.useNonce(subject, nonce, expiresAt),
+      refusal: (about) => guard.secureChannelRefusal(about),
+      record: recordSoon,
+      rotateAfterFrames: config.secureChannel.rotateAfterFrames,
+      rotateAfterMs: config.secureChannel.rotateAfterMinutes * 60_000,
+      sessionLifetimeMs: config.secureChannel.sessionLifetimeMinutes * 60_000,
+    });
+    cleanups.push(() => secureChannel.close());
+    rewrappers.push({ what: 'secure-channel sessions', rewrap: (tenant) => secureChannel.endTenantSessions(tenant) });
+    // [issue 8 wiring: secure channel (MQTT) services]
+    // The secure channel over MQTT payloads (CHAN-3, CHAN-4): the plain-TCP listener's profile.
+    const secureChannelMqtt = secureChannelProfile({
+      devices,
+      guard,
+      channelKeys: new PlatformChannelKeys(keys),
+      useNonce: (subject, nonce, expiresAt) => deviceHttpAuth.useNonce(subject, nonce, expiresAt),
+      audit: recordSoon,
+      log: brokerLog,
+      sessionOptions: {
+        rotateAfterFrames: config.secureChannel.rotateAfterFrames,
+        rotateAfterMs: config.secureChannel.rotateAfterMinutes * 60_000,
+      },
+      maxRefusals: config.mqtt.secureChannelMaxRefusals,
+    });
     const broker = new MqttBroker({
       hooks: deviceBrokerHooks({
         devices,
@@ -646,6 +757,28 @@ export async function startPlatform(
       store: brokerStore,
     });
     late.broker = broker;
+    if (bus) {
+      const routing = new ClusterRouting(bus, broker);
+      await routing.start();
+      late.routing = routing;
+      // [MQTT-3.1.4-3] one connection per client ID across processes: a device connecting here ends its
+      // connection held by another process.
+      devices.presence.events.on('change', (change) => {
+        if (change.type === 'connected') routing.connected(change.deviceId);
+      });
+    }
+    // Scale mode: TLS session-ticket keys shared through Redis, so resumption works on every process.
+    const ticketWrapKey = keys.blindIndex('platform', 'tls-ticket-wrap', 'v1');
+    const sharedTickets = (listener: 'mqtt' | 'https') =>
+      redis && clusterNodes
+        ? new SharedTicketKeys({
+            redis,
+            keyPrefix,
+            listener,
+            wrapKey: ticketWrapKey,
+            rotationMinutes: config.mqtt.ticketKeyRotationMinutes,
+          })
+        : null;
     // Before the listener accepts clients: a returning client finds its session and retained messages.
     await broker.restore();
     const sysTopics = new SysTopicsPublisher({
@@ -663,6 +796,7 @@ export async function startPlatform(
         groups: config.tls.groups,
         profile: config.mqtt.tlsProfile,
         ticketKeyRotationMinutes: config.mqtt.ticketKeyRotationMinutes,
+        ticketKeySource: sharedTickets('mqtt'),
         host: config.mqtt.host,
         port: config.mqtt.port,
         maxConnections: config.mqtt.maxConnections,
@@ -803,8 +937,29 @@ export async function startPlatform(
           }),
         (app) => app.register(bindingRoutes, { bindings, authenticate, audit: recordRequest, stepUp: accountsContext }),
         (app) => app.register(bindingDeviceRoutes, { bindings, auth: deviceHttpAuth }),
+        (app) => app.register(secureChannelRoutes, { service: secureChannel, auth: deviceHttpAuth }),
+        (app) =>
+          app.register(devicePollRoutes, {
+            devices,
+            auth: deviceHttpAuth,
+            guard,
+            shadows,
+            commands,
+            acks: () => deviceChannels.acks,
+          }),
       ],
     });
+    const httpTicketSource = sharedTickets('https');
+    if (httpTicketSource) {
+      const httpTickets = new TicketKeyRotation(
+        http.server as unknown as import('node:tls').Server,
+        config.mqtt.ticketKeyRotationMinutes,
+        httpTicketSource,
+        (error) => log.warn({ err: error }, 'https: shared TLS ticket key unavailable; the previous key stays'),
+      );
+      await httpTickets.ready;
+      cleanups.push(() => httpTickets.stop());
+    }
     const httpAdmit = createAddressFilter(config.http);
     const httpLog = log.child({ component: 'http' });
     const httpFiltered = filterConnections(
@@ -895,11 +1050,59 @@ export async function startPlatform(
       startedAt: new Date().toISOString(),
     };
     const runtimeFile = join(dataDir, RUNTIME_FILE);
-    writeFileSync(runtimeFile, `${JSON.stringify(runtime, null, 2)}\n`, { mode: 0o600 });
-    cleanups.push(() => rmSync(runtimeFile, { force: true }));
+    if (options.runtimeFile !== false) {
+      writeFileSync(runtimeFile, `${JSON.stringify(runtime, null, 2)}\n`, { mode: 0o600 });
+      cleanups.push(() => rmSync(runtimeFile, { force: true }));
+    }
     log.info({ httpUrl, mqttUrl, adminUrl, version: VERSION }, 'castellan is up');
 
     // [issue 7 wiring: after the listeners]
+    // [issue 8 wiring: secure channel listeners]
+    // Plain HTTP for devices without TLS (CHAN-3): only the secure-channel paths, off by default (CHAN-1).
+    let secureChannelHttp: SecureChannelHttpListener | null = null;
+    if (config.secureChannel.httpEnabled) {
+      try {
+        secureChannelHttp = await startSecureChannelHttpListener({
+          host: config.secureChannel.httpHost,
+          port: config.secureChannel.httpPort,
+          allow: config.secureChannel.httpAllow,
+          deny: config.secureChannel.httpDeny,
+          isBlocked: (ip) => blocks.isBlockedLocally(ip),
+          requestTimeoutMs: config.http.requestTimeoutMs,
+          app: http,
+          log: log.child({ component: 'secure-channel' }),
+        });
+      } catch (error) {
+        throw new CastellanError('ERR_LISTEN_FAILED', {
+          message: `Cannot listen for the plain-HTTP secure channel on ${formatHostPort(config.secureChannel.httpHost, config.secureChannel.httpPort)} (secureChannel.httpHost, secureChannel.httpPort): ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+          cause: error,
+        });
+      }
+      const closing = secureChannelHttp;
+      cleanups.push(() => closing.close());
+      log.info({ secureChannelHttpUrl: secureChannelHttp.url }, 'plain-HTTP secure-channel listener up');
+    }
+    let secureChannelMqttListener: SecureChannelListener | null = null;
+    let secureChannelMqttUrl: string | null = null;
+    if (config.mqtt.secureChannelEnabled) {
+      const scListener = await startSecureChannelListener(
+        broker,
+        secureChannelMqtt,
+        {
+          host: config.mqtt.secureChannelHost,
+          port: config.mqtt.secureChannelPort,
+          maxConnections: config.mqtt.maxConnections,
+          // The TLS listener's gate and limits (CHAN-5): lists, known blocks, connect rate, handshake cap.
+          admission: { ...config.mqtt, isBlocked: (ip) => blocks.isBlockedLocally(ip) },
+        },
+        brokerLog,
+      );
+      // Runs before the broker's cleanup: stops accepting; the broker's close() ends the connections.
+      cleanups.push(() => scListener.close());
+      secureChannelMqttListener = scListener;
+      secureChannelMqttUrl = `mqtt://${formatHostPort(urlHost(config.mqtt.secureChannelHost), scListener.address().port)}`;
+      log.info({ secureChannelMqttUrl }, 'secure-channel MQTT listener is up (plain TCP, secure channel only)');
+    }
     credentialLifecycle.start();
     manufacturingEndpoints.mqttUrl = mqttUrl;
     manufacturingEndpoints.httpUrl = httpUrl;
@@ -940,8 +1143,17 @@ export async function startPlatform(
       httpPort,
       mqttPort,
       mqttListener: listener,
+      secureChannel,
+      secureChannelHttpUrl: secureChannelHttp?.url ?? null,
+      secureChannelMqttUrl,
+      secureChannelMqttListener,
       caPem: tls.ca,
+      runtimeCaFile: runtime.caFile,
       setupToken,
+      cluster:
+        clusterNodes && bus && late.routing
+          ? { nodeId: clusterNodes.nodeId, nodes: clusterNodes, bus, routing: late.routing }
+          : null,
       close() {
         closed ??= closeAll().then(() => log.info('castellan stopped'));
         return closed;

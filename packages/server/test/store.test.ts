@@ -80,6 +80,9 @@ for (const dialect of await dialectCases()) {
           '0014_telemetry_history',
           '0015_webhooks_posture',
           '0016_lock_passcodes',
+          '0017_secure_channel_sessions',
+          '0018_cluster_nodes',
+          '0019_posture_tls',
         ]);
       } finally {
         if (fresh) await dropSchema(fresh);

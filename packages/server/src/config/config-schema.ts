@@ -312,6 +312,27 @@ export const ConfigSchema = Type.Object(
           default: 720,
           description: 'lite profile: minutes between session-ticket key rotations (also the ticket lifetime)',
         }),
+        secureChannelEnabled: Type.Boolean({
+          default: false,
+          description:
+            'Serve the secure channel (CHAN-3) on a plain-TCP MQTT 5 listener for devices without TLS (that channel only)',
+        }),
+        secureChannelHost: Type.String({
+          default: '127.0.0.1',
+          description: 'Plain-TCP secure-channel MQTT listen address (loopback unless deliberately opened)',
+        }),
+        secureChannelPort: Type.Integer({
+          minimum: 0,
+          maximum: 65535,
+          default: 1884,
+          description: 'Plain-TCP secure-channel MQTT port (0 picks a free port)',
+        }),
+        secureChannelMaxRefusals: Type.Integer({
+          minimum: 1,
+          maximum: 10000,
+          default: 10,
+          description: 'Refused secure-channel frames on one MQTT connection before it is ended (DISCONNECT 0x99)',
+        }),
       },
       strict,
     ),
@@ -367,6 +388,28 @@ export const ConfigSchema = Type.Object(
           default: 'castellan:',
           maxLength: 100,
           description: 'Prefix of every Redis key this platform uses',
+        }),
+      },
+      strict,
+    ),
+    cluster: Type.Object(
+      {
+        enabled: Type.Boolean({
+          default: false,
+          description:
+            'Scale mode (RES-2): this process is one of several over one PostgreSQL database and one Redis (both required)',
+        }),
+        workers: Type.Integer({
+          minimum: 1,
+          maximum: 64,
+          default: 1,
+          description: '`castellan up` forks this many worker processes sharing the listeners (more than 1 needs cluster.enabled)',
+        }),
+        heartbeatSeconds: Type.Integer({
+          minimum: 1,
+          maximum: 60,
+          default: 5,
+          description: 'Seconds between a process heartbeats; one silent for three is taken as gone',
         }),
       },
       strict,
@@ -785,6 +828,54 @@ export const ConfigSchema = Type.Object(
           maximum: 100000,
           default: 1000,
           description: 'Recent events kept for Last-Event-ID resume after a reconnect',
+        }),
+      },
+      strict,
+    ),
+    secureChannel: Type.Object(
+      {
+        httpEnabled: Type.Boolean({
+          default: false,
+          description:
+            'Serve the secure channel (CHAN-3) on a plain-HTTP listener for devices without TLS (only its three paths)',
+        }),
+        httpHost: Type.String({
+          default: '127.0.0.1',
+          description: 'Plain-HTTP secure-channel listen address (loopback unless deliberately opened)',
+        }),
+        httpPort: Type.Integer({
+          minimum: 0,
+          maximum: 65535,
+          default: 8080,
+          description: 'Plain-HTTP secure-channel port (0 picks a free port)',
+        }),
+        httpAllow: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), {
+          default: [],
+          maxItems: 1000,
+          description: 'CIDR ranges allowed to connect to the plain-HTTP secure-channel listener; empty allows all',
+        }),
+        httpDeny: Type.Array(Type.String({ pattern: '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' }), {
+          default: [],
+          maxItems: 1000,
+          description: 'CIDR ranges refused by the plain-HTTP secure-channel listener (checked before httpAllow)',
+        }),
+        rotateAfterFrames: Type.Integer({
+          minimum: 1,
+          maximum: 1000000,
+          default: 1000,
+          description: 'Frames per key epoch and direction before the session keys rotate (dynamic keys)',
+        }),
+        rotateAfterMinutes: Type.Integer({
+          minimum: 1,
+          maximum: 1440,
+          default: 10,
+          description: 'Age of a key epoch after which the session keys rotate',
+        }),
+        sessionLifetimeMinutes: Type.Integer({
+          minimum: 1,
+          maximum: 10080,
+          default: 60,
+          description: 'Lifetime of a secure-channel session over HTTP; the device then handshakes again',
         }),
       },
       strict,

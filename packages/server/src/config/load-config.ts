@@ -235,9 +235,27 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<CastellanC
       });
     }
   }
+  for (const list of ['httpAllow', 'httpDeny'] as const) {
+    (withDefaults.secureChannel as CastellanConfig['secureChannel'])[list].forEach((entry, i) => {
+      if (!isCidr(entry)) throw invalid(`secureChannel.${list}[${i}]`, `is not an IP address or CIDR range: ${entry}`);
+    });
+  }
   checkOidcProviders((withDefaults.accounts as CastellanConfig['accounts']).oidcProviders);
   assertTlsGroups((withDefaults.tls as CastellanConfig['tls']).groups);
+  checkCluster(withDefaults as unknown as CastellanConfig);
   return deepFreeze(withDefaults as CastellanConfig);
+}
+
+/** Scale mode (RES-2) shares state through PostgreSQL and Redis: both must be configured. */
+function checkCluster(config: CastellanConfig): void {
+  if (config.cluster.workers > 1 && !config.cluster.enabled) {
+    throw invalid('cluster.workers', 'above 1 needs cluster.enabled (scale mode)');
+  }
+  if (!config.cluster.enabled) return;
+  if (!/^postgres(ql)?:\/\//.test(config.database.url)) {
+    throw invalid('cluster.enabled', 'needs a PostgreSQL database.url (processes share one database)');
+  }
+  if (!config.redis.url) throw invalid('cluster.enabled', 'needs redis.url (processes share one Redis)');
 }
 
 /**

@@ -48,6 +48,8 @@ declare module 'fastify' {
 }
 
 export const CHALLENGE_TTL_MS = 60_000;
+/** Carries `deviceId.token` on in-process requests from the secure channel (internalDispatchHeaders). */
+const INTERNAL_DISPATCH_HEADER = 'x-castellan-internal-device';
 export const DEVICE_TOKEN_TTL_MS = 15 * 60_000;
 
 export type DeviceAuthRefusal =
@@ -121,6 +123,7 @@ export class DeviceHttpAuth {
   readonly #authFailure: DeviceHttpAuthOptions['authFailure'];
   readonly #now: () => number;
   readonly #timer: NodeJS.Timeout | undefined;
+  readonly #internalToken = randomBytes(32).toString('base64url');
 
   constructor(options: DeviceHttpAuthOptions) {
     this.#db = options.db;
@@ -189,7 +192,29 @@ export class DeviceHttpAuth {
     return inserted !== undefined;
   }
 
+  /**
+   * Headers that make an in-process request (app.inject) arrive as `deviceId`, for device-API requests
+   * carried inside an authenticated secure-channel frame (CHAN-3). The token is random per process and
+   * never leaves it; a request from outside carrying the header with any other value is refused.
+   */
+  internalDispatchHeaders(deviceId: string): Record<string, string> {
+    return { [INTERNAL_DISPATCH_HEADER]: `${deviceId}.${this.#internalToken}` };
+  }
+
   async #authenticate(request: FastifyRequest): Promise<void> {
+    const internal = request.headers[INTERNAL_DISPATCH_HEADER];
+    if (internal !== undefined) {
+      const [deviceId = '', token = ''] = typeof internal === 'string' ? internal.split('.', 2) : [];
+      if (!constantTimeStringEqual(token, this.#internalToken) || !isDeviceId(deviceId)) {
+        return this.#fail(request, 'malformed');
+      }
+      const device = await this.#devices.getDevice(deviceId);
+      if (!device) return this.#fail(request, 'malformed');
+      // The secure channel authenticated the device by its secret (the psk).
+      await this.#admit(request, device, 'secret');
+      signedBodies.markVerified(request);
+      return;
+    }
     const authorization = header(request, 'authorization') ?? '';
     const token = parseDeviceBearer(authorization);
     if (token !== null) {

@@ -3,6 +3,9 @@
 // activity in between (every PUBLISH) only touches memory and is written at most every
 // `activityFlushMs`, so a chatty device costs no database write per message. A process that crashed
 // leaves its devices marked online: `start()` sets them offline (reason `platform-restart`).
+// Scale mode (RES-2): each row names the process (node) that wrote the device's last connect. A process
+// writes a disconnect only over its own connect (a device that moved to another process stays online),
+// and `start()` leaves alone the devices of processes that are still alive.
 import type { Kysely } from 'kysely';
 import { sql } from 'kysely';
 import type { Database } from '../store/index.ts';
@@ -19,6 +22,10 @@ export interface PresenceTrackerOptions {
    * before it is marked offline (the new connection's CONNACK can still fail).
    */
   takeoverGraceMs?: number;
+  /** This process's cluster node ID (scale mode); connects are stamped with it. */
+  nodeId?: string;
+  /** The other processes alive on this database (scale mode); none by default (one process). */
+  liveNodes?: () => Promise<string[]>;
 }
 
 export interface ConnectedInfo {
@@ -61,6 +68,8 @@ export class PresenceTracker {
   readonly #now: () => number;
   readonly #flushMs: number;
   readonly #graceMs: number;
+  readonly #nodeId: string | null;
+  readonly #liveNodes: () => Promise<string[]>;
   readonly #live = new Map<string, LiveDevice>();
   /** deviceId → last activity not yet written. */
   readonly #dirty = new Map<string, number>();
@@ -76,15 +85,17 @@ export class PresenceTracker {
     this.#now = options.now ?? Date.now;
     this.#flushMs = options.activityFlushMs ?? 30_000;
     this.#graceMs = options.takeoverGraceMs ?? 2_000;
+    this.#nodeId = options.nodeId ?? null;
+    this.#liveNodes = options.liveNodes ?? (async () => []);
   }
 
   /**
    * Sets offline every device a previous process left online (it stopped without recording the
-   * disconnects), then starts the activity flush. Returns how many devices were set offline. The
-   * embedded platform is one process; several processes over one database need per-process leases
-   * before this may run while another is serving (scale mode, not built).
+   * disconnects), then starts the activity flush. Returns how many devices were set offline. In scale
+   * mode the devices of processes still alive (heartbeat, cluster/) are left alone.
    */
   async start(): Promise<number> {
+    const alive = (await this.#liveNodes()).filter((node) => node !== this.#nodeId);
     const result = await this.#db
       .updateTable('device_presence')
       .set({
@@ -94,6 +105,9 @@ export class PresenceTracker {
         last_disconnect_reason: 'platform-restart',
       })
       .where('online', '=', 1)
+      .$if(alive.length > 0, (qb) =>
+        qb.where((eb) => eb.or([eb('node_id', 'is', null), eb('node_id', 'not in', alive)])),
+      )
       .executeTakeFirst();
     const stale = Number(result.numUpdatedRows);
     if (stale > 0) this.#log.info({ devices: stale }, 'presence: devices left online by a stopped process set offline');
@@ -130,13 +144,17 @@ export class PresenceTracker {
       protocolVersion: info.protocolVersion,
       sessionPresent: info.sessionPresent,
     };
-    this.#write(device.id, change, () =>
-      this.#db
+    const node_id = this.#nodeId;
+    this.#write(device.id, change, async () => {
+      await this.#db
         .insertInto('device_presence')
-        .values({ device_id: device.id, online: 1, last_seen_at: at, last_connected_at: at })
-        .onConflict((oc) => oc.column('device_id').doUpdateSet({ online: 1, last_seen_at: at, last_connected_at: at }))
-        .execute(),
-    );
+        .values({ device_id: device.id, online: 1, last_seen_at: at, last_connected_at: at, node_id })
+        .onConflict((oc) =>
+          oc.column('device_id').doUpdateSet({ online: 1, last_seen_at: at, last_connected_at: at, node_id }),
+        )
+        .execute();
+      return true;
+    });
   }
 
   /**
@@ -264,31 +282,56 @@ export class PresenceTracker {
     while (this.#chains.size > 0) await Promise.all(this.#chains.values());
   }
 
-  #upsertDisconnect(deviceId: string, online: boolean, at: number, reason: DisconnectReason, seenAt: number) {
+  /**
+   * Stores a disconnect; false when the row belongs to another process's later connect (the device
+   * moved there: it is not offline, and nothing is written or told).
+   */
+  async #upsertDisconnect(
+    deviceId: string,
+    online: boolean,
+    at: number,
+    reason: DisconnectReason,
+    seenAt: number,
+  ): Promise<boolean> {
     const values = {
       online: online ? 1 : 0,
       last_disconnected_at: at,
       last_disconnect_reason: reason,
     };
-    return this.#db
+    const nodeId = this.#nodeId;
+    const result = await this.#db
       .insertInto('device_presence')
-      .values({ device_id: deviceId, ...values, last_seen_at: seenAt })
-      .onConflict((oc) =>
-        oc.column('device_id').doUpdateSet({
+      .values({ device_id: deviceId, ...values, last_seen_at: seenAt, node_id: nodeId })
+      .onConflict((oc) => {
+        const update = oc.column('device_id').doUpdateSet({
           ...values,
           last_seen_at: sql<number>`case when device_presence.last_seen_at is null or device_presence.last_seen_at < ${seenAt} then cast(${seenAt} as bigint) else device_presence.last_seen_at end`,
-        }),
-      )
-      .execute();
+        });
+        return nodeId === null
+          ? update
+          : update.where((eb) =>
+              eb.or([eb('device_presence.node_id', 'is', null), eb('device_presence.node_id', '=', nodeId)]),
+            );
+      })
+      .executeTakeFirst();
+    return Number(result.numInsertedOrUpdatedRows ?? 1n) > 0;
   }
 
-  /** Runs a device's writes one after another (a disconnect never overtakes its connect), then tells listeners. */
-  #write(deviceId: string, change: PresenceChange, write: () => Promise<unknown>): void {
+  /**
+   * Runs a device's writes one after another (a disconnect never overtakes its connect), then tells
+   * listeners unless the write said nothing changed.
+   */
+  #write(deviceId: string, change: PresenceChange, write: () => Promise<boolean>): void {
     const previous = this.#chains.get(deviceId) ?? Promise.resolve();
     const next = previous
       .then(write)
-      .catch((error: unknown) => this.#log.warn({ err: error, deviceId }, 'presence: change not stored'))
-      .then(() => this.#emit(change));
+      .catch((error: unknown) => {
+        this.#log.warn({ err: error, deviceId }, 'presence: change not stored');
+        return true;
+      })
+      .then((changed) => {
+        if (changed) this.#emit(change);
+      });
     this.#chains.set(deviceId, next);
     void next.then(() => {
       if (this.#chains.get(deviceId) === next) this.#chains.delete(deviceId);

@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import {
   deviceRequestKey as deriveDeviceRequestKey,
+  channelPsk,
   deriveLockPasscodeKey,
   generateCode,
   generateDeviceId,
@@ -136,7 +137,7 @@ export interface DevicesServiceOptions {
   /** Draws a device ID; tests inject collisions through it. */
   generateDeviceId?: (vendorCode: string, productCode: string) => string;
   /** Presence: where write failures are logged, and how often remembered activity is written. */
-  presence?: Pick<PresenceTrackerOptions, 'log' | 'activityFlushMs'>;
+  presence?: Pick<PresenceTrackerOptions, 'log' | 'activityFlushMs' | 'nodeId' | 'liveNodes'>;
 }
 
 /** 256 random bits, base64url: fits an MQTT password and a small chip's flash. */
@@ -451,6 +452,40 @@ export class DevicesService {
     }
     const key = deriveDeviceRequestKey(secret);
     return { device: row && known ? toDevice(row) : null, key };
+  }
+
+  /**
+   * The secure-channel psk of a device (CHAN-3; @castellan/protocol channelPsk of its secret, for the
+   * HTTP and MQTT transports), so the secret never leaves this service. An unknown device, or one whose
+   * secret is unusable, takes the same path (a decryption and a derivation) and yields a psk of no device
+   * with `device: null`: the caller checks the hello's MAC either way and refuses alike.
+   */
+  async secureChannelPsk(deviceId: string, suite: SuiteName): Promise<{ device: Device | null; psk: Buffer }> {
+    const row = await this.#db
+      .selectFrom('devices')
+      .select(['id', 'vendor_id', 'product_id', 'status', 'created_at', 'secret_ciphertext'])
+      .where('id', '=', deviceId)
+      .executeTakeFirst();
+    let secret: Buffer;
+    let known = row !== undefined;
+    try {
+      if (row) {
+        secret = await this.#secrets.decrypt(row.vendor_id, asBuffer(row.secret_ciphertext), secretAad(row.id), {
+          product: row.product_id,
+        });
+      } else {
+        const decoy = await this.#decoySecret();
+        secret = await this.#secrets.decrypt(PLATFORM_TENANT, decoy.sealed, secretAad(decoy.id));
+      }
+    } catch {
+      known = false;
+      secret = randomBytes(DEVICE_SECRET_BYTES);
+    }
+    if (secret.length === 0) {
+      known = false;
+      secret = randomBytes(DEVICE_SECRET_BYTES);
+    }
+    return { device: row && known ? toDevice(row) : null, psk: channelPsk(suite, secret) };
   }
 
   /**

@@ -174,3 +174,24 @@ export {
 } from './locks/lock-passcodes-service.ts';
 export { lockPasscodeRoutes, type LockPasscodeRoutesOptions } from './locks/lock-passcodes-routes.ts';
 export { SignedTimeService, type SignedTimeServiceOptions } from './signed-time-service.ts';
+export { PlatformChannelKeys } from './secure-channel/platform-channel-keys.ts';
+export {
+  SECURE_CHANNEL_MAX_REQUEST_BYTES,
+  SECURE_CHANNEL_SESSION_ID_BYTES,
+  type SecureChannelHttpRefusal,
+  SecureChannelService,
+  type SecureChannelServiceOptions,
+} from './secure-channel/secure-channel-service.ts';
+export {
+  envelopePathAllowed,
+  parseEnvelope,
+  SECURE_CHANNEL_PATHS,
+  secureChannelRoutes,
+  type SecureChannelRoutesOptions,
+} from './secure-channel/secure-channel-routes.ts';
+export {
+  type SecureChannelHttpListener,
+  type SecureChannelHttpListenerOptions,
+  startSecureChannelHttpListener,
+} from './secure-channel/secure-channel-http-listener.ts';
+export { devicePollRoutes, type DevicePollRoutesOptions } from './secure-channel/device-poll-routes.ts';

@@ -320,6 +320,23 @@ export const ERROR_CODES = {
     expose: true,
     message: 'Signed time is not available: the TLS server key is not ECDSA P-256',
   },
+  ERR_SECURE_CHANNEL_REFUSED: { status: 401, expose: true, message: 'Secure channel refused' },
+  ERR_SECURE_CHANNEL_MALFORMED: { status: 400, expose: true, message: 'Not a secure-channel message' },
+  ERR_SECURE_CHANNEL_NOT_FOUND: {
+    status: 404,
+    expose: true,
+    message: 'This listener serves only the secure-channel paths',
+  },
+  ERR_SECURE_CHANNEL_ENVELOPE_INVALID: {
+    status: 400,
+    expose: true,
+    message: 'The frame does not hold a request envelope',
+  },
+  ERR_SECURE_CHANNEL_PATH_NOT_ALLOWED: {
+    status: 404,
+    expose: true,
+    message: 'The envelope may only name a device-API path',
+  },
 } as const satisfies Record<string, ErrorCodeSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

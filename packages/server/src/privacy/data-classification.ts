@@ -208,6 +208,14 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     last_connected_at: c('confidential'),
     last_disconnected_at: c('confidential'),
     last_disconnect_reason: c('confidential'),
+    // A random per-process ID (scale mode), not a host name or address.
+    node_id: c('internal'),
+  },
+  // Scale mode (RES-2): which processes serve this database; random IDs and times only.
+  cluster_nodes: {
+    node_id: c('internal'),
+    started_at: c('internal'),
+    heartbeat_at: c('internal'),
   },
   telemetry: {
     seq: c('internal'),
@@ -348,6 +356,18 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     delivered_at: c('internal'),
     completed_at: c('internal'),
   },
+  // Secure-channel sessions over HTTP (CHAN-3): keys sealed under the tenant key, purged after expiry.
+  secure_channel_sessions: {
+    id: c('internal'),
+    device_id: c('internal'),
+    vendor_id: c('internal'),
+    suite: c('internal'),
+    keys_ciphertext: c('secret', 'encrypted', 'purged after expiry'),
+    state: c('internal', 'none', 'purged after expiry'),
+    version: c('internal'),
+    created_at: c('internal'),
+    expires_at: c('internal'),
+  },
   // Device HTTPS authentication (DEV-6): replay memory, open challenges (hash only), device tokens (hash only).
   device_request_nonces: {
     subject: c('internal'),
@@ -479,6 +499,10 @@ export const DATA_CLASSIFICATION: Readonly<Record<string, Readonly<Record<string
     checked_at: c('internal'),
     deviations: c('confidential'),
     compliant: c('internal'),
+    // What the device's TLS connection negotiated (0019_posture_tls, CHAN-8): protocol parameters.
+    tls_group: c('internal'),
+    tls_version: c('internal'),
+    tls_cipher: c('internal'),
   },
   // Telemetry history (0014_telemetry_history). Series name a device's data points (identifiers, no
   // readings; kept so IDs cached by any process stay valid). The per-minute aggregates are device data like

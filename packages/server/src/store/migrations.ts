@@ -955,6 +955,65 @@ function migrationsFor(dialect: DialectName): Record<string, Migration> {
           .execute();
       },
     },
+    '0017_secure_channel_sessions': {
+      // Secure-channel sessions over HTTP (CHAN-3, CHAN-4): consecutive frames of a session reach
+      // different processes, so its state lives here. The session keys are sealed under the vendor's
+      // tenant key; `state` is the epoch/sequence/replay-window state; every frame updates the row with a
+      // compare-and-set on `version`, so a frame replayed to two processes at once is accepted once.
+      async up(db: AnyDb) {
+        await db.schema
+          .createTable('secure_channel_sessions')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('device_id', 'text', (c) => c.notNull())
+          .addColumn('vendor_id', 'text', (c) => c.notNull())
+          .addColumn('suite', 'text', (c) => c.notNull())
+          .addColumn('keys_ciphertext', t.binary, (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('version', 'integer', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createIndex('secure_channel_sessions_device_idx')
+          .on('secure_channel_sessions')
+          .columns(['device_id'])
+          .execute();
+        await db.schema
+          .createIndex('secure_channel_sessions_expiry_idx')
+          .on('secure_channel_sessions')
+          .columns(['expires_at'])
+          .execute();
+      },
+    },
+    '0018_cluster_nodes': {
+      // Scale mode (RES-2): the processes serving this database announce themselves with a heartbeat, and
+      // a device's presence names the process holding its connection, so a process starting (or one
+      // taking a device over) sets offline only what a stopped process left behind.
+      async up(db: AnyDb) {
+        await db.schema
+          .createTable('cluster_nodes')
+          .addColumn('node_id', 'text', (c) => c.primaryKey())
+          .addColumn('started_at', 'bigint', (c) => c.notNull())
+          .addColumn('heartbeat_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema.alterTable('device_presence').addColumn('node_id', 'text').execute();
+      },
+    },
+    '0019_posture_tls': {
+      // The TLS parameters a device reports in its posture (CHAN-8): Node cannot tell a server which
+      // key-exchange group a connection negotiated, so the device says. Null for postures without them.
+      // The index serves a product's posture list, filtered by group.
+      async up(db: AnyDb) {
+        for (const column of ['tls_group', 'tls_version', 'tls_cipher']) {
+          await db.schema.alterTable('device_posture').addColumn(column, 'text').execute();
+        }
+        await db.schema
+          .createIndex('device_posture_product_idx')
+          .on('device_posture')
+          .columns(['product_id', 'device_id'])
+          .execute();
+      },
+    },
   };
 }
 

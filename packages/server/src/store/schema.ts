@@ -247,6 +247,15 @@ export interface DevicePresenceTable {
   last_disconnected_at: number | null;
   /** client, takeover, keep-alive, protocol-error, server, network or platform-restart. */
   last_disconnect_reason: string | null;
+  /** The process (cluster node) that wrote the last connect (0018); null before scale mode existed. */
+  node_id: string | null;
+}
+
+/** 0018: the processes serving this database (scale mode, RES-2), owned by cluster/. */
+export interface ClusterNodeTable {
+  node_id: string;
+  started_at: number;
+  heartbeat_at: number;
 }
 
 /** devices: telemetry messages as received. */
@@ -504,6 +513,23 @@ export interface DeviceChallengeTable {
   expires_at: number;
 }
 
+/**
+ * devices (CHAN-3, CHAN-4): a secure-channel session over HTTP. `keys_ciphertext` holds the session keys
+ * sealed under the vendor's tenant key; `state` the rest of the session (epochs, sequence numbers, the
+ * replay window) as JSON; `version` grows with every accepted frame (compare-and-set).
+ */
+export interface SecureChannelSessionTable {
+  id: string;
+  device_id: string;
+  vendor_id: string;
+  suite: string;
+  keys_ciphertext: Uint8Array;
+  state: string;
+  version: number;
+  created_at: number;
+  expires_at: number;
+}
+
 /** devices (DEV-6): short-lived device tokens, SHA-256 only. */
 export interface DeviceTokenTable {
   token_hash: Uint8Array;
@@ -587,6 +613,10 @@ export interface DevicePostureTable {
   /** JSON array of deviations; empty when compliant. */
   deviations: string;
   compliant: number;
+  /** 0019_posture_tls: the TLS group, version and cipher the device reported (CHAN-8); null when not. */
+  tls_group: string | null;
+  tls_version: string | null;
+  tls_cipher: string | null;
 }
 
 /** devices (telemetry history): a series is one data point of one device (never deleted; no readings). */
@@ -702,6 +732,7 @@ export interface Database {
   products: ProductTable;
   devices: DeviceTable;
   device_presence: DevicePresenceTable;
+  cluster_nodes: ClusterNodeTable;
   telemetry: TelemetryTable;
   broker_sessions: BrokerSessionTable;
   broker_subscriptions: BrokerSubscriptionTable;
@@ -740,6 +771,8 @@ export interface Database {
   device_posture: DevicePostureTable;
   // 0016_lock_passcodes
   lock_passcodes: LockPasscodeTable;
+  // 0017_secure_channel_sessions
+  secure_channel_sessions: SecureChannelSessionTable;
 }
 
 /** keys (key store, kept apart from the data): versions of tenant key-encryption keys. */

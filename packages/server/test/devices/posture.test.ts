@@ -2,13 +2,16 @@
 // golden values per product and firmware version; a matching report raises nothing; a tampered digest,
 // a missing core file, an unknown firmware version or a lower security level raise a guard alert
 // naming the finding, an audit entry and a `posture.deviation` change (and weigh on the device's risk
-// score, IDS-2); a malformed report is refused with PUBACK 0x99 and stores nothing.
+// score, IDS-2); a malformed report is refused with PUBACK 0x99 and stores nothing. CHAN-8: the SDK
+// adds what its TLS connection negotiated (group, version, cipher); the platform stores and shows it,
+// lists a product's devices by group, and flags a classical key exchange at level L3.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import tls from 'node:tls';
 import { DeviceClient, type DeviceConnectError } from '@castellan/device';
 import fc from 'fast-check';
 import type { DeviceChange } from '../../src/devices/device-events.ts';
@@ -46,6 +49,78 @@ describe('posture report parsing', () => {
       ok: true,
       report: { firmwareVersion: '1.2.0', securityLevel: 'L2', digests: { '/a': 'a'.repeat(64) } },
     });
+  });
+
+  test('[CHAN-8] an optional tls object {group, version, cipher} is parsed exactly; a malformed one refuses the report', () => {
+    const negotiated = { group: 'X25519MLKEM768', version: 'TLSv1.3', cipher: 'TLS_AES_256_GCM_SHA384' };
+    assert.deepEqual(parse({ ...valid, tls: negotiated }), {
+      ok: true,
+      report: { firmwareVersion: '1.2.0', securityLevel: 'L2', digests: { '/a': 'a'.repeat(64) }, tls: negotiated },
+    });
+    const tls12 = { group: 'P-256', version: 'TLSv1.2', cipher: 'ECDHE-ECDSA-AES128-GCM-SHA256' };
+    assert.deepEqual(parse({ ...valid, tls: tls12 })?.ok && parse({ ...valid, tls: tls12 }), {
+      ok: true,
+      report: { firmwareVersion: '1.2.0', securityLevel: 'L2', digests: { '/a': 'a'.repeat(64) }, tls: tls12 },
+    });
+    const refused: [unknown, string][] = [
+      [null, 'posture report: tls must be an object {group, version, cipher}'],
+      ['X25519MLKEM768', 'posture report: tls must be an object {group, version, cipher}'],
+      [[negotiated], 'posture report: tls must be an object {group, version, cipher}'],
+      [{ ...negotiated, sni: 'localhost' }, 'posture report: tls: unknown field "sni"'],
+      [
+        { ...negotiated, group: 'P 256' },
+        'posture report: tls.group must be 1-32 letters, digits, "_", "-" or "." (e.g. X25519MLKEM768, P-256)',
+      ],
+      [
+        { ...negotiated, group: 'X'.repeat(33) },
+        'posture report: tls.group must be 1-32 letters, digits, "_", "-" or "." (e.g. X25519MLKEM768, P-256)',
+      ],
+      [
+        { version: 'TLSv1.3', cipher: 'TLS_AES_128_GCM_SHA256' },
+        'posture report: tls.group must be 1-32 letters, digits, "_", "-" or "." (e.g. X25519MLKEM768, P-256)',
+      ],
+      [{ ...negotiated, version: 'TLSv1.1' }, 'posture report: tls.version must be TLSv1.2 or TLSv1.3'],
+      [{ ...negotiated, version: 'tlsv1.3' }, 'posture report: tls.version must be TLSv1.2 or TLSv1.3'],
+      [{ ...negotiated, cipher: '' }, 'posture report: tls.cipher must be 1-64 letters, digits, "_" or "-"'],
+      [
+        { ...negotiated, cipher: 'TLS_AES_128_GCM_SHA256\n' },
+        'posture report: tls.cipher must be 1-64 letters, digits, "_" or "-"',
+      ],
+      [{ group: 'P-256', version: 'TLSv1.3' }, 'posture report: tls.cipher must be 1-64 letters, digits, "_" or "-"'],
+    ];
+    for (const [value, reason] of refused) {
+      assert.deepEqual(parse({ ...valid, tls: value }), { ok: false, reason }, JSON.stringify(value));
+    }
+  });
+
+  test('[CHAN-8] any tls value is parsed to exactly its three checked fields or refused (fast-check)', () => {
+    const text = fc.oneof(
+      fc.constantFrom('X25519MLKEM768', 'P-256', 'TLSv1.3', 'TLSv1.2', 'TLS_AES_128_GCM_SHA256', ''),
+      fc.string(),
+    );
+    const anything = fc.oneof(text, fc.integer(), fc.constant(null), fc.boolean());
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          anything,
+          fc.record({ group: anything, version: anything, cipher: anything, extra: anything }, { requiredKeys: [] }),
+        ),
+        (value) => {
+          const result = parse({ ...valid, tls: value });
+          assert.ok(result !== null);
+          if (!result.ok) {
+            assert.match(result.reason, /^posture report: tls/);
+            return;
+          }
+          const tls = result.report.tls!;
+          assert.deepEqual(Object.keys(tls).sort(), ['cipher', 'group', 'version']);
+          assert.match(tls.group, /^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/);
+          assert.ok(['TLSv1.2', 'TLSv1.3'].includes(tls.version));
+          assert.match(tls.cipher, /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/);
+        },
+      ),
+      { numRuns: 500 },
+    );
   });
 
   test('[DEV-10] any JSON claiming to be a posture report is parsed or refused with a reason, never half-accepted (fast-check)', () => {
@@ -97,7 +172,7 @@ for (const dialect of await dialectCases()) {
 
     before(async () => {
       tp = await startTestPlatform(dialect.name);
-      tenant = await provisionTenant(tp, 8);
+      tenant = await provisionTenant(tp, 12);
       other = await provisionTenant(tp, 1, tenant.adminToken);
       spare = [...tenant.devices];
       tp.platform.deviceEvents.on('change', (c) => changes.push(c));
@@ -126,6 +201,25 @@ for (const dialect of await dialectCases()) {
       clients.push(client);
       return client;
     };
+    /** A device whose TLS stack offers only `groups` (a small chip): the client side's default curve list. */
+    const sdkOffering = async (groups: string) => {
+      const previous = tls.DEFAULT_ECDH_CURVE;
+      tls.DEFAULT_ECDH_CURVE = groups;
+      try {
+        return await sdk();
+      } finally {
+        tls.DEFAULT_ECDH_CURVE = previous;
+      }
+    };
+    const storedTls = async (deviceId: string) =>
+      tp.platform.store.db
+        .selectFrom('device_posture')
+        .select(['tls_group', 'tls_version', 'tls_cipher'])
+        .where('device_id', '=', deviceId)
+        .executeTakeFirst()
+        .then((row) => (row ? { ...row } : row));
+    const listPostures = (query: string, token: Tenant['vendorToken'] = tenant.vendorToken) =>
+      request(tp.platform, 'GET', `/v1/products/${tenant.productId}/posture${query}`, { token });
     const getPosture = (deviceId: string, token: Tenant['vendorToken'] = tenant.vendorToken) =>
       request(tp.platform, 'GET', `/v1/devices/${deviceId}/posture`, { token });
     const alertsFor = async (deviceId: string) =>
@@ -179,11 +273,12 @@ for (const dialect of await dialectCases()) {
         digests: { '/boot/kernel.img': { file: kernelFile }, '/usr/bin/agent': AGENT },
       });
       assert.deepEqual(sent.digests, GOLDEN.digests);
+      assert.equal(sent.tls?.group, 'X25519MLKEM768');
       const posture = await getPosture(device.deviceId);
       assert.equal(posture.status, 200, posture.text);
       assert.deepEqual(
         { reported: posture.body.reported, deviations: posture.body.deviations, compliant: posture.body.compliant },
-        { reported: { firmwareVersion: '1.2.0', ...GOLDEN }, deviations: [], compliant: true },
+        { reported: { firmwareVersion: '1.2.0', ...GOLDEN, tls: sent.tls }, deviations: [], compliant: true },
       );
       assert.deepEqual(posture.body.golden.digests, GOLDEN.digests);
       assert.deepEqual(await alertsFor(device.deviceId), []);
@@ -313,6 +408,157 @@ for (const dialect of await dialectCases()) {
         device.reportPosture({ firmwareVersion: '1.2.0', securityLevel: 'L1', digests: { '/x': { sha256: 'nope' } } }),
         TypeError,
       );
+    });
+
+    test('[CHAN-8] a device connecting with the default groups reports X25519MLKEM768; the platform stores and shows it', async () => {
+      const device = await sdk();
+      assert.equal(device.negotiatedGroup, 'X25519MLKEM768');
+      const sent = await device.reportPosture({
+        firmwareVersion: '1.2.0',
+        securityLevel: 'L1',
+        digests: { '/boot/kernel.img': KERNEL, '/usr/bin/agent': AGENT },
+      });
+      // The SDK filled `tls` from the live connection: TLS 1.3, the IANA name of its cipher suite.
+      assert.deepEqual(sent.tls, { group: 'X25519MLKEM768', version: 'TLSv1.3', cipher: sent.tls?.cipher });
+      assert.match(sent.tls.cipher, /^TLS_(AES_(128|256)_GCM_SHA(256|384)|CHACHA20_POLY1305_SHA256)$/);
+      const posture = await getPosture(device.deviceId);
+      assert.equal(posture.status, 200, posture.text);
+      assert.deepEqual(posture.body.reported.tls, sent.tls);
+      assert.deepEqual([posture.body.compliant, posture.body.deviations], [true, []]);
+      assert.deepEqual(await storedTls(device.deviceId), {
+        tls_group: 'X25519MLKEM768',
+        tls_version: 'TLSv1.3',
+        tls_cipher: sent.tls.cipher,
+      });
+      const listed = await listPostures('?postQuantum=true');
+      assert.equal(listed.status, 200, listed.text);
+      const item = listed.body.items.find((i: { deviceId: string }) => i.deviceId === device.deviceId);
+      assert.deepEqual(item?.reported.tls, sent.tls);
+      assert.equal(item?.postQuantum, true);
+    });
+
+    test('[CHAN-8] a device forced to classical-only (P-256) reports P-256; vendors find it with postQuantum=false', async () => {
+      const hybrid = await sdk();
+      await hybrid.reportPosture({
+        firmwareVersion: '1.2.0',
+        securityLevel: 'L1',
+        digests: { '/boot/kernel.img': KERNEL },
+      });
+      const classical = await sdkOffering('P-256');
+      assert.equal(classical.negotiatedGroup, 'P-256');
+      const sent = await classical.reportPosture({
+        firmwareVersion: '1.2.0',
+        securityLevel: 'L1',
+        digests: { '/boot/kernel.img': KERNEL, '/usr/bin/agent': AGENT },
+      });
+      assert.equal(sent.tls?.group, 'P-256');
+      assert.equal(sent.tls?.version, 'TLSv1.3');
+      const posture = await getPosture(classical.deviceId);
+      assert.deepEqual(posture.body.reported.tls, sent.tls);
+      // An L1 product does not ask for a post-quantum key exchange: compliant.
+      assert.deepEqual([posture.body.compliant, posture.body.deviations], [true, []]);
+      assert.equal((await storedTls(classical.deviceId))?.tls_group, 'P-256');
+
+      const ids = (body: { items: { deviceId: string }[] }) => body.items.map((i) => i.deviceId);
+      const notYet = await listPostures('?postQuantum=false');
+      assert.equal(notYet.status, 200, notYet.text);
+      assert.ok(ids(notYet.body).includes(classical.deviceId));
+      assert.ok(!ids(notYet.body).includes(hybrid.deviceId));
+      for (const item of notYet.body.items) {
+        assert.equal(item.postQuantum, false);
+        assert.notEqual(item.reported.tls?.group, 'X25519MLKEM768');
+      }
+      const pq = await listPostures('?postQuantum=true');
+      assert.ok(ids(pq.body).includes(hybrid.deviceId));
+      assert.ok(!ids(pq.body).includes(classical.deviceId));
+      const byGroup = await listPostures('?tlsGroup=P-256');
+      assert.deepEqual(ids(byGroup.body), [classical.deviceId]);
+      assert.equal(byGroup.body.next, null);
+      // Paging by device ID, one at a time, walks every posture once.
+      const all = ids((await listPostures('?limit=1000')).body);
+      assert.deepEqual(all, [...all].sort());
+      const paged: string[] = [];
+      for (let after = ''; ;) {
+        const page = await listPostures(`?limit=2${after ? `&after=${after}` : ''}`);
+        paged.push(...ids(page.body));
+        if (page.body.next === null) break;
+        after = page.body.next;
+      }
+      assert.deepEqual(paged, all);
+      const bad = await listPostures('?tlsGroup=P%20256');
+      assert.equal(bad.status, 400);
+      assert.equal(bad.body.error.code, 'ERR_VALIDATION_FAILED');
+      const foreign = await listPostures('?postQuantum=false', other.vendorToken);
+      assert.equal(foreign.status, 404);
+      assert.equal(foreign.body.error.code, 'ERR_PRODUCT_NOT_FOUND');
+    });
+
+    test('[CHAN-8] at level L3 a classical key exchange is a deviation naming the group; the hybrid group is not', async () => {
+      await tp.platform.store.db
+        .updateTable('products')
+        .set({ security_level: 'L3' })
+        .where('id', '=', tenant.productId)
+        .execute();
+      try {
+        const report = {
+          firmwareVersion: '1.2.0',
+          securityLevel: 'L3' as const,
+          digests: { '/boot/kernel.img': KERNEL, '/usr/bin/agent': AGENT },
+        };
+        const classical = await sdkOffering('X25519');
+        await classical.reportPosture(report);
+        const [alert, ...more] = await alertsFor(classical.deviceId);
+        assert.equal(more.length, 0);
+        assert.deepEqual(alert?.details.deviations, [
+          { kind: 'classical-key-exchange', group: 'X25519', required: 'L3' },
+        ]);
+        const posture = await getPosture(classical.deviceId);
+        assert.deepEqual(posture.body.deviations, alert?.details.deviations);
+        assert.equal(posture.body.compliant, false);
+        const hybrid = await sdk();
+        await hybrid.reportPosture(report);
+        assert.deepEqual(await alertsFor(hybrid.deviceId), []);
+        assert.equal((await getPosture(hybrid.deviceId)).body.compliant, true);
+      } finally {
+        await tp.platform.store.db
+          .updateTable('products')
+          .set({ security_level: 'L1' })
+          .where('id', '=', tenant.productId)
+          .execute();
+      }
+    });
+
+    test('[CHAN-8] a report with a malformed tls object is refused with PUBACK 0x99 and stores nothing', async () => {
+      const device = await sdk();
+      const sent = await device.reportPosture({
+        firmwareVersion: '1.2.0',
+        securityLevel: 'L1',
+        digests: { '/boot/kernel.img': KERNEL, '/usr/bin/agent': AGENT },
+      });
+      const before = (await getPosture(device.deviceId)).body;
+      const storedBefore = await storedTls(device.deviceId);
+      assert.equal(storedBefore?.tls_group, 'X25519MLKEM768');
+      const good = { type: 'posture', firmwareVersion: '1.2.0', securityLevel: 'L1', digests: GOLDEN.digests };
+      const malformed: unknown[] = [
+        { ...good, tls: null },
+        { ...good, tls: 'X25519MLKEM768' },
+        { ...good, tls: { ...sent.tls, group: 'P 256' } },
+        { ...good, tls: { ...sent.tls, group: 'G'.repeat(33) } },
+        { ...good, tls: { ...sent.tls, version: 'TLSv1.1' } },
+        { ...good, tls: { ...sent.tls, cipher: 'TLS AES' } },
+        { ...good, tls: { group: 'P-256', version: 'TLSv1.3' } },
+        { ...good, tls: { ...sent.tls, resumed: false } },
+      ];
+      for (const report of malformed) {
+        await assert.rejects(
+          device.publish(`devices/${device.deviceId}/events`, JSON.stringify(report), 1),
+          (error: DeviceConnectError) => pubackCode(error) === PAYLOAD_FORMAT_INVALID,
+          JSON.stringify(report),
+        );
+      }
+      assert.deepEqual((await getPosture(device.deviceId)).body, before, 'the stored posture is unchanged');
+      assert.deepEqual(await storedTls(device.deviceId), storedBefore);
+      assert.deepEqual(await alertsFor(device.deviceId), []);
     });
   });
 }

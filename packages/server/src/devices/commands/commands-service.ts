@@ -66,8 +66,8 @@ export interface CommandsServiceOptions {
   db: Kysely<Database>;
   /** Publishes platform → device (the broker's publishSystem). */
   publish: (topic: string, payload: Buffer, options: { qos: 0 | 1; retain: boolean }) => void;
-  /** Whether the device has a live MQTT connection (to this process: the broker routes locally). */
-  isOnline: (deviceId: string) => boolean;
+  /** Whether the device has a live MQTT connection (this process's broker; in scale mode, any process's). */
+  isOnline: (deviceId: string) => boolean | Promise<boolean>;
   /** Records an audit event without waiting. */
   audit: (event: AuditEvent) => void;
   log: Logger;
@@ -195,7 +195,7 @@ export class CommandsService {
     } else {
       await this.#o.checkCommand?.(device, name, params as JsonObject);
     }
-    if (!this.#o.isOnline(device.id)) throw new CastellanError('ERR_DEVICE_OFFLINE');
+    if (!(await this.#o.isOnline(device.id))) throw new CastellanError('ERR_DEVICE_OFFLINE');
     const open = await this.#db
       .selectFrom('device_commands')
       .select((eb) => eb.fn.countAll<number>().as('n'))

@@ -1,5 +1,6 @@
-// Posture routes (DEV-10): vendors set golden values per product and firmware version and read a
-// device's latest posture with its deviations. Another tenant's product or device answers exactly like
+// Posture routes (DEV-10): vendors set golden values per product and firmware version, read a
+// device's latest posture with its deviations, and list a product's postures, e.g. the devices not yet
+// on a post-quantum TLS key exchange (CHAN-8). Another tenant's product or device answers exactly like
 // a missing one.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
@@ -16,12 +17,15 @@ import type { DevicesService } from '../devices-service.ts';
 import {
   checkDigests,
   FIRMWARE_VERSION_PATTERN,
+  isPostQuantumGroup,
   MAX_CORE_FILES,
   type PostureDeviation,
+  type PostureTls,
   SECURITY_LEVELS,
   type SecurityLevel,
+  TLS_GROUP_PATTERN,
 } from './posture-report.ts';
-import type { FirmwareGolden, PostureService } from './posture-service.ts';
+import type { DevicePosture, FirmwareGolden, PostureService } from './posture-service.ts';
 import { DeviceIdParam, deviceFor, productFor } from '../device-route-params.ts';
 
 export interface PostureRoutesOptions {
@@ -54,11 +58,32 @@ const DeviationView = Type.Union([
   StrictObject({ kind: Type.Literal('security-level'), reported: Type.String(), required: Type.String() }),
   StrictObject({ kind: Type.Literal('digest-mismatch'), path: Type.String() }),
   StrictObject({ kind: Type.Literal('missing-file'), path: Type.String() }),
+  StrictObject({
+    kind: Type.Literal('classical-key-exchange'),
+    group: Type.String(),
+    required: Type.String({ description: 'the level that asks for a post-quantum key exchange (L3)' }),
+  }),
 ]);
+
+const TlsView = StrictObject(
+  {
+    group: Type.String({ description: 'key-exchange group, TLS name: X25519MLKEM768, X25519, P-256, …' }),
+    version: Type.String({ description: 'TLSv1.2 or TLSv1.3' }),
+    cipher: Type.String({ description: 'cipher suite, e.g. TLS_AES_128_GCM_SHA256' }),
+  },
+  { description: "what the device's TLS connection negotiated, as the device saw it (CHAN-8)" },
+);
+
+const ReportedView = StrictObject({
+  firmwareVersion: Type.String(),
+  securityLevel: Type.String(),
+  digests: Digests,
+  tls: Type.Union([TlsView, Type.Null()], { description: 'null when the report did not say' }),
+});
 
 const PostureView = StrictObject({
   deviceId: Type.String(),
-  reported: StrictObject({ firmwareVersion: Type.String(), securityLevel: Type.String(), digests: Digests }),
+  reported: ReportedView,
   reportedAt: Type.Integer(),
   golden: Type.Union([GoldenView, Type.Null()], {
     description: 'the golden values now set for the reported firmware; null when none are',
@@ -77,6 +102,25 @@ const presentGolden = (g: FirmwareGolden) => ({
 });
 
 const presentDeviation = (d: PostureDeviation) => ({ ...d });
+
+const presentTls = (t: PostureTls | undefined) => (t ? { group: t.group, version: t.version, cipher: t.cipher } : null);
+
+const presentReported = (p: DevicePosture) => ({
+  firmwareVersion: p.reported.firmwareVersion,
+  securityLevel: p.reported.securityLevel,
+  digests: { ...p.reported.digests },
+  tls: presentTls(p.reported.tls),
+});
+
+const PostureListItem = StrictObject({
+  deviceId: Type.String(),
+  reported: ReportedView,
+  reportedAt: Type.Integer(),
+  postQuantum: Type.Boolean({ description: 'the reported TLS group is a hybrid ML-KEM group (CHAN-8)' }),
+  deviations: Type.Array(DeviationView),
+  compliant: Type.Boolean(),
+  checkedAt: Type.Integer(),
+});
 
 export async function postureRoutes(
   app: FastifyInstance,
@@ -167,16 +211,61 @@ export async function postureRoutes(
       const golden = await posture.getGolden(latest.productId, latest.reported.firmwareVersion);
       return {
         deviceId: device.id,
-        reported: {
-          firmwareVersion: latest.reported.firmwareVersion,
-          securityLevel: latest.reported.securityLevel,
-          digests: { ...latest.reported.digests },
-        },
+        reported: presentReported(latest),
         reportedAt: latest.reportedAt,
         golden: golden ? presentGolden(golden) : null,
         deviations: latest.deviations.map(presentDeviation),
         compliant: latest.compliant,
         checkedAt: latest.checkedAt,
+      };
+    },
+  );
+  app.get(
+    '/v1/products/:productId/posture',
+    {
+      onRequest: authenticate,
+      schema: {
+        summary:
+          "The latest posture of a product's devices, ordered by device ID; filter by the TLS group reported, e.g. postQuantum=false for the devices not yet on X25519MLKEM768 (CHAN-8)",
+        tags: ['devices'],
+        security: bearerSecurity,
+        params: StrictObject({ productId: ProductId }),
+        querystring: StrictObject({
+          limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+          after: Type.Optional(Type.String({ pattern: '^[0-9a-f]{24}$' })),
+          tlsGroup: Type.Optional(
+            Type.String({ pattern: TLS_GROUP_PATTERN, description: 'only devices that reported this group' }),
+          ),
+          postQuantum: Type.Optional(
+            Type.Boolean({
+              description: 'true: a hybrid ML-KEM group; false: a classical group or no TLS parameters reported',
+            }),
+          ),
+        }),
+        response: {
+          200: StrictObject({
+            items: Type.Array(PostureListItem),
+            next: Type.Union([Type.String(), Type.Null()]),
+          }),
+          ...authenticatedErrors,
+        },
+      },
+    },
+    async (request) => {
+      const product = await ownedProduct(request, 'device.list');
+      const query = request.query as { limit: number; after?: string; tlsGroup?: string; postQuantum?: boolean };
+      const items = await posture.listPostures(product.id, query);
+      return {
+        items: items.map((p) => ({
+          deviceId: p.deviceId,
+          reported: presentReported(p),
+          reportedAt: p.reportedAt,
+          postQuantum: p.reported.tls !== undefined && isPostQuantumGroup(p.reported.tls.group),
+          deviations: p.deviations.map(presentDeviation),
+          compliant: p.compliant,
+          checkedAt: p.checkedAt,
+        })),
+        next: items.length === query.limit ? items.at(-1)!.deviceId : null,
       };
     },
   );

@@ -3,7 +3,10 @@
 // device, compares it, and on a deviation raises a guard alert (which also counts toward the device's
 // risk score, IDS-2), records an audit entry and emits a `posture.deviation` change (push, webhooks).
 // The same findings reported again do not alert again; a device back in line emits `posture.compliant`.
+// The TLS parameters a device reports (CHAN-8) are stored with the posture, so vendors can list the
+// devices of a product not yet on a post-quantum key exchange.
 import type { Kysely, Selectable } from 'kysely';
+import { HYBRID_TLS_GROUPS } from '../../lib/tls-groups.ts';
 import type { Logger } from 'pino';
 import type { AuditEvent } from '../../audit/index.ts';
 import { type ConnectedDevice, type DeviceChannelHandler, PublishRefusedError } from '../../gateway/index.ts';
@@ -16,8 +19,10 @@ import {
   parsePostureReport,
   type PostureDeviation,
   type PostureReport,
+  type PostureTls,
   SECURITY_LEVELS,
   type SecurityLevel,
+  TLS_VERSIONS,
 } from './posture-report.ts';
 
 export interface FirmwareGolden extends GoldenValues {
@@ -36,6 +41,17 @@ export interface DevicePosture {
   readonly checkedAt: number;
   readonly deviations: readonly PostureDeviation[];
   readonly compliant: boolean;
+}
+
+/** Which postures of a product to list (CHAN-8): all, by exact group, or by post-quantum or not. */
+export interface PostureListFilter {
+  limit: number;
+  /** Device IDs after this one (paging, ordered by device ID). */
+  after?: string;
+  /** Only reports whose TLS group is exactly this. */
+  tlsGroup?: string;
+  /** true: a hybrid ML-KEM group; false: a classical group or no `tls` reported. */
+  postQuantum?: boolean;
 }
 
 export interface PostureServiceOptions {
@@ -62,7 +78,16 @@ function toGolden(row: Selectable<Database['product_firmware_golden']>): Firmwar
   };
 }
 
+function toTls(row: Selectable<Database['device_posture']>): PostureTls | null {
+  if (row.tls_group === null || row.tls_version === null || row.tls_cipher === null) return null;
+  const version = (TLS_VERSIONS as readonly string[]).includes(row.tls_version)
+    ? (row.tls_version as PostureTls['version'])
+    : null;
+  return version ? { group: row.tls_group, version, cipher: row.tls_cipher } : null;
+}
+
 function toPosture(row: Selectable<Database['device_posture']>): DevicePosture {
+  const tls = toTls(row);
   return {
     deviceId: row.device_id,
     vendorId: row.vendor_id,
@@ -71,6 +96,7 @@ function toPosture(row: Selectable<Database['device_posture']>): DevicePosture {
       firmwareVersion: row.firmware_version,
       securityLevel: asLevel(row.security_level) ?? 'L1',
       digests: JSON.parse(row.digests) as Record<string, string>,
+      ...(tls ? { tls } : {}),
     },
     reportedAt: row.reported_at,
     checkedAt: row.checked_at,
@@ -179,6 +205,25 @@ export class PostureService {
     return row ? toPosture(row) : null;
   }
 
+  /** The latest postures of a product's devices, ordered by device ID. */
+  async listPostures(productId: string, filter: PostureListFilter): Promise<DevicePosture[]> {
+    let query = this.#db
+      .selectFrom('device_posture')
+      .selectAll()
+      .where('product_id', '=', productId)
+      .orderBy('device_id')
+      .limit(filter.limit);
+    if (filter.after !== undefined) query = query.where('device_id', '>', filter.after);
+    if (filter.tlsGroup !== undefined) query = query.where('tls_group', '=', filter.tlsGroup);
+    if (filter.postQuantum === true) query = query.where('tls_group', 'in', [...HYBRID_TLS_GROUPS]);
+    if (filter.postQuantum === false) {
+      query = query.where((eb) =>
+        eb.or([eb('tls_group', 'is', null), eb('tls_group', 'not in', [...HYBRID_TLS_GROUPS])]),
+      );
+    }
+    return (await query.execute()).map(toPosture);
+  }
+
   /** Stores a device's report, compares it, and alerts on new deviations. */
   async check(device: ConnectedDevice, report: PostureReport, receivedAt: number): Promise<DevicePosture> {
     const golden = await this.getGolden(device.productId, report.firmwareVersion);
@@ -196,6 +241,10 @@ export class PostureService {
       firmware_version: report.firmwareVersion,
       security_level: report.securityLevel,
       digests: JSON.stringify(report.digests),
+      // Replaced with every report: a report without `tls` clears what an earlier one said.
+      tls_group: report.tls?.group ?? null,
+      tls_version: report.tls?.version ?? null,
+      tls_cipher: report.tls?.cipher ?? null,
       reported_at: receivedAt,
       checked_at: now,
       deviations: JSON.stringify(deviations),

@@ -37,7 +37,14 @@ export {
   startMqttListener,
   tlsServerOptions,
 } from './mqtt-listener.ts';
+export {
+  type EnhancedAuthenticateResult,
+  type EnhancedConnectRequest,
+  type ListenerProfile,
+  type PayloadCodec,
+} from './listener-profile.ts';
 export { ConnackReturnCode, ReasonCode } from './reason-codes.ts';
+export { type SecureChannelListener, startSecureChannelListener } from './secure-channel-listener.ts';
 export { SqlBrokerStore, type SqlBrokerStoreOptions, type SqlBrokerStoreStats } from './sql-broker-store.ts';
 export { checkTopicFilter, checkTopicName } from './topic-rules.ts';
 export { CONFORMANCE_ASSIGNED_CLIENT_ID_PREFIX, conformanceHooks, isConformanceHooks } from './conformance-hooks.ts';
@@ -47,3 +54,4 @@ export {
   isLoopbackHost,
   startConformanceListener,
 } from './conformance-listener.ts';
+export { TICKET_KEY_BYTES, type TicketKeySource, TicketKeyRotation } from './tls-lite-profile.ts';

@@ -2,8 +2,9 @@
 // MQTT 3.1.1 and 5.0 over any duplex stream (the TLS listener hands it sockets). Security and storage
 // decisions are hooks (broker-hooks.ts) that fail closed. Live state is in memory (the hot path never
 // waits on a query); persistent sessions and retained messages are mirrored to a BrokerStore
-// (write-behind) and loaded back by restore(). Routing is local to this process; scale mode adds a
-// cross-process fan-out behind `route`.
+// (write-behind) and loaded back by restore(). Routing is local to this process; in scale mode
+// (cluster/cluster-routing.ts) platform-to-device publishes reach the other processes' brokers through
+// publishSystem with persist: false, and takeovers and disconnect orders through disconnectClient.
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import {
@@ -15,6 +16,7 @@ import {
 } from './broker-hooks.ts';
 import { type BrokerStore, memoryOnlyBrokerStore, type StoredMessage, type StoredSession } from './broker-store.ts';
 import { isConformanceHooks } from './conformance-hooks.ts';
+import type { ListenerProfile } from './listener-profile.ts';
 import { MqttConnection } from './mqtt-connection.ts';
 import { RetainedIndex } from './retained-index.ts';
 import { ReasonCode } from './reason-codes.ts';
@@ -189,14 +191,14 @@ export class MqttBroker {
     this.#armExpiry(session, disconnectedAt + stored.expiryIntervalSeconds * 1000 - now);
   }
 
-  /** Serves one client connection. */
-  handle(socket: Duplex, remoteAddress: string): void {
+  /** Serves one client connection; `profile`: the listener's (the secure-channel listener's). */
+  handle(socket: Duplex, remoteAddress: string, profile?: ListenerProfile): void {
     if (this.#closing) {
       socket.destroy();
       return;
     }
     this.stats.connectionsOpened++;
-    this.#connections.add(new MqttConnection(this, socket, remoteAddress));
+    this.#connections.add(new MqttConnection(this, socket, remoteAddress, profile));
   }
 
   get connectionCount(): number {
@@ -491,11 +493,16 @@ export class MqttBroker {
    * Publishes a broker-originated message (e.g. `$SYS/...`): routed and retained like a client's,
    * without the ACL or the durable hook. Clients can never publish to `$` topics themselves.
    */
-  publishSystem(topic: string, payload: Buffer, options: { retain: boolean; qos?: 0 | 1 }): void {
-    const stored = this.publish(
-      { topic, payload, qos: options.qos ?? 0, retain: options.retain, properties: undefined, expiresAt: null },
-      undefined,
-    );
+  publishSystem(topic: string, payload: Buffer, options: { retain: boolean; qos?: 0 | 1; persist?: boolean }): void {
+    const message = { topic, payload, qos: options.qos ?? 0, retain: options.retain, properties: undefined, expiresAt: null };
+    if (options.persist === false) {
+      // Scale mode (RES-2): another process published and stored it; this one updates its memory and
+      // routes to its own subscribers, never writing the shared store (an older copy could win there).
+      if (message.retain) this.#retain(message, false);
+      this.route(message, undefined);
+      return;
+    }
+    const stored = this.publish(message, undefined);
     if (stored && this.durable) this.#flushInBackground();
   }
 
@@ -513,13 +520,13 @@ export class MqttBroker {
     return retained || routed;
   }
 
-  #retain(message: OutboundMessage): boolean {
+  #retain(message: OutboundMessage, persist = true): boolean {
     const topic = message.topic;
     if (message.payload.length === 0) {
       // [MQTT-3.3.1-6] [MQTT-3.3.1-7] an empty retained message clears the topic and is not stored.
       if (!this.#retained.delete(topic)) return false;
-      this.store.setRetained(topic, null);
-      return true;
+      if (persist) this.store.setRetained(topic, null);
+      return persist;
     }
     if (this.#retained.size >= this.#maxRetained && !this.#retained.has(topic)) {
       this.stats.retainedRefused++;
@@ -534,6 +541,7 @@ export class MqttBroker {
       expiresAt: message.expiresAt,
     };
     this.#retained.set(topic, stored);
+    if (!persist) return false;
     this.store.setRetained(topic, stored);
     return true;
   }

@@ -6,6 +6,7 @@ import mqttPacket, { type Packet } from 'mqtt-packet';
 import type { ClientIdentity, DisconnectionInfo, ProtocolVersion } from './broker-hooks.ts';
 import type { MessageProperties } from './broker-store.ts';
 import { packetHandlers } from './handlers/index.ts';
+import type { ListenerProfile, PayloadCodec } from './listener-profile.ts';
 import type { MqttBroker } from './mqtt-broker.ts';
 import { LENGTH_MALFORMED, LENGTH_UNKNOWN, PacketFramer } from './packet-framer.ts';
 import { readConnectProtocol, validatePacket } from './packet-validator.ts';
@@ -78,6 +79,12 @@ export class MqttConnection implements DeliverySink {
   takenOver = false;
   /** Set by a DISCONNECT that suppresses the will. */
   gracefulDisconnect = false;
+  /** The listener's profile (the secure-channel listener's); undefined on the TLS listener. */
+  readonly profile: ListenerProfile | undefined;
+  /** The Authentication Method of a CONNECT accepted with enhanced authentication (MQTT 5 4.12). */
+  authenticationMethod: string | undefined;
+  /** Opens inbound and seals outbound PUBLISH payloads (the profile's, set at CONNACK). */
+  payloadCodec: PayloadCodec | undefined;
 
   /** Decodes packets the validator accepted; it switches itself to MQTT 5 when it decodes a v5 CONNECT. */
   readonly #parser = mqttPacket.parser({ protocolVersion: 4 });
@@ -97,10 +104,11 @@ export class MqttConnection implements DeliverySink {
   #connectTimer: NodeJS.Timeout | undefined;
   #keepAliveTimer: NodeJS.Timeout | undefined;
 
-  constructor(broker: MqttBroker, socket: Duplex, remoteAddress: string) {
+  constructor(broker: MqttBroker, socket: Duplex, remoteAddress: string, profile?: ListenerProfile) {
     this.broker = broker;
     this.socket = socket;
     this.remoteAddress = remoteAddress;
+    this.profile = profile;
     // Keep the bytes of the packet being decoded (the parser gets one whole packet per call and emits
     // synchronously): MQTT 5 User Properties are re-read from them when their order matters.
     const parse = this.#parser.parse.bind(this.#parser);
@@ -152,7 +160,7 @@ export class MqttConnection implements DeliverySink {
       const packet = framer.take();
       if (packet === null) return;
       // Strict checks mqtt-packet does not make (UTF-8, reserved bits, properties, trailing bytes...).
-      const verdict = validatePacket(packet, this.#declaredVersion);
+      const verdict = validatePacket(packet, this.#declaredVersion, this.authenticationMethod !== undefined);
       if (verdict !== null) {
         framer.clear();
         this.protocolViolation(verdict.reasonCode, `${verdict.rule}: ${verdict.detail}`);
@@ -289,6 +297,7 @@ export class MqttConnection implements DeliverySink {
   sendPublish(message: OutboundMessage, packetId: number | undefined, dup: boolean): SendResult {
     if (this.state !== 'connected' || this.socket.destroyed) return 'busy';
     if (message.qos === 0 && this.socket.writableLength > QOS0_HIGH_WATER_BYTES) return 'busy';
+    if (this.payloadCodec !== undefined) return this.#sendSealed(this.payloadCodec, message, packetId, dup);
     let bytes: Buffer;
     // The same QoS 0 message fanned out to many clients of one protocol version is encoded once.
     const shareable = packetId === undefined && message.expiresAt === null;
@@ -308,6 +317,25 @@ export class MqttConnection implements DeliverySink {
       }
     }
     if (bytes.length > this.clientMaximumPacketSize) return 'discarded';
+    this.#output(bytes);
+    this.broker.stats.messagesOut++;
+    return 'sent';
+  }
+
+  /**
+   * A PUBLISH to a secure-channel client: its payload sealed now, at delivery, so every frame gets this
+   * connection's next sequence number (queued, resent and retained messages too). Never shared.
+   */
+  #sendSealed(codec: PayloadCodec, message: OutboundMessage, packetId: number | undefined, dup: boolean): SendResult {
+    const sealed = codec.seal(message.payload);
+    if (sealed === null) return 'discarded';
+    // A frame is binary, whatever the plaintext was: a Payload Format Indicator of 1 would be false.
+    const properties =
+      message.properties?.payloadFormatIndicator === undefined
+        ? message.properties
+        : { ...message.properties, payloadFormatIndicator: undefined };
+    const bytes = encodePublish({ ...message, payload: sealed, properties }, packetId, dup, 5, Date.now());
+    if (bytes === null || bytes.length > this.clientMaximumPacketSize) return 'discarded';
     this.#output(bytes);
     this.broker.stats.messagesOut++;
     return 'sent';

@@ -12,7 +12,7 @@ import {
 } from './connection-admission.ts';
 import type { MqttBroker } from './mqtt-broker.ts';
 import { AEAD_CIPHERS, LITE_CIPHERS } from '../../lib/tls-ciphers.ts';
-import { assertLiteCertificate, TicketKeyRotation } from './tls-lite-profile.ts';
+import { assertLiteCertificate, type TicketKeySource, TicketKeyRotation } from './tls-lite-profile.ts';
 
 export interface TlsServerOptions {
   cert: string;
@@ -24,6 +24,8 @@ export interface TlsServerOptions {
   profile?: 'standard' | 'lite';
   /** mqtt.ticketKeyRotationMinutes (lite profile; 720 when absent). */
   ticketKeyRotationMinutes?: number;
+  /** Scale mode (RES-2): ticket keys shared by every process, so resumption works on any (either profile). */
+  ticketKeySource?: TicketKeySource | null;
 }
 
 export { AEAD_CIPHERS };
@@ -37,8 +39,8 @@ export function tlsServerOptions(options: TlsServerOptions, handshakeTimeoutMs: 
     minVersion: options.minVersion,
     ciphers: lite ? LITE_CIPHERS : AEAD_CIPHERS,
     ...(options.groups ? { ecdhCurve: options.groups } : {}),
-    // Lite: a ticket lives as long as the key that sealed it (TicketKeyRotation).
-    ...(lite ? { sessionTimeout: (options.ticketKeyRotationMinutes ?? 720) * 60 } : {}),
+    // Lite or shared keys: a ticket lives as long as the key that sealed it (TicketKeyRotation).
+    ...(lite || options.ticketKeySource ? { sessionTimeout: (options.ticketKeyRotationMinutes ?? 720) * 60 } : {}),
     honorCipherOrder: true,
     handshakeTimeout: handshakeTimeoutMs,
     // Mutual TLS for devices (DEV-5): a client certificate is asked for but not required, and OpenSSL
@@ -52,7 +54,7 @@ export interface MqttListener {
   readonly server: tls.Server;
   /** The pre-TLS gate (connection-admission.ts). */
   readonly admission: ConnectionAdmission;
-  /** Session-ticket keys of the lite profile (CHAN-2); null on the standard profile. */
+  /** Session-ticket keys of the lite profile (CHAN-2) or shared ones (scale mode); null otherwise. */
   readonly ticketKeys: TicketKeyRotation | null;
   address(): AddressInfo;
   close(): Promise<void>;
@@ -83,7 +85,12 @@ export async function startMqttListener(
   });
   server.maxConnections = options.maxConnections;
   const ticketKeys =
-    options.profile === 'lite' ? new TicketKeyRotation(server, options.ticketKeyRotationMinutes ?? 720) : null;
+    options.profile === 'lite' || options.ticketKeySource
+      ? new TicketKeyRotation(server, options.ticketKeyRotationMinutes ?? 720, options.ticketKeySource ?? null, (error) =>
+          log.warn({ err: error }, 'mqtt: shared TLS ticket key unavailable; the previous key stays'),
+        )
+      : null;
+  await ticketKeys?.ready;
   // Before the TLS layer sees a socket (CHAN-5, issue 6): refused ones are closed without a TLS byte.
   const admission = new ConnectionAdmission({ ...DEFAULT_ADMISSION, ...options.admission }, broker.stats, log);
   admission.attach(server);

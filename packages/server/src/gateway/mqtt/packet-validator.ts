@@ -151,7 +151,8 @@ const IN_ACK = 8;
 const IN_SUBSCRIBE = 16;
 const IN_UNSUBSCRIBE = 32;
 const IN_DISCONNECT = 64;
-const IN_ANY = 127;
+const IN_AUTH = 128;
+const IN_ANY = 255;
 
 const P_PAYLOAD_FORMAT = 0x01;
 const P_SUBSCRIPTION_ID = 0x0b;
@@ -183,14 +184,14 @@ defineProperty(0x0b, 'Subscription Identifier', T_VARINT, IN_PUBLISH | IN_SUBSCR
 defineProperty(0x11, 'Session Expiry Interval', T_FOUR, IN_CONNECT | IN_DISCONNECT);
 defineProperty(0x12, 'Assigned Client Identifier', T_STRING, 0);
 defineProperty(0x13, 'Server Keep Alive', T_TWO, 0);
-defineProperty(0x15, 'Authentication Method', T_STRING, IN_CONNECT);
-defineProperty(0x16, 'Authentication Data', T_BINARY, IN_CONNECT);
+defineProperty(0x15, 'Authentication Method', T_STRING, IN_CONNECT | IN_AUTH);
+defineProperty(0x16, 'Authentication Data', T_BINARY, IN_CONNECT | IN_AUTH);
 defineProperty(0x17, 'Request Problem Information', T_BYTE, IN_CONNECT);
 defineProperty(0x18, 'Will Delay Interval', T_FOUR, IN_WILL);
 defineProperty(0x19, 'Request Response Information', T_BYTE, IN_CONNECT);
 defineProperty(0x1a, 'Response Information', T_STRING, 0);
 defineProperty(0x1c, 'Server Reference', T_STRING, IN_DISCONNECT);
-defineProperty(0x1f, 'Reason String', T_STRING, IN_ACK | IN_DISCONNECT);
+defineProperty(0x1f, 'Reason String', T_STRING, IN_ACK | IN_DISCONNECT | IN_AUTH);
 defineProperty(0x21, 'Receive Maximum', T_TWO, IN_CONNECT);
 defineProperty(0x22, 'Topic Alias Maximum', T_TWO, IN_CONNECT);
 defineProperty(0x23, 'Topic Alias', T_TWO, IN_PUBLISH);
@@ -429,9 +430,14 @@ class Reader {
  * against the version it declares itself. Returns null when the packet may be decoded and handled,
  * else why the connection must be closed. A CONNECT for MQTT 3.1 or an unknown protocol level is
  * checked only as far as its fixed header: the CONNECT handler answers it with CONNACK 0x01
- * [MQTT-3.1.2-2].
+ * [MQTT-3.1.2-2]. `enhancedAuth`: the connection's CONNECT carried an Authentication Method that was
+ * accepted (MQTT 5 4.12), so the client may send AUTH.
  */
-export function validatePacket(packet: Buffer, protocolVersion: 3 | 4 | 5 | undefined): PacketVerdict | null {
+export function validatePacket(
+  packet: Buffer,
+  protocolVersion: 3 | 4 | 5 | undefined,
+  enhancedAuth = false,
+): PacketVerdict | null {
   if (packet.length < 2) return malformed('§2.1.1', 'packet shorter than a fixed header');
   const first = packet[0]!;
   const type = first >> 4;
@@ -487,12 +493,15 @@ export function validatePacket(packet: Buffer, protocolVersion: 3 | 4 | 5 | unde
       }
       return protocolError('§2.1.2', `${PACKET_NAMES[type]!} is sent only by a server`);
     case AUTH:
-      // v3.1.1: a reserved type. v5: the CONNECT handler refuses an Authentication Method, so no
-      // connection has enhanced authentication and any AUTH is out of place (4.12).
-      return protocolError(
-        v5 ? '§4.12' : '§2.2.1',
-        v5 ? 'AUTH without an Authentication Method in CONNECT' : 'reserved packet type 15',
-      );
+      // v3.1.1: a reserved type. v5: a client whose CONNECT carried no (accepted) Authentication
+      // Method must not send AUTH [MQTT-4.12.0-7]; on a connection with one, it is checked below and
+      // the AUTH handler decides.
+      if (!v5 || !enhancedAuth) {
+        return protocolError(
+          v5 ? '§4.12' : '§2.2.1',
+          v5 ? 'AUTH without an Authentication Method in CONNECT' : 'reserved packet type 15',
+        );
+      }
   }
 
   // Fixed header flags [MQTT-2.2.2-1, MQTT-2.2.2-2] (v5 [MQTT-2.1.3-1]): malformed when wrong.
@@ -530,6 +539,9 @@ export function validatePacket(packet: Buffer, protocolVersion: 3 | 4 | 5 | unde
       break; // no variable header or payload: anything left is refused below
     case DISCONNECT:
       validateDisconnect(r);
+      break;
+    case AUTH:
+      validateAuth(r);
       break;
   }
   if (r.malformed === null && r.pos !== r.end) {
@@ -746,6 +758,28 @@ function validateUnsubscribe(r: Reader): void {
   // v5: "An UNSUBSCRIBE packet with no Payload is a Protocol Error" (3.10.3).
   if (!subscriptionHeader(r, IN_UNSUBSCRIBE, 'UNSUBSCRIBE', 'MQTT-3.10.3-2', 'MQTT-3.10.3-2')) return;
   while (r.pos < r.end) if (topicFilter(r) < 0) return;
+}
+
+/**
+ * AUTH from a client (MQTT 5 3.15): Reason Code 0x18 (Continue authentication) or 0x19 (Re-authenticate)
+ * [MQTT-3.15.2-1]; a Remaining Length of 0 means 0x00 Success, which only a server sends (3.15.2.1).
+ * Properties: Authentication Method (exactly once: omitting or repeating it is a Protocol Error,
+ * 3.15.2.2.2), Authentication Data, Reason String, User Property.
+ */
+function validateAuth(r: Reader): void {
+  if (r.pos === r.end) {
+    r.protocol('MQTT-3.15.2-1', 'AUTH with Reason Code 0x00 (Success) from a client');
+    return;
+  }
+  const code = r.u8('the Reason Code');
+  if (code !== 0x18 && code !== 0x19)
+    r.protocol('MQTT-3.15.2-1', `${hex(code)} is not an AUTH Reason Code a client sends`);
+  if (r.pos === r.end) {
+    r.protocol('§3.15.2.2.2', 'AUTH without an Authentication Method');
+    return;
+  }
+  if (!r.properties(IN_AUTH, 'AUTH')) return;
+  if (!r.seen(P_AUTH_METHOD)) r.protocol('§3.15.2.2.2', 'AUTH without an Authentication Method');
 }
 
 function validateDisconnect(r: Reader): void {

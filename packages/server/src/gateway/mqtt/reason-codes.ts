@@ -8,6 +8,8 @@ export const ReasonCode = {
   NoMatchingSubscribers: 0x10,
   NoSubscriptionExisted: 0x11,
   DisconnectWithWill: 0x04,
+  ContinueAuthentication: 0x18,
+  ReAuthenticate: 0x19,
   UnspecifiedError: 0x80,
   MalformedPacket: 0x81,
   ProtocolError: 0x82,

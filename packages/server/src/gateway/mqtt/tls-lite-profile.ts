@@ -45,22 +45,52 @@ export function assertLiteCertificate(certPem: string, keyPem: string): void {
   }
 }
 
+/** Where ticket keys come from when several processes must share them (scale mode: Redis). */
+export interface TicketKeySource {
+  /** The 48-byte key of a rotation epoch (floor(time / rotation period)); the same in every process. */
+  keyFor(epoch: number): Promise<Buffer>;
+}
+
 /**
- * Session-ticket keys of the lite listener: 48 CSPRNG bytes made at start and replaced every
+ * Session-ticket keys of a TLS listener: 48 CSPRNG bytes made at start and replaced every
  * `rotationMinutes` (forward secrecy of resumed sessions is bounded by the key's life). Node holds one
  * ticket key per server (setTicketKeys replaces it), so a ticket issued under the previous key no
  * longer resumes: after a rotation each device makes one full handshake and receives a new ticket.
+ * With a shared source (scale mode, RES-2) every process sets the same key for the same epoch, at the
+ * epoch's boundary, so a ticket issued by one process resumes on any other.
  */
 export class TicketKeyRotation {
   readonly #server: tls.Server;
-  readonly #timer: NodeJS.Timeout;
+  readonly #periodMs: number;
+  readonly #source: TicketKeySource | null;
+  readonly #onError: (error: unknown) => void;
+  #timer: NodeJS.Timeout | undefined;
   #rotations = 0;
+  #stopped = false;
+  /** The epoch whose shared key is set (null while only a local key is). */
+  #epoch: number | null = null;
+  /** Settles once the first shared key is in place (immediately without a source). */
+  readonly ready: Promise<void>;
 
-  constructor(server: tls.Server, rotationMinutes: number) {
+  constructor(
+    server: tls.Server,
+    rotationMinutes: number,
+    source: TicketKeySource | null = null,
+    onError: (error: unknown) => void = () => {},
+  ) {
     this.#server = server;
+    this.#periodMs = rotationMinutes * 60_000;
+    this.#source = source;
+    this.#onError = onError;
+    // A local key at once: the server never runs on Node's default key, even before the shared one arrives.
     this.rotate();
-    this.#timer = setInterval(() => this.rotate(), rotationMinutes * 60_000);
-    this.#timer.unref();
+    if (source) {
+      this.ready = this.sync();
+    } else {
+      this.ready = Promise.resolve();
+      this.#timer = setInterval(() => this.rotate(), this.#periodMs);
+      this.#timer.unref();
+    }
   }
 
   /** Rotations so far (the first key, made at start, counts as one). */
@@ -68,12 +98,48 @@ export class TicketKeyRotation {
     return this.#rotations;
   }
 
+  /** The shared epoch in use (null without a source or before its key arrived). */
+  get epoch(): number | null {
+    return this.#epoch;
+  }
+
+  /** A fresh local key (without a source; with one, the next sync() replaces it by the shared key). */
   rotate(): void {
     this.#server.setTicketKeys(randomBytes(TICKET_KEY_BYTES));
     this.#rotations++;
   }
 
+  /**
+   * Sets the shared key of the current epoch and schedules the next boundary. A source that fails
+   * keeps the previous key (resumption may then fail across processes; full handshakes still work)
+   * and is retried within a few seconds.
+   */
+  async sync(): Promise<void> {
+    if (!this.#source || this.#stopped) return;
+    clearTimeout(this.#timer);
+    const now = Date.now();
+    const epoch = Math.floor(now / this.#periodMs);
+    let retryMs = (epoch + 1) * this.#periodMs - now;
+    try {
+      const key = await this.#source.keyFor(epoch);
+      if (key.length !== TICKET_KEY_BYTES) throw new Error(`a ticket key is ${TICKET_KEY_BYTES} bytes`);
+      if (!this.#stopped && this.#epoch !== epoch) {
+        this.#server.setTicketKeys(key);
+        this.#epoch = epoch;
+        this.#rotations++;
+      }
+    } catch (error) {
+      this.#onError(error);
+      retryMs = Math.min(retryMs, 5_000);
+    }
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => void this.sync(), Math.max(retryMs, 10));
+    this.#timer.unref();
+  }
+
   stop(): void {
+    this.#stopped = true;
     clearInterval(this.#timer);
+    clearTimeout(this.#timer);
   }
 }

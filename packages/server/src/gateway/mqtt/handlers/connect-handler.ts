@@ -4,8 +4,9 @@ import { isUtf8 } from 'node:buffer';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import mqttPacket, { type IConnackPacket, type IConnectPacket } from 'mqtt-packet';
-import type { ClientIdentity } from '../broker-hooks.ts';
+import type { AuthenticateResult, ClientIdentity } from '../broker-hooks.ts';
 import { refusalProperties } from '../connection-admission.ts';
+import type { EnhancedAuthenticateResult, PayloadCodec } from '../listener-profile.ts';
 import type { MqttConnection, PendingWill } from '../mqtt-connection.ts';
 import { ConnackReturnCode, ReasonCode } from '../reason-codes.ts';
 import { checkTopicName } from '../topic-rules.ts';
@@ -114,8 +115,17 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
     refuse(conn, ConnackReturnCode.IdentifierRejected, ReasonCode.ClientIdentifierNotValid);
     return;
   }
-  if (version === 5 && packet.properties?.authenticationMethod) {
-    // Enhanced authentication (AUTH exchanges) is not offered.
+  const method = version === 5 ? packet.properties?.authenticationMethod : undefined;
+  const profile = conn.profile;
+  if (profile !== undefined && version !== 5) {
+    // A listener with a profile serves its Authentication Method only (no fallback to plain MQTT);
+    // MQTT 3.1.1 has no Authentication Data to carry the answer back: an unacceptable protocol level.
+    refuse(conn, ConnackReturnCode.UnacceptableProtocolVersion, ReasonCode.UnsupportedProtocolVersion);
+    return;
+  }
+  if (method !== profile?.authenticationMethod) {
+    // [MQTT-4.12.0-1 (v5)] an unsupported method (on the TLS listener: any; with a profile: any other,
+    // or none) is refused with 0x8C and the connection closed. 3.1.1 never gets here with a profile.
     refuse(conn, ConnackReturnCode.NotAuthorized, ReasonCode.BadAuthenticationMethod);
     return;
   }
@@ -126,15 +136,24 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
     return;
   }
   const broker = conn.broker;
-  broker.hooks
-    .authenticate({
-      clientId,
-      username: packet.username,
-      password: packet.password,
-      protocolVersion: conn.protocolVersion,
-      remoteAddress: conn.remoteAddress,
-      ...peerCertificateOf(conn.socket),
-    })
+  const request = {
+    clientId,
+    username: packet.username,
+    password: packet.password,
+    protocolVersion: conn.protocolVersion,
+    remoteAddress: conn.remoteAddress,
+    ...peerCertificateOf(conn.socket),
+  };
+  const authenticating: Promise<AuthenticateResult | EnhancedAuthenticateResult> =
+    profile !== undefined && method !== undefined
+      ? profile.authenticate({
+          ...request,
+          authenticationMethod: method,
+          authenticationData: packet.properties?.authenticationData,
+          hasWill: packet.will !== undefined,
+        })
+      : broker.hooks.authenticate(request);
+  authenticating
     .then(
       (result) => {
         if (conn.state !== 'authenticating') return; // the client went away meanwhile
@@ -150,7 +169,11 @@ export function handleConnect(conn: MqttConnection, packet: IConnectPacket): voi
           else refuse(conn, ConnackReturnCode.BadUserNameOrPassword, ReasonCode.BadUserNameOrPassword);
           return;
         }
-        accept(conn, packet, result.identity, clientId, clean);
+        const enhanced =
+          'codec' in result && method !== undefined
+            ? { method, data: result.authenticationData, codec: result.codec }
+            : undefined;
+        accept(conn, packet, result.identity, clientId, clean, enhanced);
       },
       (error: unknown) => {
         broker.log.error({ err: error }, 'mqtt: authentication hook failed');
@@ -168,6 +191,7 @@ function accept(
   identity: ClientIdentity,
   requestedClientId: string,
   clean: boolean,
+  enhanced?: { method: string; data: Buffer; codec: PayloadCodec },
 ): void {
   const broker = conn.broker;
   const limits = broker.limits;
@@ -220,6 +244,9 @@ function accept(
             ...(requestedClientId === '' ? { assignedClientIdentifier: clientId } : {}),
             ...(keepAlive !== requestedKeepAlive ? { serverKeepAlive: keepAlive } : {}),
             ...(expiry !== requestedExpiry ? { sessionExpiryInterval: expiry } : {}),
+            // [MQTT-4.12.0-5 (v5)] a successful CONNACK repeats the CONNECT's Authentication Method;
+            // its Authentication Data ends the exchange (3.2.2.3.17, 3.2.2.3.18).
+            ...(enhanced ? { authenticationMethod: enhanced.method, authenticationData: enhanced.data } : {}),
           },
         }
       : { cmd: 'connack', returnCode: ConnackReturnCode.Accepted, sessionPresent: false };
@@ -232,6 +259,11 @@ function accept(
     }
   }
 
+  if (enhanced) {
+    // Before the session resumes: queued and retained messages are sealed on their way out.
+    conn.authenticationMethod = enhanced.method;
+    conn.payloadCodec = enhanced.codec;
+  }
   const { session, present } = broker.openSession(conn, clientId, identity, clean, expiry);
   session.receiveMaximum = conn.protocolVersion === 5 ? (packet.properties?.receiveMaximum ?? 65535) : 65535;
   conn.session = session;

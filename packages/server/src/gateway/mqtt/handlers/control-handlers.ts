@@ -1,5 +1,12 @@
 // PUBACK, PUBREC, PUBREL, PUBCOMP, PINGREQ, DISCONNECT, AUTH and packets only a server may send.
-import type { IDisconnectPacket, IPubackPacket, IPubcompPacket, IPubrecPacket, IPubrelPacket } from 'mqtt-packet';
+import type {
+  IAuthPacket,
+  IDisconnectPacket,
+  IPubackPacket,
+  IPubcompPacket,
+  IPubrecPacket,
+  IPubrelPacket,
+} from 'mqtt-packet';
 import type { MqttConnection } from '../mqtt-connection.ts';
 import { ReasonCode } from '../reason-codes.ts';
 import { afterPending } from './publish-handler.ts';
@@ -82,9 +89,28 @@ export function handleDisconnect(conn: MqttConnection, packet: IDisconnectPacket
   conn.destroy('client', reasonCode);
 }
 
-export function handleAuth(conn: MqttConnection): void {
-  // No authentication method was accepted at CONNECT, so AUTH is a protocol error [MQTT-4.12.0-1 (v5)].
-  conn.protocolViolation(ReasonCode.ProtocolError, 'AUTH without an authentication method');
+export function handleAuth(conn: MqttConnection, packet: IAuthPacket): void {
+  if (conn.authenticationMethod === undefined || conn.state !== 'connected') {
+    // No Authentication Method was accepted at CONNECT [MQTT-4.12.0-7 (v5)]; the packet validator
+    // refuses such an AUTH first. Kept so this handler is safe on its own.
+    conn.protocolViolation(ReasonCode.ProtocolError, 'AUTH without an authentication method');
+    return;
+  }
+  if (packet.properties?.authenticationMethod !== conn.authenticationMethod) {
+    // [MQTT-4.12.1-1 (v5)] re-authentication uses the method the client authenticated with.
+    conn.protocolViolation(ReasonCode.ProtocolError, 'AUTH with another authentication method');
+    return;
+  }
+  if (packet.reasonCode !== ReasonCode.ReAuthenticate) {
+    // 0x18 Continue: the exchange ended with the CONNACK and the server sent no AUTH to continue.
+    conn.protocolViolation(ReasonCode.ProtocolError, 'AUTH 0x18 outside an authentication exchange');
+    return;
+  }
+  // Re-authentication (4.12.1) is not offered: the methods served complete within CONNECT/CONNACK
+  // (the secure channel re-keys in-band); the client connects again instead. A failed
+  // re-authentication ends with DISCONNECT and a closed connection [MQTT-4.12.1-2]; 0x8C says the
+  // method does not support it.
+  conn.disconnect(ReasonCode.BadAuthenticationMethod);
 }
 
 export function handleServerOnly(conn: MqttConnection): void {

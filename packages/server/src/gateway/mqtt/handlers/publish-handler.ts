@@ -7,6 +7,7 @@ import { isUtf8 } from 'node:buffer';
 import type { IPublishPacket } from 'mqtt-packet';
 import { type InboundMessage, PublishRefusedError } from '../broker-hooks.ts';
 import type { MessageProperties } from '../broker-store.ts';
+import type { PayloadCodec } from '../listener-profile.ts';
 import type { MqttConnection } from '../mqtt-connection.ts';
 import { orderedUserProperties } from '../publish-codec.ts';
 import { ReasonCode } from '../reason-codes.ts';
@@ -86,6 +87,20 @@ function refusePublish(conn: MqttConnection, qos: 0 | 1 | 2, packetId: number, c
   }
 }
 
+/**
+ * A frame the codec refused: nothing reaches the hooks. QoS 1/2 get PUBACK/PUBREC 0x99 in order behind
+ * the messages already in the pipeline; QoS 0 has no acknowledgement and is dropped (counted by the
+ * codec). Past the codec's refusal limit the connection ends with DISCONNECT 0x99.
+ */
+function refuseFrame(conn: MqttConnection, codec: PayloadCodec, qos: 0 | 1 | 2, packetId: number): void {
+  conn.broker.stats.publishRefused++;
+  afterPending(conn, () => {
+    if (qos > 0) refusePublish(conn, qos, packetId, ReasonCode.PayloadFormatInvalid);
+    if (codec.exhausted) conn.disconnect(ReasonCode.PayloadFormatInvalid);
+    return undefined;
+  });
+}
+
 function acknowledge(conn: MqttConnection, qos: 1 | 2, packetId: number): void {
   conn.writeAck(qos === 1 ? 'puback' : 'pubrec', packetId);
 }
@@ -152,7 +167,18 @@ export function handlePublish(conn: MqttConnection, packet: IPublishPacket): voi
       return;
     }
   }
-  const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
+  let payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
+  const codec = conn.payloadCodec;
+  if (codec !== undefined) {
+    // A secure-channel client (CHAN-3, CHAN-4): the payload is a sealed frame, opened here, in arrival
+    // order, before the ACL, limits, checks and the durable hook see anything.
+    const opened = codec.open(payload);
+    if (opened === null) {
+      refuseFrame(conn, codec, qos, packetId);
+      return;
+    }
+    payload = opened;
+  }
   if (props?.payloadFormatIndicator === true && !isUtf8(payload)) {
     // [MQTT-3.3.2-4] the server may check that a payload said to be UTF-8 is: it does.
     broker.stats.publishRefused++;
