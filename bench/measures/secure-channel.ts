@@ -27,12 +27,14 @@ import type { CaseResult, Column, Measure, MeasureContext } from '../lib/measure
 
 interface Plan {
   warmupMs: number;
+  /** Per path; split into `windows` parts, channel and raw taking turns, so both see the same machine. */
   measureMs: number;
+  windows: number;
 }
 
-// Full: 16 rows × 2 paths × 2.3 s + 2 handshake rows ≈ 45 s. Quick: ≈ 1.5 s, a check that the paths work.
-const QUICK: Plan = { warmupMs: 15, measureMs: 60 };
-const FULL: Plan = { warmupMs: 300, measureMs: 2_000 };
+// Full: 8 rows × 2 paths × 2.3 s + 2 handshake rows ≈ 45 s. Quick: ≈ 1.5 s, a check that the paths work.
+const QUICK: Plan = { warmupMs: 15, measureMs: 60, windows: 2 };
+const FULL: Plan = { warmupMs: 300, measureMs: 2_000, windows: 10 };
 
 const SUITES: readonly SuiteName[] = ['intl', 'sm'];
 const SIZES: readonly { label: string; bytes: number }[] = [
@@ -60,7 +62,9 @@ const COLUMNS: readonly Column[] = [
   { key: 'rawOps', label: 'raw ops/s' },
   { key: 'rawUs', label: 'raw µs/op', digits: 2 },
   { key: 'ratio', label: 'channel × raw', digits: 2 },
+  { key: 'ratioSpread', label: 'ratio p10–p90' },
   { key: 'channelMiBs', label: 'channel MiB/s', digits: 1 },
+  { key: 'cpuPct', label: 'process CPU %' },
   { key: 'handshakes', label: 'handshakes/s' },
   { key: 'handshakeUs', label: 'µs/handshake', digits: 0 },
   { key: 'handshakeFailures', label: 'failed handshakes' },
@@ -87,13 +91,55 @@ async function runFor(batch: (n: number) => void, ms: number, k: number): Promis
   return { ops, ms: busy };
 }
 
+/** Operations between clock reads, from a warm-up of `batch`. */
+async function warmUp(batch: (n: number) => void, plan: Plan): Promise<number> {
+  const warm = await runFor(batch, plan.warmupMs, 1);
+  return Math.max(1, Math.min(4_096, Math.floor((CLOCK_CHECK_US / 1000) * (warm.ops / warm.ms))));
+}
+
 /** Operations per second of busy time after a warm-up (which also sizes the batches between clock reads). */
 async function rate(batch: (n: number) => void, plan: Plan): Promise<number> {
-  const warm = await runFor(batch, plan.warmupMs, 1);
-  const k = Math.max(1, Math.min(4_096, Math.floor((CLOCK_CHECK_US / 1000) * (warm.ops / warm.ms))));
+  const k = await warmUp(batch, plan);
   const r = await runFor(batch, plan.measureMs, k);
   return (r.ops * 1000) / r.ms;
 }
+
+interface Paired {
+  aOps: number;
+  bOps: number;
+  /** b's rate ÷ a's rate per window pair, sorted. */
+  ratios: number[];
+  /** Process CPU (user + system) over the measurement ÷ its wall time; 100 = one core. */
+  cpuPct: number;
+}
+
+/** Rates of two batches measured in alternating windows: noise from other work hits both alike. */
+async function paired(a: (n: number) => void, b: (n: number) => void, plan: Plan): Promise<Paired> {
+  const ka = await warmUp(a, plan);
+  const kb = await warmUp(b, plan);
+  const total = { a: { ops: 0, ms: 0 }, b: { ops: 0, ms: 0 } };
+  const ratios: number[] = [];
+  const cpu0 = process.cpuUsage();
+  const wall0 = performance.now();
+  for (let w = 0; w < plan.windows; w++) {
+    const ra = await runFor(a, plan.measureMs / plan.windows, ka);
+    const rb = await runFor(b, plan.measureMs / plan.windows, kb);
+    total.a.ops += ra.ops;
+    total.a.ms += ra.ms;
+    total.b.ops += rb.ops;
+    total.b.ms += rb.ms;
+    ratios.push(rb.ops / rb.ms / (ra.ops / ra.ms));
+  }
+  const cpu = process.cpuUsage(cpu0);
+  return {
+    aOps: (total.a.ops * 1000) / total.a.ms,
+    bOps: (total.b.ops * 1000) / total.b.ms,
+    ratios: ratios.sort((x, y) => x - y),
+    cpuPct: ((cpu.user + cpu.system) / 1000 / (performance.now() - wall0)) * 100,
+  };
+}
+
+const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 
 /**
  * A key pair whose private key is exactly 32 bytes: node's ECDH#getPrivateKey drops leading zero bytes,
@@ -185,10 +231,12 @@ async function sizeCase(
     raw(1);
     check('raw');
     const rawBytes = rawSeal(cipher, key, payloads[0]!).length;
-    const channelOps = await rate(channel, plan);
-    check('channel');
-    const rawOps = await rate(raw, plan);
+    // raw's rate ÷ channel's rate = channel µs ÷ raw µs.
+    const result = await paired(channel, raw, plan);
     check('raw');
+    channel(1);
+    check('channel');
+    const { aOps: channelOps, bOps: rawOps } = result;
     return {
       measure: 'secure-channel',
       case: label,
@@ -202,12 +250,19 @@ async function sizeCase(
         rawOps,
         rawUs: 1e6 / rawOps,
         ratio: round2(rawOps / channelOps),
+        ratioSpread: `${quantile(result.ratios, 0.1).toFixed(2)}–${quantile(result.ratios, 0.9).toFixed(2)}`,
         channelMiBs: (channelOps * size.bytes) / 2 ** 20,
+        cpuPct: result.cpuPct,
         handshakes: null,
         handshakeUs: null,
         handshakeFailures: null,
       },
-      details: { payloadBytes: size.bytes, sendEpoch: pair.device.sendEpoch, receiveEpoch: pair.platform.receiveEpoch },
+      details: {
+        payloadBytes: size.bytes,
+        windowRatios: result.ratios.map(round2),
+        sendEpoch: pair.device.sendEpoch,
+        receiveEpoch: pair.platform.receiveEpoch,
+      },
     };
   } catch (error) {
     return { measure: 'secure-channel', case: label, ok: false, error: (error as Error).message, metrics: {} };
@@ -259,7 +314,9 @@ async function handshakeCase(
         rawOps: null,
         rawUs: null,
         ratio: null,
+        ratioSpread: null,
         channelMiBs: null,
+        cpuPct: null,
         handshakes: perSecond,
         handshakeUs: 1e6 / perSecond,
         handshakeFailures: failures,

@@ -6,11 +6,17 @@ export {
   reconnectDelayMs,
 } from './device-client.ts';
 export {
+  SECURE_CHANNEL_MQTT_METHOD,
+  SecureChannelMqttClient,
+  type SecureChannelMqttClientOptions,
+} from './secure-channel-mqtt-client.ts';
+export {
   DeviceHttpClient,
   type DeviceHttpClientOptions,
   DeviceHttpError,
   type DeviceHttpResponse,
 } from './device-http-client.ts';
+export { SecureChannelHttpClient, type SecureChannelHttpClientOptions } from './secure-channel-http-client.ts';
 export {
   type BuiltinCommandHooks,
   type CommandHandler,

@@ -147,7 +147,12 @@ export function generateChannelKeyPair(suite: SuiteName): ChannelKeyPair {
   if (suite === 'intl') {
     const ecdh = createECDH('prime256v1');
     ecdh.generateKeys();
-    return { privateKey: ecdh.getPrivateKey(), publicKey: ecdh.getPublicKey() };
+    // getPrivateKey() drops leading zero bytes (about 1 key in 256): a private key is always 32 bytes.
+    const privateKey = ecdh.getPrivateKey();
+    return {
+      privateKey: Buffer.concat([Buffer.alloc(32 - privateKey.length), privateKey]),
+      publicKey: ecdh.getPublicKey(),
+    };
   }
   // Never seeded: sm-crypto-v2's seeded generation is broken (see crypto-suites.ts).
   const pair = sm2.generateKeyPairHex();
@@ -580,7 +585,10 @@ export class SecureChannelSession {
     const int = (value: unknown, what: string, max = Number.MAX_SAFE_INTEGER): number =>
       Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= max ? (value as number) : bad(what);
     const big = (value: unknown, what: string, min: bigint): bigint =>
-      typeof value === 'string' && /^-?[0-9]{1,20}$/.test(value) && BigInt(value) >= min && BigInt(value) <= MAX_SEQ + 1n
+      typeof value === 'string' &&
+      /^-?[0-9]{1,20}$/.test(value) &&
+      BigInt(value) >= min &&
+      BigInt(value) <= MAX_SEQ + 1n
         ? BigInt(value)
         : bad(what);
     const o = state.options;

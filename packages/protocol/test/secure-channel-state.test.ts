@@ -95,11 +95,22 @@ for (const suite of ['intl', 'sm'] as const) {
       platform.open(frames[3]!, T0 + 100);
       const restored = roundTrip(platform);
       assert.equal(restored.receiveEpoch, 1);
-      assert.equal(reasonOf(() => restored.open(frames[1]!, T0 + 200)), 'replayed');
-      assert.equal(reasonOf(() => restored.open(frames[3]!, T0 + 200)), 'replayed');
+      assert.equal(
+        reasonOf(() => restored.open(frames[1]!, T0 + 200)),
+        'replayed',
+      );
+      assert.equal(
+        reasonOf(() => restored.open(frames[3]!, T0 + 200)),
+        'replayed',
+      );
       // Frame 2 (epoch 1, not yet seen) and frame 4 (epoch 2) still open after the round trip.
       assert.equal(restored.open(frames[2]!, T0 + 200).toString(), 'f2');
-      assert.equal(roundTrip(restored).open(frames[4]!, T0 + 200).toString(), 'f4');
+      assert.equal(
+        roundTrip(restored)
+          .open(frames[4]!, T0 + 200)
+          .toString(),
+        'f4',
+      );
       // The exported state is plain JSON: no Buffer or bigint inside.
       const state = restored.exportState();
       assert.deepEqual(JSON.parse(JSON.stringify(state)), state);
@@ -115,8 +126,14 @@ for (const suite of ['intl', 'sm'] as const) {
       const restored = roundTrip(platform);
       const forged = Buffer.from(device.seal(Buffer.from('two'), T0 + 3));
       forged[forged.length - 1]! ^= 0x01;
-      assert.equal(reasonOf(() => restored.open(forged, T0 + 4)), 'forged');
-      assert.equal(reasonOf(() => restored.open(frame, T0 + 4)), 'replayed');
+      assert.equal(
+        reasonOf(() => restored.open(forged, T0 + 4)),
+        'forged',
+      );
+      assert.equal(
+        reasonOf(() => restored.open(frame, T0 + 4)),
+        'replayed',
+      );
       assert.equal(JSON.stringify(restored.exportState()), before);
     });
   });
@@ -158,5 +175,8 @@ test('[CHAN-3] acceptHello takes a derived psk instead of the secret, with the s
   const byPsk = acceptHello({ hello: parsed, psk: channelPsk('intl', SECRET), platformKey, ephemeral, now: T0 });
   assert.deepEqual(byPsk.reply, bySecret.reply);
   const wrong = channelPsk('intl', 'another secret');
-  assert.equal(reasonOf(() => acceptHello({ hello: parsed, psk: wrong, platformKey, now: T0 })), 'forged');
+  assert.equal(
+    reasonOf(() => acceptHello({ hello: parsed, psk: wrong, platformKey, now: T0 })),
+    'forged',
+  );
 });

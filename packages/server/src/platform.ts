@@ -529,8 +529,14 @@ export async function startPlatform(
       events: deviceEvents,
       audit: recordSoon,
       log: log.child({ component: 'devices' }),
+      // Only this process's connections: the sweep judged each one (a newer connection elsewhere with a
+      // new secret must stay); the others are asked to re-check theirs (`elsewhere`).
       disconnect: (deviceId, cause) =>
-        disconnectDevice(deviceId, cause === 'status' ? ReasonCode.AdministrativeAction : ReasonCode.NotAuthorized),
+        late.broker?.disconnectClient(
+          deviceId,
+          cause === 'status' ? ReasonCode.AdministrativeAction : ReasonCode.NotAuthorized,
+        ) ?? false,
+      elsewhere: (deviceIds) => late.routing?.recheck(deviceIds),
       connections: () =>
         (late.broker?.connectedIdentities() ?? [])
           .filter((identity) => identity.kind === 'device')
@@ -761,6 +767,17 @@ export async function startPlatform(
       const routing = new ClusterRouting(bus, broker);
       await routing.start();
       late.routing = routing;
+      routing.onCommandSettled = (commandId) => commands.wake(commandId);
+      deviceEvents.on('change', (change) => {
+        if (change.kind === 'command.status' && typeof change.data.commandId === 'string') {
+          routing.commandSettled(change.data.commandId);
+        }
+      });
+      routing.onRecheck = (deviceIds) => {
+        credentialLifecycle
+          .recheck(deviceIds)
+          .catch((error: unknown) => log.warn({ err: error }, 'cluster: credential re-check failed'));
+      };
       // [MQTT-3.1.4-3] one connection per client ID across processes: a device connecting here ends its
       // connection held by another process.
       devices.presence.events.on('change', (change) => {

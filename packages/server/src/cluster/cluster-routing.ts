@@ -3,8 +3,8 @@
 // broker and sent on the bus; every other process hands it to its own broker with persist: false, so the
 // process holding the device delivers it (the others have no subscriber for that device's topics: the
 // ACL confines devices to their own namespace) and every process's retained copy stays current, while
-// only the publishing process writes the shared store. Disconnect orders (revocation, quarantine) and
-// takeovers (the device connected again elsewhere: [MQTT-3.1.4-3] one session per client ID) travel the
+// only the publishing process writes the shared store. Disconnect orders (quarantine), credential
+// re-checks (revocation, rotation: each process judges its own connections) and takeovers (the device connected again elsewhere: [MQTT-3.1.4-3] one session per client ID) travel the
 // same way.
 import type { ClusterBus, BusMessage } from './cluster-bus.ts';
 
@@ -21,7 +21,11 @@ const SESSION_TAKEN_OVER = 0x8e;
 export class ClusterRouting {
   readonly #bus: ClusterBus;
   readonly #broker: RoutedBroker;
-  readonly stats = { remotePublishes: 0, remoteDisconnects: 0, takenOver: 0 };
+  readonly stats = { remotePublishes: 0, remoteDisconnects: 0, takenOver: 0, rechecks: 0 };
+  /** Wakes this process's long polls of a command another process settled (CHAN-7). */
+  onCommandSettled: ((commandId: string) => void) | undefined;
+  /** Re-checks this process's connections of devices whose credentials changed elsewhere (DEV-8). */
+  onRecheck: ((deviceIds: readonly string[]) => void) | undefined;
 
   constructor(bus: ClusterBus, broker: RoutedBroker) {
     this.#bus = bus;
@@ -48,6 +52,16 @@ export class ClusterRouting {
   disconnect(clientId: string, reasonCode: number): boolean {
     this.#bus.publish('broker', { t: 'disconnect', clientId, reasonCode });
     return this.#broker.disconnectClient(clientId, reasonCode);
+  }
+
+  /** Credentials or status of these devices changed: every other process re-checks its connections. */
+  recheck(deviceIds: readonly string[]): void {
+    this.#bus.publish('broker', { t: 'recheck', deviceIds: [...deviceIds] });
+  }
+
+  /** A command's status changed here: long polls waiting in other processes answer at once. */
+  commandSettled(commandId: string): void {
+    this.#bus.publish('broker', { t: 'command', commandId });
   }
 
   /** A client connected here: another process holding a connection with its client ID ends that one. */
@@ -81,6 +95,16 @@ export class ClusterRouting {
         this.#broker.disconnectClient(clientId, SESSION_TAKEN_OVER);
         return;
       }
+      case 'recheck': {
+        const { deviceIds } = message;
+        if (!Array.isArray(deviceIds) || !deviceIds.every((id) => typeof id === 'string')) return;
+        this.stats.rechecks++;
+        this.onRecheck?.(deviceIds as string[]);
+        return;
+      }
+      case 'command':
+        if (typeof message.commandId === 'string') this.onCommandSettled?.(message.commandId);
+        return;
       case 'listeners-changed':
         this.#bus.refreshListeners('events');
         return;

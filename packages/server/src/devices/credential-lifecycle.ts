@@ -41,6 +41,8 @@ export interface CredentialLifecycleOptions {
   connections: () => Iterable<LiveDeviceCredential>;
   /** Deletes the device's outstanding device tokens (cas_dvt_…); returns how many. */
   revokeTokens?: (deviceId: string) => Promise<number>;
+  /** Scale mode: asks the other processes to re-check their connections of these devices now. */
+  elsewhere?: (deviceIds: readonly string[]) => void;
   sweepIntervalMs: number;
   now?: () => number;
 }
@@ -63,6 +65,7 @@ export class CredentialLifecycle {
   readonly #disconnect: (deviceId: string, cause: DropCause) => boolean;
   readonly #connections: () => Iterable<LiveDeviceCredential>;
   readonly #revokeTokens: ((deviceId: string) => Promise<number>) | undefined;
+  readonly #elsewhere: ((deviceIds: readonly string[]) => void) | undefined;
   readonly #sweepIntervalMs: number;
   readonly #now: () => number;
   #timer: NodeJS.Timeout | undefined;
@@ -78,6 +81,7 @@ export class CredentialLifecycle {
     this.#disconnect = options.disconnect;
     this.#connections = options.connections;
     this.#revokeTokens = options.revokeTokens;
+    this.#elsewhere = options.elsewhere;
     this.#sweepIntervalMs = options.sweepIntervalMs;
     this.#now = options.now ?? Date.now;
   }
@@ -234,11 +238,20 @@ export class CredentialLifecycle {
    * returns how many. Concurrent full sweeps share one run.
    */
   sweep(deviceIds?: readonly string[]): Promise<number> {
-    if (deviceIds) return this.#sweep(new Set(deviceIds));
+    if (deviceIds) {
+      // Scale mode: the other processes re-check their own connections of these devices (RES-2).
+      this.#elsewhere?.(deviceIds);
+      return this.#sweep(new Set(deviceIds));
+    }
     this.#sweeping ??= this.#sweep(undefined).finally(() => {
       this.#sweeping = undefined;
     });
     return this.#sweeping;
+  }
+
+  /** Re-checks this process's connections of these devices only (asked by another process, RES-2). */
+  recheck(deviceIds: readonly string[]): Promise<number> {
+    return this.#sweep(new Set(deviceIds));
   }
 
   async #sweep(only: ReadonlySet<string> | undefined): Promise<number> {

@@ -66,6 +66,9 @@ export async function createHttpServer(options: HttpServerOptions): Promise<Fast
       ciphers: AEAD_CIPHERS,
       ...(options.tls.groups ? { ecdhCurve: options.tls.groups } : {}),
       honorCipherOrder: true,
+      // Fixed, not Node's argv-derived default: every process of a scale deployment resumes the others'
+      // sessions (RES-2).
+      sessionIdContext: 'castellan-https',
       // The handshake is part of receiving a request (Node's default would give it 120 s).
       handshakeTimeout: options.requestTimeoutMs,
     },

@@ -51,6 +51,11 @@ const PUBLIC_ROUTES = new Set([
   'POST /v1/device-api/challenges',
   'POST /v1/device-api/tokens',
   'POST /v1/device-api/register',
+  // The secure channel (CHAN-3): the keys are public, hellos and frames authenticate themselves (the
+  // psk-keyed MAC, then the session's AEAD); the device API behind them keeps its own check.
+  'GET /v1/device-api/secure-channel/keys',
+  'POST /v1/device-api/secure-channel/hello',
+  'POST /v1/device-api/secure-channel/request',
 ]);
 
 /** Routes only a device's own credential opens (deviceSignature / deviceToken): no person's or operator's. */
@@ -321,7 +326,7 @@ for (const dialect of await dialectCases()) {
             '127.0.0.1/32',
             '-----BEGIN PUBLIC KEY-----',
             ...['inv', 'enr', 'rft', 'ses'].map((p) => `cas_${p}_${'A'.repeat(43)}`),
-            ...['usr', 'vnd', 'opk', 'adm', 'fst', 'bat'].map((p) => `${p}_${'A'.repeat(22)}`),
+            ...['usr', 'vnd', 'opk', 'adm', 'fst', 'bat', 'cmd'].map((p) => `${p}_${'A'.repeat(22)}`),
             // A SHA-256 in lower-case hex (posture digests).
             'a'.repeat(64),
             // A device ID, a SHA-256 in hex, an Ed25519 signature in base64url (burn receipts, DEV-7).

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import tls from 'node:tls';
-import { DeviceClient, type DeviceConnectError } from '@castellan/device';
+import { connectionTls, DeviceClient, type DeviceConnectError, reportPosture } from '@castellan/device';
 import fc from 'fast-check';
 import type { DeviceChange } from '../../src/devices/device-events.ts';
 import { parsePostureReport } from '../../src/devices/posture/index.ts';
@@ -91,6 +91,28 @@ describe('posture report parsing', () => {
     for (const [value, reason] of refused) {
       assert.deepEqual(parse({ ...valid, tls: value }), { ok: false, reason }, JSON.stringify(value));
     }
+  });
+
+  test('[CHAN-8] the SDK leaves tls out when its publisher has no TLS connection to read', async () => {
+    const sent: string[] = [];
+    const publisher = {
+      deviceId: '01' + 'a'.repeat(22),
+      publish: async (_topic: string, payload: string | Buffer) => {
+        sent.push(payload.toString());
+      },
+    };
+    const report = await reportPosture(publisher, {
+      firmwareVersion: '1.2.0',
+      securityLevel: 'L1',
+      digests: { '/a': KERNEL },
+    });
+    assert.equal('tls' in report, false);
+    assert.equal(connectionTls(publisher), null);
+    assert.equal(connectionTls({ ...publisher, negotiatedGroup: null, mqtt: { stream: undefined } }), null);
+    assert.deepEqual(parsePostureReport(Buffer.from(sent[0]!)), {
+      ok: true,
+      report: { firmwareVersion: '1.2.0', securityLevel: 'L1', digests: { '/a': sha256(KERNEL) } },
+    });
   });
 
   test('[CHAN-8] any tls value is parsed to exactly its three checked fields or refused (fast-check)', () => {

@@ -509,6 +509,11 @@ export class CommandsService {
     });
   }
 
+  /** Wakes long polls of a command that ended in another process (scale mode: no 1 s poll to wait for). */
+  wake(commandId: string): void {
+    this.#wake(commandId);
+  }
+
   #wake(commandId: string): void {
     const set = this.#waiters.get(commandId);
     if (!set) return;

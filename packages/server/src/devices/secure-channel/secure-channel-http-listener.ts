@@ -110,7 +110,8 @@ export async function startSecureChannelHttpListener(
     server,
     (ip) => admit(ip) && !options.isBlocked(ip),
     // No address in the log (PRIV-4).
-    () => options.log.debug({}, 'secure channel http: connection refused (secureChannel.httpAllow/httpDeny or a block)'),
+    () =>
+      options.log.debug({}, 'secure channel http: connection refused (secureChannel.httpAllow/httpDeny or a block)'),
   );
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {

@@ -11,7 +11,7 @@
 // (secure-channel-http-listener.ts), which forwards here so the same guard applies.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
-import { ERROR_CODES } from '../../errors/index.ts';
+import { CastellanError, ERROR_CODES } from '../../errors/index.ts';
 import { StrictObject } from '../../http/index.ts';
 import type { DeviceHttpAuth } from '../device-http-auth.ts';
 import { SECURE_CHANNEL_MAX_REQUEST_BYTES, type SecureChannelService } from './secure-channel-service.ts';
@@ -88,8 +88,14 @@ export async function secureChannelRoutes(app: FastifyInstance, { service, auth 
     async () => service.publicKeys(),
   );
 
-  const bytesOf = (request: FastifyRequest): Buffer =>
-    Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0);
+  /** The raw body; any other media type (parsed as JSON by the API) is refused before the channel sees it. */
+  const bytesOf = (request: FastifyRequest): Buffer => {
+    if (Buffer.isBuffer(request.body)) return request.body;
+    if (request.body === undefined || request.body === null) return Buffer.alloc(0);
+    throw new CastellanError('ERR_HTTP_UNSUPPORTED_MEDIA_TYPE', {
+      message: 'Content-Type is not supported; send application/octet-stream',
+    });
+  };
 
   app.post(
     SECURE_CHANNEL_PATHS.hello,
@@ -156,6 +162,9 @@ export async function secureChannelRoutes(app: FastifyInstance, { service, auth 
   );
 }
 
-function errorBody(code: 'ERR_SECURE_CHANNEL_ENVELOPE_INVALID' | 'ERR_SECURE_CHANNEL_PATH_NOT_ALLOWED', requestId: string) {
+function errorBody(
+  code: 'ERR_SECURE_CHANNEL_ENVELOPE_INVALID' | 'ERR_SECURE_CHANNEL_PATH_NOT_ALLOWED',
+  requestId: string,
+) {
   return { error: { code, message: ERROR_CODES[code].message, requestId } };
 }

@@ -35,7 +35,10 @@ import type { PlatformChannelKeys } from './platform-channel-keys.ts';
 export const SECURE_CHANNEL_SESSION_ID_BYTES = 16;
 /** The largest request body: session ID ‖ the largest frame. */
 export const SECURE_CHANNEL_MAX_REQUEST_BYTES =
-  SECURE_CHANNEL_SESSION_ID_BYTES + SECURE_CHANNEL_HEADER_BYTES + SECURE_CHANNEL_MAX_PLAINTEXT + SECURE_CHANNEL_TAG_BYTES;
+  SECURE_CHANNEL_SESSION_ID_BYTES +
+  SECURE_CHANNEL_HEADER_BYTES +
+  SECURE_CHANNEL_MAX_PLAINTEXT +
+  SECURE_CHANNEL_TAG_BYTES;
 
 /** Why a hello or frame was refused: the library's reasons plus the session's own. */
 export type SecureChannelHttpRefusal =
@@ -173,11 +176,12 @@ export class SecureChannelService {
       });
     } catch (error) {
       const reason = error instanceof SecureChannelError ? error.reason : 'malformed';
-      return this.#refuse(ip, parsed.deviceId, device ? reason : 'unknown-device', device);
+      return this.#refuse(ip, parsed.deviceId, device ? reason : 'unknown-device', device ?? undefined);
     }
     if (!device) return this.#refuse(ip, parsed.deviceId, 'unknown-device');
     // The product must allow the secret (an L2 certificate-only product refuses it: DEV-5).
-    if ((await this.#o.devices.admit(device, 'secret')) !== null) return this.#refuse(ip, device.id, 'not-admitted', device);
+    if ((await this.#o.devices.admit(device, 'secret')) !== null)
+      return this.#refuse(ip, device.id, 'not-admitted', device);
     // Only an authentic hello occupies a nonce: otherwise anyone could burn a device's hellos.
     const toleranceMs = accepted.session.options.toleranceMs;
     const nonce = createHash('sha256').update(parsed.mac).digest('base64url');
@@ -269,7 +273,11 @@ export class SecureChannelService {
       .select('secret_changed_at')
       .where('device_id', '=', device.id)
       .executeTakeFirst();
-    if (credential?.secret_changed_at != null && Number(credential.secret_changed_at) >= Number(row.created_at)) {
+    if (
+      credential?.secret_changed_at !== null &&
+      credential?.secret_changed_at !== undefined &&
+      Number(credential.secret_changed_at) >= Number(row.created_at)
+    ) {
       return this.#refuse(ip, device.id, 'credential-revoked', device);
     }
     let session: SecureChannelSession;
@@ -311,7 +319,12 @@ export class SecureChannelService {
     return this.#o.cipher.encrypt(vendorId, Buffer.from(JSON.stringify(keys), 'utf8'), keysContext(sessionId));
   }
 
-  async #refuse(ip: string, deviceId: string | null, reason: SecureChannelHttpRefusal, device?: Device): Promise<never> {
+  async #refuse(
+    ip: string,
+    deviceId: string | null,
+    reason: SecureChannelHttpRefusal,
+    device?: Device,
+  ): Promise<never> {
     const addr = normaliseIp(ip);
     await this.#o.refusal({ ip: addr, deviceId, reason, transport: 'http' });
     this.#o.record?.({

@@ -42,6 +42,9 @@ export function tlsServerOptions(options: TlsServerOptions, handshakeTimeoutMs: 
     // Lite or shared keys: a ticket lives as long as the key that sealed it (TicketKeyRotation).
     ...(lite || options.ticketKeySource ? { sessionTimeout: (options.ticketKeyRotationMinutes ?? 720) * 60 } : {}),
     honorCipherOrder: true,
+    // Node derives the default from process.argv, so processes started differently would refuse each
+    // other's tickets; one fixed context lets every process of a scale deployment resume (RES-2).
+    sessionIdContext: 'castellan-mqtt',
     handshakeTimeout: handshakeTimeoutMs,
     // Mutual TLS for devices (DEV-5): a client certificate is asked for but not required, and OpenSSL
     // does not judge it; the authenticate hook verifies it against the platform's records.

@@ -108,9 +108,9 @@ export function handleAuth(conn: MqttConnection, packet: IAuthPacket): void {
   }
   // Re-authentication (4.12.1) is not offered: the methods served complete within CONNECT/CONNACK
   // (the secure channel re-keys in-band); the client connects again instead. A failed
-  // re-authentication ends with DISCONNECT and a closed connection [MQTT-4.12.1-2]; 0x8C says the
-  // method does not support it.
-  conn.disconnect(ReasonCode.BadAuthenticationMethod);
+  // re-authentication ends with DISCONNECT and a closed connection [MQTT-4.12.1-2]: 0x87, since
+  // 0x8C is not a DISCONNECT reason code (3.14.2.1).
+  conn.disconnect(ReasonCode.NotAuthorized);
 }
 
 export function handleServerOnly(conn: MqttConnection): void {
