@@ -80,11 +80,7 @@ import {
   startSecureChannelHttpListener,
 } from './devices/index.ts';
 import { CastellanError } from './errors/index.ts';
-import {
-  type SecureChannelListener,
-  secureChannelProfile,
-  startSecureChannelListener,
-} from './gateway/index.ts';
+import { type SecureChannelListener, secureChannelProfile, startSecureChannelListener } from './gateway/index.ts';
 import { PlatformChannelKeys } from './devices/index.ts';
 import {
   deviceBrokerHooks,
@@ -420,6 +416,17 @@ export async function startPlatform(
     // it), so the broker's last disconnects are stored.
     await devices.presence.start();
     cleanups.push(() => devices.presence.close());
+    if (clusterNodes) {
+      // A worker that crashed leaves its devices online: the survivors set them offline once it is
+      // seen as gone (three missed heartbeats).
+      const staleTimer = setInterval(() => {
+        devices.presence
+          .releaseStale()
+          .catch((error: unknown) => log.warn({ err: error }, 'presence: stale devices not released'));
+      }, clusterNodes.staleAfterMs);
+      staleTimer.unref();
+      cleanups.push(() => clearInterval(staleTimer));
+    }
 
     let redis: Redis | undefined;
     if (config.redis.url) {

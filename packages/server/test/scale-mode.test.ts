@@ -82,7 +82,11 @@ async function startProcess(
   child.stderr!.on('data', (c) => (output += c));
   const runtimeFile = join(dir, 'data', 'runtime.json');
   for (let i = 0; i < 600 && !existsSync(runtimeFile) && child.exitCode === null; i++) await sleep(50);
-  assert.ok(existsSync(runtimeFile), `the second process did not start:\n${output}`);
+  if (!existsSync(runtimeFile)) {
+    child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+    assert.fail(`the second process did not start:\n${output}`);
+  }
   await sleep(50);
   const runtime = JSON.parse(readFileSync(runtimeFile, 'utf8')) as Runtime & { workers?: unknown[] };
   return { child, runtime, dir, output: () => output };
@@ -367,5 +371,96 @@ describe('scale mode: two processes over PostgreSQL and Redis (RES-2)', { skip: 
       rmSync(third.dir, { recursive: true, force: true });
     }
     assert.equal((await presenceRow(device.id))?.online, 1, 'a third process stopping did not set it offline');
+  });
+});
+
+describe('scale mode: `castellan up` with two worker processes sharing the listeners (RES-2)', { skip: postgres.skip }, () => {
+  let b: TestPlatform;
+  let w: Awaited<ReturnType<typeof startProcess>>;
+  let tenant: Tenant;
+  const prefix = `castellan-test-${randomBytes(4).toString('hex')}:`;
+  const raws: MqttClient[] = [];
+
+  before(async () => {
+    b = await startTestPlatform('postgres', {
+      cluster: { enabled: true, heartbeatSeconds: 1 },
+      redis: { url: REDIS_URL, keyPrefix: prefix },
+    });
+    tenant = await provisionTenant(b, 6);
+    w = await startProcess(b, prefix, { cluster: { enabled: true, workers: 2, heartbeatSeconds: 1 } });
+  });
+  after(async () => {
+    for (const client of raws) client.end(true);
+    if (w) {
+      await stopProcess(w.child);
+      rmSync(w.dir, { recursive: true, force: true });
+    }
+    await b?.close();
+  });
+
+  test('[RES-2] two workers serve one port each for MQTT and HTTPS: devices land on both, commands and resumption work on either; a killed worker is replaced and its devices go offline', async () => {
+    const workers = (JSON.parse(readFileSync(join(w.dir, 'data', 'runtime.json'), 'utf8')) as {
+      workers: Array<{ pid: number; nodeId: string }>;
+    }).workers;
+    assert.equal(workers.length, 2);
+    assert.notEqual(workers[0]!.pid, workers[1]!.pid);
+    for (const worker of workers) process.kill(worker.pid, 0); // alive
+    const target = { ...b.platform, mqttUrl: w.runtime.mqttUrl };
+    const api = { httpUrl: w.runtime.httpUrl, caPem: b.platform.caPem };
+    const devices = tenant.devices.slice(0, 4);
+    const answered: string[] = [];
+    for (const device of devices) {
+      const client = await connectDevice(target, device, 5);
+      raws.push(client);
+      client.on('message', (topic, payload) => {
+        if (!topic.startsWith(`devices/${device.id}/commands/`)) return;
+        const { id } = JSON.parse(payload.toString('utf8')) as { id: string };
+        answered.push(device.id);
+        client.publish(`devices/${device.id}/acks/${id}`, JSON.stringify({ status: 'succeeded', result: { ok: true } }), { qos: 1 });
+      });
+      await new Promise<void>((r, j) => client.subscribe(`devices/${device.id}/commands/#`, { qos: 1 }, (e) => (e ? j(e) : r())));
+    }
+    const presence = async () =>
+      b.query<{ device_id: string; online: number; node_id: string }>(
+        `select device_id, online, node_id from device_presence where device_id in (${devices.map((_, i) => `$${i + 1}`).join(',')})`,
+        devices.map((d) => d.id),
+      );
+    await until('all four online', async () => (await presence()).filter((r) => r.online === 1).length === 4);
+    const nodes = new Set((await presence()).map((r) => r.node_id));
+    assert.deepEqual([...nodes].sort(), workers.map((x) => x.nodeId).sort(), 'connections were spread over both workers');
+    for (const device of devices) {
+      const sent = await request(api, 'POST', `/v1/devices/${device.id}/commands`, {
+        token: tenant.vendorToken,
+        body: { name: 'ping', params: {}, timeoutSeconds: 10 },
+      });
+      assert.equal(sent.status, 202, sent.text);
+      const done = await request(api, 'GET', `/v1/devices/${device.id}/commands/${sent.body.id}?wait=true`, {
+        token: tenant.vendorToken,
+      });
+      assert.equal(done.body.status, 'succeeded', done.text);
+    }
+    assert.deepEqual(answered.sort(), devices.map((d) => d.id).sort());
+    // Resumption whichever worker the next connection lands on.
+    const port = portOf(w.runtime.mqttUrl);
+    const full = await handshake(port, b.platform.caPem);
+    for (let i = 0; i < 4; i++) {
+      assert.equal((await handshake(port, b.platform.caPem, full.session)).reused, true, `resumption ${i + 1}`);
+    }
+
+    // A worker killed outright: the primary starts another; the dead one's devices are set offline.
+    const victim = workers[0]!;
+    const victims = (await presence()).filter((r) => r.node_id === victim.nodeId).map((r) => r.device_id);
+    process.kill(victim.pid, 'SIGKILL');
+    await until(
+      'its devices offline',
+      async () => (await presence()).filter((r) => victims.includes(r.device_id) && r.online === 0).length === victims.length,
+      20_000,
+    );
+    await until('a replacement worker', async () => {
+      const live = await b.platform.cluster!.nodes.liveNodes();
+      return live.length === 3 && !live.includes(victim.nodeId);
+    }, 20_000);
+    const again = await connectDevice(target, devices[0]!, 5);
+    raws.push(again);
   });
 });

@@ -199,3 +199,5 @@ try {
     process.exitCode = 1;
   }
 }
+// A cluster worker's IPC channel to the primary would keep it alive after it stopped (or failed to start).
+if (process.connected && process.env.CASTELLAN_WORKER_INDEX) process.disconnect();

@@ -37,8 +37,10 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
   const fork = (index: number): Promise<{ worker: Worker; ready: WorkerReady }> =>
     new Promise((resolvePromise, reject) => {
       const worker = cluster.fork({ CASTELLAN_WORKER_INDEX: String(index) });
+      let served = false;
       const onMessage = (message: unknown) => {
         if (!isReady(message)) return;
+        served = true;
         worker.off('exit', onEarlyExit);
         resolvePromise({ worker, ready: message });
       };
@@ -47,7 +49,8 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
       worker.on('message', onMessage);
       worker.once('exit', onEarlyExit);
       worker.once('exit', (code, signal) => {
-        if (stopping) return;
+        // One that never served is the start's failure (rejected above), not one to replace.
+        if (stopping || !served) return;
         const now = Date.now();
         while (restarts.length > 0 && restarts[0]! < now - 60_000) restarts.shift();
         if (restarts.length >= maxRestarts) {

@@ -55,7 +55,7 @@ const ENV_TO_PATH = new Map<string, LeafInfo>([
 ]);
 
 // Environment variables that configure the launcher or tooling, not the platform.
-const NON_CONFIG_ENV = new Set(['CASTELLAN_CONFIG']);
+const NON_CONFIG_ENV = new Set(['CASTELLAN_CONFIG', 'CASTELLAN_WORKER_INDEX']);
 
 function invalid(path: string, reason: string): CastellanError {
   return new CastellanError('ERR_CONFIG_INVALID', {

@@ -95,6 +95,18 @@ export class PresenceTracker {
    * mode the devices of processes still alive (heartbeat, cluster/) are left alone.
    */
   async start(): Promise<number> {
+    const stale = await this.releaseStale();
+    this.#timer = setInterval(() => void this.flush(), this.#flushMs);
+    this.#timer.unref();
+    return stale;
+  }
+
+  /**
+   * Sets offline the devices marked online by a process that is gone (in scale mode the cluster's
+   * heartbeats tell which are alive; called at start and periodically, so a crashed worker's devices
+   * do not stay online). Returns how many.
+   */
+  async releaseStale(): Promise<number> {
     const alive = (await this.#liveNodes()).filter((node) => node !== this.#nodeId);
     const result = await this.#db
       .updateTable('device_presence')
@@ -105,14 +117,13 @@ export class PresenceTracker {
         last_disconnect_reason: 'platform-restart',
       })
       .where('online', '=', 1)
+      .$if(this.#nodeId !== null, (qb) => qb.where('node_id', 'is distinct from', this.#nodeId))
       .$if(alive.length > 0, (qb) =>
         qb.where((eb) => eb.or([eb('node_id', 'is', null), eb('node_id', 'not in', alive)])),
       )
       .executeTakeFirst();
     const stale = Number(result.numUpdatedRows);
     if (stale > 0) this.#log.info({ devices: stale }, 'presence: devices left online by a stopped process set offline');
-    this.#timer = setInterval(() => void this.flush(), this.#flushMs);
-    this.#timer.unref();
     return stale;
   }
 

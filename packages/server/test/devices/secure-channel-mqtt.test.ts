@@ -341,7 +341,7 @@ for (const dialect of await dialectCases()) {
       const { raw, session } = await rawConnect(device);
       assert.ok(session);
       for (let i = 0; i < MAX_REFUSALS; i++) {
-        const frame = Buffer.from(session.seal(reading(i)));
+        const frame: Buffer = Buffer.from(session.seal(reading(i)));
         frame[40]! ^= 0xff;
         assert.equal(await publishRaw(raw, `devices/${device.id}/telemetry`, frame), PAYLOAD_FORMAT_INVALID);
       }
