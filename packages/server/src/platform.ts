@@ -3,6 +3,7 @@
 // runs several over PostgreSQL and Redis.
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import type { Server as TlsServer } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import { Redis } from 'ioredis';
 import type { DestinationStream } from 'pino';
@@ -449,7 +450,13 @@ export async function startPlatform(
     const limits = new RateLimits({ ...(redis ? { redis } : {}), keyPrefix });
     const bus =
       clusterNodes && redis
-        ? new ClusterBus({ redis, keyPrefix, nodeId: clusterNodes.nodeId, log: log.child({ component: 'cluster' }) })
+        ? new ClusterBus({
+            redis,
+            keyPrefix,
+            nodeId: clusterNodes.nodeId,
+            key: keys.blindIndex('platform', 'cluster-bus', 'v1'),
+            log: log.child({ component: 'cluster' }),
+          })
         : null;
     if (bus) {
       await bus.start();
@@ -562,7 +569,9 @@ export async function startPlatform(
     // below; desired state and custom commands are checked against the product's data points.
     // In scale mode through the bus too, so the process holding the device delivers it (RES-2).
     const publishToDevice = (topic: string, payload: Buffer, options: { qos: 0 | 1; retain: boolean }) =>
-      late.routing ? late.routing.publishToDevice(topic, payload, options) : late.broker?.publishSystem(topic, payload, options);
+      late.routing
+        ? late.routing.publishToDevice(topic, payload, options)
+        : late.broker?.publishSystem(topic, payload, options);
     const schemaChecks = productChecks(devices);
     const shadows = new ShadowService({
       db: store.db,
@@ -976,7 +985,7 @@ export async function startPlatform(
     const httpTicketSource = sharedTickets('https');
     if (httpTicketSource) {
       const httpTickets = new TicketKeyRotation(
-        http.server as unknown as import('node:tls').Server,
+        http.server as unknown as TlsServer,
         config.mqtt.ticketKeyRotationMinutes,
         httpTicketSource,
         (error) => log.warn({ err: error }, 'https: shared TLS ticket key unavailable; the previous key stays'),

@@ -96,6 +96,40 @@ describe('configuration', () => {
       );
   });
 
+  test('[RES-2] scale mode needs PostgreSQL and Redis, and workers need scale mode', () => {
+    const pg = 'postgres://postgres@127.0.0.1:5432/test';
+    const cases: Array<[Record<string, string>, string]> = [
+      [
+        { CASTELLAN_CLUSTER_ENABLED: 'true', REDIS_URL: 'redis://127.0.0.1:6379' },
+        'Invalid configuration: cluster.enabled needs a PostgreSQL database.url (processes share one database)',
+      ],
+      [
+        { CASTELLAN_CLUSTER_ENABLED: 'true', DATABASE_URL: pg },
+        'Invalid configuration: cluster.enabled needs redis.url (processes share one Redis)',
+      ],
+      [
+        { CASTELLAN_CLUSTER_WORKERS: '2' },
+        'Invalid configuration: cluster.workers above 1 needs cluster.enabled (scale mode)',
+      ],
+      [{ CASTELLAN_CLUSTER_WORKERS: '65' }, 'Invalid configuration: cluster.workers must be <= 64'],
+    ];
+    for (const [env, message] of cases)
+      assert.equal(
+        configError(() => loadConfig({ env, cwd: tmpdir() })),
+        message,
+      );
+    const ok = loadConfig({
+      env: {
+        CASTELLAN_CLUSTER_ENABLED: 'true',
+        CASTELLAN_CLUSTER_WORKERS: '4',
+        DATABASE_URL: pg,
+        REDIS_URL: 'redis://127.0.0.1:6379',
+      },
+      cwd: tmpdir(),
+    });
+    assert.equal(ok.cluster.workers, 4);
+  });
+
   test('unknown keys in a file are refused, naming the key', () => {
     const dir = mkdtempSync(join(tmpdir(), 'castellan-config-'));
     try {

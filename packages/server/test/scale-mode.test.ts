@@ -14,6 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import tls from 'node:tls';
 import { DeviceClient } from '@castellan/device';
+import { Redis } from 'ioredis';
 import type { MqttClient } from 'mqtt';
 import { signRequest } from '@castellan/protocol';
 import { dialectCases, POSTGRES_URL } from './helpers/dialects.ts';
@@ -74,12 +75,18 @@ async function startProcess(
   const file = join(dir, 'castellan.config.json');
   writeFileSync(file, JSON.stringify(config));
   const env = Object.fromEntries(
-    Object.entries(process.env).filter(([k]) => !k.startsWith('CASTELLAN_') && k !== 'DATABASE_URL' && k !== 'REDIS_URL'),
+    Object.entries(process.env).filter(
+      ([k]) => !k.startsWith('CASTELLAN_') && k !== 'DATABASE_URL' && k !== 'REDIS_URL',
+    ),
   );
-  const child = spawn(process.execPath, [bin, 'up', '--config', file], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [bin, 'up', '--config', file], {
+    cwd: dir,
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let output = '';
-  child.stdout!.on('data', (c) => (output += c));
-  child.stderr!.on('data', (c) => (output += c));
+  child.stdout.on('data', (c) => (output += c));
+  child.stderr.on('data', (c) => (output += c));
   const runtimeFile = join(dir, 'data', 'runtime.json');
   for (let i = 0; i < 600 && !existsSync(runtimeFile) && child.exitCode === null; i++) await sleep(50);
   if (!existsSync(runtimeFile)) {
@@ -102,10 +109,20 @@ async function stopProcess(child: ChildProcess): Promise<void> {
 const portOf = (url: string) => Number(new URL(url).port);
 
 /** One TLS handshake to 127.0.0.1:port; resolves with the session ticket and whether it resumed. */
-function handshake(port: number, ca: string, session?: Buffer): Promise<{ reused: boolean; session: Buffer | undefined }> {
+function handshake(
+  port: number,
+  ca: string,
+  session?: Buffer,
+): Promise<{ reused: boolean; session: Buffer | undefined }> {
   return new Promise((resolvePromise, reject) => {
     let ticket: Buffer | undefined;
-    const socket = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost', ...(session ? { session } : {}) });
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port,
+      ca,
+      servername: 'localhost',
+      ...(session ? { session } : {}),
+    });
     socket.on('session', (s: Buffer) => {
       ticket = s;
       // TLS 1.3 tickets arrive after the handshake: wait for one before closing.
@@ -140,7 +157,12 @@ function openStream(
       : { host: url.host, ...signRequest({ key: token, method: 'GET', target: path, host: url.host }) };
   return new Promise((resolvePromise, reject) => {
     const events: Array<{ event: string; data: unknown }> = [];
-    const req = https.request(url, { method: 'GET', ca, agent: false, headers: { accept: 'text/event-stream', ...auth } });
+    const req = https.request(url, {
+      method: 'GET',
+      ca,
+      agent: false,
+      headers: { accept: 'text/event-stream', ...auth },
+    });
     req.on('response', (res) => {
       assert.equal(res.statusCode, 200);
       res.setEncoding('utf8');
@@ -304,6 +326,23 @@ describe('scale mode: two processes over PostgreSQL and Redis (RES-2)', { skip: 
     await Promise.race([closed, sleep(5_000).then(() => assert.fail('the connection on A was not dropped'))]);
   });
 
+  test('[RES-2] a bus message without the cluster MAC (anyone with Redis access) is dropped: the device stays connected', async () => {
+    const device = nextDevice();
+    const client = await raw('B', device);
+    const redis = new Redis(REDIS_URL);
+    try {
+      const before = b.platform.cluster!.bus.stats.forged;
+      const body = JSON.stringify({ t: 'disconnect', clientId: device.id, reasonCode: 0x98, o: 'nod_attacker' });
+      for (const text of [body, `AAAA.${body}`]) await redis.publish(`${prefix}cluster:broker`, text);
+      await until('both forgeries counted', () => b.platform.cluster!.bus.stats.forged === before + 2);
+      await sleep(200);
+      assert.equal(client.connected, true, 'the forged disconnect order was not obeyed');
+      assert.equal(b.platform.broker.isConnected(device.id), true);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
   test('[RES-2] a device that connects to the other process takes its session over; it stays online there', async () => {
     const device = nextDevice();
     const first = await raw('A', device);
@@ -335,9 +374,8 @@ describe('scale mode: two processes over PostgreSQL and Redis (RES-2)', { skip: 
       await sleep(300);
       const client = await connect(a.runtime.mqttUrl, device);
       await client.publishTelemetry({ temperature: 21.5 });
-      await until(
-        'the telemetry event on B',
-        () => stream.events.some((e) => e.event === 'telemetry' && JSON.stringify(e.data).includes('21.5')),
+      await until('the telemetry event on B', () =>
+        stream.events.some((e) => e.event === 'telemetry' && JSON.stringify(e.data).includes('21.5')),
       ).catch((error: unknown) => {
         throw new Error(`${(error as Error).message}: ${JSON.stringify(stream.events)}`);
       });
@@ -359,7 +397,7 @@ describe('scale mode: two processes over PostgreSQL and Redis (RES-2)', { skip: 
     }
   });
 
-  test('[RES-2] a process starting leaves the devices of live processes online; a stopped one\'s are set offline', async () => {
+  test("[RES-2] a process starting leaves the devices of live processes online; a stopped one's are set offline", async () => {
     const device = nextDevice();
     await connect(a.runtime.mqttUrl, device);
     await until('online on A', async () => (await presenceRow(device.id))?.online === 1);
@@ -374,93 +412,114 @@ describe('scale mode: two processes over PostgreSQL and Redis (RES-2)', { skip: 
   });
 });
 
-describe('scale mode: `castellan up` with two worker processes sharing the listeners (RES-2)', { skip: postgres.skip }, () => {
-  let b: TestPlatform;
-  let w: Awaited<ReturnType<typeof startProcess>>;
-  let tenant: Tenant;
-  const prefix = `castellan-test-${randomBytes(4).toString('hex')}:`;
-  const raws: MqttClient[] = [];
+describe(
+  'scale mode: `castellan up` with two worker processes sharing the listeners (RES-2)',
+  { skip: postgres.skip },
+  () => {
+    let b: TestPlatform;
+    let w: Awaited<ReturnType<typeof startProcess>>;
+    let tenant: Tenant;
+    const prefix = `castellan-test-${randomBytes(4).toString('hex')}:`;
+    const raws: MqttClient[] = [];
 
-  before(async () => {
-    b = await startTestPlatform('postgres', {
-      cluster: { enabled: true, heartbeatSeconds: 1 },
-      redis: { url: REDIS_URL, keyPrefix: prefix },
+    before(async () => {
+      b = await startTestPlatform('postgres', {
+        cluster: { enabled: true, heartbeatSeconds: 1 },
+        redis: { url: REDIS_URL, keyPrefix: prefix },
+      });
+      tenant = await provisionTenant(b, 6);
+      w = await startProcess(b, prefix, { cluster: { enabled: true, workers: 2, heartbeatSeconds: 1 } });
     });
-    tenant = await provisionTenant(b, 6);
-    w = await startProcess(b, prefix, { cluster: { enabled: true, workers: 2, heartbeatSeconds: 1 } });
-  });
-  after(async () => {
-    for (const client of raws) client.end(true);
-    if (w) {
-      await stopProcess(w.child);
-      rmSync(w.dir, { recursive: true, force: true });
-    }
-    await b?.close();
-  });
+    after(async () => {
+      for (const client of raws) client.end(true);
+      if (w) {
+        await stopProcess(w.child);
+        rmSync(w.dir, { recursive: true, force: true });
+      }
+      await b?.close();
+    });
 
-  test('[RES-2] two workers serve one port each for MQTT and HTTPS: devices land on both, commands and resumption work on either; a killed worker is replaced and its devices go offline', async () => {
-    const workers = (JSON.parse(readFileSync(join(w.dir, 'data', 'runtime.json'), 'utf8')) as {
-      workers: Array<{ pid: number; nodeId: string }>;
-    }).workers;
-    assert.equal(workers.length, 2);
-    assert.notEqual(workers[0]!.pid, workers[1]!.pid);
-    for (const worker of workers) process.kill(worker.pid, 0); // alive
-    const target = { ...b.platform, mqttUrl: w.runtime.mqttUrl };
-    const api = { httpUrl: w.runtime.httpUrl, caPem: b.platform.caPem };
-    const devices = tenant.devices.slice(0, 4);
-    const answered: string[] = [];
-    for (const device of devices) {
-      const client = await connectDevice(target, device, 5);
-      raws.push(client);
-      client.on('message', (topic, payload) => {
-        if (!topic.startsWith(`devices/${device.id}/commands/`)) return;
-        const { id } = JSON.parse(payload.toString('utf8')) as { id: string };
-        answered.push(device.id);
-        client.publish(`devices/${device.id}/acks/${id}`, JSON.stringify({ status: 'succeeded', result: { ok: true } }), { qos: 1 });
-      });
-      await new Promise<void>((r, j) => client.subscribe(`devices/${device.id}/commands/#`, { qos: 1 }, (e) => (e ? j(e) : r())));
-    }
-    const presence = async () =>
-      b.query<{ device_id: string; online: number; node_id: string }>(
-        `select device_id, online, node_id from device_presence where device_id in (${devices.map((_, i) => `$${i + 1}`).join(',')})`,
-        devices.map((d) => d.id),
+    test('[RES-2] two workers serve one port each for MQTT and HTTPS: devices land on both, commands and resumption work on either; a killed worker is replaced and its devices go offline', async () => {
+      const workers = (
+        JSON.parse(readFileSync(join(w.dir, 'data', 'runtime.json'), 'utf8')) as {
+          workers: Array<{ pid: number; nodeId: string }>;
+        }
+      ).workers;
+      assert.equal(workers.length, 2);
+      assert.notEqual(workers[0]!.pid, workers[1]!.pid);
+      for (const worker of workers) process.kill(worker.pid, 0); // alive
+      const target = { ...b.platform, mqttUrl: w.runtime.mqttUrl };
+      const api = { httpUrl: w.runtime.httpUrl, caPem: b.platform.caPem };
+      const devices = tenant.devices.slice(0, 4);
+      const answered: string[] = [];
+      for (const device of devices) {
+        const client = await connectDevice(target, device, 5);
+        raws.push(client);
+        client.on('message', (topic, payload) => {
+          if (!topic.startsWith(`devices/${device.id}/commands/`)) return;
+          const { id } = JSON.parse(payload.toString('utf8')) as { id: string };
+          answered.push(device.id);
+          client.publish(
+            `devices/${device.id}/acks/${id}`,
+            JSON.stringify({ status: 'succeeded', result: { ok: true } }),
+            { qos: 1 },
+          );
+        });
+        await new Promise<void>((r, j) =>
+          client.subscribe(`devices/${device.id}/commands/#`, { qos: 1 }, (e) => (e ? j(e) : r())),
+        );
+      }
+      const presence = async () =>
+        b.query<{ device_id: string; online: number; node_id: string }>(
+          `select device_id, online, node_id from device_presence where device_id in (${devices.map((_, i) => `$${i + 1}`).join(',')})`,
+          devices.map((d) => d.id),
+        );
+      await until('all four online', async () => (await presence()).filter((r) => r.online === 1).length === 4);
+      const nodes = new Set((await presence()).map((r) => r.node_id));
+      assert.deepEqual(
+        [...nodes].sort(),
+        workers.map((x) => x.nodeId).sort(),
+        'connections were spread over both workers',
       );
-    await until('all four online', async () => (await presence()).filter((r) => r.online === 1).length === 4);
-    const nodes = new Set((await presence()).map((r) => r.node_id));
-    assert.deepEqual([...nodes].sort(), workers.map((x) => x.nodeId).sort(), 'connections were spread over both workers');
-    for (const device of devices) {
-      const sent = await request(api, 'POST', `/v1/devices/${device.id}/commands`, {
-        token: tenant.vendorToken,
-        body: { name: 'ping', params: {}, timeoutSeconds: 10 },
-      });
-      assert.equal(sent.status, 202, sent.text);
-      const done = await request(api, 'GET', `/v1/devices/${device.id}/commands/${sent.body.id}?wait=true`, {
-        token: tenant.vendorToken,
-      });
-      assert.equal(done.body.status, 'succeeded', done.text);
-    }
-    assert.deepEqual(answered.sort(), devices.map((d) => d.id).sort());
-    // Resumption whichever worker the next connection lands on.
-    const port = portOf(w.runtime.mqttUrl);
-    const full = await handshake(port, b.platform.caPem);
-    for (let i = 0; i < 4; i++) {
-      assert.equal((await handshake(port, b.platform.caPem, full.session)).reused, true, `resumption ${i + 1}`);
-    }
+      for (const device of devices) {
+        const sent = await request(api, 'POST', `/v1/devices/${device.id}/commands`, {
+          token: tenant.vendorToken,
+          body: { name: 'ping', params: {}, timeoutSeconds: 10 },
+        });
+        assert.equal(sent.status, 202, sent.text);
+        const done = await request(api, 'GET', `/v1/devices/${device.id}/commands/${sent.body.id}?wait=true`, {
+          token: tenant.vendorToken,
+        });
+        assert.equal(done.body.status, 'succeeded', done.text);
+      }
+      assert.deepEqual(answered.sort(), devices.map((d) => d.id).sort());
+      // Resumption whichever worker the next connection lands on.
+      const port = portOf(w.runtime.mqttUrl);
+      const full = await handshake(port, b.platform.caPem);
+      for (let i = 0; i < 4; i++) {
+        assert.equal((await handshake(port, b.platform.caPem, full.session)).reused, true, `resumption ${i + 1}`);
+      }
 
-    // A worker killed outright: the primary starts another; the dead one's devices are set offline.
-    const victim = workers[0]!;
-    const victims = (await presence()).filter((r) => r.node_id === victim.nodeId).map((r) => r.device_id);
-    process.kill(victim.pid, 'SIGKILL');
-    await until(
-      'its devices offline',
-      async () => (await presence()).filter((r) => victims.includes(r.device_id) && r.online === 0).length === victims.length,
-      20_000,
-    );
-    await until('a replacement worker', async () => {
-      const live = await b.platform.cluster!.nodes.liveNodes();
-      return live.length === 3 && !live.includes(victim.nodeId);
-    }, 20_000);
-    const again = await connectDevice(target, devices[0]!, 5);
-    raws.push(again);
-  });
-});
+      // A worker killed outright: the primary starts another; the dead one's devices are set offline.
+      const victim = workers[0]!;
+      const victims = (await presence()).filter((r) => r.node_id === victim.nodeId).map((r) => r.device_id);
+      process.kill(victim.pid, 'SIGKILL');
+      await until(
+        'its devices offline',
+        async () =>
+          (await presence()).filter((r) => victims.includes(r.device_id) && r.online === 0).length === victims.length,
+        20_000,
+      );
+      await until(
+        'a replacement worker',
+        async () => {
+          const live = await b.platform.cluster!.nodes.liveNodes();
+          return live.length === 3 && !live.includes(victim.nodeId);
+        },
+        20_000,
+      );
+      const again = await connectDevice(target, devices[0]!, 5);
+      raws.push(again);
+    });
+  },
+);

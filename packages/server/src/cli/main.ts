@@ -200,4 +200,4 @@ try {
   }
 }
 // A cluster worker's IPC channel to the primary would keep it alive after it stopped (or failed to start).
-if (process.connected && process.env.CASTELLAN_WORKER_INDEX) process.disconnect();
+if (process.connected && process.env.CASTELLAN_WORKER_INDEX) process.disconnect?.();

@@ -1,7 +1,10 @@
 // Messages between the processes of a scale deployment (RES-2), over Redis pub/sub: platform-to-device
 // publishes, disconnect orders and session takeovers for the broker, and device events for the push
 // streams held elsewhere. Pub/sub is at-most-once: what a process must not miss (command state, shadow
-// versions, presence) lives in PostgreSQL; the bus only carries what is live.
+// versions, presence) lives in PostgreSQL; the bus only carries what is live. Every message is MACed
+// (HMAC-SHA-256 under a key derived from the root key, which all nodes share): write access to Redis
+// alone cannot make a node send a command to a device or drop its connection.
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { Redis } from 'ioredis';
 
 export type BusChannel = 'broker' | 'events';
@@ -17,6 +20,8 @@ export interface ClusterBusOptions {
   redis: Redis;
   keyPrefix: string;
   nodeId: string;
+  /** 32 bytes derived from the root key: authenticates every message. */
+  key: Buffer;
   log: { warn(object: object, message: string): void; error(object: object, message: string): void };
 }
 
@@ -29,7 +34,7 @@ export class ClusterBus {
   #sub: Redis | undefined;
   readonly #handlers = new Map<BusChannel, (message: BusMessage) => void>();
   readonly #remote = new Map<BusChannel, { count: number; checkedAt: number; checking: boolean }>();
-  readonly stats = { published: 0, received: 0, malformed: 0 };
+  readonly stats = { published: 0, received: 0, malformed: 0, forged: 0 };
 
   constructor(options: ClusterBusOptions) {
     this.#o = options;
@@ -53,9 +58,18 @@ export class ClusterBus {
     const name = channel.slice(`${this.#o.keyPrefix}cluster:`.length) as BusChannel;
     const handler = this.#handlers.get(name);
     if (!handler) return;
+    const dot = text.indexOf('.');
+    const mac = Buffer.from(text.slice(0, Math.max(dot, 0)), 'base64url');
+    const body = text.slice(dot + 1);
+    const expected = this.#mac(channel, body);
+    if (dot < 0 || mac.length !== expected.length || !timingSafeEqual(mac, expected)) {
+      this.stats.forged++;
+      this.#o.log.warn({ channel: name }, 'cluster: bus message with a bad MAC dropped');
+      return;
+    }
     let message: BusMessage;
     try {
-      message = JSON.parse(text) as BusMessage;
+      message = JSON.parse(body) as BusMessage;
       if (typeof message !== 'object' || message === null || typeof message.t !== 'string') throw new Error('shape');
     } catch {
       this.stats.malformed++;
@@ -68,6 +82,11 @@ export class ClusterBus {
     } catch (error) {
       this.#o.log.error({ err: error, type: message.t }, 'cluster: bus handler failed');
     }
+  }
+
+  /** The MAC binds the channel name too: a message cannot be moved to another channel. */
+  #mac(channel: string, body: string): Buffer {
+    return createHmac('sha256', this.#o.key).update(channel).update('\u0000').update(body).digest();
   }
 
   /** Receives a channel's messages from the other processes (one handler per channel). */
@@ -85,7 +104,9 @@ export class ClusterBus {
   /** Sends to the other processes; fire and forget (a failure is logged). */
   publish(channel: BusChannel, message: BusMessage): void {
     this.stats.published++;
-    this.#o.redis.publish(this.#channel(channel), JSON.stringify({ ...message, o: this.nodeId })).catch((error: unknown) => {
+    const name = this.#channel(channel);
+    const body = JSON.stringify({ ...message, o: this.nodeId });
+    this.#o.redis.publish(name, `${this.#mac(name, body).toString('base64url')}.${body}`).catch((error: unknown) => {
       this.#o.log.warn({ err: error, type: message.t }, 'cluster: bus message not sent');
     });
   }

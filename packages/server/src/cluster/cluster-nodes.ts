@@ -42,7 +42,10 @@ export class ClusterNodes {
       .insertInto('cluster_nodes')
       .values({ node_id: this.nodeId, started_at: now, heartbeat_at: now })
       .execute();
-    await this.#o.db.deleteFrom('cluster_nodes').where('heartbeat_at', '<', now - 86_400_000).execute();
+    await this.#o.db
+      .deleteFrom('cluster_nodes')
+      .where('heartbeat_at', '<', now - 86_400_000)
+      .execute();
     this.#timer = setInterval(() => {
       this.#o.db
         .updateTable('cluster_nodes')

@@ -99,7 +99,7 @@ export class ClusterRouting {
         const { deviceIds } = message;
         if (!Array.isArray(deviceIds) || !deviceIds.every((id) => typeof id === 'string')) return;
         this.stats.rechecks++;
-        this.onRecheck?.(deviceIds as string[]);
+        this.onRecheck?.(deviceIds);
         return;
       }
       case 'command':

@@ -4,7 +4,7 @@
 // listens to the bridged ones: webhooks, activation and the other reactions stay on the local events, so
 // each event is acted on once, by the process where it happened. Events go on the bus only while some
 // other process has a push stream open (its bridge subscribes while the hub listens).
-import { EventEmitter } from 'node:events';
+import type { EventEmitter } from 'node:events';
 import type { DeviceChange, DeviceEvents, DeviceMessage, PresenceChange, PresenceEvents } from '../devices/index.ts';
 import type { BusMessage, ClusterBus } from './cluster-bus.ts';
 
@@ -47,7 +47,10 @@ export function bridgeDeviceEvents(
 
   const receive = (message: BusMessage) => {
     if (message.t === 'message' && isRecord(message.m) && typeof message.m.payload === 'string') {
-      deviceEvents.emit('message', { ...(message.m as object), payload: Buffer.from(message.m.payload, 'base64') } as DeviceMessage);
+      deviceEvents.emit('message', {
+        ...(message.m as object),
+        payload: Buffer.from(message.m.payload, 'base64'),
+      } as DeviceMessage);
     } else if (message.t === 'change' && isRecord(message.c)) {
       deviceEvents.emit('change', message.c as unknown as DeviceChange);
     } else if (message.t === 'presence' && isRecord(message.p)) {

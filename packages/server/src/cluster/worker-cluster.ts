@@ -61,7 +61,8 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
         restarts.push(now);
         options.notice(`castellan: worker ${index} stopped (${signal ?? `exit code ${code}`}); starting another`);
         setTimeout(() => {
-          if (!stopping) fork(index).catch((error: unknown) => options.notice(`castellan: ${(error as Error).message}`));
+          if (!stopping)
+            fork(index).catch((error: unknown) => options.notice(`castellan: ${(error as Error).message}`));
         }, 1_000).unref();
       });
     });

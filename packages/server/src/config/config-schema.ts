@@ -403,7 +403,8 @@ export const ConfigSchema = Type.Object(
           minimum: 1,
           maximum: 64,
           default: 1,
-          description: '`castellan up` forks this many worker processes sharing the listeners (more than 1 needs cluster.enabled)',
+          description:
+            '`castellan up` forks this many worker processes sharing the listeners (more than 1 needs cluster.enabled)',
         }),
         heartbeatSeconds: Type.Integer({
           minimum: 1,

@@ -494,12 +494,20 @@ export class MqttBroker {
    * without the ACL or the durable hook. Clients can never publish to `$` topics themselves.
    */
   publishSystem(topic: string, payload: Buffer, options: { retain: boolean; qos?: 0 | 1; persist?: boolean }): void {
-    const message = { topic, payload, qos: options.qos ?? 0, retain: options.retain, properties: undefined, expiresAt: null };
+    const message = {
+      topic,
+      payload,
+      qos: options.qos ?? 0,
+      retain: options.retain,
+      properties: undefined,
+      expiresAt: null,
+    };
     if (options.persist === false) {
       // Scale mode (RES-2): another process published and stored it; this one updates its memory and
       // routes to its own subscribers, never writing the shared store (an older copy could win there).
+      // Only connected sessions: an offline persistent session would write its queue to the shared store.
       if (message.retain) this.#retain(message, false);
-      this.route(message, undefined);
+      this.route(message, undefined, true);
       return;
     }
     const stored = this.publish(message, undefined);
@@ -551,13 +559,13 @@ export class MqttBroker {
    * Retain As Published (else 0 [MQTT-3.3.1-12]) and the matching subscription identifiers. Returns
    * true when a persistent session's store was written. A synchronous loop: no promise per message.
    */
-  route(message: OutboundMessage, senderClientId: string | undefined): boolean {
+  route(message: OutboundMessage, senderClientId: string | undefined, connectedOnly = false): boolean {
     const matches = this.subscriptions.match(message.topic, this.#isOnline);
     let stored = false;
     for (const sub of matches) {
       if (sub.noLocal && sub.clientId === senderClientId) continue; // [MQTT-3.8.3-3]
       const session = this.#sessions.get(sub.clientId);
-      if (!session) continue;
+      if (!session || (connectedOnly && session.sink === null)) continue;
       const qos = sub.qos < message.qos ? sub.qos : message.qos; // [MQTT-3.8.4-8]
       const retain = message.retain && sub.retainAsPublished;
       const ids = sub.identifiers;

@@ -89,8 +89,11 @@ export async function startMqttListener(
   server.maxConnections = options.maxConnections;
   const ticketKeys =
     options.profile === 'lite' || options.ticketKeySource
-      ? new TicketKeyRotation(server, options.ticketKeyRotationMinutes ?? 720, options.ticketKeySource ?? null, (error) =>
-          log.warn({ err: error }, 'mqtt: shared TLS ticket key unavailable; the previous key stays'),
+      ? new TicketKeyRotation(
+          server,
+          options.ticketKeyRotationMinutes ?? 720,
+          options.ticketKeySource ?? null,
+          (error) => log.warn({ err: error }, 'mqtt: shared TLS ticket key unavailable; the previous key stays'),
         )
       : null;
   await ticketKeys?.ready;
