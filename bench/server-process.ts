@@ -28,39 +28,57 @@ const logDestination = {
   },
 };
 
+let productId: string | undefined;
+
+/** The bench's overrides with a measure's own merged over them, one level deep per section. */
+function withExtra(base: Record<string, unknown>, extra: ServerStartOptions['configOverrides']) {
+  const merged: Record<string, unknown> = { ...base };
+  for (const [section, values] of Object.entries(extra ?? {})) {
+    merged[section] = { ...(merged[section] as Record<string, unknown> | undefined), ...values };
+  }
+  return merged;
+}
+
 async function start(opts: ServerStartOptions): Promise<void> {
   options = opts;
   const config = loadConfig({
     env: {},
     cwd: opts.dataDir,
-    overrides: {
-      dataDir: opts.dataDir,
-      log: { level: 'warn' },
-      database: { url: opts.databaseUrl, schema: opts.schema },
-      http: { host: '127.0.0.1', port: 0 },
-      // The load generator connects every device from one address: the connect limiter is opened wide.
-      mqtt: { host: '127.0.0.1', port: 0, connectsPerIpPerSecond: 1_000_000, connectBurstPerIp: 1_000_000 },
-      devices: { maxBatch: Math.max(1, opts.devices) },
-      admin: { enabled: false },
-      // The load generator is one IP with many devices: the telemetry measure is about the device
-      // path at full speed, so the guard's limits are set out of its way (its cost is still paid).
-      guard: {
-        httpPerIpPerMinute: 10_000_000,
-        httpPerCredentialPerMinute: 10_000_000,
-        mqttConnectsPerIpPerMinute: 1_000_000,
-        deviceMessagesPerSecond: 100_000,
-        deviceMessagesPerDay: 100_000_000,
-        productMessagesPerSecond: 10_000_000,
-        authFailuresPerIp: 100_000,
+    overrides: withExtra(
+      {
+        dataDir: opts.dataDir,
+        log: { level: 'warn' },
+        database: { url: opts.databaseUrl, schema: opts.schema },
+        http: { host: '127.0.0.1', port: 0 },
+        // The load generator connects every device from one address: the connect limiter is opened wide.
+        mqtt: { host: '127.0.0.1', port: 0, connectsPerIpPerSecond: 1_000_000, connectBurstPerIp: 1_000_000 },
+        devices: { maxBatch: Math.max(1, opts.devices) },
+        admin: { enabled: false },
+        // The load generator is one IP with many devices: the telemetry measure is about the device
+        // path at full speed, so the guard's limits are set out of its way (its cost is still paid).
+        guard: {
+          httpPerIpPerMinute: 10_000_000,
+          httpPerCredentialPerMinute: 10_000_000,
+          // command-rtt sends every command (a POST) with one session.
+          httpWritesPerCredentialPerMinute: 10_000_000,
+          mqttConnectsPerIpPerMinute: 1_000_000,
+          deviceMessagesPerSecond: 100_000,
+          deviceMessagesPerDay: 100_000_000,
+          productMessagesPerSecond: 10_000_000,
+          authFailuresPerIp: 100_000,
+        },
       },
-    },
+      opts.configOverrides,
+    ),
   });
   platform = await startPlatform(config, { logDestination, notice: () => {} });
   const vendor = await platform.accounts.createVendor('Bench Vendor');
   const product = await platform.devices.createProduct(vendor.id, {
     name: 'Bench Sensor',
     category: 'sensor',
+    ...(opts.reportLimits ? { reportLimits: opts.reportLimits } : {}),
   });
+  productId = product.id;
   const devices = await platform.devices.createDevices(product.id, opts.devices);
   // A person who owns the vendor, signed in: the HTTP measure reads a device with this session.
   const ctx = platform.accountsContext;
@@ -148,6 +166,15 @@ process.on('message', (message: RunnerMessage) => {
         (s) => send({ type: 'sample', sample: s }),
         (error: unknown) => send({ type: 'failed', message: `sample failed: ${(error as Error).message}` }),
       );
+      break;
+    case 'set-report-limits':
+      platform!.devices
+        .updateProduct(productId!, { reportLimits: { perSecond: message.perSecond, perDay: message.perDay } })
+        .then(
+          () => send({ type: 'report-limits-set' }),
+          (error: unknown) =>
+            send({ type: 'failed', message: `set-report-limits failed: ${(error as Error).message}` }),
+        );
       break;
     case 'stop':
       void stop(0);

@@ -55,6 +55,8 @@ export interface BenchChildOptions {
   prefix: string;
   /** postgres://… (a schema name is generated) or '' for SQLite. */
   databaseUrl: string;
+  /** Node options for the child (default: the runner's own), e.g. ['--cpu-prof', '--cpu-prof-dir=…']. */
+  execArgv?: string[];
 }
 
 export interface NextOptions<In> {
@@ -88,6 +90,7 @@ export class BenchChild<Out extends BaseMessage, In extends BaseMessage> {
     this.schema = options.databaseUrl ? `bench_${randomBytes(6).toString('hex')}` : '';
     const child = fork(options.script, [], {
       execPath: process.execPath,
+      ...(options.execArgv ? { execArgv: [...process.execArgv, ...options.execArgv] } : {}),
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
     });
     this.#child = child;

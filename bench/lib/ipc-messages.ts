@@ -10,6 +10,10 @@ export interface ServerStartOptions {
   schema: string;
   /** Devices to provision. */
   devices: number;
+  /** Merged over the bench's own overrides, one level deep per section (e.g. { mqtt: { maxInflight } }). */
+  configOverrides?: Record<string, Record<string, unknown>>;
+  /** The bench product's own report limits (default: none, so the guard's defaults apply). */
+  reportLimits?: { perSecond: number; perDay: number };
 }
 
 export interface ProvisionedDevice {
@@ -31,7 +35,11 @@ export interface ServerSample {
 }
 
 export type RunnerMessage =
-  { type: 'start'; options: ServerStartOptions } | { type: 'sample'; countRows: boolean } | { type: 'stop' };
+  | { type: 'start'; options: ServerStartOptions }
+  | { type: 'sample'; countRows: boolean }
+  /** Changes the bench product's report limits (devices.updateProduct); answered by 'report-limits-set'. */
+  | { type: 'set-report-limits'; perSecond: number; perDay: number }
+  | { type: 'stop' };
 
 export type ServerMessage =
   | {
@@ -46,6 +54,7 @@ export type ServerMessage =
       databaseVersion: string;
     }
   | { type: 'sample'; sample: ServerSample }
+  | { type: 'report-limits-set' }
   | { type: 'failed'; message: string }
   | { type: 'stopped' };
 

@@ -3,7 +3,7 @@
 // a broken platform fails the bench instead of hanging it. Its temporary data directory and PostgreSQL
 // schema are removed by the runner as well, in case the process died before it could do so itself.
 import { BenchChild } from './bench-child.ts';
-import type { RunnerMessage, ServerMessage, ServerSample } from './ipc-messages.ts';
+import type { RunnerMessage, ServerMessage, ServerSample, ServerStartOptions } from './ipc-messages.ts';
 
 const SERVER_SCRIPT = new URL('../server-process.ts', import.meta.url);
 const START_TIMEOUT_MS = 60_000;
@@ -15,6 +15,9 @@ export interface PlatformProcessOptions {
   /** postgres://… or '' for SQLite. */
   databaseUrl: string;
   devices: number;
+  /** See ServerStartOptions: a measure's own configuration on top of the bench's. */
+  configOverrides?: ServerStartOptions['configOverrides'];
+  reportLimits?: ServerStartOptions['reportLimits'];
 }
 
 type ReadyMessage = Extract<ServerMessage, { type: 'ready' }>;
@@ -29,6 +32,10 @@ export class PlatformProcess {
       name: 'platform',
       prefix: `[server ${options.label}] `,
       databaseUrl: options.databaseUrl,
+      // BENCH_CPU_PROF_DIR=<dir>: every platform process writes a V8 CPU profile there when it exits.
+      ...(process.env.BENCH_CPU_PROF_DIR
+        ? { execArgv: ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF_DIR}`] }
+        : {}),
     });
   }
 
@@ -45,6 +52,8 @@ export class PlatformProcess {
           databaseUrl: child.databaseUrl,
           schema: child.schema,
           devices: options.devices,
+          ...(options.configOverrides ? { configOverrides: options.configOverrides } : {}),
+          ...(options.reportLimits ? { reportLimits: options.reportLimits } : {}),
         },
       });
       proc.#ready = await ready;
@@ -66,6 +75,13 @@ export class PlatformProcess {
     const answer = this.#child.next('sample', SAMPLE_TIMEOUT_MS, 'the platform did not answer a sample request');
     this.#child.send({ type: 'sample', countRows });
     return (await answer).sample;
+  }
+
+  /** Changes the bench product's report limits (the per-device limits of the guard) while running. */
+  async setReportLimits(perSecond: number, perDay: number): Promise<void> {
+    const answer = this.#child.next('report-limits-set', SAMPLE_TIMEOUT_MS, 'the platform did not set the limits');
+    this.#child.send({ type: 'set-report-limits', perSecond, perDay });
+    await answer;
   }
 
   /** Stops the platform (it closes, drops its schema and exits), killing it if it takes too long. */

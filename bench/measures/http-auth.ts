@@ -48,6 +48,8 @@ async function load(url: string, caPem: string, plan: Plan, seconds: number, hea
 
 async function runCase(context: MeasureContext, backend: 'sqlite' | 'postgres', plan: Plan): Promise<CaseResult> {
   const label = backend;
+  // The same case name whether it passes or fails, so that runs and the goals table can match it.
+  const caseName = `${label}, ${plan.connections} connections`;
   let platform: PlatformProcess | undefined;
   try {
     platform = await PlatformProcess.start({
@@ -70,7 +72,7 @@ async function runCase(context: MeasureContext, backend: 'sqlite' | 'postgres', 
     const a = await load(device, ready.caPem, plan, plan.seconds, auth);
     return {
       measure: 'http-auth',
-      case: `${label}, ${plan.connections} connections`,
+      case: caseName,
       ok: true,
       metrics: {
         healthzRps: h.rps,
@@ -81,9 +83,10 @@ async function runCase(context: MeasureContext, backend: 'sqlite' | 'postgres', 
         authP99: a.p99,
         ratio: h.rps > 0 ? a.rps / h.rps : null,
       },
+      details: { backend, connections: plan.connections, seconds: plan.seconds, warmupSeconds: plan.warmupSeconds },
     };
   } catch (error) {
-    return { measure: 'http-auth', case: label, ok: false, error: (error as Error).message, metrics: {} };
+    return { measure: 'http-auth', case: caseName, ok: false, error: (error as Error).message, metrics: {} };
   } finally {
     await platform?.stop();
   }

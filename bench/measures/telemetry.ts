@@ -58,6 +58,7 @@ const COLUMNS: readonly Column[] = [
   { key: 'window', label: 'in flight / device' },
   { key: 'payloadBytes', label: 'payload B' },
   { key: 'msgsPerSec', label: 'msgs/s' },
+  { key: 'rowsPerSec', label: 'rows/s stored' },
   { key: 'p50Ms', label: 'p50 ack ms', digits: 1 },
   { key: 'p99Ms', label: 'p99 ack ms', digits: 1 },
   { key: 'acked', label: 'acked' },
@@ -274,6 +275,8 @@ async function runCase(context: MeasureContext, plan: Plan, c: TelemetryCase): P
         window: c.window,
         payloadBytes: load.sent ? Math.round(load.sentBytes / load.sent) : null,
         msgsPerSec: round2(latency.count / seconds),
+        // Storage: rows the telemetry writer committed inside the window (its counter, in the platform).
+        rowsPerSec: round2(rows / seconds),
         p50Ms: round2(latency.p50),
         p99Ms: round2(latency.p99),
         acked: load.acked,

@@ -59,6 +59,10 @@ const COLUMNS: readonly Column[] = [
   { key: 'resumedServerBytes', label: 'resumed bytes s→c' },
   { key: 'fullCpuMicros', label: 'server CPU µs/full', digits: 0 },
   { key: 'resumedCpuMicros', label: 'server CPU µs/resumed', digits: 0 },
+  // Lite rows against the RSA-2048 row of the same TLS version, measured in the same run (the goals).
+  { key: 'fullVsRsa', label: 'full hs/s ÷ RSA full', digits: 2 },
+  { key: 'resumedVsRsaFull', label: 'resumed hs/s ÷ RSA full', digits: 2 },
+  { key: 'fullBytesVsRsa', label: 'full bytes ÷ RSA full', digits: 2 },
 ];
 
 interface Handshake {
@@ -214,12 +218,57 @@ async function runScenario(
         fullCpuMicros: full.cpuMicros,
         resumedCpuMicros: resumed.cpuMicros,
       },
-      details: { concurrency: plan.concurrency, handshakes: plan.handshakes, chainLevels: chain.levels },
+      details: {
+        concurrency: plan.concurrency,
+        handshakes: plan.handshakes,
+        chain: scenario.chain,
+        chainLevels: chain.levels,
+        profile: scenario.profile,
+        version: scenario.version,
+        groups: scenario.groups,
+      },
     };
   } catch (error) {
     return { measure: 'tls-handshakes', case: scenario.label, ok: false, error: (error as Error).message, metrics: {} };
   } finally {
     await server?.stop();
+  }
+}
+
+const numberOf = (r: CaseResult, key: string): number | null => {
+  const value = r.metrics[key];
+  return typeof value === 'number' && Number.isFinite(value) ? value : null;
+};
+const ratioOf = (a: number | null, b: number | null): number | null =>
+  a === null || b === null || b <= 0 ? null : Math.round((a / b) * 100) / 100;
+
+/**
+ * The goals' ratios, on each P-256 row against the RSA-2048 row of the same TLS version: full handshakes/s
+ * (goal ≥ 1.7), resumed handshakes/s against RSA's full ones (what a fleet reconnecting with tickets
+ * costs against one without a cheap chain; goal ≥ 3), and the full handshake's bytes both ways (goal ≤ 0.5).
+ */
+function addRsaRatios(results: CaseResult[]): void {
+  const rsaOf = (version: unknown) =>
+    results.find((r) => r.ok && r.details?.chain === 'rsa2048-3' && r.details.version === version);
+  for (const r of results) {
+    if (!r.ok || r.details?.chain !== 'p256-2') continue;
+    const rsa = rsaOf(r.details.version);
+    if (!rsa) continue;
+    const bytes = (c: CaseResult) => {
+      const sent = numberOf(c, 'fullClientBytes');
+      const received = numberOf(c, 'fullServerBytes');
+      return sent === null || received === null ? null : sent + received;
+    };
+    r.metrics.fullVsRsa = ratioOf(numberOf(r, 'fullPerSecond'), numberOf(rsa, 'fullPerSecond'));
+    r.metrics.resumedVsRsaFull = ratioOf(numberOf(r, 'resumedPerSecond'), numberOf(rsa, 'fullPerSecond'));
+    r.metrics.fullBytesVsRsa = ratioOf(bytes(r), bytes(rsa));
+    r.details.rsaCase = rsa.case;
+    // Server CPU per full handshake, RSA ÷ lite: the server's capacity ratio, free of the clients' share.
+    r.details.fullServerCpuRsaOverLite = ratioOf(numberOf(rsa, 'fullCpuMicros'), numberOf(r, 'fullCpuMicros'));
+    r.details.resumedServerCpuRsaFullOverLite = ratioOf(
+      numberOf(rsa, 'fullCpuMicros'),
+      numberOf(r, 'resumedCpuMicros'),
+    );
   }
 }
 
@@ -236,6 +285,7 @@ export const tlsHandshakesMeasure: Measure = {
     };
     const results: CaseResult[] = [];
     for (const scenario of SCENARIOS) results.push(await runScenario(context, plan, scenario, chains));
+    addRsaRatios(results);
     return results;
   },
 };

@@ -271,6 +271,38 @@ describe('secure channel known-answer vectors', () => {
 });
 
 describe('secure channel handshake', () => {
+  test('[CHAN-3] intl: a generated private key whose top byte is zero is still 32 bytes and handshakes (getPrivateKey drops leading zeros)', () => {
+    // About 1 key in 256 has a zero top byte; 5,000 draws miss one with probability ~3e-9.
+    let found: ChannelKeyPair | undefined;
+    for (let i = 0; i < 5_000 && !found; i++) {
+      const pair = generateChannelKeyPair('intl');
+      assert.equal(pair.privateKey.length, 32);
+      if (pair.privateKey[0] === 0) found = pair;
+    }
+    assert.ok(found, 'a key with a zero top byte');
+    assert.deepEqual(channelPublicKey('intl', found.privateKey), found.publicKey);
+    const platformKey = generateChannelKeyPair('intl');
+    const { hello, ephemeral } = createHello({
+      suite: 'intl',
+      deviceId: FIXED.deviceId,
+      secret: 's1',
+      now: T0,
+      ephemeral: found,
+    });
+    const { reply, session } = acceptHello({ hello: parseHandshakeMessage(hello), secret: 's1', platformKey, now: T0 });
+    const device = completeHandshake({
+      suite: 'intl',
+      deviceId: FIXED.deviceId,
+      secret: 's1',
+      hello,
+      ephemeral,
+      reply,
+      platformPublicKey: platformKey.publicKey,
+      now: T0,
+    });
+    assert.deepEqual(session.open(device.seal(Buffer.from('hi'), T0), T0), Buffer.from('hi'));
+  });
+
   for (const suite of SUITES) {
     test(`[CHAN-3] ${suite}: a wrong secret, a wrong platform key and a stale hello are refused`, () => {
       const platformKey = generateChannelKeyPair(suite);

@@ -451,8 +451,10 @@ export class WebhooksService {
       .where('state', '=', 'dead')
       .executeTakeFirst();
     if (Number(result.numUpdatedRows) !== 1) throw new CastellanError('ERR_WEBHOOK_DEAD_LETTER_NOT_FOUND');
+    // Read before waking the worker: the answer is the replay as queued, not a delivery racing it.
+    const queued = (await this.getDelivery(deliveryId))!;
     this.#wake(now);
-    return (await this.getDelivery(deliveryId))!;
+    return queued;
   }
 
   /** Deletes delivered rows after 7 days and dead letters after 30; expired previous secrets. */
