@@ -60,7 +60,7 @@ function envInt(name: string, fallback: number): number {
   return value;
 }
 
-const QUICK: Plan = { equal: 300, scale: null, warmup: 20, concurrency: 32, settleMs: 500, holdMs: 500 };
+const QUICK: Plan = { equal: 150, scale: null, warmup: 10, concurrency: 32, settleMs: 500, holdMs: 500 };
 
 function fullPlan(): Plan {
   const connections = envInt('CASTELLAN_BENCH_CONNECTIONS', FULL_SCALE_DEFAULT);

@@ -309,9 +309,7 @@ export class CommandsService {
    */
   async waitForOutcome(deviceId: string, commandId: string, signal?: AbortSignal): Promise<Command | null> {
     for (;;) {
-      const command = await this.get(deviceId, commandId);
-      if (!command || !isOpen(command.status) || signal?.aborted || this.#closed) return command;
-      const remaining = command.expiresAt - this.#now();
+      // The waiter is registered before the read: an acknowledgement landing between the two wakes it.
       let wake!: () => void;
       const woken = new Promise<void>((resolve) => {
         wake = resolve;
@@ -326,6 +324,9 @@ export class CommandsService {
       signal?.addEventListener('abort', onAbort, { once: true });
       const poll = new AbortController();
       try {
+        const command = await this.get(deviceId, commandId);
+        if (!command || !isOpen(command.status) || signal?.aborted || this.#closed) return command;
+        const remaining = command.expiresAt - this.#now();
         // Woken by an acknowledgement in this process; otherwise polls (another process may have it).
         await Promise.race([
           woken,

@@ -51,7 +51,12 @@ export class PublishRefusedError extends Error {
   /** End the connection after refusing (e.g. repeated excess over a rate limit). */
   readonly disconnect: boolean;
   constructor(reason: PublishRefusedError['reason'], message: string, options: { disconnect?: boolean } = {}) {
+    // A refusal is an answer, not a fault: under overload thousands a second are made, and capturing
+    // a stack trace for each was a measurable share of the broker's time (bench: overload).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message);
+    Error.stackTraceLimit = limit;
     this.name = 'PublishRefusedError';
     this.reason = reason;
     this.disconnect = options.disconnect ?? false;
