@@ -115,7 +115,9 @@ export class CastellanCluster {
           // The development PKI and root key are expected here; everything else is shown.
           if (
             line.trim() &&
-            !/DEVELOPMENT DEFAULTS|Production supplies|development outbox|Castellan is up|HTTPS API|MQTT over TLS/.test(line)
+            !/DEVELOPMENT DEFAULTS|Production supplies|development outbox|Castellan is up|HTTPS API|MQTT over TLS/.test(
+              line,
+            )
           )
             process.stderr.write(`${options.prefix}${line}\n`);
         }

@@ -24,8 +24,8 @@ export type ProvisionChildMessage =
   | { type: 'failed'; message: string }
   | { type: 'stopped' };
 
-/** Most devices one createDevices call takes (devices.maxBatch's maximum). */
-const BATCH = 100_000;
+/** Devices per createDevices call: one transaction each, so the platform's other work still gets a pooled connection. */
+const BATCH = 10_000;
 const EXPECTED_WARNING = 'DEVELOPMENT DEFAULTS ACTIVE';
 
 let options: ProvisionOptions | undefined;
@@ -45,7 +45,7 @@ async function provision(opts: ProvisionOptions): Promise<void> {
     overrides: {
       dataDir: opts.dataDir,
       log: { level: 'warn' },
-      database: { url: opts.databaseUrl, schema: opts.schema, poolMax: 2 },
+      database: { url: opts.databaseUrl, schema: opts.schema, poolMax: 4 },
       http: { host: '127.0.0.1', port: 0 },
       mqtt: { host: '127.0.0.1', port: 0 },
       devices: { maxBatch: BATCH },

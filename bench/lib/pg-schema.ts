@@ -1,4 +1,4 @@
-// Dropping a benchmark's PostgreSQL schema, used by the platform process after it closed and by the
+// Dropping a benchmark's PostgreSQL schema (and its `_keys` key-store schema), used by the platform process after it closed and by the
 // runner as a fallback when that process died before it could.
 import pg from 'pg';
 
@@ -11,6 +11,8 @@ export async function dropBenchSchema(databaseUrl: string, schema: string): Prom
   await client.connect();
   try {
     await client.query(`drop schema if exists "${schema}" cascade`);
+    // The platform keeps its key store in a schema of its own next to the data (KEY-6).
+    await client.query(`drop schema if exists "${schema}_keys" cascade`);
   } finally {
     await client.end();
   }

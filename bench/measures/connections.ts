@@ -41,10 +41,11 @@ interface Plan {
 }
 
 const SCALE_TARGET = 100_000;
-// FULL's defaults fit the ~4 minutes a measure gets on the 2-core machine: Castellan connects ~65–100
-// devices/s there (see bench/README.md), Mosquitto ~300/s. The goal's run (15,000 against Mosquitto,
-// 100,000 in scale mode) takes these environment variables and ~25 minutes:
+// FULL's defaults fit the ~4 minutes a measure gets on the 2-core machine (~3.5 min): Castellan connects
+// ~250 devices/s there in one process and ~120/s in scale mode, Mosquitto ~340/s (see bench/README.md).
+// The goal's run (15,000 against Mosquitto, 100,000 in scale mode) takes ~15–20 minutes:
 //   CASTELLAN_BENCH_EQUAL_CONNECTIONS=15000 CASTELLAN_BENCH_CONNECTIONS=100000 CASTELLAN_BENCH_WORKERS=7
+//   CASTELLAN_BENCH_WATCHDOG_SECONDS=3600 npm run bench -- --only connections
 const FULL_EQUAL_DEFAULT = 5_000;
 const FULL_SCALE_DEFAULT = 10_000;
 const FULL_WORKERS_DEFAULT = 4;
