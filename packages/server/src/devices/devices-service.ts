@@ -430,28 +430,8 @@ export class DevicesService {
    * `device: null`: the caller runs its HMAC check either way and refuses alike.
    */
   async deviceRequestKey(deviceId: string): Promise<{ device: Device | null; key: Buffer }> {
-    const row = await this.#db
-      .selectFrom('devices')
-      .select(['id', 'vendor_id', 'product_id', 'status', 'created_at', 'secret_ciphertext'])
-      .where('id', '=', deviceId)
-      .executeTakeFirst();
-    let secret: Buffer;
-    let known = row !== undefined;
-    try {
-      if (row) {
-        secret = await this.#secrets.decrypt(row.vendor_id, asBuffer(row.secret_ciphertext), secretAad(row.id), {
-          product: row.product_id,
-        });
-      } else {
-        const decoy = await this.#decoySecret();
-        secret = await this.#secrets.decrypt(PLATFORM_TENANT, decoy.sealed, secretAad(decoy.id));
-      }
-    } catch {
-      known = false;
-      secret = randomBytes(DEVICE_SECRET_BYTES);
-    }
-    const key = deriveDeviceRequestKey(secret);
-    return { device: row && known ? toDevice(row) : null, key };
+    const { device, secret } = await this.#secretOrDecoy(deviceId);
+    return { device, key: deriveDeviceRequestKey(secret) };
   }
 
   /**
@@ -461,6 +441,15 @@ export class DevicesService {
    * with `device: null`: the caller checks the hello's MAC either way and refuses alike.
    */
   async secureChannelPsk(deviceId: string, suite: SuiteName): Promise<{ device: Device | null; psk: Buffer }> {
+    const { device, secret } = await this.#secretOrDecoy(deviceId);
+    return { device, psk: channelPsk(suite, secret) };
+  }
+
+  /**
+   * A device's secret for deriving a key from it, or, for an unknown device or an unusable secret, a
+   * decoy reached by the same work (one decryption), with `device: null`.
+   */
+  async #secretOrDecoy(deviceId: string): Promise<{ device: Device | null; secret: Buffer }> {
     const row = await this.#db
       .selectFrom('devices')
       .select(['id', 'vendor_id', 'product_id', 'status', 'created_at', 'secret_ciphertext'])
@@ -482,10 +471,11 @@ export class DevicesService {
       secret = randomBytes(DEVICE_SECRET_BYTES);
     }
     if (secret.length === 0) {
+      // A destroyed secret (certificate-only devices): nothing to derive from.
       known = false;
       secret = randomBytes(DEVICE_SECRET_BYTES);
     }
-    return { device: row && known ? toDevice(row) : null, psk: channelPsk(suite, secret) };
+    return { device: row && known ? toDevice(row) : null, secret };
   }
 
   /**
