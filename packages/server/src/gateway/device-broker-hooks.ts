@@ -83,6 +83,30 @@ function tenantOf(identity: ClientIdentity): string | null {
   return vendorId !== undefined && isTopicLevel(vendorId) ? vendorId : null;
 }
 
+/**
+ * A connected device's identity. Its attributes are what the credential sweep re-checks (DEV-8): how
+ * and when the device authenticated, and with which credential; every listener builds it here.
+ */
+export function deviceIdentity(
+  device: Pick<Device, 'id' | 'vendorId' | 'productId'>,
+  method: DeviceAuthMethod,
+  authenticatedAt: number,
+  extra: Readonly<Record<string, string>> = {},
+): ClientIdentity {
+  return {
+    principalId: device.id,
+    kind: 'device',
+    clientId: device.id,
+    attributes: {
+      ...extra,
+      vendorId: device.vendorId,
+      productId: device.productId,
+      authMethod: method,
+      authenticatedAt: String(authenticatedAt),
+    },
+  };
+}
+
 export function deviceBrokerHooks({
   devices,
   guard,
@@ -129,18 +153,7 @@ export function deviceBrokerHooks({
     // How and when it authenticated lets the credential sweep re-check the connection (DEV-8).
     return {
       ok: true,
-      identity: {
-        principalId: device.id,
-        kind: 'device',
-        clientId: device.id,
-        attributes: {
-          vendorId: device.vendorId,
-          productId: device.productId,
-          authMethod: method,
-          authenticatedAt: String(Date.now()),
-          ...(credential === undefined ? {} : { credential }),
-        },
-      },
+      identity: deviceIdentity(device, method, Date.now(), credential === undefined ? {} : { credential }),
     };
   };
 

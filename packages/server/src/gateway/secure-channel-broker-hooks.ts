@@ -24,6 +24,7 @@ import type { AuditEvent } from '../audit/index.ts';
 import type { Device, DevicesService } from '../devices/devices-service.ts';
 import { type GuardService, normaliseIp } from '../guard/index.ts';
 import type { EnhancedAuthenticateResult, ListenerProfile, PayloadCodec } from './mqtt/listener-profile.ts';
+import { deviceIdentity } from './device-broker-hooks.ts';
 
 /** The MQTT 5 Authentication Method of the secure channel. */
 export const SECURE_CHANNEL_MQTT_METHOD = 'castellan-sc-v1';
@@ -190,20 +191,8 @@ export function secureChannelProfile(options: SecureChannelProfileOptions): List
       };
       return {
         ok: true,
-        // As over TLS (device-broker-hooks.ts): the credential sweep re-checks `secret` connections
-        // when the secret is replaced (DEV-8).
-        identity: {
-          principalId: device.id,
-          kind: 'device',
-          clientId: device.id,
-          attributes: {
-            vendorId: device.vendorId,
-            productId: device.productId,
-            authMethod: 'secret',
-            authenticatedAt: String(at),
-            channel: 'secure-channel',
-          },
-        },
+        // As over TLS: the credential sweep re-checks `secret` connections when the secret is replaced (DEV-8).
+        identity: deviceIdentity(device, 'secret', at, { channel: 'secure-channel' }),
         authenticationData: accepted.reply,
         codec: new SessionCodec(accepted.session, refused, maxRefusals, now),
       };
