@@ -112,7 +112,10 @@ describe('SQLite durable commits', () => {
     assert.equal(await settled(Promise.all(rest)), false, 'they wait for it');
     held.releaseAll();
     await Promise.all(rest);
-    const { n } = await store.db.selectFrom('t').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
+    const { n } = await store.db
+      .selectFrom('t')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .executeTakeFirstOrThrow();
     assert.equal(Number(n), 51);
   });
 
@@ -175,7 +178,7 @@ describe('SQLite durable commits, real fsync', () => {
       cwd: new URL('..', import.meta.url).pathname,
     }).catch((error: { stdout: string; signal: string }) => error);
     assert.equal((result as { signal?: string }).signal, 'SIGKILL');
-    const acknowledged = Math.max(...(result.stdout as string).trim().split('\n').map(Number));
+    const acknowledged = Math.max(...result.stdout.trim().split('\n').map(Number));
     assert.equal(acknowledged, 200);
     const db = new DatabaseSync(file);
     try {

@@ -79,7 +79,7 @@ export class WalSyncer {
     try {
       fd = this.#open();
     } catch (error) {
-      return Promise.reject(error);
+      return Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
     this.stats.syncs++;
     const running = this.#fsync(fd).finally(() => {
