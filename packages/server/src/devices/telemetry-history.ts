@@ -7,6 +7,7 @@ import { type Kysely, type Selectable, sql } from 'kysely';
 import type { Logger } from 'pino';
 import { CastellanError } from '../errors/index.ts';
 import { asBuffer } from '../lib/bytes.ts';
+import { payloadJson } from './payload-json.ts';
 import type { Database } from '../store/index.ts';
 import type { TelemetryItem } from './devices-service.ts';
 import type { TelemetryRecord } from './telemetry-writer.ts';
@@ -77,12 +78,9 @@ export interface PointSeries {
  * 1/0). Other values (strings, objects, arrays) stay in the stored payload only.
  */
 export function numericPoints(payload: Uint8Array): Array<[string, number]> {
-  let value: unknown;
-  try {
-    value = JSON.parse(asBuffer(payload).toString('utf8'));
-  } catch {
-    return [];
-  }
+  const json = payloadJson(asBuffer(payload));
+  if (!json.ok) return [];
+  const { value } = json;
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return [];
   const points: Array<[string, number]> = [];
   for (const [key, v] of Object.entries(value as Record<string, unknown>)) {

@@ -2,6 +2,7 @@
 // SSE frame with a resumable id. Only what anyone allowed to read the device may see: no source IPs, no
 // protocol internals, no secrets (DeviceChange.data is already safe by contract).
 import type { DeviceChange, DeviceMessage } from '../device-events.ts';
+import { payloadJson } from '../payload-json.ts';
 import type { PresenceChange } from '../presence-events.ts';
 
 export const PUSH_EVENT_TYPES = ['presence', 'state', 'event', 'change', 'telemetry'] as const;
@@ -32,11 +33,8 @@ export interface PushEventBody {
 /** JSON payloads inline; anything else base64; large ones only by size. */
 function payloadOf(payload: Buffer): Record<string, unknown> {
   if (payload.length > MAX_INLINE_PAYLOAD_BYTES) return { payloadTooLarge: true, payloadBytes: payload.length };
-  try {
-    return { payload: JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(payload)) as unknown };
-  } catch {
-    return { payloadBase64: payload.toString('base64') };
-  }
+  const json = payloadJson(payload);
+  return json.ok ? { payload: json.value } : { payloadBase64: payload.toString('base64') };
 }
 
 /** Accepted device messages: state, events and (opt-in) telemetry. Acks are pushed as `command.status` changes. */

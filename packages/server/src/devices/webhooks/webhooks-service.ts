@@ -21,6 +21,7 @@ import { newId, newToken } from '../../lib/random-ids.ts';
 import type { Database } from '../../store/index.ts';
 import type { DeviceChange, DeviceEvents, DeviceMessage } from '../device-events.ts';
 import type { FieldCipher } from '../devices-service.ts';
+import { payloadJson } from '../payload-json.ts';
 import type { PresenceChange, PresenceEvents } from '../presence-events.ts';
 import { OutboundGuard, OutboundRefusedError } from './outbound-guard.ts';
 import { type SendOutcome, sendWebhook } from './webhook-sender.ts';
@@ -162,19 +163,11 @@ function toDelivery(row: Selectable<Database['webhook_deliveries']>): WebhookDel
 
 /** A device message as webhook data: JSON payloads as JSON, anything else as base64. */
 function messageData(message: DeviceMessage): Record<string, unknown> {
-  let payload: unknown;
-  let json: boolean;
-  try {
-    const text = message.payload.toString('utf8');
-    payload = JSON.parse(text);
-    json = Buffer.byteLength(text) === message.payload.length;
-  } catch {
-    json = false;
-  }
+  const json = payloadJson(message.payload);
   return {
     channel: message.channel,
     subtopic: message.rest.length > 0 ? message.rest.join('/') : null,
-    ...(json ? { payload } : { payloadBase64: message.payload.toString('base64') }),
+    ...(json.ok ? { payload: json.value } : { payloadBase64: message.payload.toString('base64') }),
   };
 }
 
