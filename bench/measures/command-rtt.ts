@@ -1,7 +1,7 @@
-// Command round trip (CHAN-7) as an app sees it: POST /v1/devices/:id/commands with the vendor owner's
-// session → the platform stores the command, audits it and publishes it at QoS 1 → the device (the SDK's
-// DeviceClient with onCommand) runs its handler and acknowledges → GET …/commands/:id?wait=true (the long
-// poll) answers with the outcome. The app is the load generator here, open loop: commands are issued at
+// Command round trip (CHAN-7) as an app sees it: POST /v1/devices/:id/commands?wait=true with the vendor
+// owner's session → the platform stores the command, audits it and publishes it at QoS 1 → the device (the
+// SDK's DeviceClient with onCommand) runs its handler and acknowledges → the same request answers with the
+// outcome (until 2026-11-22 the bench used POST, then GET …/commands/:id?wait=true: two requests). The app is the load generator here, open loop: commands are issued at
 // fixed times (rate × duration, round robin over the devices) whether or not earlier ones have ended, and
 // each round trip is timed from its scheduled time, so a generator or server that falls behind shows in
 // the latency instead of hiding in a lower offered rate. The platform runs in a child process
@@ -213,21 +213,17 @@ class CommandLoad {
     this.sendLag.push(performance.now() - sent.scheduledAt);
     let commandId: string | undefined;
     try {
-      const issued = await this.#api.request('POST', `/v1/devices/${device.id}/commands`, {
+      // One request: the command is issued and the answer is its outcome (POST …/commands?wait=true).
+      const done = await this.#api.request('POST', `/v1/devices/${device.id}/commands?wait=true`, {
         name: COMMAND_NAME,
         params: { seq },
         timeoutSeconds: COMMAND_TIMEOUT_SECONDS,
       });
-      if (issued.status !== 202 || typeof issued.body?.id !== 'string') {
-        this.#error(`POST ${issued.status} ${errorCode(issued)}`, sent.measured);
-        return;
-      }
-      commandId = issued.body.id;
-      const done = await this.#api.request('GET', `/v1/devices/${device.id}/commands/${commandId}?wait=true`);
       const ended = performance.now();
+      if (typeof done.body?.id === 'string') commandId = done.body.id;
       const result = done.body?.result as { seq?: unknown } | null | undefined;
-      if (done.status !== 200) {
-        this.#error(`GET ${done.status} ${errorCode(done)}`, sent.measured);
+      if (done.status !== 200 || commandId === undefined) {
+        this.#error(`POST ${done.status} ${errorCode(done)}`, sent.measured);
       } else if (done.body?.status !== 'succeeded' || result?.seq !== seq) {
         this.#error(`outcome ${String(done.body?.status)}`, sent.measured);
       } else {
@@ -468,7 +464,7 @@ async function runBackend(context: MeasureContext, plan: Plan, backend: Backend)
 export const commandRttMeasure: Measure = {
   name: 'command-rtt',
   description:
-    'Command round trip, open loop at a fixed rate: POST /v1/devices/:id/commands (session) → device (SDK onCommand) → ack → GET …?wait=true answers; timed from each command’s scheduled time',
+    'Command round trip, open loop at a fixed rate: POST /v1/devices/:id/commands?wait=true (session) → device (SDK onCommand) → ack → the same request answers; timed from each command’s scheduled time',
   columns: COLUMNS,
   async run(context) {
     const plan = context.quick ? QUICK : FULL;

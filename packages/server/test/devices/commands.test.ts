@@ -36,7 +36,7 @@ for (const dialect of await dialectCases()) {
 
     before(async () => {
       tp = await startTestPlatform(dialect.name, { accounts: { stepUpMinutes: 60 } });
-      tenant = await provisionTenant(tp, 16);
+      tenant = await provisionTenant(tp, 18);
       spare = [...tenant.devices];
       tp.platform.deviceEvents.on('change', (c) => changes.push(c));
     });
@@ -153,6 +153,47 @@ for (const dialect of await dialectCases()) {
         assert.ok(!JSON.stringify(entry).includes('Alice'), 'no parameter values in the audit log');
         assert.ok(!JSON.stringify(entry).includes('evening'), 'no parameter values in the audit log');
       }
+    });
+
+    test('[CHAN-7] POST ?wait=true answers with the outcome in one request, or with timed-out at the deadline', async () => {
+      const device = nextDevice();
+      const client = await sdk(device);
+      await client.onCommand('set-scene', async (command) => ({ applied: command.params.scene }));
+      const path = `/v1/devices/${device.id}/commands?wait=true`;
+      const done = await request(tp.platform, 'POST', path, {
+        token: tenant.vendorToken,
+        body: { name: 'set-scene', params: { scene: 'night' }, timeoutSeconds: 10 },
+      });
+      assert.equal(done.status, 200, done.text);
+      assert.equal(done.body.status, 'succeeded');
+      assert.deepEqual(done.body.result, { applied: 'night' });
+      assert.equal(await statusInDb(done.body.id), 'succeeded');
+
+      // A device that never acknowledges: the answer comes at the deadline, as the command's end.
+      const silent = nextDevice();
+      const { received } = await silentDevice(silent);
+      const started = Date.now();
+      const late = await request(tp.platform, 'POST', `/v1/devices/${silent.id}/commands?wait=true`, {
+        token: tenant.vendorToken,
+        body: { name: 'set-scene', params: { scene: 'x' }, timeoutSeconds: 1 },
+      });
+      assert.equal(late.status, 200, late.text);
+      assert.equal(late.body.status, 'timed-out');
+      assert.ok(Date.now() - started >= 900, 'answered at the deadline, not before');
+      assert.equal(received.length, 1, 'the device got the command');
+
+      // wait must be a boolean: refused before anything is stored or sent.
+      const bad = await request(tp.platform, 'POST', `/v1/devices/${device.id}/commands?wait=soon`, {
+        token: tenant.vendorToken,
+        body: { name: 'set-scene', params: { scene: 'y' } },
+      });
+      assert.equal(bad.status, 400, bad.text);
+      assert.equal(bad.body.error.code, 'ERR_VALIDATION_FAILED');
+      assert.equal(bad.body.error.message, 'querystring/wait must be boolean');
+      const history = await request(tp.platform, 'GET', `/v1/devices/${device.id}/commands`, {
+        token: tenant.vendorToken,
+      });
+      assert.equal(history.body.items.length, 1, 'the refused request stored no command');
     });
 
     test('[CHAN-7] a handler that throws acknowledges failed; an unknown name or a refusal acknowledges rejected', async () => {

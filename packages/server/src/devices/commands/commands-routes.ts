@@ -1,7 +1,7 @@
 // Command routes (CHAN-7, DEV-9): send a command (device.control; reboot, factory-reset and wipe need
 // device.admin-command), read one (optionally waiting for its outcome) and page the history
 // (device.view). Every request asks DeviceAccess; a refusal is ERR_DEVICE_NOT_FOUND (BIND-2).
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import { Type } from 'typebox';
 import {
   type AuthenticateHook,
@@ -78,6 +78,21 @@ const present = (c: Command) => ({
   completedAt: c.completedAt,
 });
 
+/** Runs a long poll that stops when the response closes before it was sent (the caller went away). */
+async function waitUntilEnded(
+  reply: FastifyReply,
+  wait: (signal: AbortSignal) => Promise<Command | null>,
+): Promise<Command | null> {
+  const gone = new AbortController();
+  const onClose = () => gone.abort();
+  reply.raw.once('close', onClose);
+  try {
+    return await wait(gone.signal);
+  } finally {
+    reply.raw.off('close', onClose);
+  }
+}
+
 export async function commandsRoutes(
   app: FastifyInstance,
   { commands, access, authenticate, audit }: CommandsRoutesOptions,
@@ -87,10 +102,12 @@ export async function commandsRoutes(
     {
       onRequest: authenticate,
       schema: {
-        summary: 'Send a command to a connected device; poll it (or ?wait=true) for the outcome',
+        summary:
+          'Send a command to a connected device; with wait=true, answers when it has ended (at most its deadline), else poll it',
         tags: ['devices'],
         security: bearerSecurity,
         params: StrictObject({ deviceId: DeviceIdParam }),
+        querystring: StrictObject({ wait: Type.Optional(Type.Boolean({ default: false })) }),
         body: StrictObject({
           name: Type.String({
             minLength: 1,
@@ -110,7 +127,7 @@ export async function commandsRoutes(
             }),
           ),
         }),
-        response: { 202: CommandView, ...authenticatedErrors, 409: errorRef, 429: errorRef },
+        response: { 200: CommandView, 202: CommandView, ...authenticatedErrors, 409: errorRef, 429: errorRef },
       },
     },
     async (request, reply) => {
@@ -137,7 +154,10 @@ export async function commandsRoutes(
           },
         }),
       );
-      return reply.status(202).send(present(command));
+      if (!(request.query as { wait?: boolean }).wait) return reply.status(202).send(present(command));
+      // One request instead of POST + GET ?wait=true: the same wait, from the command just issued.
+      const ended = await waitUntilEnded(reply, (signal) => commands.waitForOutcome(device.id, command.id, signal));
+      return reply.status(200).send(present(ended ?? command));
     },
   );
 
@@ -159,15 +179,7 @@ export async function commandsRoutes(
       const { commandId } = request.params as { commandId: string };
       let command: Command | null;
       if ((request.query as { wait?: boolean }).wait) {
-        // The response closing before it was sent means the caller went away: stop waiting.
-        const gone = new AbortController();
-        const onClose = () => gone.abort();
-        reply.raw.once('close', onClose);
-        try {
-          command = await commands.waitForOutcome(device.id, commandId, gone.signal);
-        } finally {
-          reply.raw.off('close', onClose);
-        }
+        command = await waitUntilEnded(reply, (signal) => commands.waitForOutcome(device.id, commandId, signal));
       } else {
         command = await commands.get(device.id, commandId);
       }
