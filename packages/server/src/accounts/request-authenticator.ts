@@ -8,7 +8,7 @@ import type { FastifyRequest } from 'fastify';
 import type { Kysely } from 'kysely';
 import { hashToken } from '../lib/random-ids.ts';
 import type { Database } from '../store/index.ts';
-import type { OperatorPrincipal, OrgRole, Principal, StaffPrincipal, StaffRole, UserPrincipal } from './principal.ts';
+import type { OperatorPrincipal, OrgRole, Principal, StaffPrincipal, StaffRole } from './principal.ts';
 import { sessionTokenOf } from './session-delivery.ts';
 import type { SessionStore } from './session-store.ts';
 
@@ -62,11 +62,60 @@ export class RequestAuthenticator {
     if (header !== undefined && !header.startsWith('Bearer cas_ses_')) return null;
     const token = sessionTokenOf(request);
     if (!token) return null;
-    const session = await this.#sessions.resolve(token, request.ip);
+    return this.#session(token, request.ip);
+  }
+
+  /**
+   * A session and its principal in one round trip: the session row joined to the person and their
+   * memberships (one row per membership; a person without any has one row of NULLs) or to the staff
+   * member. The session checks are the store's (accept()), on a row read at every request (SESS-3).
+   */
+  async #session(token: string, ip: string): Promise<Principal | null> {
+    const lookup = this.#sessions.lookup(token);
+    if (!lookup) return null;
+    const rows = await lookup
+      .leftJoin('users', (join) =>
+        join.onRef('users.id', '=', 'sessions.principal_id').on('sessions.principal_kind', '=', 'user'),
+      )
+      .leftJoin('organisation_members', 'organisation_members.user_id', 'users.id')
+      .leftJoin('admins', (join) =>
+        join.onRef('admins.id', '=', 'sessions.principal_id').on('sessions.principal_kind', '=', 'staff'),
+      )
+      .selectAll('sessions')
+      .select([
+        'users.kind as user_kind',
+        'users.status as user_status',
+        'organisation_members.vendor_id as member_vendor_id',
+        'organisation_members.role as member_role',
+        'admins.roles as admin_roles',
+        'admins.disabled_at as admin_disabled_at',
+      ])
+      .execute();
+    const first = rows[0];
+    if (!first) return null;
+    const session = await this.#sessions.accept(first, ip);
     // A session between password and second factor authenticates nothing but the MFA step.
     if (!session || session.level !== 'full') return null;
-    if (session.principalKind === 'staff') return this.#staff(session.principalId, session.id, 'session', true);
-    return this.#user(session.principalId, session.id, session.authenticatedAt);
+    if (session.principalKind === 'staff') {
+      if (first.admin_roles === null) return null;
+      return staffPrincipal(session.principalId, session.id, 'session', true, {
+        roles: first.admin_roles,
+        disabled_at: first.admin_disabled_at,
+      });
+    }
+    if (session.principalKind !== 'user' || first.user_status !== 'active' || first.user_kind === null) return null;
+    const memberships: Record<string, OrgRole> = {};
+    for (const m of rows) {
+      if (m.member_vendor_id !== null && m.member_role !== null) memberships[m.member_vendor_id] = m.member_role;
+    }
+    return {
+      kind: 'user',
+      id: session.principalId,
+      credentialId: session.id,
+      userKind: first.user_kind,
+      authenticatedAt: session.authenticatedAt,
+      memberships,
+    };
   }
 
   async #staffCredential(token: string): Promise<StaffPrincipal | null> {
@@ -99,31 +148,26 @@ export class RequestAuthenticator {
       .select(['roles', 'disabled_at'])
       .where('id', '=', adminId)
       .executeTakeFirst();
-    if (!admin || admin.disabled_at !== null) return null;
-    // OPS-2: until the staff member has a confirmed second factor, the credential can do nothing but
-    // confirm one (roles are withheld, so the policy denies everything else).
-    return {
-      kind: 'admin',
-      id: adminId,
-      credentialId,
-      via,
-      roles: secondFactor ? parseRoles(admin.roles) : [],
-      secondFactor,
-    };
+    return admin ? staffPrincipal(adminId, credentialId, via, secondFactor, admin) : null;
   }
+}
 
-  async #user(userId: string, sessionId: string, authenticatedAt: number): Promise<UserPrincipal | null> {
-    // One round trip: the person and their memberships (a person without any has one row of NULLs).
-    const rows = await this.#db
-      .selectFrom('users')
-      .leftJoin('organisation_members', 'organisation_members.user_id', 'users.id')
-      .select(['users.kind', 'users.status', 'organisation_members.vendor_id', 'organisation_members.role'])
-      .where('users.id', '=', userId)
-      .execute();
-    const user = rows[0];
-    if (!user || user.status !== 'active') return null;
-    const memberships: Record<string, OrgRole> = {};
-    for (const m of rows) if (m.vendor_id !== null && m.role !== null) memberships[m.vendor_id] = m.role;
-    return { kind: 'user', id: userId, credentialId: sessionId, userKind: user.kind, authenticatedAt, memberships };
-  }
+function staffPrincipal(
+  adminId: string,
+  credentialId: string,
+  via: StaffPrincipal['via'],
+  secondFactor: boolean,
+  admin: { roles: string; disabled_at: number | null },
+): StaffPrincipal | null {
+  if (admin.disabled_at !== null) return null;
+  // OPS-2: until the staff member has a confirmed second factor, the credential can do nothing but
+  // confirm one (roles are withheld, so the policy denies everything else).
+  return {
+    kind: 'admin',
+    id: adminId,
+    credentialId,
+    via,
+    roles: secondFactor ? parseRoles(admin.roles) : [],
+    secondFactor,
+  };
 }

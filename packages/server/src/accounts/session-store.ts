@@ -9,7 +9,7 @@
 // - Rotation on sign-in, second factor and privilege change: the old token stops working at once.
 // - Optional binding to the client IP (SESS-2): a keyed hash of the address, never the address.
 import { createHmac } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import type { Kysely, SelectQueryBuilder } from 'kysely';
 import { CastellanError } from '../errors/index.ts';
 import { hashToken, newId, newToken } from '../lib/random-ids.ts';
 import type { Database } from '../store/index.ts';
@@ -162,14 +162,29 @@ export class SessionStore {
    * last one is recent, so a busy client costs one read per request.
    */
   async resolve(token: string, ip: string): Promise<SessionRecord | null> {
+    const row = await this.lookup(token)?.selectAll().executeTakeFirst();
+    return row ? this.accept(row, ip) : null;
+  }
+
+  /**
+   * The unrevoked session row of a token as a query to extend, or null for a token of the wrong shape.
+   * The request authenticator joins the principal to it (one round trip per request) and hands the
+   * session's columns to accept(), which applies the same checks as resolve().
+   */
+  lookup(token: string): SelectQueryBuilder<Database, 'sessions', object> | null {
     if (!looksLikeToken(token, SESSION_TOKEN_PREFIX)) return null;
-    const row = await this.#db
+    return this.#db
       .selectFrom('sessions')
-      .selectAll()
-      .where('token_hash', '=', hashToken(token))
-      .where('revoked_at', 'is', null)
-      .executeTakeFirst();
-    if (!row) return null;
+      .where('sessions.token_hash', '=', hashToken(token))
+      .where('sessions.revoked_at', 'is', null);
+  }
+
+  /**
+   * The session of a row read by lookup(), or null when idle or absolutely expired or presented from
+   * another IP while bound. Read at every request, never cached, so a logout anywhere ends it (SESS-3).
+   */
+  async accept(row: SessionRow, ip: string): Promise<SessionRecord | null> {
+    if (row.revoked_at !== null) return null;
     const now = this.#now();
     const lastSeen = Number(row.last_seen_at);
     if (now >= Number(row.absolute_expires_at) || now - lastSeen >= this.#o.idleMs) return null;

@@ -4,6 +4,7 @@
 // not in a role's list is refused, and a refusal looks exactly like a missing device.
 import type { Principal } from '../accounts/index.ts';
 import type { Device } from './devices-service.ts';
+import type { DevicePresence } from './presence-events.ts';
 
 /** A person's relation to a device, strongest first. */
 export const DEVICE_ROLES = ['owner', 'admin', 'member', 'guest'] as const;
@@ -49,6 +50,12 @@ export function mayGrant(granter: DeviceRole, role: DeviceRole): boolean {
   return granter === 'admin' && (role === 'member' || role === 'guest');
 }
 
+/** A device as shown to someone who may view it, with its presence. */
+export interface DeviceView {
+  readonly device: Device;
+  readonly presence: DevicePresence;
+}
+
 /**
  * Implemented by the bindings service. Every device route, the push channel and the command path ask
  * it; nothing reads the binding tables directly.
@@ -61,6 +68,8 @@ export interface DeviceAccess {
    * member by the tenant rules. Otherwise throws ERR_DEVICE_NOT_FOUND (the same as a missing device).
    */
   authorize(principal: Principal | undefined, deviceId: string, action: DeviceAction): Promise<Device>;
+  /** authorize() for 'device.view', with the device's presence read in the same round trip. */
+  authorizeView(principal: Principal | undefined, deviceId: string): Promise<DeviceView>;
   /** IDs of the devices the person may view (owned and currently shared). */
   devicesOf(userId: string): Promise<string[]>;
   /**

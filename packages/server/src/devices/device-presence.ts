@@ -11,6 +11,24 @@ import { sql } from 'kysely';
 import type { Database } from '../store/index.ts';
 import { type DevicePresence, type DisconnectReason, type PresenceChange, PresenceEvents } from './presence-events.ts';
 
+/** The stored columns a presence is made of (qualified: joinable to a device read). See fromRow(). */
+export const PRESENCE_COLUMNS = [
+  'device_presence.online',
+  'device_presence.last_seen_at',
+  'device_presence.last_connected_at',
+  'device_presence.last_disconnected_at',
+  'device_presence.last_disconnect_reason',
+] as const;
+
+/** PRESENCE_COLUMNS as read; NULL throughout from a left join when the device never connected. */
+export interface PresenceRow {
+  online: number | null;
+  last_seen_at: number | null;
+  last_connected_at: number | null;
+  last_disconnected_at: number | null;
+  last_disconnect_reason: string | null;
+}
+
 export interface PresenceTrackerOptions {
   db: Kysely<Database>;
   log?: { warn(object: object, message: string): void; info(object: object, message: string): void };
@@ -236,9 +254,17 @@ export class PresenceTracker {
   async get(deviceId: string): Promise<DevicePresence> {
     const row = await this.#db
       .selectFrom('device_presence')
-      .selectAll()
+      .select(PRESENCE_COLUMNS)
       .where('device_id', '=', deviceId)
       .executeTakeFirst();
+    return this.fromRow(deviceId, row);
+  }
+
+  /**
+   * get() from PRESENCE_COLUMNS read by another query (a device read left-joins them, so that reading
+   * a device with its presence is one round trip); no row or NULL columns: never connected.
+   */
+  fromRow(deviceId: string, row: Partial<PresenceRow> | undefined): DevicePresence {
     const pending = this.#dirty.get(deviceId);
     const stored = row?.last_seen_at ?? null;
     return {

@@ -145,14 +145,6 @@ export async function devicesRoutes(
 ) {
   const ownedProduct = (request: FastifyRequest, action: Action) => productFor(request, devices, action);
 
-  async function ownedDevice(request: FastifyRequest, action: 'device.read' | 'telemetry.read') {
-    const deviceId = deviceIdOf(request);
-    const principal = principalOf(request);
-    // People: by their role on the device (owner, share) or their organisation (BIND-2).
-    if (principal.kind === 'user') return access.authorize(principal, deviceId, 'device.view');
-    return deviceFor(request, devices, action);
-  }
-
   app.post(
     '/v1/products',
     {
@@ -347,7 +339,14 @@ export async function devicesRoutes(
       },
     },
     async (request) => {
-      const device = await ownedDevice(request, 'device.read');
+      const principal = principalOf(request);
+      // People: by their role on the device or their organisation (BIND-2), device and presence read
+      // together with the access check (one round trip).
+      if (principal.kind === 'user') {
+        const { device, presence } = await access.authorizeView(principal, deviceIdOf(request));
+        return { ...presentDevice(device), presence: presentPresence(presence) };
+      }
+      const device = await deviceFor(request, devices, 'device.read');
       return { ...presentDevice(device), presence: presentPresence(await devices.presence.get(device.id)) };
     },
   );

@@ -22,9 +22,18 @@ import { CastellanError } from '../../errors/index.ts';
 import { newId } from '../../lib/random-ids.ts';
 import type { Logger } from '../../logging/index.ts';
 import type { Database } from '../../store/index.ts';
-import { type DeviceAccess, type DeviceAction, type DeviceRole, deviceRoleAllows, mayGrant } from '../device-access.ts';
+import {
+  type DeviceAccess,
+  type DeviceAction,
+  type DeviceRole,
+  type DeviceView,
+  deviceRoleAllows,
+  mayGrant,
+} from '../device-access.ts';
+import { PRESENCE_COLUMNS } from '../device-presence.ts';
 import type { DeviceEvents } from '../device-events.ts';
-import type { Device, DevicesService } from '../devices-service.ts';
+import { type Device, type DevicesService, toDevice } from '../devices-service.ts';
+import type { DevicePresence } from '../presence-events.ts';
 import { BindingTokenStore, type IssuedBindingToken, type BindingTokenView } from './binding-token-store.ts';
 
 /** The vendor-side action standing for a device action; null: never for vendors. */
@@ -75,7 +84,7 @@ export interface Actor {
 
 export interface BindingsServiceOptions {
   db: Kysely<Database>;
-  devices: Pick<DevicesService, 'getDevice'>;
+  devices: Pick<DevicesService, 'getDevice' | 'deviceQuery' | 'presence'>;
   /** Accounts' directory of people (lookups by blind index; never its tables). */
   users: Pick<UserDirectory, 'get' | 'findByIdentifier'>;
   events: DeviceEvents;
@@ -91,7 +100,7 @@ const notFound = () => new CastellanError('ERR_DEVICE_NOT_FOUND');
 export class BindingsService implements DeviceAccess {
   readonly tokens: BindingTokenStore;
   readonly #db: Kysely<Database>;
-  readonly #devices: Pick<DevicesService, 'getDevice'>;
+  readonly #devices: Pick<DevicesService, 'getDevice' | 'deviceQuery' | 'presence'>;
   readonly #users: Pick<UserDirectory, 'get' | 'findByIdentifier'>;
   readonly #events: DeviceEvents;
   readonly #record: (event: AuditEvent) => void;
@@ -136,15 +145,60 @@ export class BindingsService implements DeviceAccess {
   }
 
   async authorize(principal: Principal | undefined, deviceId: string, action: DeviceAction): Promise<Device> {
+    return (await this.#authorize(principal, deviceId, action, false)).device;
+  }
+
+  async authorizeView(principal: Principal | undefined, deviceId: string): Promise<DeviceView> {
+    const { device, presence } = await this.#authorize(principal, deviceId, 'device.view', true);
+    return { device, presence: presence! };
+  }
+
+  /**
+   * One round trip: the device, a person's relation to it (the same rules as roleOf()) and, when
+   * asked, its presence; the decision is then made in memory, deny by default.
+   */
+  async #authorize(
+    principal: Principal | undefined,
+    deviceId: string,
+    action: DeviceAction,
+    withPresence: boolean,
+  ): Promise<{ device: Device; presence: DevicePresence | undefined }> {
     if (!principal || (principal.kind !== 'user' && principal.kind !== 'operator')) throw notFound();
-    const device = await this.#devices.getDevice(deviceId);
-    if (!device) throw notFound();
-    if (principal.kind === 'user' && deviceRoleAllows(await this.roleOf(principal.id, deviceId), action)) {
-      return device;
-    }
-    const vendorAction = VENDOR_ACTION[action];
-    if (vendorAction !== null && can(principal, vendorAction, { vendorId: device.vendorId })) return device;
-    throw notFound();
+    const userId = principal.kind === 'user' ? principal.id : null;
+    const row = await this.#devices
+      .deviceQuery(deviceId)
+      .$if(userId !== null, (qb) =>
+        qb
+          .leftJoin('device_bindings', 'device_bindings.device_id', 'devices.id')
+          .leftJoin('device_shares', (join) =>
+            join
+              .onRef('device_shares.device_id', '=', 'devices.id')
+              .on('device_shares.user_id', '=', userId)
+              // Expiry is enforced here, at every check, not only by the purge.
+              .on((eb) =>
+                eb.or([eb('device_shares.expires_at', 'is', null), eb('device_shares.expires_at', '>', this.#now())]),
+              ),
+          )
+          .select(['device_bindings.user_id as owner_id', 'device_shares.role as share_role']),
+      )
+      .$if(withPresence, (qb) =>
+        qb.leftJoin('device_presence', 'device_presence.device_id', 'devices.id').select(PRESENCE_COLUMNS),
+      )
+      .executeTakeFirst();
+    if (!row) throw notFound();
+    const allowed = () => {
+      if (userId !== null) {
+        const role: DeviceRole | null = row.owner_id === userId ? 'owner' : (row.share_role ?? null);
+        if (deviceRoleAllows(role, action)) return true;
+      }
+      const vendorAction = VENDOR_ACTION[action];
+      return vendorAction !== null && can(principal, vendorAction, { vendorId: row.vendor_id });
+    };
+    if (!allowed()) throw notFound();
+    return {
+      device: toDevice(row),
+      presence: withPresence ? this.#devices.presence.fromRow(deviceId, row) : undefined,
+    };
   }
 
   async devicesOf(userId: string): Promise<string[]> {
