@@ -1,9 +1,9 @@
 // What an audit entry is, and the exact bytes its Merkle leaf covers. The leaf covers the STORED form
 // (the encrypted source IP, the masked details), so shredding a key later leaves every entry
 // verifiable while the personal data becomes unreadable (PRIV-4, KEY-6).
-import { asBufferOrNull } from '../lib/bytes.ts';
+import { asBuffer, asBufferOrNull } from '../lib/bytes.ts';
 import type { AuditEntryTable } from '../store/index.ts';
-import { leafHash } from './merkle-tree.ts';
+import { leafHashBinary } from './merkle-tree.ts';
 
 /** `factory`: a factory station's credential (DEV-7). */
 export type ActorType = 'admin' | 'operator' | 'user' | 'device' | 'factory' | 'system';
@@ -57,29 +57,86 @@ export function storedEntryOf(row: Omit<AuditEntryTable, 'leaf_hash'>): StoredEn
   };
 }
 
-/** The canonical leaf bytes: a JSON array in fixed field order (deterministic for strings/numbers/null). */
+/** The canonical leaf text: a JSON array in fixed field order (deterministic for strings/numbers/null). */
+function leafText(
+  seq: number,
+  time: number,
+  actorType: string,
+  actorId: string,
+  tenant: string | null,
+  eventType: string,
+  target: string | null,
+  result: string,
+  ipEpoch: string | null,
+  sourceIp: Uint8Array | null,
+  details: string,
+): string {
+  return JSON.stringify([
+    LEAF_PREFIX,
+    seq,
+    time,
+    actorType,
+    actorId,
+    tenant,
+    eventType,
+    target,
+    result,
+    ipEpoch,
+    sourceIp ? asBuffer(sourceIp).toString('base64') : null,
+    details,
+  ]);
+}
+
+/** The canonical leaf bytes (UTF-8 of the leaf text). */
 export function leafBytes(entry: StoredEntry, seq = entry.seq): Buffer {
-  return Buffer.from(
-    JSON.stringify([
-      LEAF_PREFIX,
-      seq,
-      entry.time,
-      entry.actorType,
-      entry.actorId,
-      entry.tenant,
-      entry.eventType,
-      entry.target,
-      entry.result,
-      entry.ipEpoch,
-      entry.sourceIp ? entry.sourceIp.toString('base64') : null,
-      entry.details,
-    ]),
-    'utf8',
+  return Buffer.from(entryLeafText(entry, seq), 'utf8');
+}
+
+function entryLeafText(e: StoredEntry, seq: number): string {
+  return leafText(
+    seq,
+    e.time,
+    e.actorType,
+    e.actorId,
+    e.tenant,
+    e.eventType,
+    e.target,
+    e.result,
+    e.ipEpoch,
+    e.sourceIp,
+    e.details,
   );
 }
 
 export function entryLeafHash(entry: StoredEntry, seq = entry.seq): Buffer {
-  return leafHash(leafBytes(entry, seq));
+  return Buffer.from(leafHashBinary(entryLeafText(entry, seq)), 'latin1');
+}
+
+/** The leaf hash as a binary string (one char per byte): the append path's form. */
+export function entryLeafHashBinary(entry: StoredEntry, seq = entry.seq): string {
+  return leafHashBinary(entryLeafText(entry, seq));
+}
+
+/**
+ * The leaf hash of a stored row, as a binary string, straight from the row: the verifier's hot path
+ * (no StoredEntry or Buffer per row). Same bytes as entryLeafHash(storedEntryOf(row)).
+ */
+export function rowLeafHashBinary(row: Omit<AuditEntryTable, 'leaf_hash'>, seq: number): string {
+  return leafHashBinary(
+    leafText(
+      seq,
+      Number(row.time),
+      row.actor_type,
+      row.actor_id,
+      row.tenant,
+      row.event_type,
+      row.target,
+      row.result,
+      row.ip_epoch,
+      row.source_ip,
+      row.details,
+    ),
+  );
 }
 
 // Keys whose values are secrets: matched at the end of the name, so `setupToken` and `clientSecret`
@@ -95,12 +152,17 @@ export function maskDetails(value: unknown, depth = 0): unknown {
   if (depth >= MAX_DEPTH) return '[truncated]';
   if (Array.isArray(value)) return value.slice(0, 50).map((v) => maskDetails(v, depth + 1));
   if (typeof value === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value as Record<string, unknown>).sort(([a], [b]) =>
-      a < b ? -1 : a > b ? 1 : 0,
-    )) {
-      out[k] = SECRET_KEY.test(k) ? '[masked]' : maskDetails(v, depth + 1);
+    const record = value as Record<string, unknown>;
+    const keys = Object.keys(record);
+    // Details are usually written in key order already: sort only when they are not.
+    for (let i = 1; i < keys.length; i++) {
+      if (keys[i - 1]! > keys[i]!) {
+        keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+        break;
+      }
     }
+    const out: Record<string, unknown> = {};
+    for (const k of keys) out[k] = SECRET_KEY.test(k) ? '[masked]' : maskDetails(record[k], depth + 1);
     return out;
   }
   return `[${typeof value}]`;

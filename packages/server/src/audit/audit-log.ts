@@ -2,14 +2,14 @@
 // signed checkpoints (tree heads) go to the database, to an append-only file in the data directory
 // and, if configured, to a witness URL, so that deleting the newest checkpoint together with the
 // entries after it is still detected. Appends are batched: many entries share one transaction.
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject, randomBytes } from 'node:crypto';
 import { appendFileSync, closeSync, fsyncSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Kysely, sql } from 'kysely';
+import { CompiledQuery, type Kysely, sql } from 'kysely';
 import type { Logger } from 'pino';
 import { SecretBox } from '../keys/index.ts';
 import type { Database, DialectName } from '../store/index.ts';
-import { type AuditEvent, entryLeafHash, maskDetails, type StoredEntry } from './audit-entry.ts';
+import { type AuditEvent, entryLeafHashBinary, maskDetails, type StoredEntry } from './audit-entry.ts';
 import { type Checkpoint, type CheckpointKind, CheckpointSigner } from './checkpoint-signer.ts';
 import {
   consistencyProof,
@@ -68,10 +68,115 @@ export interface AuditQuery {
 }
 
 interface Pending {
-  event: AuditEvent;
-  time: number;
+  /** The stored form, built when recorded (all but seq, and the sealed IP while `ip` is set). */
+  entry: StoredEntry;
+  /** A source IP still to be sealed: its day key was not loaded yet when the event was recorded. */
+  ip: string | null;
   resolve(seq: number): void;
   reject(error: unknown): void;
+}
+
+/** What seals source IPs of one day: the key (null once destroyed) and the AAD. */
+interface IpSealing {
+  epoch: string;
+  from: number;
+  until: number;
+  key: KeyObject | null;
+  aad: Buffer;
+}
+
+const ENTRY_COLUMNS = [
+  'seq',
+  'time',
+  'actor_type',
+  'actor_id',
+  'tenant',
+  'event_type',
+  'target',
+  'result',
+  'ip_epoch',
+  'source_ip',
+  'details',
+  'leaf_hash',
+] as const;
+const NODE_COLUMNS = ['height', 'idx', 'hash'] as const;
+// SQLite: statements of at most 256 rows, the rest in powers of two, so that a handful of statement
+// texts serve every batch size (the driver caches prepared statements by text). PostgreSQL: one
+// statement per batch (a round trip each), within its 65,535 bind parameters.
+const SQLITE_CHUNK_ROWS = 256;
+const POSTGRES_MAX_PARAMS = 65_535;
+/** Statement texts by dialect, table and row count; bounded (PostgreSQL's vary with the batch size). */
+const insertSqlCache = new Map<string, string>();
+const INSERT_SQL_CACHE_MAX = 32;
+
+function insertSql(dialect: DialectName, table: string, columns: readonly string[], rows: number): string {
+  const key = `${dialect}/${table}/${rows}`;
+  let text = insertSqlCache.get(key);
+  if (text === undefined) {
+    const tuples: string[] = [];
+    let n = 0;
+    for (let r = 0; r < rows; r++) {
+      const marks = columns.map(() => (dialect === 'postgres' ? `$${++n}` : '?'));
+      tuples.push(`(${marks.join(', ')})`);
+    }
+    text = `insert into "${table}" (${columns.map((c) => `"${c}"`).join(', ')}) values ${tuples.join(', ')}`;
+    if (insertSqlCache.size >= INSERT_SQL_CACHE_MAX) insertSqlCache.delete(insertSqlCache.keys().next().value!);
+    insertSqlCache.set(key, text);
+  }
+  return text;
+}
+
+/** Row counts of the insert statements for `rows` rows. */
+function chunkRows(dialect: DialectName, rows: number, columns: number): number[] {
+  const out: number[] = [];
+  if (dialect === 'postgres') {
+    const max = Math.floor(POSTGRES_MAX_PARAMS / columns);
+    for (let left = rows; left > 0; left -= Math.min(left, max)) out.push(Math.min(left, max));
+    return out;
+  }
+  let left = rows;
+  for (; left >= SQLITE_CHUNK_ROWS; left -= SQLITE_CHUNK_ROWS) out.push(SQLITE_CHUNK_ROWS);
+  for (let size = SQLITE_CHUNK_ROWS / 2; size >= 1; size /= 2) {
+    if (left >= size) {
+      out.push(size);
+      left -= size;
+    }
+  }
+  return out;
+}
+
+/** Multi-row inserts of `params` (row-major, `columns.length` values a row) as precompiled SQL. */
+async function insertRows(
+  trx: Kysely<Database>,
+  dialect: DialectName,
+  table: string,
+  columns: readonly string[],
+  params: unknown[],
+): Promise<void> {
+  const width = columns.length;
+  let offset = 0;
+  for (const rows of chunkRows(dialect, params.length / width, width)) {
+    const values = params.slice(offset, offset + rows * width);
+    offset += rows * width;
+    await trx.executeQuery(CompiledQuery.raw(insertSql(dialect, table, columns, rows), values));
+  }
+}
+
+/** Random GCM nonces drawn from the CSPRNG in bulk (one call per 1,024 instead of one per entry). */
+class NoncePool {
+  static readonly BYTES = 12;
+  #pool = Buffer.alloc(0);
+  #offset = 0;
+
+  next(): Buffer {
+    if (this.#offset + NoncePool.BYTES > this.#pool.length) {
+      this.#pool = randomBytes(NoncePool.BYTES * 1024);
+      this.#offset = 0;
+    }
+    const nonce = this.#pool.subarray(this.#offset, this.#offset + NoncePool.BYTES);
+    this.#offset += NoncePool.BYTES;
+    return nonce;
+  }
 }
 
 export class AuditQueueFullError extends Error {
@@ -81,8 +186,19 @@ export class AuditQueueFullError extends Error {
   }
 }
 
+// The last day asked for: nearly every entry falls on the same UTC day as the one before it.
+let epochFrom = 0;
+let epochUntil = 0;
+let epochName = '';
+
+/** The UTC day (YYYY-MM-DD) of a time in ms: the source-IP key epoch. */
 export function epochOf(time: number): string {
-  return new Date(time).toISOString().slice(0, 10);
+  if (time >= epochFrom && time < epochUntil) return epochName;
+  const name = new Date(time).toISOString().slice(0, 10);
+  epochFrom = Math.floor(time / DAY_MS) * DAY_MS;
+  epochUntil = epochFrom + DAY_MS;
+  epochName = name;
+  return name;
 }
 
 /** Loads the frontier of the first `size` leaves from stored nodes (and the newest leaf hash). */
@@ -127,6 +243,9 @@ export class AuditLog {
   readonly #keyBox: SecretBox;
   readonly #ipKeys = new Map<string, Buffer | null>();
   readonly #ipKeyLookups = new Map<string, Promise<Buffer | null>>();
+  readonly #nonces = new NoncePool();
+  /** The newest day's sealing key, once loaded: record() seals that day's IPs synchronously. */
+  #sealing: IpSealing | undefined;
   #frontier: MerkleFrontier;
   #prunedBefore: number;
   #prefix: Hash[];
@@ -205,8 +324,36 @@ export class AuditLog {
       this.stats.refused++;
       return Promise.reject(new AuditQueueFullError());
     }
+    let entry: StoredEntry;
+    let ip: string | null = null;
+    try {
+      const time = this.#now();
+      entry = {
+        seq: -1,
+        time,
+        actorType: event.actor.type,
+        actorId: event.actor.id,
+        tenant: event.tenant ?? null,
+        eventType: event.type,
+        target: event.target ?? null,
+        result: event.result,
+        ipEpoch: null,
+        sourceIp: null,
+        details: JSON.stringify(maskDetails(event.details ?? {})),
+      };
+      if (event.sourceIp) {
+        // The stored form is built now (the caller's turn), so a batch's transaction only hashes
+        // and inserts; only the first IP of a new day waits for its key in #drain.
+        const sealing = this.#sealing;
+        if (sealing && time >= sealing.from && time < sealing.until) this.#sealInto(entry, sealing, event.sourceIp);
+        else ip = event.sourceIp;
+      }
+    } catch (error) {
+      // E.g. details that cannot be serialised: only this entry fails, not the batch it would join.
+      return Promise.reject(error instanceof Error ? error : new Error(String(error)));
+    }
     return new Promise<number>((resolve, reject) => {
-      this.#queue.push({ event, time: this.#now(), resolve, reject });
+      this.#queue.push({ entry, ip, resolve, reject });
       this.#schedule();
     });
   }
@@ -253,7 +400,7 @@ export class AuditLog {
       first = false;
       const batch = this.#queue.splice(0, this.#o.batchMaxRows);
       try {
-        const stored = await Promise.all(batch.map((p) => this.#storedForm(p)));
+        await this.#sealPending(batch);
         const frontier = await this.#o.db.transaction().execute(async (trx) => {
           if (this.#o.dialect === 'postgres') {
             // One writer at a time across processes; another process may have appended meanwhile.
@@ -264,43 +411,36 @@ export class AuditLog {
             size === this.#frontier.size
               ? this.#frontier.clone()
               : await loadFrontier(trx, size, { size: this.#prunedBefore, nodes: this.#prefix });
-          const rows: Database['audit_entries'][] = [];
-          const nodes: Database['audit_nodes'][] = [];
-          for (const entry of stored) {
+          // Bind parameters straight from the entries: no row object per entry, no query building.
+          const rows: unknown[] = [];
+          const nodes: unknown[] = [];
+          for (const { entry } of batch) {
             entry.seq = base.size;
-            const leaf = entryLeafHash(entry);
-            for (const n of base.append(leaf)) nodes.push({ height: n.height, idx: n.index, hash: n.hash });
-            rows.push({
-              seq: entry.seq,
-              time: entry.time,
-              actor_type: entry.actorType,
-              actor_id: entry.actorId,
-              tenant: entry.tenant,
-              event_type: entry.eventType,
-              target: entry.target,
-              result: entry.result,
-              ip_epoch: entry.ipEpoch,
-              source_ip: entry.sourceIp,
-              details: entry.details,
-              leaf_hash: leaf,
-            });
+            const leaf = Buffer.from(entryLeafHashBinary(entry), 'latin1');
+            for (const n of base.append(leaf)) nodes.push(n.height, n.index, n.hash);
+            rows.push(
+              entry.seq,
+              entry.time,
+              entry.actorType,
+              entry.actorId,
+              entry.tenant,
+              entry.eventType,
+              entry.target,
+              entry.result,
+              entry.ipEpoch,
+              entry.sourceIp,
+              entry.details,
+              leaf,
+            );
           }
-          for (let i = 0; i < rows.length; i += 400)
-            await trx
-              .insertInto('audit_entries')
-              .values(rows.slice(i, i + 400))
-              .execute();
-          for (let i = 0; i < nodes.length; i += 1000)
-            await trx
-              .insertInto('audit_nodes')
-              .values(nodes.slice(i, i + 1000))
-              .execute();
+          await insertRows(trx, this.#o.dialect, 'audit_entries', ENTRY_COLUMNS, rows);
+          await insertRows(trx, this.#o.dialect, 'audit_nodes', NODE_COLUMNS, nodes);
           return base;
         });
         this.#frontier = frontier;
         this.stats.appended += batch.length;
         this.stats.batches++;
-        batch.forEach((p, i) => p.resolve(stored[i]!.seq));
+        for (const p of batch) p.resolve(p.entry.seq);
       } catch (error) {
         this.stats.failedBatches++;
         this.#o.log.error({ err: error, entries: batch.length }, 'audit: batch write failed');
@@ -309,28 +449,39 @@ export class AuditLog {
     }
   }
 
-  async #storedForm(p: Pending): Promise<StoredEntry> {
-    const e = p.event;
-    let ipEpoch: string | null = null;
-    let sourceIp: Buffer | null = null;
-    if (e.sourceIp) {
-      ipEpoch = epochOf(p.time);
-      const key = await this.#ipKey(ipEpoch, true);
-      if (key) sourceIp = sealIp(key, ipEpoch, e.sourceIp);
+  /** Seals the source IPs that record() could not (their day's key was not loaded yet). */
+  async #sealPending(batch: readonly Pending[]): Promise<void> {
+    for (const p of batch) {
+      if (p.ip === null) continue;
+      const sealing = await this.#sealingFor(p.entry.time);
+      this.#sealInto(p.entry, sealing, p.ip);
+      p.ip = null;
     }
-    return {
-      seq: -1,
-      time: p.time,
-      actorType: e.actor.type,
-      actorId: e.actor.id,
-      tenant: e.tenant ?? null,
-      eventType: e.type,
-      target: e.target ?? null,
-      result: e.result,
-      ipEpoch: sourceIp ? ipEpoch : null,
-      sourceIp,
-      details: JSON.stringify(maskDetails(e.details ?? {})),
+  }
+
+  /** Sets the entry's ip_epoch and sealed IP (neither while the day's key is destroyed). */
+  #sealInto(entry: StoredEntry, sealing: IpSealing, ip: string): void {
+    if (!sealing.key) return;
+    entry.ipEpoch = sealing.epoch;
+    entry.sourceIp = sealIp(sealing.key, sealing.aad, this.#nonces.next(), ip);
+  }
+
+  async #sealingFor(time: number): Promise<IpSealing> {
+    const current = this.#sealing;
+    if (current && time >= current.from && time < current.until) return current;
+    const epoch = epochOf(time);
+    const key = await this.#ipKey(epoch, true);
+    const from = Math.floor(time / DAY_MS) * DAY_MS;
+    const sealing: IpSealing = {
+      epoch,
+      from,
+      until: from + DAY_MS,
+      key: key ? createSecretKey(key) : null,
+      aad: Buffer.from(`audit-ip:${epoch}`),
     };
+    // Kept for record() only when it is the newest day (a late entry must not displace today's).
+    if (!this.#sealing || from >= this.#sealing.from) this.#sealing = sealing;
+    return sealing;
   }
 
   async #ipKey(epoch: string, create: boolean): Promise<Buffer | null> {
@@ -493,6 +644,7 @@ export class AuditLog {
       .where('sealed_key', 'is not', null)
       .executeTakeFirst();
     this.#ipKeys.clear();
+    this.#sealing = undefined;
     const cutoff = now - this.#o.retentionDays * DAY_MS;
     const firstKept = await this.#o.db
       .selectFrom('audit_entries')
@@ -562,11 +714,12 @@ export function storedSubtrees(db: Kysely<Database>): SubtreeHash {
   });
 }
 
-function sealIp(key: Buffer, epoch: string, ip: string): Buffer {
-  const nonce = randomBytes(12);
+function sealIp(key: KeyObject, aad: Buffer, nonce: Buffer, ip: string): Buffer {
   const cipher = createCipheriv('aes-256-gcm', key, nonce);
-  cipher.setAAD(Buffer.from(`audit-ip:${epoch}`));
-  return Buffer.concat([nonce, cipher.update(ip, 'utf8'), cipher.final(), cipher.getAuthTag()]);
+  cipher.setAAD(aad);
+  const body = cipher.update(ip, 'utf8');
+  cipher.final(); // GCM adds no bytes at the end; this computes the tag
+  return Buffer.concat([nonce, body, cipher.getAuthTag()]);
 }
 
 function openIp(key: Buffer, epoch: string, sealed: Buffer): string | null {

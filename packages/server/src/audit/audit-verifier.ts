@@ -3,11 +3,11 @@
 // from the database (the file or witness still has it) or one signed with another key.
 import type { KeyObject } from 'node:crypto';
 import type { Kysely } from 'kysely';
-import type { Database } from '../store/index.ts';
-import { entryLeafHash, type StoredEntry, storedEntryOf } from './audit-entry.ts';
+import type { AuditEntryTable, Database } from '../store/index.ts';
+import { entryLeafHash, rowLeafHashBinary, type StoredEntry, storedEntryOf } from './audit-entry.ts';
 import { type Checkpoint, verifyCheckpoint } from './checkpoint-signer.ts';
-import { type Hash, MerkleFrontier, nodeHash } from './merkle-tree.ts';
-import { asBufferOrNull } from '../lib/bytes.ts';
+import { EMPTY_ROOT, type Hash, MerkleFrontier, nodeHash, nodeHashBinary } from './merkle-tree.ts';
+import { asBuffer, asBufferOrNull } from '../lib/bytes.ts';
 
 export type ProblemKind =
   | 'modified'
@@ -58,41 +58,91 @@ interface Row extends StoredEntry {
   stored: Buffer;
 }
 
-async function* readEntries(db: Kysely<Database>): AsyncGenerator<Row> {
-  let after = -1;
-  for (;;) {
-    const rows = await db
-      .selectFrom('audit_entries')
-      .selectAll()
-      .where('seq', '>', after)
-      .orderBy('seq')
-      .limit(5000)
-      .execute();
-    if (rows.length === 0) return;
-    for (const r of rows) {
-      yield { ...storedEntryOf(r), stored: asBufferOrNull(r.leaf_hash)! };
+type EntryRow = AuditEntryTable;
+
+/** Rows per read: large pages keep the per-query cost (Kysely, round trip) small against the hashing. */
+const PAGE_ROWS = 10_000;
+const HASH_BYTES = 32;
+const ZERO_HASH = '\0'.repeat(HASH_BYTES);
+
+function readPage(db: Kysely<Database>, after: number): Promise<EntryRow[]> {
+  return db.selectFrom('audit_entries').selectAll().where('seq', '>', after).orderBy('seq').limit(PAGE_ROWS).execute();
+}
+
+/** Pages of rows in position order; the next page is requested before the current one is handed out. */
+async function* readPages(db: Kysely<Database>): AsyncGenerator<EntryRow[]> {
+  let page = await readPage(db, -1);
+  while (page.length > 0) {
+    // PostgreSQL reads the next page while this one is hashed (SQLite runs it after, no harm).
+    const next = page.length === PAGE_ROWS ? readPage(db, Number(page.at(-1)!.seq)) : Promise.resolve([]);
+    next.catch(() => {}); // awaited below; a consumer that stops early must not leave it unhandled
+    yield page;
+    page = await next;
+  }
+}
+
+/** A stored leaf hash (bytes) against a recomputed one (binary string), without a Buffer per row. */
+function sameHash(stored: Uint8Array | null, hash: string): boolean {
+  if (stored === null || stored.length !== HASH_BYTES) return false;
+  for (let i = 0; i < HASH_BYTES; i++) if (stored[i] !== hash.charCodeAt(i)) return false;
+  return true;
+}
+
+/**
+ * MerkleFrontier over binary-string hashes (one char per byte): the same tree, without an object and
+ * a Buffer per node. Only the verifier's rebuild uses it; its root is compared at each checkpoint.
+ */
+class BinaryFrontier {
+  readonly #hashes: string[] = [];
+  readonly #heights: number[] = [];
+  size: number;
+
+  constructor(size: number, nodes: readonly { height: number; hash: string }[]) {
+    this.size = size;
+    for (const n of nodes) {
+      this.#hashes.push(n.hash);
+      this.#heights.push(n.height);
     }
-    after = Number(rows.at(-1)!.seq);
+  }
+
+  append(leaf: string): void {
+    let hash = leaf;
+    let height = 0;
+    while (this.#heights.length > 0 && this.#heights[this.#heights.length - 1] === height) {
+      hash = nodeHashBinary(this.#hashes.pop()!, hash);
+      this.#heights.pop();
+      height++;
+    }
+    this.#hashes.push(hash);
+    this.#heights.push(height);
+    this.size++;
+  }
+
+  rootHex(): string {
+    if (this.#hashes.length === 0) return EMPTY_ROOT.toString('hex');
+    let hash = this.#hashes[this.#hashes.length - 1]!;
+    for (let i = this.#hashes.length - 2; i >= 0; i--) hash = nodeHashBinary(this.#hashes[i]!, hash);
+    return Buffer.from(hash, 'latin1').toString('hex');
   }
 }
 
 /** Recomputed leaf hashes in one growable buffer: 32 bytes each instead of an object per leaf. */
 class LeafList {
-  #buffer = Buffer.alloc(32 * 1024);
+  #buffer = Buffer.alloc(HASH_BYTES * 1024);
   length = 0;
 
-  push(hash: Hash): void {
-    if ((this.length + 1) * 32 > this.#buffer.length) {
+  push(hash: string): void {
+    if ((this.length + 1) * HASH_BYTES > this.#buffer.length) {
       const bigger = Buffer.alloc(this.#buffer.length * 2);
       this.#buffer.copy(bigger);
       this.#buffer = bigger;
     }
-    hash.copy(this.#buffer, this.length * 32);
+    this.#buffer.write(hash, this.length * HASH_BYTES, HASH_BYTES, 'latin1');
     this.length++;
   }
 
   at(index: number): Hash {
-    return this.#buffer.subarray(index * 32, index * 32 + 32);
+    return this.#buffer.subarray(index * HASH_BYTES, index * HASH_BYTES + HASH_BYTES);
   }
 }
 
@@ -159,11 +209,11 @@ export async function verifyAuditLog(options: VerifyOptions): Promise<VerifyResu
   const checkpoints = [...trusted.values()].sort((a, b) => a.treeSize - b.treeSize);
   const retention = checkpoints.filter((c) => c.kind === 'retention').at(-1);
   const start = retention?.prunedBefore ?? 0;
-  const frontier = new MerkleFrontier(
+  const frontier = new BinaryFrontier(
     start,
     MerkleFrontier.decompose(start).map((p, i) => ({
       height: p.height,
-      hash: Buffer.from(retention!.prefix[i]!, 'hex'),
+      hash: Buffer.from(retention!.prefix[i]!, 'hex').toString('latin1'),
     })),
   );
 
@@ -178,7 +228,7 @@ export async function verifyAuditLog(options: VerifyOptions): Promise<VerifyResu
   const compareAt = (size: number) => {
     while (nextCheckpoint < pending.length && pending[nextCheckpoint]!.treeSize === size) {
       const c = pending[nextCheckpoint++]!;
-      if (frontier.root().toString('hex') === c.rootHash) {
+      if (frontier.rootHex() === c.rootHash) {
         verified++;
         lastMatched = size;
       } else {
@@ -195,28 +245,33 @@ export async function verifyAuditLog(options: VerifyOptions): Promise<VerifyResu
   };
   compareAt(start);
   let entries = 0;
-  for await (const row of readEntries(options.db)) {
-    if (row.seq < start) continue;
-    entries++;
-    if (row.seq > expected) {
-      report({
-        kind: 'deleted',
-        position: expected,
-        until: row.seq - 1,
-        detail: `entries ${expected}..${row.seq - 1} are missing`,
-      });
-      // Carry on from the stored position so later checkpoints localise further damage.
-      while (frontier.size < row.seq) {
-        frontier.append(Buffer.alloc(32));
-        recomputedLeaves.push(Buffer.alloc(32));
+  for await (const page of readPages(options.db)) {
+    for (const row of page) {
+      const seq = Number(row.seq);
+      if (seq < start) continue;
+      entries++;
+      if (seq > expected) {
+        report({
+          kind: 'deleted',
+          position: expected,
+          until: seq - 1,
+          detail: `entries ${expected}..${seq - 1} are missing`,
+        });
+        // Carry on from the stored position so later checkpoints localise further damage.
+        while (frontier.size < seq) {
+          frontier.append(ZERO_HASH);
+          recomputedLeaves.push(ZERO_HASH);
+        }
+      }
+      expected = seq + 1;
+      const leaf = rowLeafHashBinary(row, seq);
+      if (!sameHash(row.leaf_hash, leaf)) mismatched.push({ ...storedEntryOf(row), stored: asBuffer(row.leaf_hash) });
+      recomputedLeaves.push(leaf);
+      frontier.append(leaf);
+      if (nextCheckpoint < pending.length && pending[nextCheckpoint]!.treeSize <= frontier.size) {
+        compareAt(frontier.size);
       }
     }
-    expected = row.seq + 1;
-    const leaf = entryLeafHash(row);
-    if (!leaf.equals(row.stored)) mismatched.push(row);
-    recomputedLeaves.push(leaf);
-    frontier.append(leaf);
-    compareAt(frontier.size);
   }
   const newest = pending.at(-1);
   if (newest && newest.treeSize > expected) {

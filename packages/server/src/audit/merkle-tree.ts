@@ -2,18 +2,44 @@
 //   leaf hash  = SHA-256(0x00 || leaf)
 //   node hash  = SHA-256(0x01 || left || right), split at the largest power of two smaller than n
 // The tree head of n leaves is MTH(D[0:n]); MTH of no leaves is SHA-256 of the empty string.
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 
 export type Hash = Buffer;
 
 export const EMPTY_ROOT: Hash = createHash('sha256').digest();
 
+const HASH_BYTES = 32;
+const LEAF_PREFIX = Buffer.of(0x00);
+// One-shot crypto.hash is about twice as fast as a createHash object per hash (audit bench profile);
+// a node's 65 input bytes are assembled in one reused buffer. Safe: hash() copies nothing back.
+const nodeInput = Buffer.alloc(1 + 2 * HASH_BYTES, 0x01);
+
 export function leafHash(leaf: Uint8Array): Hash {
-  return createHash('sha256').update(Buffer.of(0x00)).update(leaf).digest();
+  return hash('sha256', Buffer.concat([LEAF_PREFIX, leaf]), 'buffer');
 }
 
 export function nodeHash(left: Uint8Array, right: Uint8Array): Hash {
-  return createHash('sha256').update(Buffer.of(0x01)).update(left).update(right).digest();
+  if (left.length !== HASH_BYTES || right.length !== HASH_BYTES) {
+    return createHash('sha256').update(Buffer.of(0x01)).update(left).update(right).digest();
+  }
+  nodeInput.set(left, 1);
+  nodeInput.set(right, 1 + HASH_BYTES);
+  return hash('sha256', nodeInput, 'buffer');
+}
+
+/**
+ * The same hashes with "binary" strings (one char per byte, latin1) for hashes: hot loops keep hashes
+ * as short V8 strings, far cheaper to create than a Buffer each. The leaf is text, hashed as its UTF-8
+ * bytes after the 0x00 prefix (a NUL char is the single byte 0x00 in UTF-8).
+ */
+export function leafHashBinary(leafText: string): string {
+  return hash('sha256', `\0${leafText}`, 'latin1');
+}
+
+export function nodeHashBinary(left: string, right: string): string {
+  nodeInput.write(left, 1, HASH_BYTES, 'latin1');
+  nodeInput.write(right, 1 + HASH_BYTES, HASH_BYTES, 'latin1');
+  return hash('sha256', nodeInput, 'latin1');
 }
 
 /** Largest power of two strictly smaller than n (n ≥ 2). */
