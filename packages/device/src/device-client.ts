@@ -4,7 +4,7 @@
 // it retries a refused or failed connect and re-establishes a lost connection, waiting out the
 // platform's `retry-after` and otherwise backing off exponentially with full jitter, so a fleet cut
 // off at once does not come back at once (docs/protocol.md, Admission control).
-import { isIP } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { deviceTopic, isDeviceId } from '@castellan/protocol';
 import mqtt, { type IClientOptions, type MqttClient, type Packet } from 'mqtt';
@@ -229,6 +229,10 @@ export class DeviceClient {
       const onClose = () => fail(new Error('connection closed before CONNACK'));
       client.once('error', fail);
       client.once('close', onClose);
+      // Every connection of this client (reconnects too) writes without Nagle's delay: a command's PUBACK
+      // and its acknowledgement PUBLISH go out back to back, and with Nagle the second waited for the
+      // broker's delayed ACK (~40 ms on Linux; bench command-rtt p50 was 49 ms at 100 commands/s).
+      client.on('connect', () => (client.stream as Partial<Socket> | undefined)?.setNoDelay?.(true));
       client.once('connect', () => {
         // Only our own listeners: mqtt.js keeps its state (`connected`) with a 'close' listener of its own.
         client.off('error', fail);

@@ -3,40 +3,25 @@
 // verifier reading the log in pages (a modified entry past the first page is still named exactly).
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
 import { type AuditEvent, AuditLog, readFileCheckpoints, verifyAuditLog } from '../../src/audit/index.ts';
-import { migrateToLatest, openStore, type Store } from '../../src/store/index.ts';
-import { dialectCases, dropSchema, POSTGRES_URL, uniqueSchema } from '../helpers/dialects.ts';
+import type { Store } from '../../src/store/index.ts';
+import { dialectCases, openTestStore, type TestStore } from '../helpers/dialects.ts';
 
 const MIDNIGHT = Date.parse('2026-03-02T00:00:00Z');
 
 for (const dialect of await dialectCases()) {
   describe(`audit appends on ${dialect.name}`, { skip: dialect.skip }, () => {
+    let testStore: TestStore;
     let store: Store;
     let dataDir: string;
-    let schema: string | undefined;
 
     before(async () => {
-      dataDir = mkdtempSync(join(tmpdir(), 'castellan-audit-append-'));
-      schema = dialect.name === 'postgres' ? uniqueSchema() : undefined;
-      store = await openStore({
-        url: dialect.name === 'postgres' ? POSTGRES_URL : '',
-        dataDir,
-        sqliteFile: 'a.db',
-        poolMax: 2,
-        ...(schema ? { schema } : {}),
-      });
-      await migrateToLatest(store.db, store.dialect);
+      testStore = await openTestStore(dialect.name, 'audit-append');
+      ({ store, dataDir } = testStore);
     });
-    after(async () => {
-      await store?.close();
-      if (schema) await dropSchema(schema);
-      rmSync(dataDir, { recursive: true, force: true });
-    });
+    after(() => testStore?.dispose());
 
     test('[AUD-1] [PRIV-4] one batch across midnight seals each IP with its own day key; a bad entry fails alone; paged verification names the modified entry', async () => {
       // Each record() reads the clock once: 1 ms per entry, starting 150 ms before midnight.

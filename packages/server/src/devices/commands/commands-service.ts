@@ -325,8 +325,11 @@ export class CommandsService {
       const poll = new AbortController();
       try {
         const command = await this.get(deviceId, commandId);
-        if (!command || !isOpen(command.status) || signal?.aborted || this.#closed) return command;
-        const remaining = command.expiresAt - this.#now();
+        if (!command || signal?.aborted || this.#closed) return command;
+        // A factory reset's row says succeeded before its follow-up (unbinding) has run: a poll landing
+        // in between waits for the follow-up's wake, so whoever hears "succeeded" sees the device reset.
+        if (!isOpen(command.status) && this.#resetting.get(deviceId) !== command.id) return command;
+        const remaining = Math.max(0, command.expiresAt - this.#now());
         // Woken by an acknowledgement in this process; otherwise polls (another process may have it).
         await Promise.race([
           woken,
