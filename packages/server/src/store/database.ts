@@ -2,10 +2,11 @@
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
-import { Kysely, PostgresDialect, sql } from 'kysely';
+import { Kysely, PostgresDialect, type PostgresPool, sql } from 'kysely';
 import pg from 'pg';
 import { CastellanError } from '../errors/index.ts';
 import { NodeSqliteDatabase } from './node-sqlite-adapter.ts';
+import { PreparingPool } from './postgres-prepared-pool.ts';
 import type { Database } from './schema.ts';
 import { DurableSqliteDialect, WalSyncer } from './sqlite-durable-driver.ts';
 
@@ -124,7 +125,10 @@ async function openPostgres<DB>(options: OpenStoreOptions): Promise<Store<DB>> {
       cause: error,
     });
   }
-  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+  // Named prepared statements: parsed and planned once per connection (postgres-prepared-pool.ts).
+  const db = new Kysely<DB>({
+    dialect: new PostgresDialect({ pool: new PreparingPool(pool) as unknown as PostgresPool }),
+  });
   return {
     db,
     dialect: 'postgres',
