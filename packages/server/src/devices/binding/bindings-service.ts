@@ -7,7 +7,7 @@
 //   device.share, device.unbind, lock.passcode → never for vendors (they concern the household).
 // Staff reach no consumer device through these routes. Every refusal is ERR_DEVICE_NOT_FOUND, exactly
 // like a missing device (ORG-3), so device IDs cannot be probed.
-import type { Kysely } from 'kysely';
+import type { Kysely, SelectQueryBuilder } from 'kysely';
 import {
   type Action,
   can,
@@ -32,7 +32,7 @@ import {
 } from '../device-access.ts';
 import { PRESENCE_COLUMNS } from '../device-presence.ts';
 import type { DeviceEvents } from '../device-events.ts';
-import { type Device, type DevicesService, toDevice } from '../devices-service.ts';
+import { type Device, type DeviceRow, type DevicesService, toDevice } from '../devices-service.ts';
 import type { DevicePresence } from '../presence-events.ts';
 import { BindingTokenStore, type IssuedBindingToken, type BindingTokenView } from './binding-token-store.ts';
 
@@ -97,6 +97,14 @@ export interface BindingsServiceOptions {
 
 const notFound = () => new CastellanError('ERR_DEVICE_NOT_FOUND');
 
+/** The person's role from a #withRelation() row: the binding's owner, else their unexpired share's role. */
+function roleFrom(
+  row: { owner_id?: string | null; share_role?: DeviceRole | null },
+  userId: string,
+): DeviceRole | null {
+  return row.owner_id === userId ? 'owner' : (row.share_role ?? null);
+}
+
 export class BindingsService implements DeviceAccess {
   readonly tokens: BindingTokenStore;
   readonly #db: Kysely<Database>;
@@ -127,21 +135,24 @@ export class BindingsService implements DeviceAccess {
   // ---- DeviceAccess ----
 
   async roleOf(userId: string, deviceId: string): Promise<DeviceRole | null> {
-    const owner = await this.#db
-      .selectFrom('device_bindings')
-      .select('user_id')
-      .where('device_id', '=', deviceId)
-      .executeTakeFirst();
-    if (owner?.user_id === userId) return 'owner';
-    // Expiry is enforced here, at every check, not only by the purge.
-    const share = await this.#db
-      .selectFrom('device_shares')
-      .select('role')
-      .where('device_id', '=', deviceId)
-      .where('user_id', '=', userId)
-      .where((eb) => eb.or([eb('expires_at', 'is', null), eb('expires_at', '>', this.#now())]))
-      .executeTakeFirst();
-    return share ? share.role : null;
+    const row = await this.#withRelation(this.#devices.deviceQuery(deviceId), userId).executeTakeFirst();
+    return row ? roleFrom(row, userId) : null;
+  }
+
+  /** A device read joined to the person's relation to it: their binding and their unexpired share. */
+  #withRelation(query: SelectQueryBuilder<Database, 'devices', DeviceRow>, userId: string) {
+    return query
+      .leftJoin('device_bindings', 'device_bindings.device_id', 'devices.id')
+      .leftJoin('device_shares', (join) =>
+        join
+          .onRef('device_shares.device_id', '=', 'devices.id')
+          .on('device_shares.user_id', '=', userId)
+          // Expiry is enforced here, at every check, not only by the purge.
+          .on((eb) =>
+            eb.or([eb('device_shares.expires_at', 'is', null), eb('device_shares.expires_at', '>', this.#now())]),
+          ),
+      )
+      .select(['device_bindings.user_id as owner_id', 'device_shares.role as share_role']);
   }
 
   async authorize(principal: Principal | undefined, deviceId: string, action: DeviceAction): Promise<Device> {
@@ -154,7 +165,7 @@ export class BindingsService implements DeviceAccess {
   }
 
   /**
-   * One round trip: the device, a person's relation to it (the same rules as roleOf()) and, when
+   * One round trip: the device, a person's relation to it (as roleOf() reads it) and, when
    * asked, its presence; the decision is then made in memory, deny by default.
    */
   async #authorize(
@@ -167,20 +178,7 @@ export class BindingsService implements DeviceAccess {
     const userId = principal.kind === 'user' ? principal.id : null;
     const row = await this.#devices
       .deviceQuery(deviceId)
-      .$if(userId !== null, (qb) =>
-        qb
-          .leftJoin('device_bindings', 'device_bindings.device_id', 'devices.id')
-          .leftJoin('device_shares', (join) =>
-            join
-              .onRef('device_shares.device_id', '=', 'devices.id')
-              .on('device_shares.user_id', '=', userId)
-              // Expiry is enforced here, at every check, not only by the purge.
-              .on((eb) =>
-                eb.or([eb('device_shares.expires_at', 'is', null), eb('device_shares.expires_at', '>', this.#now())]),
-              ),
-          )
-          .select(['device_bindings.user_id as owner_id', 'device_shares.role as share_role']),
-      )
+      .$if(userId !== null, (qb) => this.#withRelation(qb, userId!))
       .$if(withPresence, (qb) =>
         qb.leftJoin('device_presence', 'device_presence.device_id', 'devices.id').select(PRESENCE_COLUMNS),
       )
@@ -188,8 +186,7 @@ export class BindingsService implements DeviceAccess {
     if (!row) throw notFound();
     const allowed = () => {
       if (userId !== null) {
-        const role: DeviceRole | null = row.owner_id === userId ? 'owner' : (row.share_role ?? null);
-        if (deviceRoleAllows(role, action)) return true;
+        if (deviceRoleAllows(roleFrom(row, userId), action)) return true;
       }
       const vendorAction = VENDOR_ACTION[action];
       return vendorAction !== null && can(principal, vendorAction, { vendorId: row.vendor_id });
