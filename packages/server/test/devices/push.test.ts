@@ -631,7 +631,7 @@ describe('push hub (fake sources): routing against an oracle', () => {
               if (e.event === 'change') assert.ok(roles.has(`${user}/${e.deviceId}`), 'changes only of known devices');
             }
           }
-          hub.close();
+          void hub.close();
           assert.equal(hub.listenerCount, 0);
           assert.equal(deviceEvents.listenerCount('message'), 0);
           assert.equal(deviceEvents.listenerCount('change'), 0);

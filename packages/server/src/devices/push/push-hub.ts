@@ -5,6 +5,7 @@
 // or unbound person stops receiving that device's events (BIND-2). Listeners on the event sources exist
 // only while at least one stream is open.
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { CastellanError } from '../../errors/index.ts';
 import { type DeviceAccess, deviceRoleAllows } from '../device-access.ts';
@@ -26,6 +27,8 @@ export const ACCESS_CACHE_MS = 2000;
 /** Fallback resynchronisation of people's device lists (changes are normally applied from events). */
 const REFRESH_MS = 60_000;
 const CACHE_MAX_ENTRIES = 100_000;
+/** How long shutdown waits for the streams' end frames to reach their connections. */
+const SHUTDOWN_FLUSH_MS = 1_000;
 
 export interface PushHubOptions {
   deviceEvents: DeviceEvents;
@@ -182,11 +185,21 @@ export class PushHub {
     return stream;
   }
 
-  /** Ends every stream (platform shutdown). */
-  close(): void {
+  /**
+   * Ends every stream (platform shutdown) and waits, at most SHUTDOWN_FLUSH_MS, until their end frames
+   * are handed to the connections: the HTTP server then drops idle connections, and a socket dropped
+   * before the frame was written left the client without the reason (flaky [BIND-4] test on CI).
+   */
+  async close(): Promise<void> {
     this.#closing = true;
-    for (const stream of [...this.#streams]) stream.end('shutdown');
+    const streams = [...this.#streams];
+    for (const stream of streams) stream.end('shutdown');
     this.#detach();
+    if (streams.length === 0) return;
+    await Promise.race([
+      Promise.all(streams.map((s) => s.finished)),
+      sleep(SHUTDOWN_FLUSH_MS, undefined, { ref: false }),
+    ]);
   }
 
   // ---- routing ----

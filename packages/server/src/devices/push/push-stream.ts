@@ -9,7 +9,8 @@ export interface SseSink {
   readonly writableLength: number;
   /** True once the connection is gone (a client that left before the stream started). */
   readonly destroyed?: boolean;
-  end(): void;
+  /** Ends the response; `finished` runs once the last bytes are handed to the connection. */
+  end(finished?: () => void): void;
   destroy(): void;
   once(event: 'close', listener: () => void): unknown;
 }
@@ -54,13 +55,23 @@ export class PushStream {
   #lifetime: NodeJS.Timeout;
   readonly stats = { written: 0, dropped: 0 };
 
+  /** Resolves once the end frame has been handed to the connection, or the connection is gone. */
+  readonly finished: Promise<void>;
+  #finish!: () => void;
+
   constructor(options: PushStreamOptions) {
     this.#o = options;
+    this.finished = new Promise((resolve) => {
+      this.#finish = resolve;
+    });
     this.id = options.id;
     this.principalKey = options.principalKey;
     this.scope = options.scope;
     this.types = options.types;
-    options.sink.once('close', () => this.close('client'));
+    options.sink.once('close', () => {
+      this.close('client');
+      this.#finish();
+    });
     this.#heartbeat = setInterval(() => void this.#beat(), options.heartbeatMs);
     this.#lifetime = setTimeout(() => this.end('max-lifetime'), options.maxStreamMs);
     this.#heartbeat.unref();
@@ -143,7 +154,7 @@ export class PushStream {
     this.#o.sink.write(`event: end\ndata: ${JSON.stringify({ reason })}\n\n`);
     // Closed first: the sink's own 'close' must not record the end as the client's.
     this.close(reason);
-    this.#o.sink.end();
+    this.#o.sink.end(() => this.#finish());
   }
 
   #destroy(reason: StreamEndReason): void {
