@@ -453,13 +453,22 @@ export class CommandsService {
     status: AckStatus | 'timed-out' | 'expired',
     outcome: { result: string | null; error: string | null; at: number; actor: AuditEvent['actor'] },
   ): Promise<boolean> {
+    // Marked before the update: its commit is readable before its fsync has answered, and a long poll
+    // reading it then must still wait for the follow-up (waitForOutcome).
+    const resetting = row.name === 'factory-reset' && status === 'succeeded' && this.#o.onFactoryReset !== undefined;
+    if (resetting) this.#resetting.set(row.device_id, row.id);
     const updated = await this.#db
       .updateTable('device_commands')
       .set({ status, result: outcome.result, error: outcome.error, completed_at: outcome.at })
       .where('id', '=', row.id)
       .where('status', 'in', OPEN_STATUSES)
-      .executeTakeFirst();
+      .executeTakeFirst()
+      .catch((error: unknown) => {
+        if (resetting) this.#resetting.delete(row.device_id);
+        throw error;
+      });
     if (Number(updated.numUpdatedRows) === 0) {
+      if (resetting) this.#resetting.delete(row.device_id);
       if (outcome.actor.type === 'device') this.stats.acksDuplicate++;
       return false;
     }
